@@ -1,0 +1,338 @@
+"""Fixed-point formats, rounding and overflow modes (docs/datapath.md §1-4).
+
+Codes are int64 numpy arrays: the integer ``q`` of a value ``q * 2**-frac_bits``.
+``requantize`` is the only function that narrows a code; ``quantize`` is the only way in
+from floats and ``dequantize`` the only way out.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import EdgeDFAError
+
+MAX_WIDTH = 48  # widest storage/accumulator format; float64 holds every code exactly
+_FORMAT_RE = re.compile(
+    r"^\s*ap_(u?)(fixed|int)\s*<\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,[^>]*)?>\s*$"
+)
+
+
+class Rounding(str, enum.Enum):
+    """How the bits below the LSB are dropped (Vitis HLS ap_fixed quantization modes)."""
+
+    AP_TRN = "AP_TRN"  #: toward minus infinity (floor): drop the bits
+    AP_TRN_ZERO = "AP_TRN_ZERO"  #: toward zero
+    AP_RND = "AP_RND"  #: to nearest, ties toward plus infinity (add half, floor)
+    AP_RND_ZERO = "AP_RND_ZERO"  #: to nearest, ties toward zero
+    AP_RND_MIN_INF = "AP_RND_MIN_INF"  #: to nearest, ties toward minus infinity
+    AP_RND_INF = "AP_RND_INF"  #: to nearest, ties away from zero
+    AP_RND_CONV = "AP_RND_CONV"  #: to nearest, ties to even (convergent)
+    STOCHASTIC = "STOCHASTIC"  #: floor(x + u), u uniform from the datapath PRNG
+
+    @classmethod
+    def parse(cls, name) -> "Rounding":
+        """Rounding from its name (case-insensitive); EdgeDFAError lists the valid names."""
+        return _parse_enum(cls, name, "rounding mode")
+
+
+class Overflow(str, enum.Enum):
+    """What a value outside the format's range becomes (Vitis HLS overflow modes)."""
+
+    AP_SAT = "AP_SAT"  #: clamp to [min, max]
+    AP_SAT_ZERO = "AP_SAT_ZERO"  #: out-of-range values become zero
+    AP_SAT_SYM = "AP_SAT_SYM"  #: clamp to [-max, max] (signed); as AP_SAT when unsigned
+    AP_WRAP = "AP_WRAP"  #: keep the low W bits (two's complement wrap-around)
+
+    @classmethod
+    def parse(cls, name) -> "Overflow":
+        """Overflow mode from its name (case-insensitive)."""
+        return _parse_enum(cls, name, "overflow mode")
+
+
+def _parse_enum(cls, name, what):
+    if isinstance(name, cls):
+        return name
+    key = str(name).strip().upper()
+    if key in cls.__members__:
+        return cls[key]
+    valid = ", ".join(cls.__members__)
+    raise EdgeDFAError(f"unknown {what} {name!r}; expected one of {valid}")
+
+
+@dataclass(frozen=True)
+class FixedFormat:
+    """A fixed-point format ``ap_fixed<W,I>`` (signed) or ``ap_ufixed<W,I>``.
+
+    ``W`` bits in all, ``I`` of them integer bits (the sign bit included when signed);
+    ``frac_bits = W - I`` may be negative or exceed ``W``, as in Vitis HLS.
+
+    Examples
+    --------
+    >>> fmt = FixedFormat.parse("ap_fixed<8,3>")
+    >>> str(fmt), fmt.frac_bits, fmt.min_code, fmt.max_code, fmt.lsb
+    ('ap_fixed<8,3>', 5, -128, 127, 0.03125)
+    >>> FixedFormat(8, 0, signed=False).max_value
+    0.99609375
+    """
+
+    width: int
+    int_bits: int
+    signed: bool = True
+
+    def __post_init__(self):
+        for name in ("width", "int_bits"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise EdgeDFAError(f"fixed-point format: {name} must be an integer, got {v!r}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "int_bits", int(self.int_bits))
+        object.__setattr__(self, "signed", bool(self.signed))
+        if not 1 <= self.width <= MAX_WIDTH:
+            raise EdgeDFAError(
+                f"fixed-point format {self._name()}: width W={self.width} outside 1..{MAX_WIDTH}"
+            )
+        if abs(self.width - self.int_bits) > 64:
+            raise EdgeDFAError(
+                f"fixed-point format {self._name()}: |W - I| = {abs(self.width - self.int_bits)}"
+                " fractional bits is beyond the supported 64"
+            )
+
+    def _name(self) -> str:
+        return f"ap_{'' if self.signed else 'u'}fixed<{self.width},{self.int_bits}>"
+
+    def __str__(self) -> str:
+        return self._name()
+
+    def __repr__(self) -> str:
+        return f"FixedFormat.parse({self._name()!r})"
+
+    @classmethod
+    def parse(cls, text) -> "FixedFormat":
+        """Format from ``ap_fixed<W,I>``, ``ap_ufixed<W,I>``, ``ap_int<W>`` or ``ap_uint<W>``."""
+        if isinstance(text, FixedFormat):
+            return text
+        m = _FORMAT_RE.match(str(text))
+        if not m:
+            raise EdgeDFAError(
+                f"malformed fixed-point format {text!r}; expected e.g. 'ap_fixed<8,3>',"
+                " 'ap_ufixed<8,0>', 'ap_int<16>'"
+            )
+        unsigned, kind, w, i = m.groups()
+        if kind == "int":
+            if i is not None:
+                raise EdgeDFAError(f"malformed fixed-point format {text!r}: ap_int takes one width")
+            i = w
+        elif i is None:
+            raise EdgeDFAError(f"malformed fixed-point format {text!r}: ap_fixed needs <W,I>")
+        return cls(int(w), int(i), signed=not unsigned)
+
+    @classmethod
+    def with_frac(cls, width: int, frac_bits: int, signed: bool = True) -> "FixedFormat":
+        """Format of ``width`` bits with ``frac_bits`` fractional bits."""
+        return cls(width, width - frac_bits, signed)
+
+    @property
+    def frac_bits(self) -> int:
+        return self.width - self.int_bits
+
+    @property
+    def lsb(self) -> float:
+        return float(np.ldexp(1.0, -self.frac_bits))
+
+    @property
+    def min_code(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def max_code(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+    @property
+    def min_value(self) -> float:
+        return float(np.ldexp(float(self.min_code), -self.frac_bits))
+
+    @property
+    def max_value(self) -> float:
+        return float(np.ldexp(float(self.max_code), -self.frac_bits))
+
+    @property
+    def code_dtype(self):
+        """Smallest signed numpy integer type that holds every code."""
+        bits = self.width + (0 if self.signed else 1)
+        for dt in (np.int8, np.int16, np.int32):
+            if bits <= np.iinfo(dt).bits:
+                return np.dtype(dt)
+        return np.dtype(np.int64)
+
+
+def as_format(fmt) -> FixedFormat:
+    """FixedFormat from a format or its string."""
+    return fmt if isinstance(fmt, FixedFormat) else FixedFormat.parse(fmt)
+
+
+# --------------------------------------------------------------------------- overflow
+
+def overflow_mask(codes, fmt) -> np.ndarray:
+    """True where a wide code lies outside ``fmt``'s range."""
+    fmt = as_format(fmt)
+    c = np.asarray(codes)
+    return (c < fmt.min_code) | (c > fmt.max_code)
+
+
+def apply_overflow(codes, fmt, overflow=Overflow.AP_SAT) -> np.ndarray:
+    """Bring wide integer codes into ``fmt``'s range by the overflow mode (int64 out)."""
+    fmt = as_format(fmt)
+    overflow = Overflow.parse(overflow)
+    c = np.asarray(codes, dtype=np.int64)
+    lo, hi = fmt.min_code, fmt.max_code
+    if overflow is Overflow.AP_WRAP:
+        return ((c - lo) & ((1 << fmt.width) - 1)) + lo
+    if overflow is Overflow.AP_SAT_ZERO:
+        return np.where((c < lo) | (c > hi), 0, c)
+    if overflow is Overflow.AP_SAT_SYM and fmt.signed:
+        lo = -hi
+    return np.clip(c, lo, hi)
+
+
+# --------------------------------------------------------------------------- rounding
+
+def _random_words(rng, shape, step=0) -> np.ndarray:
+    """uint32 words for stochastic rounding from an array, a Stream or a numpy Generator."""
+    from .prng import Stream
+
+    if rng is None:
+        raise EdgeDFAError("Rounding.STOCHASTIC needs a seed or rng argument")
+    if isinstance(rng, Stream):
+        return rng.words(step, shape).astype(np.int64)
+    if isinstance(rng, np.random.Generator):
+        return rng.integers(0, 1 << 32, size=shape, dtype=np.int64)
+    w = np.asarray(rng)
+    if w.shape != tuple(shape):
+        raise EdgeDFAError(f"stochastic rounding: {w.shape} random words for a {tuple(shape)} tensor")
+    return w.astype(np.int64) & 0xFFFFFFFF
+
+
+def _round_up(q, residual, half, negative, rounding, words=None, shift=None):
+    """Whether to add one to the floor ``q``, given residual (>=0) and half an LSB."""
+    R = Rounding
+    if rounding is R.AP_TRN:
+        return np.zeros(np.shape(q), dtype=bool)
+    if rounding is R.AP_TRN_ZERO:
+        return (residual != 0) & negative
+    if rounding is R.AP_RND:
+        return residual >= half
+    if rounding is R.AP_RND_ZERO:
+        return (residual > half) | ((residual == half) & negative)
+    if rounding is R.AP_RND_MIN_INF:
+        return residual > half
+    if rounding is R.AP_RND_INF:
+        return (residual > half) | ((residual == half) & ~negative)
+    if rounding is R.AP_RND_CONV:
+        return (residual > half) | ((residual == half) & ((q % 2) != 0))
+    raise AssertionError(rounding)
+
+
+def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step=0) -> np.ndarray:
+    """``codes * 2**-shift`` rounded to an integer by ``rounding`` (no overflow handling).
+
+    For STOCHASTIC the result is ``floor((x + r) / 2**shift)`` where ``r`` is the top
+    ``shift`` bits of the element's 32-bit random word (docs/datapath.md §5).
+    """
+    rounding = Rounding.parse(rounding)
+    x = np.asarray(codes, dtype=np.int64)
+    shift = int(shift)
+    if shift <= 0:
+        return x << (-shift)
+    if shift > 62:
+        raise EdgeDFAError(f"requantize: right shift of {shift} bits is beyond 62")
+    q = x >> shift
+    residual = x & ((1 << shift) - 1)
+    if rounding is Rounding.STOCHASTIC:
+        r = _random_words(rng, x.shape, step)
+        r = (r >> (32 - shift)) if shift <= 32 else (r << (shift - 32))
+        return q + ((residual + r) >> shift)
+    return q + _round_up(q, residual, 1 << (shift - 1), x < 0, rounding)
+
+
+def requantize(codes, src_fmt, dst_fmt, rounding=Rounding.AP_RND_CONV,
+               overflow=Overflow.AP_SAT, rng=None, step=0) -> np.ndarray:
+    """Codes of ``src_fmt`` to codes of ``dst_fmt``: shift, round, then overflow.
+
+    The only narrowing operation of the datapath.
+
+    >>> requantize(np.array([40, -40]), "ap_fixed<16,8>", "ap_fixed<8,4>", "AP_RND")
+    array([ 3, -2])
+    """
+    src, dst = as_format(src_fmt), as_format(dst_fmt)
+    q = round_shift(codes, src.frac_bits - dst.frac_bits, rounding, rng, step)
+    return apply_overflow(q, dst, overflow)
+
+
+# --------------------------------------------------------------------------- float edges
+
+def _float_floor_split(y, rng, step):
+    """floor(y + r/2**32) for STOCHASTIC, computed exactly as (floor, carry)."""
+    f = np.floor(y)
+    small = np.abs(y) < 1.0
+    ys = np.where(small, y, 0.0)
+    big_frac = np.where(small, 0.0, y - f)  # exact for |y| >= 1 (Sterbenz)
+    Y = np.floor(np.ldexp(ys, 32)).astype(np.int64)
+    frac32 = np.where(small, Y & 0xFFFFFFFF, np.floor(np.ldexp(big_frac, 32)).astype(np.int64))
+    f = np.where(small, (Y >> 32).astype(np.float64), f)
+    r = _random_words(rng, np.shape(y), step)
+    return f + ((frac32 + r) >> 32)
+
+
+def quantize(x, fmt, rounding=Rounding.AP_RND_CONV, overflow=Overflow.AP_SAT,
+             seed=None, rng=None, step=0) -> np.ndarray:
+    """Float values to int64 codes of ``fmt``.
+
+    NaN raises EdgeDFAError; +-inf saturate to the format's extremes under every overflow
+    mode (an infinity has no bits to wrap). STOCHASTIC needs ``seed`` (datapath PRNG,
+    quantize stream) or ``rng`` (random words, a Stream, or a numpy Generator).
+
+    >>> quantize(np.array([0.3, -0.3, 9.0]), "ap_fixed<8,3>", "AP_RND_CONV", "AP_SAT")
+    array([ 10, -10, 127])
+    """
+    fmt = as_format(fmt)
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    x = np.asarray(x, dtype=np.float64)
+    if np.isnan(x).any():
+        idx = np.argwhere(np.isnan(x))[0]
+        raise EdgeDFAError(
+            f"quantize to {fmt}: input has {int(np.isnan(x).sum())} NaN value(s),"
+            f" first at index {tuple(int(i) for i in idx)}"
+        )
+    inf = np.isinf(x)
+    y = np.ldexp(np.where(inf, 0.0, x), fmt.frac_bits)
+    if rounding is Rounding.STOCHASTIC:
+        if rng is None and seed is not None:
+            from .prng import PURPOSE_QUANTIZE, Stream, stream_id
+
+            rng = Stream(seed, stream_id(0, PURPOSE_QUANTIZE))
+        q = _float_floor_split(y, rng, step)
+    else:
+        f = np.floor(y)
+        q = f + _round_up(f, y - f, 0.5, y < 0, rounding)
+    lo, hi = float(fmt.min_code), float(fmt.max_code)
+    if overflow is Overflow.AP_WRAP:
+        q = np.mod(q - lo, float(1 << fmt.width)) + lo
+    else:
+        bound = float(1 << (fmt.width + 1))
+        q = np.clip(q, lo - bound, hi + bound)  # keep the overflow decision, fit int64
+    codes = apply_overflow(q.astype(np.int64), fmt, overflow)
+    if inf.any():
+        top = fmt.max_code
+        bottom = -top if (overflow is Overflow.AP_SAT_SYM and fmt.signed) else fmt.min_code
+        codes = np.where(x == np.inf, top, np.where(x == -np.inf, bottom, codes))
+    return codes
+
+
+def dequantize(codes, fmt) -> np.ndarray:
+    """Codes of ``fmt`` to float64 values (exact)."""
+    fmt = as_format(fmt)
+    return np.ldexp(np.asarray(codes, dtype=np.float64), -fmt.frac_bits)

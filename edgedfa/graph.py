@@ -1,0 +1,74 @@
+"""The plain graph every model passes through: ONNX import and the built-in architectures
+both produce it, quantization turns it into an integer model, export reads it back.
+
+Ops are canonical (not ONNX op types); their float semantics are in ``docs/operators.md``:
+
+- ``Dense``      params W (out, in), B (out,) optional; y = x @ W.T + B on the last axis
+- ``Conv``       params W (out, in/group, *k), B; attrs strides, pads (begin..., end...),
+                 dilations, group (ONNX Conv semantics, 1-d or 2-d)
+- ``Relu``, ``Tanh``, ``Sigmoid``, ``LeakyRelu`` (attr alpha), ``Clip`` (attrs min, max)
+- ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
+  ``GlobalAveragePool``
+- ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
+  ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
+- ``Add`` (two or more inputs), ``Concat`` (attr axis)
+- ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
+  (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
+  outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EdgeDFAError
+
+
+@dataclass
+class Node:
+    """One operation: canonical op name, tensor names in and out, attributes, float params."""
+
+    name: str
+    op: str
+    inputs: list
+    outputs: list
+    attrs: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """A model: one input (batch first), nodes in topological order, one output (logits)."""
+
+    name: str
+    input_name: str
+    input_shape: tuple  # per-sample shape, batch dimension excluded
+    output_name: str
+    nodes: list
+    meta: dict = field(default_factory=dict)  # e.g. {"output_softmax": True, "source": path}
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise EdgeDFAError(f"graph {self.name!r} has no node {name!r}")
+
+    def producers(self) -> dict:
+        """Tensor name -> node that writes it."""
+        return {o: n for n in self.nodes for o in n.outputs if o}
+
+    def consumers(self) -> dict:
+        """Tensor name -> nodes that read it."""
+        out: dict = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                out.setdefault(i, []).append(n)
+        return out
+
+    def copy(self) -> "Graph":
+        nodes = [Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs),
+                      {k: np.array(v) for k, v in n.params.items()}) for n in self.nodes]
+        return Graph(self.name, self.input_name, tuple(self.input_shape), self.output_name,
+                     nodes, dict(self.meta))
