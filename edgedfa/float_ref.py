@@ -1,0 +1,326 @@
+"""Float reference execution of a canonical ``Graph`` in float64 (numpy only).
+
+Every op of ``edgedfa.graph`` with ONNX semantics; RNN/GRU/LSTM follow the ONNX operator
+spec (gate orders LSTM i,o,f,c and GRU z,r,h, both ``linear_before_reset`` forms, the three
+directions and both layouts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import EdgeDFAError
+from .graph import Graph, Node
+
+OPS: dict = {}
+
+
+def op(name):
+    """Register the float implementation of canonical op ``name``."""
+    def decorate(fn):
+        if name in OPS:
+            raise EdgeDFAError(f"float op {name!r} registered twice")
+        OPS[name] = fn
+        return fn
+    return decorate
+
+
+def prepare_input(graph: Graph, x) -> np.ndarray:
+    """``x`` as float64 shaped (batch, *graph.input_shape)."""
+    x = np.asarray(x, dtype=np.float64)
+    shape = tuple(graph.input_shape)
+    per_sample = math.prod(shape)
+    if x.ndim == len(shape) + 1 and x.shape[1:] == shape:
+        return x
+    if x.ndim >= 1 and x.size and x.size % max(per_sample, 1) == 0 and \
+            math.prod(x.shape[1:]) == per_sample:
+        return x.reshape((x.shape[0],) + shape)
+    raise EdgeDFAError(f"input of shape {x.shape} does not fit graph {graph.name!r}, whose "
+                       f"per-sample input shape is {shape}")
+
+
+def run_float_all(graph: Graph, x) -> dict:
+    """Every tensor of ``graph`` (float64) for input ``x``."""
+    env = {graph.input_name: prepare_input(graph, x)}
+    for node in graph.nodes:
+        fn = OPS.get(node.op)
+        if fn is None:
+            raise EdgeDFAError(f"graph {graph.name!r}: node {node.name!r} has op {node.op!r}, "
+                               f"which the float reference does not know")
+        try:
+            args = [env[i] if i else None for i in node.inputs]
+        except KeyError as exc:
+            raise EdgeDFAError(f"graph {graph.name!r}: node {node.name!r} reads {exc}, which "
+                               "no earlier node writes") from exc
+        outs = fn(node, *args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for name, value in zip(node.outputs, outs):
+            if name:
+                env[name] = value
+    return env
+
+
+def run_float(graph: Graph, x) -> np.ndarray:
+    """Run ``graph`` on ``x`` (batch first) in float64 and return its output."""
+    env = run_float_all(graph, x)
+    if graph.output_name not in env:
+        raise EdgeDFAError(f"graph {graph.name!r}: nothing writes the output "
+                           f"{graph.output_name!r}")
+    return env[graph.output_name]
+
+
+def _p(node, key):
+    value = node.params.get(key)
+    return None if value is None else np.asarray(value, dtype=np.float64)
+
+
+# -- dense and activations -----------------------------------------------------------------
+@op("Dense")
+def dense(node: Node, x):
+    y = x @ _p(node, "W").T
+    b = _p(node, "B")
+    return y if b is None else y + b
+
+
+ACTIVATIONS = {
+    "Relu": lambda v: np.maximum(v, 0.0),
+    "Tanh": np.tanh,
+    "Sigmoid": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
+}
+for _name, _fn in ACTIVATIONS.items():
+    op(_name)(lambda node, x, _fn=_fn: _fn(x))
+
+
+@op("LeakyRelu")
+def leaky_relu(node, x):
+    return np.where(x >= 0, x, float(node.attrs.get("alpha", 0.01)) * x)
+
+
+@op("Clip")
+def clip(node, x):
+    lo, hi = node.attrs.get("min"), node.attrs.get("max")
+    lo = -np.inf if lo is None else float(lo)
+    hi = np.inf if hi is None else float(hi)
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+# -- convolution and pooling ------------------------------------------------------------
+def _windows(x, kernel, strides, dilations, pads, fill):
+    """Pad ``x`` (N, C, *S) and yield (kernel offset, strided view (N, C, *out))."""
+    rank = len(kernel)
+    pad_width = [(0, 0), (0, 0)] + [(pads[i], pads[rank + i]) for i in range(rank)]
+    xp = np.pad(x, pad_width, constant_values=fill)
+    out = [(xp.shape[2 + i] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1
+           for i in range(rank)]
+    if any(o < 1 for o in out):
+        raise EdgeDFAError(f"window {kernel} does not fit input {x.shape} with pads {pads}")
+    for offset in np.ndindex(*kernel):
+        index = [slice(None), slice(None)] + [
+            slice(offset[i] * dilations[i],
+                  offset[i] * dilations[i] + (out[i] - 1) * strides[i] + 1, strides[i])
+            for i in range(rank)]
+        yield offset, xp[tuple(index)]
+
+
+def _spatial_attrs(node, rank):
+    a = node.attrs
+    return (list(a.get("strides") or [1] * rank), list(a.get("dilations") or [1] * rank),
+            list(a.get("pads") or [0] * 2 * rank))
+
+
+@op("Conv")
+def conv(node, x):
+    w = _p(node, "W")
+    rank = w.ndim - 2
+    group = int(node.attrs.get("group", 1))
+    strides, dilations, pads = _spatial_attrs(node, rank)
+    out_ch, in_per_group = w.shape[0], w.shape[1]
+    per_group = out_ch // group
+    n = x.shape[0]
+    y = None
+    for offset, view in _windows(x, w.shape[2:], strides, dilations, pads, 0.0):
+        v = view.reshape((n, group, in_per_group) + view.shape[2:])
+        k = w[(slice(None), slice(None)) + offset].reshape(group, per_group, in_per_group)
+        term = np.einsum("ngc...,goc->ngo...", v, k)
+        y = term if y is None else y + term
+    y = y.reshape((n, out_ch) + y.shape[3:])
+    b = _p(node, "B")
+    return y if b is None else y + b.reshape((-1,) + (1,) * rank)
+
+
+@op("MaxPool")
+def max_pool(node, x):
+    kernel = list(node.attrs["kernel_shape"])
+    strides, dilations, pads = _spatial_attrs(node, len(kernel))
+    y = None
+    for _, view in _windows(x, kernel, strides, dilations, pads, -np.inf):
+        y = view.copy() if y is None else np.maximum(y, view)
+    return y
+
+
+@op("AveragePool")
+def average_pool(node, x):
+    kernel = list(node.attrs["kernel_shape"])
+    strides, dilations, pads = _spatial_attrs(node, len(kernel))
+    total = sum(view for _, view in _windows(x, kernel, strides, dilations, pads, 0.0))
+    if node.attrs.get("count_include_pad", 0):
+        return total / math.prod(kernel)
+    ones = np.ones((1, 1) + x.shape[2:])
+    count = sum(view for _, view in _windows(ones, kernel, strides, dilations, pads, 0.0))
+    return total / count
+
+
+@op("GlobalAveragePool")
+def global_average_pool(node, x):
+    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+# -- layout ---------------------------------------------------------------------------------
+@op("Flatten")
+def flatten(node, x):
+    axis = int(node.attrs.get("axis", 1))
+    axis = axis + x.ndim if axis < 0 else axis
+    return x.reshape(math.prod(x.shape[:axis]), -1)
+
+
+@op("Reshape")
+def reshape(node, x):
+    shape = [int(s) for s in node.attrs["shape"]]
+    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+@op("Transpose")
+def transpose(node, x):
+    return np.transpose(x, node.attrs.get("perm"))
+
+
+@op("Squeeze")
+def squeeze(node, x):
+    axes = node.attrs.get("axes")
+    return np.squeeze(x, axis=None if axes is None else tuple(int(a) for a in axes))
+
+
+@op("Unsqueeze")
+def unsqueeze(node, x):
+    axes = [int(a) for a in node.attrs["axes"]]
+    rank = x.ndim + len(axes)
+    for a in sorted(a + rank if a < 0 else a for a in axes):
+        x = np.expand_dims(x, a)
+    return x
+
+
+@op("Add")
+def add(node, *xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+@op("Concat")
+def concat(node, *xs):
+    return np.concatenate(xs, axis=int(node.attrs["axis"]))
+
+
+# -- recurrent layers -----------------------------------------------------------------------
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"],
+                       "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+
+def _rnn_setup(node, x):
+    kind = node.op
+    layout = int(node.attrs.get("layout", 0))
+    xs = x if layout == 0 else np.swapaxes(x, 0, 1)  # (T, N, I)
+    w, r = _p(node, "W"), _p(node, "R")
+    hidden = int(node.attrs.get("hidden_size", r.shape[-1]))
+    direction = node.attrs.get("direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    b = _p(node, "B")
+    b = np.zeros((dirs, 2 * GATES[kind] * hidden)) if b is None else b
+    names = list(node.attrs.get("activations") or DEFAULT_ACTIVATIONS[kind] * dirs)
+    per = len(DEFAULT_ACTIVATIONS[kind])
+    if len(names) == per and dirs == 2:
+        names = names * 2
+    try:
+        acts = [ACTIVATIONS[a] for a in names]
+    except KeyError as exc:
+        raise EdgeDFAError(f"node {node.name!r}: activation {exc} is not supported") from exc
+    clip = node.attrs.get("clip")
+    return xs, w, r, b, hidden, direction, dirs, acts, per, clip, layout
+
+
+def _clipped(v, clip):
+    return v if clip is None else np.clip(v, -clip, clip)
+
+
+def _step_rnn(kind, node, x_t, h, c, w, r, wb, rb, acts, clip, hidden):
+    """One time step of one direction; returns (h, c)."""
+    if kind == "RNN":
+        return acts[0](_clipped(x_t @ w.T + h @ r.T + wb + rb, clip)), c
+    if kind == "GRU":
+        f, g = acts
+        xw = x_t @ w.T + wb
+        z = f(_clipped(xw[:, :hidden] + h @ r[:hidden].T + rb[:hidden], clip))
+        rr = f(_clipped(xw[:, hidden:2 * hidden] + h @ r[hidden:2 * hidden].T
+                        + rb[hidden:2 * hidden], clip))
+        rh, rbh = r[2 * hidden:], rb[2 * hidden:]
+        if node.attrs.get("linear_before_reset", 0):
+            pre = xw[:, 2 * hidden:] + rr * (h @ rh.T + rbh)
+        else:
+            pre = xw[:, 2 * hidden:] + (rr * h) @ rh.T + rbh
+        hh = g(_clipped(pre, clip))
+        return (1.0 - z) * hh + z * h, c
+    f, g, hact = acts
+    gates = x_t @ w.T + h @ r.T + wb + rb
+    i = f(_clipped(gates[:, :hidden], clip))
+    o_pre = gates[:, hidden:2 * hidden]
+    if node.attrs.get("input_forget", 0):
+        fg = 1.0 - i
+    else:
+        fg = f(_clipped(gates[:, 2 * hidden:3 * hidden], clip))
+    cc = g(_clipped(gates[:, 3 * hidden:], clip))
+    c = fg * c + i * cc
+    o = f(_clipped(o_pre, clip))
+    return o * hact(c), c
+
+
+def _recurrent(node, x):
+    xs, w, r, b, hidden, direction, dirs, acts, per, clip, layout = _rnn_setup(node, x)
+    steps, n = xs.shape[0], xs.shape[1]
+    g = GATES[node.op]
+    y = np.zeros((steps, dirs, n, hidden))
+    y_h = np.zeros((dirs, n, hidden))
+    y_c = np.zeros((dirs, n, hidden))
+    for d in range(dirs):
+        reverse = direction == "reverse" or d == 1
+        h = np.zeros((n, hidden))
+        c = np.zeros((n, hidden))
+        wb, rb = b[d, :g * hidden], b[d, g * hidden:]
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            h, c = _step_rnn(node.op, node, xs[t], h, c, w[d], r[d], wb, rb,
+                             acts[d * per:(d + 1) * per], clip, hidden)
+            y[t, d] = h
+        y_h[d], y_c[d] = h, c
+    if layout:
+        y, y_h, y_c = np.transpose(y, (2, 0, 1, 3)), np.swapaxes(y_h, 0, 1), np.swapaxes(
+            y_c, 0, 1)
+    return (y, y_h, y_c) if node.op == "LSTM" else (y, y_h)
+
+
+for _kind in GATES:
+    op(_kind)(_recurrent)
+
+
+def tensor_shapes(graph: Graph) -> dict:
+    """Tensor name -> shape, with "N" where the batch size goes (found by running twice)."""
+    one = run_float_all(graph, np.zeros((1,) + tuple(graph.input_shape)))
+    two = run_float_all(graph, np.zeros((2,) + tuple(graph.input_shape)))
+    return {name: tuple("N" if a != b else a for a, b in zip(v.shape, two[name].shape))
+            for name, v in one.items()}
+
+
+__all__ = ["run_float", "run_float_all", "prepare_input", "tensor_shapes", "OPS", "op"]

@@ -1,0 +1,46 @@
+"""Elementwise activations."""
+
+import numpy as np
+
+from ..registry import register
+
+
+def _simple(op):
+    def handler(node, ctx):
+        ctx.emit(node, op, [ctx.data_input(node)], [node.outputs[0]])
+    handler.__name__ = op.lower()
+    return handler
+
+
+register("Relu", 6, 13, 14)(_simple("Relu"))
+register("Tanh", 6, 13)(_simple("Tanh"))
+register("Sigmoid", 6, 13)(_simple("Sigmoid"))
+
+
+@register("LeakyRelu", 6, 16)
+def leaky_relu(node, ctx):
+    ctx.emit(node, "LeakyRelu", [ctx.data_input(node)], [node.outputs[0]],
+             {"alpha": float(node.attr("alpha", 0.01))})
+
+
+@register("Clip", 6)
+def clip_attrs(node, ctx):
+    lo = float(node.attr("min", -np.inf))
+    hi = float(node.attr("max", np.inf))
+    ctx.emit(node, "Clip", [ctx.data_input(node)], [node.outputs[0]], {"min": lo, "max": hi})
+
+
+@register("Clip", 11, 12, 13)
+def clip_inputs(node, ctx):
+    bounds = []
+    for i, default in ((1, -np.inf), (2, np.inf)):
+        name = node.inputs[i] if i < len(node.inputs) else ""
+        if not name:
+            bounds.append(default)
+            continue
+        value = ctx.const(name)
+        if value is None or np.asarray(value).size != 1:
+            ctx.fail(node, f"the Clip bound {name!r} must be a constant scalar")
+        bounds.append(float(np.asarray(value).reshape(-1)[0]))
+    ctx.emit(node, "Clip", [ctx.data_input(node)], [node.outputs[0]],
+             {"min": bounds[0], "max": bounds[1]})

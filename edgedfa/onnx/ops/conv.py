@@ -1,0 +1,121 @@
+"""Conv and pooling (1-d or 2-d), with auto_pad and ceil_mode made explicit pads."""
+
+import math
+
+import numpy as np
+
+from ..registry import register
+
+
+def _spatial(ctx, node, x):
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0 or len(shape) not in (3, 4):
+        ctx.fail(node, f"only 1-d or 2-d {node.op_type} on [N, C, L] or [N, C, H, W] inputs "
+                 f"is supported, got a rank-{len(shape)} input")
+    return shape[2:]
+
+
+def _pads(ctx, node, size, kernel, strides, dilations):
+    """Explicit (begin..., end...) pads, resolving auto_pad."""
+    rank = len(size)
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(node.attr("pads", [0] * 2 * rank))
+        if len(pads) != 2 * rank:
+            ctx.fail(node, f"pads {pads} do not match {rank} spatial dims")
+        return pads
+    if auto == "VALID":
+        return [0] * 2 * rank
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        ctx.fail(node, f"unknown auto_pad {auto!r}")
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+@register("Conv", 1, 11, 22)
+def conv(node, ctx):
+    x = ctx.data_input(node)
+    w = ctx.weight(node, 1, "weight W")
+    size = _spatial(ctx, node, x)
+    rank = len(size)
+    if w.ndim != rank + 2:
+        ctx.fail(node, f"weight shape {w.shape} does not fit a {rank}-d input")
+    kernel = list(w.shape[2:])
+    if list(node.attr("kernel_shape", kernel)) != kernel:
+        ctx.fail(node, f"kernel_shape {node.attr('kernel_shape')} != weight {kernel}")
+    strides = list(node.attr("strides", [1] * rank))
+    dilations = list(node.attr("dilations", [1] * rank))
+    group = int(node.attr("group", 1))
+    channels = ctx.shape(x)[1]
+    if channels != w.shape[1] * group or w.shape[0] % group:
+        ctx.fail(node, f"{channels} input channels do not fit weight {w.shape} with group "
+                 f"{group}")
+    params = {"W": w}
+    if len(node.inputs) > 2 and node.inputs[2]:
+        params["B"] = ctx.weight(node, 2, "bias B").reshape(-1)
+    attrs = {"strides": strides, "pads": _pads(ctx, node, size, kernel, strides, dilations),
+             "dilations": dilations, "group": group}
+    ctx.emit(node, "Conv", [x], [node.outputs[0]], attrs, params)
+
+
+def _pool(node, ctx, op):
+    x = ctx.data_input(node)
+    size = _spatial(ctx, node, x)
+    rank = len(size)
+    if len(node.outputs) > 1 and node.outputs[1]:
+        ctx.fail(node, "the Indices output of MaxPool is not supported")
+    kernel = list(node.attr("kernel_shape", []))
+    if len(kernel) != rank:
+        ctx.fail(node, f"kernel_shape {kernel} does not match {rank} spatial dims")
+    strides = list(node.attr("strides", [1] * rank))
+    dilations = list(node.attr("dilations", [1] * rank))
+    if any(d != 1 for d in dilations):
+        ctx.fail(node, f"dilated pooling (dilations {dilations}) is not supported")
+    pads = _pads(ctx, node, size, kernel, strides, dilations)
+    include = int(node.attr("count_include_pad", 0))
+    if node.attr("ceil_mode", 0):
+        pads = _ceil_pads(ctx, node, size, kernel, strides, pads, op == "AveragePool" and
+                          include)
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads}
+    if op == "AveragePool":
+        attrs["count_include_pad"] = include
+    ctx.emit(node, op, [x], [node.outputs[0]], attrs)
+
+
+def _ceil_pads(ctx, node, size, kernel, strides, pads, strict):
+    """ceil_mode=1 as extra end padding (exact for MaxPool and count_include_pad=0)."""
+    rank = len(size)
+    pads = list(pads)
+    for i, (n, k, s) in enumerate(zip(size, kernel, strides)):
+        span = n + pads[i] + pads[rank + i] - k
+        out = math.ceil(span / s) + 1
+        if (out - 1) * s >= n + pads[i]:
+            out -= 1  # the last window must start inside the input or its begin pad
+        extra = max((out - 1) * s + k - (n + pads[i] + pads[rank + i]), 0)
+        if extra and strict:
+            ctx.fail(node, "ceil_mode=1 with count_include_pad=1 is not supported")
+        pads[rank + i] += extra
+    return pads
+
+
+@register("MaxPool", 1, 8, 10, 11, 12, 22)
+def max_pool(node, ctx):
+    _pool(node, ctx, "MaxPool")
+
+
+@register("AveragePool", 1, 7, 10, 11, 19, 22)
+def average_pool(node, ctx):
+    _pool(node, ctx, "AveragePool")
+
+
+@register("GlobalAveragePool", 1, 22)
+def global_average_pool(node, ctx):
+    x = ctx.data_input(node)
+    _spatial(ctx, node, x)
+    ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])

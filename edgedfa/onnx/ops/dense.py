@@ -1,0 +1,92 @@
+"""Gemm and MatMul with a constant weight become Dense; a constant Add after one is its bias."""
+
+import numpy as np
+
+from ..registry import register
+
+
+@register("Gemm", 6, 7, 9, 11, 13)
+def gemm(node, ctx):
+    a = ctx.data_input(node, 0)
+    w = ctx.weight(node, 1, "weight B")
+    if w.ndim != 2:
+        ctx.fail(node, f"the weight must be 2-D, got shape {w.shape}")
+    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+    weight = alpha * (w if node.attr("transB", 0) else w.T)  # (out, in)
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        c = ctx.weight(node, 2, "bias C")
+        bias = beta * _as_bias(ctx, node, c, weight.shape[0])
+    x = a
+    if node.attr("transA", 0):
+        shape = ctx.shape(a)
+        if shape is None or len(shape) != 2:
+            ctx.fail(node, "transA=1 needs a 2-D input")
+        x = node.outputs[0] + "__transposed_input"
+        ctx.emit(node, "Transpose", [a], [x], {"perm": [1, 0]}, suffix="__transpose")
+    _dense(ctx, node, x, weight, bias)
+
+
+@register("MatMul", 1, 9, 13)
+def matmul(node, ctx):
+    a = ctx.data_input(node, 0)
+    w = ctx.weight(node, 1, "second operand")
+    if w.ndim != 2:
+        ctx.fail(node, f"only a 2-D constant second operand is supported, got {w.shape}")
+    _dense(ctx, node, a, w.T.copy(), None)
+
+
+def _dense(ctx, node, x, weight, bias):
+    shape = ctx.shape(x) or ctx.shape(node.inputs[0])
+    if shape is not None and shape[-1] not in (None, weight.shape[1]) and len(shape) > 0:
+        ctx.fail(node, f"input features {shape[-1]} do not match the weight {weight.shape}")
+    params = {"W": weight}
+    if bias is not None:
+        params["B"] = bias
+    ctx.emit(node, "Dense", [x], [node.outputs[0]], {}, params)
+
+
+def _as_bias(ctx, node, c, out):
+    """A constant broadcast over the last axis as a (out,) vector, or a clear error."""
+    c = np.asarray(c, dtype=np.float64)
+    if c.size == 1:
+        return np.full(out, float(c.reshape(-1)[0]))
+    if c.shape[-1] == out and c.size == out:
+        return c.reshape(out).copy()
+    ctx.fail(node, f"a constant of shape {c.shape} is not a bias over {out} features "
+             "(a bias that depends on the batch position is not supported)")
+
+
+def _channel_bias(ctx, node, c, producer, rank):
+    """A constant added to a Conv output as a per-channel vector, or None."""
+    out = producer.params["W"].shape[0]
+    c = np.asarray(c, dtype=np.float64)
+    if c.size == 1:
+        return np.full(out, float(c.reshape(-1)[0]))
+    trailing = c.shape[-(rank - 1):] if c.ndim >= rank - 1 else None
+    if c.size == out and trailing is not None and trailing[0] == out:
+        return c.reshape(out).copy()
+    return None
+
+
+def fold_bias(ctx, node, data: str, c) -> bool:
+    """Fold constant ``c`` into the bias of the Dense/Conv writing ``data``; True when done."""
+    prod = ctx.producer(data)
+    if prod is None or prod.op not in ("Dense", "Conv") or not ctx.single_use(data):
+        return False
+    if prod.op == "Dense":
+        shape = ctx.shape(data)
+        if shape is not None and c.ndim > 1 and c.ndim > len(shape):
+            return False
+        try:
+            bias = _as_bias(ctx, node, c, prod.params["W"].shape[0])
+        except ValueError:
+            return False
+    else:
+        shape = ctx.shape(data)
+        bias = _channel_bias(ctx, node, c, prod, len(shape) if shape else 0)
+        if bias is None:
+            return False
+    prod.params["B"] = prod.params.get("B", 0.0) + bias
+    ctx.set_alias(node.outputs[0], data)
+    return True

@@ -1,0 +1,144 @@
+"""Layout ops (Flatten, Reshape, Transpose, Squeeze, Unsqueeze) and merges (Add, Sum, Concat)."""
+
+import math
+
+import numpy as np
+
+from ..ir import BATCH
+from ..registry import register
+from .dense import fold_bias
+
+
+@register("Flatten", 1, 9, 11, 13, 21, 23, 24, 25)
+def flatten(node, ctx):
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    axis = int(node.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    if ctx.batch_at(node, x) != 0 or axis < 1:
+        ctx.fail(node, f"Flatten(axis={axis}) would merge the batch dimension")
+    if axis == 1:
+        ctx.emit(node, "Flatten", [x], [node.outputs[0]], {"axis": 1})
+    elif math.prod(shape[1:axis]) == 1:
+        rest = int(math.prod(shape[axis:]))
+        ctx.emit(node, "Reshape", [x], [node.outputs[0]], {"shape": [-1, rest]})
+    else:
+        ctx.fail(node, f"Flatten(axis={axis}) would merge the batch dimension")
+
+
+@register("Reshape", 5, 13, 14, 19, 21, 23, 24, 25)
+def reshape(node, ctx):
+    x = ctx.data_input(node)
+    ctx.known_shape(node, x)
+    k = ctx.batch_at(node, x)
+    out = ctx.shape(node.outputs[0])
+    if out is None or any(d is None for d in out) or k >= len(out) or out[k] != BATCH or \
+            list(out[:k]) != list(ctx.shape(x)[:k]):
+        target = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+        ctx.fail(node, f"cannot resolve the Reshape target {_show(target)} for input shape "
+                 f"{_show(ctx.shape(x))} keeping the batch dimension in place; reshapes "
+                 "that merge the batch with another axis are not supported")
+    shape = [-1 if d == BATCH else int(d) for d in out]
+    ctx.emit(node, "Reshape", [x], [node.outputs[0]], {"shape": shape})
+
+
+def _show(v):
+    if v is None:
+        return "(not constant)"
+    return "[" + ", ".join("N" if d == BATCH else str(d) for d in np.asarray(v, object).ravel()) + "]"
+
+
+@register("Transpose", 1, 13, 21, 23, 24, 25)
+def transpose(node, ctx):
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    perm = [int(p) for p in node.attr("perm", list(range(len(shape)))[::-1])]
+    if sorted(perm) != list(range(len(shape))):
+        ctx.fail(node, f"perm {perm} is not a permutation of {len(shape)} axes")
+    ctx.emit(node, "Transpose", [x], [node.outputs[0]], {"perm": perm})
+
+
+def _axes(node, ctx):
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if len(node.inputs) > 1 and node.inputs[1]:
+        value = ctx.const(node.inputs[1])
+        if value is None:
+            ctx.fail(node, "the axes input must be a constant")
+        return [int(a) for a in np.asarray(value).reshape(-1)]
+    return None
+
+
+@register("Squeeze", 1, 11, 13, 21, 23, 24, 25)
+def squeeze(node, ctx):
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    axes = _axes(node, ctx)
+    if axes is None:
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    axes = sorted(a + len(shape) if a < 0 else a for a in axes)
+    if any(shape[a] != 1 for a in axes):
+        ctx.fail(node, f"cannot squeeze axes {axes} of shape {_show(shape)} (the batch "
+                 "dimension and axes longer than 1 stay)")
+    ctx.emit(node, "Squeeze", [x], [node.outputs[0]], {"axes": axes})
+
+
+@register("Unsqueeze", 1, 11, 13, 21, 23, 24, 25)
+def unsqueeze(node, ctx):
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    axes = _axes(node, ctx)
+    if not axes:
+        ctx.fail(node, "Unsqueeze needs axes")
+    rank = len(shape) + len(axes)
+    axes = sorted(a + rank if a < 0 else a for a in axes)
+    ctx.emit(node, "Unsqueeze", [x], [node.outputs[0]], {"axes": axes})
+
+
+@register("Concat", 4, 11, 13)
+def concat(node, ctx):
+    names = [i for i in node.inputs if i]
+    for i, name in enumerate(names):
+        if ctx.const(name) is not None:
+            ctx.fail(node, f"constant input {name!r} to Concat is not supported")
+    shape = ctx.known_shape(node, names[0])
+    axis = int(node.attr("axis", 1))
+    axis = axis + len(shape) if axis < 0 else axis
+    batch = {ctx.batch_at(node, n) for n in names}
+    if len(batch) != 1 or axis in batch:
+        ctx.fail(node, f"Concat over axis {axis} needs every input's batch on another axis")
+    ctx.emit(node, "Concat", names, [node.outputs[0]], {"axis": axis})
+
+
+@register("Add", 7, 13, 14)
+def add(node, ctx):
+    a, b = node.inputs[0], node.inputs[1]
+    consts = [ctx.const(n) for n in (a, b)]
+    if consts[0] is not None and consts[1] is not None:
+        ctx.fail(node, "Add of two constants was not folded")
+    if consts[0] is not None or consts[1] is not None:
+        data, c = (b, consts[0]) if consts[0] is not None else (a, consts[1])
+        if not fold_bias(ctx, node, data, np.asarray(c, dtype=np.float64)):
+            ctx.fail(node, "adding a constant is supported only as the bias of the Dense "
+                     "or Conv right before it")
+        return
+    _merge(node, ctx, [a, b])
+
+
+@register("Sum", 6, 8, 13)
+def sum_(node, ctx):
+    names = [i for i in node.inputs if i]
+    if any(ctx.const(n) is not None for n in names):
+        ctx.fail(node, "Sum with a constant input is not supported")
+    if len(names) == 1:
+        ctx.set_alias(node.outputs[0], names[0])
+        return
+    _merge(node, ctx, names)
+
+
+def _merge(node, ctx, names):
+    shapes = [ctx.known_shape(node, n) for n in names]
+    if len({ctx.batch_at(node, n) for n in names}) != 1 or len({len(s) for s in shapes}) != 1:
+        ctx.fail(node, f"inputs of shapes {[_show(s) for s in shapes]} do not line up on "
+                 "the batch dimension")
+    ctx.emit(node, "Add", names, [node.outputs[0]])
