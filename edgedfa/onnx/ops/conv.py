@@ -119,3 +119,30 @@ def global_average_pool(node, ctx):
     x = ctx.data_input(node)
     _spatial(ctx, node, x)
     ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
+
+
+@register("ReduceMean", 1, 11, 13, 18)
+def reduce_mean(node, ctx):
+    """A mean over every spatial axis is a GlobalAveragePool (then Flatten if keepdims=0)."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    if "axes" in node.attrs:
+        axes = list(node.attrs["axes"])
+    elif len(node.inputs) > 1 and node.inputs[1]:
+        value = ctx.const(node.inputs[1])
+        if value is None:
+            ctx.fail(node, "the axes input must be a constant")
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    else:
+        axes = list(range(len(shape)))
+    axes = sorted(a + len(shape) if a < 0 else a for a in axes)
+    if ctx.batch_at(node, x) != 0 or len(shape) not in (3, 4) or axes != list(
+            range(2, len(shape))):
+        ctx.fail(node, f"ReduceMean over axes {axes} of a rank-{len(shape)} tensor is "
+                 "supported only as a global average over the spatial axes of [N, C, ...]")
+    if node.attr("keepdims", 1):
+        ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
+        return
+    pooled = node.outputs[0] + "__pooled"
+    ctx.emit(node, "GlobalAveragePool", [x], [pooled], suffix="__pool")
+    ctx.emit(node, "Flatten", [pooled], [node.outputs[0]], {"axis": 1})

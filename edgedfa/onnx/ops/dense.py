@@ -24,7 +24,7 @@ def gemm(node, ctx):
             ctx.fail(node, "transA=1 needs a 2-D input")
         x = node.outputs[0] + "__transposed_input"
         ctx.emit(node, "Transpose", [a], [x], {"perm": [1, 0]}, suffix="__transpose")
-    _dense(ctx, node, x, weight, bias)
+    _dense(ctx, node, x, weight, bias, check=not node.attr("transA", 0))
 
 
 @register("MatMul", 1, 9, 13)
@@ -36,9 +36,9 @@ def matmul(node, ctx):
     _dense(ctx, node, a, w.T.copy(), None)
 
 
-def _dense(ctx, node, x, weight, bias):
-    shape = ctx.shape(x) or ctx.shape(node.inputs[0])
-    if shape is not None and shape[-1] not in (None, weight.shape[1]) and len(shape) > 0:
+def _dense(ctx, node, x, weight, bias, check=True):
+    shape = ctx.shape(x)
+    if check and shape and shape[-1] != weight.shape[1]:
         ctx.fail(node, f"input features {shape[-1]} do not match the weight {weight.shape}")
     params = {"W": weight}
     if bias is not None:

@@ -110,9 +110,13 @@ def concat(node, ctx):
     ctx.emit(node, "Concat", names, [node.outputs[0]], {"axis": axis})
 
 
-@register("Add", 7, 13, 14)
+@register("Add", 6, 7, 13, 14)
 def add(node, ctx):
     a, b = node.inputs[0], node.inputs[1]
+    if node.attr("broadcast", 0) and ctx.const(a) is None and ctx.const(b) is None and \
+            ctx.shape(a) != ctx.shape(b):
+        ctx.fail(node, "Add-6 with legacy broadcasting between two data tensors is not "
+                 "supported")
     consts = [ctx.const(n) for n in (a, b)]
     if consts[0] is not None and consts[1] is not None:
         ctx.fail(node, "Add of two constants was not folded")

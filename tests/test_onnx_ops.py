@@ -1,0 +1,316 @@
+"""Each supported ONNX op, built with onnx.helper, imports and matches onnxruntime."""
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from edgedfa.errors import EdgeDFAError
+from onnx_helpers import check, model, rand
+
+N = 3
+
+
+def ops(g):
+    return [n.op for n in g.nodes]
+
+
+@pytest.mark.parametrize("trans_a", [0, 1])
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [None, (), (6,), (1, 6)])
+def test_gemm_forms(trans_a, trans_b, c_shape):
+    w = rand(6, 5, seed=1) if trans_b else rand(5, 6, seed=1)
+    inits = {"W": w}
+    inputs = ["x", "W"]
+    if c_shape is not None:
+        inits["C"] = rand(*c_shape, seed=2) if c_shape else np.float32(0.7)
+        inputs.append("C")
+    node = helper.make_node("Gemm", inputs, ["y"], transA=trans_a, transB=trans_b,
+                            alpha=0.5, beta=1.5)
+    in_shape = ["N", 5] if not trans_a else [5, "N"]
+    x = rand(N, 5, seed=3) if not trans_a else rand(5, N, seed=3)
+    if trans_a:  # the graph input must be batch first: transpose it in the graph
+        node.input[0] = "xt"
+        nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]), node]
+        in_shape, x = ["N", 5], rand(N, 5, seed=3)
+    else:
+        nodes = [node]
+    g = check(model(nodes, inits, in_shape, opset=13), x)
+    assert ops(g)[-1] == "Dense"
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+def test_matmul_add_becomes_dense_with_bias(opset):
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["y"])]
+    g = check(model(nodes, {"W": rand(7, 4, seed=1), "b": rand(4, seed=2)}, ["N", 7],
+                    opset=opset), rand(N, 7))
+    assert ops(g) == ["Dense"] and "B" in g.nodes[0].params
+
+
+def test_matmul_on_sequence_is_dense_on_last_axis():
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]),
+             helper.make_node("Add", ["b", "h"], ["y"])]
+    g = check(model(nodes, {"W": rand(7, 4, seed=1), "b": rand(1, 1, 4, seed=2)},
+                    ["N", 5, 7]), rand(N, 5, 7))
+    assert ops(g) == ["Dense"]
+
+
+CONV_CASES = [
+    dict(shape=(2, 12), w=(4, 2, 3), attrs={}),
+    dict(shape=(4, 12), w=(6, 2, 3), attrs=dict(group=2, dilations=[2], pads=[1, 2])),
+    dict(shape=(2, 13), w=(4, 2, 4), attrs=dict(auto_pad="SAME_UPPER", strides=[2])),
+    dict(shape=(2, 13), w=(4, 2, 4), attrs=dict(auto_pad="SAME_LOWER", strides=[2])),
+    dict(shape=(2, 9, 8), w=(4, 2, 3, 3), attrs=dict(auto_pad="VALID", strides=[2, 1])),
+    dict(shape=(4, 9, 8), w=(4, 1, 3, 2), attrs=dict(group=4, pads=[1, 0, 2, 1],
+                                                    dilations=[1, 2])),
+    dict(shape=(3, 7, 7), w=(6, 3, 3, 3), attrs=dict(auto_pad="SAME_UPPER")),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv(case, bias):
+    inits = {"W": rand(*case["w"], seed=1)}
+    inputs = ["x", "W"]
+    if bias:
+        inits["B"] = rand(case["w"][0], seed=2)
+        inputs.append("B")
+    node = helper.make_node("Conv", inputs, ["y"], **case["attrs"])
+    g = check(model([node], inits, ["N", *case["shape"]], opset=11), rand(N, *case["shape"]))
+    assert ops(g) == ["Conv"] and len(g.nodes[0].attrs["pads"]) == 2 * (len(case["w"]) - 2)
+
+
+POOLS = [
+    ("MaxPool", (3, 10), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    ("MaxPool", (3, 9, 9), dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", (3, 8, 7), dict(kernel_shape=[3, 2], auto_pad="SAME_UPPER")),
+    ("AveragePool", (3, 10), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    ("AveragePool", (3, 10), dict(kernel_shape=[3], strides=[2], pads=[1, 1],
+                                  count_include_pad=1)),
+    ("AveragePool", (3, 9, 9), dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    ("AveragePool", (3, 8, 8), dict(kernel_shape=[3, 3], strides=[1, 2], pads=[1, 1, 1, 1])),
+    ("GlobalAveragePool", (3, 5, 4), {}),
+    ("GlobalAveragePool", (3, 6), {}),
+]
+
+
+@pytest.mark.parametrize("op,shape,attrs", POOLS)
+def test_pooling(op, shape, attrs):
+    g = check(model([helper.make_node(op, ["x"], ["y"], **attrs)], {}, ["N", *shape],
+                    opset=13), rand(N, *shape))
+    assert ops(g) == [op]
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_mean_over_space_is_global_pool(keepdims):
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=keepdims)
+    g = check(model([node], {}, ["N", 3, 4, 5], opset=13), rand(N, 3, 4, 5))
+    assert ops(g)[0] == "GlobalAveragePool"
+
+
+@pytest.mark.parametrize("op,attrs", [("Relu", {}), ("Tanh", {}), ("Sigmoid", {}),
+                                      ("LeakyRelu", {"alpha": 0.2}), ("LeakyRelu", {})])
+@pytest.mark.parametrize("opset", [11, 14, 16, 21])
+def test_activations(op, attrs, opset):
+    g = check(model([helper.make_node(op, ["x"], ["y"], **attrs)], {}, ["N", 6], opset=opset),
+              rand(N, 6, scale=3))
+    assert ops(g) == [op]
+
+
+@pytest.mark.parametrize("opset,form", [(6, "attrs"), (11, "inputs"), (13, "inputs"),
+                                        (13, "min only"), (13, "none")])
+def test_clip(opset, form):
+    inits, inputs, attrs = {}, ["x"], {}
+    if form == "attrs":
+        attrs = dict(min=-0.5, max=1.5)
+    elif form != "none":
+        inits["lo"] = np.float32(-0.5)
+        inputs.append("lo")
+        if form == "inputs":
+            inits["hi"] = np.float32(1.5)
+            inputs.append("hi")
+    g = check(model([helper.make_node("Clip", inputs, ["y"], **attrs)], inits, ["N", 6],
+                    opset=opset), rand(N, 6, scale=2))
+    assert ops(g) == ["Clip"]
+
+
+def test_flatten_reshape_transpose_squeeze_unsqueeze():
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
+             helper.make_node("Reshape", ["f", "s"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Unsqueeze", ["t", "ax"], ["u"]),
+             helper.make_node("Squeeze", ["u", "ax"], ["y"])]
+    inits = {"s": np.array([0, 4, -1], np.int64), "ax": np.array([2], np.int64)}
+    g = check(model(nodes, inits, ["N", 2, 3, 4], opset=13), rand(N, 2, 3, 4))
+    assert ops(g) == ["Flatten", "Reshape", "Transpose", "Unsqueeze", "Squeeze"]
+    assert g.nodes[1].attrs["shape"] == [-1, 4, 6]
+
+
+def test_shape_chain_reshape_is_folded():
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape, as TorchScript writes x.view(N, -1)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["b"], axis=0),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["bu"]),
+             helper.make_node("Concat", ["bu", "minus1"], ["t"], axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    inits = {"zero": np.array(0, np.int64), "ax": np.array([0], np.int64),
+             "minus1": np.array([-1], np.int64)}
+    g = check(model(nodes, inits, ["N", 3, 4], opset=13, out_shape=["N", 12]), rand(N, 3, 4))
+    assert ops(g) == ["Reshape"] and g.nodes[0].attrs["shape"] == [-1, 12]
+
+
+def test_reshape_baked_to_export_batch_is_generalised():
+    nodes = [helper.make_node("Reshape", ["x", "t"], ["y"])]
+    m = model(nodes, {"t": np.array([2, -1], np.int64)}, [2, 3, 4], opset=13)
+    g = check(m, rand(2, 3, 4))
+    from edgedfa.float_ref import run_float
+    assert g.nodes[0].attrs["shape"] == [-1, 12]
+    assert run_float(g, rand(5, 3, 4)).shape == (5, 12)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_batchnorm_folds_into_conv_and_gemm(opset):
+    c = 4
+    bn = {f"{p}{i}": v for i in (1, 2) for p, v in
+          (("g", rand(c, seed=i) * 0.3 + 1), ("b", rand(c, seed=i + 5)),
+           ("m", rand(c, seed=i + 9)), ("v", np.abs(rand(c, seed=i + 7)) + 0.5))}
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g1", "b1", "m1", "v1"], ["cb"],
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["cb"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("Gemm", ["f", "G", "b2"], ["d"], transB=1),
+             helper.make_node("BatchNormalization", ["d", "g2", "b2", "m2", "v2"], ["y"])]
+    inits = dict(bn, W=rand(c, 2, 3, seed=3), G=rand(c, c * 6, seed=4))
+    g = check(model(nodes, inits, ["N", 2, 6], opset=opset), rand(N, 2, 6))
+    assert ops(g) == ["Conv", "Relu", "Flatten", "Dense"]
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 5), (4, 5, 3)])
+def test_batchnorm_alone_becomes_affine(shape):
+    c = 4
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"])]
+    inits = dict(g=rand(c, seed=1), b=rand(c, seed=2), m=rand(c, seed=3),
+                 v=np.abs(rand(c, seed=4)) + 0.1)
+    g = check(model(nodes, inits, ["N", *shape], opset=15), rand(N, *shape))
+    assert ops(g)[1] == ("Dense" if len(shape) == 1 else "Conv")
+
+
+def test_dropout_identity_removed_and_softmax_absorbed():
+    nodes = [helper.make_node("Dropout", ["x", "ratio"], ["d"]),
+             helper.make_node("Identity", ["d"], ["i"]),
+             helper.make_node("Gemm", ["i", "W"], ["l"], transB=1),
+             helper.make_node("Softmax", ["l"], ["y"], axis=-1)]
+    g = check(model(nodes, {"W": rand(3, 6), "ratio": np.float32(0.3)}, ["N", 6], opset=13),
+              rand(N, 6))
+    assert ops(g) == ["Dense"]
+    assert g.meta["output_softmax"] is True and g.meta["output_softmax_op"] == "Softmax"
+
+
+def test_residual_add_sum_and_concat():
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], pads=[1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Add", ["ar", "x"], ["s"]),
+             helper.make_node("Conv", ["s", "W2"], ["b"], pads=[0, 0]),
+             helper.make_node("Sum", ["s", "ar", "x"], ["t"]),
+             helper.make_node("Concat", ["t", "b"], ["y"], axis=1)]
+    inits = {"W1": rand(2, 2, 3, seed=1), "W2": rand(3, 2, 1, seed=2)}
+    g = check(model(nodes, inits, ["N", 2, 7], opset=13), rand(N, 2, 7))
+    assert ops(g).count("Add") == 2 and ops(g)[-1] == "Concat"
+
+
+# -- recurrent layers -------------------------------------------------------------------
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def recurrent_model(kind, direction="forward", layout=0, lbr=0, bias=True, seq=5, feat=4,
+                    hidden=3, activations=None, opset=14, clip=None):
+    dirs = 2 if direction == "bidirectional" else 1
+    g = GATES[kind]
+    inits = {"W": rand(dirs, g * hidden, feat, seed=1, scale=0.5),
+             "R": rand(dirs, g * hidden, hidden, seed=2, scale=0.5)}
+    if bias:
+        inits["B"] = rand(dirs, 2 * g * hidden, seed=3, scale=0.5)
+    attrs = dict(hidden_size=hidden, direction=direction)
+    if layout:
+        attrs["layout"] = 1
+    if kind == "GRU":
+        attrs["linear_before_reset"] = lbr
+    if activations:
+        attrs["activations"] = activations
+    if clip is not None:
+        attrs["clip"] = clip
+    outs = ["Y", "Y_h"] + (["Y_c"] if kind == "LSTM" else [])
+    node = helper.make_node(kind, ["xt" if not layout else "x", "W", "R"] +
+                            (["B"] if bias else []), outs, **attrs)
+    nodes = [] if layout else [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    nodes.append(node)
+    # Y [T, dirs, N, H] (layout 0) -> [N, T*dirs*H]; layout 1: Y [N, T, dirs, H]
+    if not layout:
+        nodes.append(helper.make_node("Transpose", ["Y"], ["Yt"], perm=[2, 0, 1, 3]))
+        nodes.append(helper.make_node("Flatten", ["Yt"], ["y"], axis=1))
+    else:
+        nodes.append(helper.make_node("Flatten", ["Y"], ["y"], axis=1))
+    return model(nodes, inits, ["N", seq, feat], opset=opset)
+
+
+@pytest.mark.parametrize("kind,lbr", [("RNN", 0), ("GRU", 0), ("GRU", 1), ("LSTM", 0)])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_recurrent_directions(kind, direction, lbr):
+    g = check(recurrent_model(kind, direction, lbr=lbr), rand(N, 5, 4, scale=1.5))
+    node = next(n for n in g.nodes if n.op == kind)
+    assert node.attrs["direction"] == direction and set(node.params) == {"W", "R", "B"}
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_recurrent_without_bias_and_other_activations(kind):
+    acts = {"RNN": ["Relu"], "GRU": ["Sigmoid", "Relu"], "LSTM": ["Sigmoid", "Relu", "Tanh"]}
+    g = check(recurrent_model(kind, bias=False, activations=acts[kind], opset=11),
+              rand(N, 5, 4))
+    node = next(n for n in g.nodes if n.op == kind)
+    assert "B" not in node.params and node.attrs["activations"] == acts[kind]
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_recurrent_clip(kind):
+    check(recurrent_model(kind, clip=0.4), rand(N, 5, 4, scale=3))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_recurrent_layout_1_matches_layout_0(kind, direction):
+    """onnxruntime's CPU kernels lack layout=1: compare with the layout-0 graph instead."""
+    from edgedfa.float_ref import run_float
+    from edgedfa.onnx import load_graph_bytes
+    x = rand(N, 5, 4)
+    g0 = load_graph_bytes(recurrent_model(kind, direction).SerializeToString())
+    g1 = load_graph_bytes(recurrent_model(kind, direction, layout=1).SerializeToString())
+    node = next(n for n in g1.nodes if n.op == kind)
+    assert node.attrs["layout"] == 1
+    y1 = run_float(g1, x).reshape(N, 5, -1, 3)  # [N, T, dirs, H]
+    y0 = run_float(g0, x).reshape(N, 5, -1, 3)  # [N, T, dirs, H] after the Transpose
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_last_step_read_becomes_final_hidden(kind):
+    m = recurrent_model(kind)
+    g = m.graph
+    del g.node[2:]
+    g.node.extend([helper.make_node("Squeeze", ["Y", "one"], ["Ys"]),
+                   helper.make_node("Transpose", ["Ys"], ["Yb"], perm=[1, 0, 2]),
+                   helper.make_node("Gather", ["Yb", "last"], ["y"], axis=1)])
+    from onnx import numpy_helper
+    g.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), "one"),
+                          numpy_helper.from_array(np.array(-1, np.int64), "last")])
+    out = check(m, rand(N, 5, 4))
+    rnn = next(n for n in out.nodes if n.op == kind)
+    assert rnn.outputs[1] and ops(out)[-1] == "Squeeze"
+
+
+def test_softmax_not_at_output_is_rejected():
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=-1),
+             helper.make_node("Relu", ["s"], ["y"])]
+    with pytest.raises(EdgeDFAError, match="Softmax is supported only as the last node"):
+        check(model(nodes, {}, ["N", 4], opset=13), rand(N, 4))

@@ -1,0 +1,168 @@
+"""Export the small PyTorch models under tests/fixtures/onnx/ (TorchScript and dynamo exporters).
+
+Needs torch (and onnxscript for the dynamo exporter): ``pip install torch==2.13.0 onnxscript``.
+torch is never a dependency of edgedfa or of its tests; the tests read the committed files.
+Run: ``python tools/make_onnx_fixtures.py [OUT_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "tests", "fixtures", "onnx")
+
+
+class MLP(nn.Module):
+    def __init__(self, softmax=False):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(20, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                 nn.Dropout(0.2), nn.Linear(32, 16), nn.Tanh(),
+                                 nn.Linear(16, 5))
+        self.softmax = softmax
+
+    def forward(self, x):
+        y = self.net(x)
+        return torch.log_softmax(y, dim=-1) if self.softmax else y
+
+
+class CNN1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(1, 8, 5, padding=2)
+        self.bn = nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 8, 3, groups=2, dilation=2)
+        self.fc = nn.Linear(8 * 8, 5)
+
+    def forward(self, x):
+        x = nn.functional.max_pool1d(torch.relu(self.bn(self.c1(x))), 2)
+        x = nn.functional.avg_pool1d(nn.functional.leaky_relu(self.c2(x), 0.1), 2)
+        return self.fc(x.flatten(1))
+
+
+class CNN2d(nn.Module):
+    """Residual add, a branch joined by Concat, ReLU6, sigmoid, global average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.b1 = nn.Conv2d(6, 4, 1)
+        self.b2 = nn.Conv2d(6, 4, 3, stride=1, padding=1, groups=2)
+        self.c3 = nn.Conv2d(8, 8, 3, stride=2)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.bn1(self.c1(x))), 2)
+        x = nn.functional.relu6(self.c2(x)) + x
+        x = torch.cat([torch.sigmoid(self.b1(x)), torch.tanh(self.b2(x))], dim=1)
+        x = nn.functional.adaptive_avg_pool2d(torch.relu(self.c3(x)), 1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class LastStep(nn.Module):
+    """A recurrent layer (batch first) read at its last step, then a linear classifier."""
+
+    def __init__(self, kind, layers=1, **kw):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(6, 10, num_layers=layers, batch_first=True, **kw)
+        self.fc = nn.Linear(10, 4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1, :])
+
+
+class FinalHidden(nn.Module):
+    """Uses h_n of the last layer."""
+
+    def __init__(self, kind, **kw):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(6, 10, batch_first=True, **kw)
+        self.fc = nn.Linear(10, 4)
+
+    def forward(self, x):
+        _, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h
+        return self.fc(h[-1])
+
+
+class WholeSequence(nn.Module):
+    """A bidirectional layer whose whole output sequence feeds the classifier."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(6, 5, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(8 * 10, 4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out.reshape(out.shape[0], -1))
+
+
+SEQ = (8, 6)
+# name -> (model factory, per-sample input shape, exporters, fixed batch or None)
+CASES = {
+    "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
+    "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
+    "mlp_fixed_batch": (lambda: MLP(), (20,), ("ts",), 3),
+    "cnn1d": (CNN1d, (1, 40), ("ts", "dynamo"), None),
+    "cnn2d": (CNN2d, (1, 12, 12), ("ts", "dynamo"), None),
+    "cnn2d_fixed_batch": (CNN2d, (1, 12, 12), ("ts",), 2),
+    "rnn": (lambda: LastStep("RNN"), SEQ, ("ts", "dynamo"), None),
+    "rnn_relu_hn": (lambda: FinalHidden("RNN", nonlinearity="relu"), SEQ, ("ts",), None),
+    "gru": (lambda: LastStep("GRU"), SEQ, ("ts", "dynamo"), None),
+    "gru_bidir_seq": (lambda: WholeSequence("GRU"), SEQ, ("ts", "dynamo"), None),
+    "lstm": (lambda: LastStep("LSTM"), SEQ, ("ts", "dynamo"), None),
+    "lstm_2layer": (lambda: LastStep("LSTM", layers=2), SEQ, ("ts", "dynamo"), None),
+    "lstm_hn": (lambda: FinalHidden("LSTM"), SEQ, ("ts",), None),
+}
+
+
+def export(name, factory, shape, exporter, fixed, out_dir):
+    torch.manual_seed(sum(map(ord, name)))
+    model = factory()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    batch = fixed or 3
+    x = torch.randn((batch,) + shape)
+    path = os.path.join(out_dir, f"{name}_{exporter}.onnx")
+    kw = dict(input_names=["x"], output_names=["y"])
+    if exporter == "ts":
+        if fixed is None:
+            kw["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
+        torch.onnx.export(model, (x,), path, dynamo=False, **kw)
+    else:
+        kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+        torch.onnx.export(model, (x,), path, dynamo=True, external_data=False, **kw)
+    return os.path.basename(path)
+
+
+def main(out_dir=OUT):
+    os.makedirs(out_dir, exist_ok=True)
+    warnings.filterwarnings("ignore")
+    manifest = {}
+    for name, (factory, shape, exporters, fixed) in CASES.items():
+        for exporter in exporters:
+            fname = export(name, factory, shape, exporter, fixed, out_dir)
+            manifest[fname] = {"input_shape": list(shape), "exporter": exporter,
+                               "fixed_batch": fixed, "torch": torch.__version__}
+            print("wrote", fname, os.path.getsize(os.path.join(out_dir, fname)), "bytes")
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
