@@ -1,0 +1,145 @@
+"""Integer tanh and sigmoid: one interpolated table, derivatives from output codes (§9).
+
+One ROM of ``TABLE_SIZE`` entries holds ``tanh`` on ``[0, 8)`` in steps of ``2^-7``; both
+functions are read from it by linear interpolation:
+
+- ``tanh(x)``: ``|x|`` to ``ap_ufixed<19,3>``, table lookup, interpolate, round, negate
+  when ``x < 0`` (exactly odd);
+- ``sigmoid(x) = (1 + tanh(x/2)) / 2``: the same unit fed ``x/2`` (one more fraction
+  bit, no arithmetic), one add and one right shift before the single output rounding.
+
+Derivatives are computed from the output codes in integers: ``tanh' = 1 - t^2`` in
+``ap_ufixed<W,1>``, ``sigmoid' = s(1 - s)`` in ``ap_ufixed<W,-1>`` (``W``: the output width).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import EdgeDFAError
+from .fixed import FixedFormat, Rounding, as_format, requantize
+
+SEG_BITS = 7  # segment width 2^-7
+RANGE_INT_BITS = 3  # table covers |x| in [0, 2^3)
+TABLE_FRAC = 17  # entries are tanh * 2^17, 18-bit unsigned
+INTERP_BITS = 9  # position inside a segment: 9 bits
+TABLE_SIZE = 1 << (RANGE_INT_BITS + SEG_BITS)  # 1024 stored entries; entry 1024 is 2^17
+LUT_IN_FMT = FixedFormat(RANGE_INT_BITS + SEG_BITS + INTERP_BITS, RANGE_INT_BITS, signed=False)
+INTERP_FRAC = TABLE_FRAC + INTERP_BITS  # fraction bits of the interpolated value (26)
+
+
+def _build_table() -> np.ndarray:
+    """T[k] = floor(tanh(k / 2^7) * 2^17 + 1/2), k = 0..1024 (T[1024] = 2^17, not stored)."""
+    t = [math.floor(math.tanh(k / (1 << SEG_BITS)) * (1 << TABLE_FRAC) + 0.5) for k in range(TABLE_SIZE)]
+    return np.array(t + [1 << TABLE_FRAC], dtype=np.int64)
+
+
+TANH_TABLE = _build_table()
+
+
+def _tanh_magnitude(mag, mag_fmt):
+    """Interpolated tanh of a non-negative wide code: int64 with INTERP_FRAC fraction bits."""
+    u = requantize(mag, mag_fmt, LUT_IN_FMT, Rounding.AP_RND, "AP_SAT")
+    k = u >> INTERP_BITS
+    r = u & ((1 << INTERP_BITS) - 1)
+    lo = TANH_TABLE[k]
+    return (lo << INTERP_BITS) + (TANH_TABLE[k + 1] - lo) * r
+
+
+def _check_out(out_fmt) -> FixedFormat:
+    out_fmt = as_format(out_fmt)
+    if not out_fmt.signed:
+        raise EdgeDFAError(f"tanh/sigmoid output format {out_fmt} must be signed (ap_fixed<W,I>)")
+    return out_fmt
+
+
+def tanh_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarray:
+    """Integer tanh: codes of ``in_fmt`` (any width) to codes of ``out_fmt`` (§9.2).
+
+    >>> tanh_codes(np.array([-128, 0, 32, 127]), "ap_fixed<8,3>", "ap_fixed<8,1>")
+    array([-127,    0,   97,  127])
+    """
+    in_fmt, out_fmt = as_format(in_fmt), _check_out(out_fmt)
+    x = np.asarray(codes, dtype=np.int64)
+    y = _tanh_magnitude(np.abs(x), in_fmt)
+    m = requantize(y, FixedFormat.with_frac(48, INTERP_FRAC), out_fmt, rounding, "AP_SAT")
+    return np.where(x < 0, -m, m)
+
+
+def sigmoid_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarray:
+    """Integer sigmoid as (1 + tanh(x/2)) / 2 from the tanh table (§9.3).
+
+    >>> sigmoid_codes(np.array([-128, 0, 32, 127]), "ap_fixed<8,3>", "ap_fixed<8,1>")
+    array([  2,  64,  94, 126])
+    """
+    in_fmt, out_fmt = as_format(in_fmt), _check_out(out_fmt)
+    x = np.asarray(codes, dtype=np.int64)
+    half_fmt = FixedFormat.with_frac(48, in_fmt.frac_bits + 1)  # x/2: one more fraction bit
+    y = _tanh_magnitude(np.abs(x), half_fmt)
+    one = 1 << INTERP_FRAC
+    w = np.where(x < 0, one - y, one + y)  # 1 + tanh(x/2) with INTERP_FRAC fraction bits
+    return requantize(w, FixedFormat.with_frac(48, INTERP_FRAC + 1), out_fmt, rounding, "AP_SAT")
+
+
+def dtanh_format(out_fmt) -> FixedFormat:
+    """Format of tanh' codes for outputs of ``out_fmt``: ap_ufixed<W,1> (holds 1 exactly)."""
+    out_fmt = as_format(out_fmt)
+    return FixedFormat.with_frac(out_fmt.width, out_fmt.frac_bits, signed=False)
+
+
+def dsigmoid_format(out_fmt) -> FixedFormat:
+    """Format of sigmoid' codes (values in [0, 1/4]): ap_ufixed<W,-1>, two more fraction bits."""
+    out_fmt = as_format(out_fmt)
+    return FixedFormat.with_frac(out_fmt.width, out_fmt.frac_bits + 2, signed=False)
+
+
+def dtanh_codes(t_codes, t_fmt) -> np.ndarray:
+    """tanh'(x) = 1 - t^2 from the output codes t, in dtanh_format (AP_RND)."""
+    t_fmt = as_format(t_fmt)
+    t = np.asarray(t_codes, dtype=np.int64)
+    wide = (1 << (2 * t_fmt.frac_bits)) - t * t
+    return requantize(wide, FixedFormat.with_frac(48, 2 * t_fmt.frac_bits), dtanh_format(t_fmt),
+                      Rounding.AP_RND, "AP_SAT")
+
+
+def dsigmoid_codes(s_codes, s_fmt) -> np.ndarray:
+    """sigmoid'(x) = s (1 - s) from the output codes s, in dsigmoid_format (AP_RND)."""
+    s_fmt = as_format(s_fmt)
+    s = np.asarray(s_codes, dtype=np.int64)
+    wide = s * ((1 << s_fmt.frac_bits) - s)
+    return requantize(wide, FixedFormat.with_frac(48, 2 * s_fmt.frac_bits), dsigmoid_format(s_fmt),
+                      Rounding.AP_RND, "AP_SAT")
+
+
+# Analytic bounds on |value before the output rounding - f(x)| for any input format (§9.5):
+# interpolation max|tanh''| h^2 / 8 + table rounding 2^-18 + input rounding 2^-17.
+TANH_CORE_BOUND = 0.7699 / 8 * 2.0**-14 + 2.0**-18 + 2.0**-17  # 1.732e-5
+SIGMOID_CORE_BOUND = TANH_CORE_BOUND / 2  # tanh(x/2) / 2
+
+
+def error_bound(func: str, out_fmt) -> float:
+    """Max |integer f(x) - float f(x)| for any input: core error + half an LSB, or one LSB
+    where the float value lies above the output's largest code (saturation)."""
+    out_fmt = as_format(out_fmt)
+    core = TANH_CORE_BOUND if func == "tanh" else SIGMOID_CORE_BOUND
+    return max(core + out_fmt.lsb / 2, out_fmt.lsb)
+
+
+def max_error(func: str, out_fmt=None, in_fmt="ap_fixed<40,6>", n: int = 1 << 20):
+    """Measured max |integer - float| over an input grid (core error when out_fmt is None)."""
+    in_fmt = as_format(in_fmt)
+    x = np.linspace(in_fmt.min_value, in_fmt.max_value, n)
+    codes = np.round(np.ldexp(x, in_fmt.frac_bits)).astype(np.int64)
+    xv = np.ldexp(codes.astype(np.float64), -in_fmt.frac_bits)
+    ref = np.tanh(xv) if func == "tanh" else 0.5 * (1.0 + np.tanh(xv / 2))
+    if out_fmt is None:  # before the output rounding: the interpolated value itself
+        half = in_fmt.frac_bits + (func != "tanh")
+        y = _tanh_magnitude(np.abs(codes), FixedFormat.with_frac(48, half)) * 2.0**-INTERP_FRAC
+        y = np.where(codes < 0, -y, y)
+        got = y if func == "tanh" else 0.5 * (1.0 + y)
+    else:
+        f = tanh_codes if func == "tanh" else sigmoid_codes
+        got = np.ldexp(f(codes, in_fmt, out_fmt).astype(np.float64), -as_format(out_fmt).frac_bits)
+    return float(np.abs(got - ref).max())
