@@ -136,7 +136,21 @@ def convert(og: OGraph) -> Graph:
     if out_shape is not None and batch_axis(out_shape) != 0:
         og.fail(f"the output {og.output_name!r} (shape {_fmt(out_shape)}) does not have the "
                 "batch dimension first")
-    meta = dict(og.meta)
+    meta = {k: v for k, v in og.meta.items() if k != "fold_errors"}
     meta.update(source=og.source, opset=og.opset, export_batch=og.export_batch)
-    return Graph(og.name, og.input_name, tuple(int(d) for d in input_shape[1:]), out_name,
-                 conv.nodes, meta)
+    graph = Graph(og.name, og.input_name, tuple(int(d) for d in input_shape[1:]), out_name,
+                  conv.nodes, meta)
+    _self_check(og, graph)
+    return graph
+
+
+def _self_check(og: OGraph, graph: Graph):
+    """Run the result once on a zero batch of two: what we return must execute."""
+    from ..float_ref import run_float
+
+    try:
+        y = run_float(graph, np.zeros((2,) + graph.input_shape))
+    except Exception as exc:
+        og.fail(f"the imported graph does not execute ({type(exc).__name__}: {exc})")
+    if y.ndim == 0 or y.shape[0] != 2:
+        og.fail(f"the output {graph.output_name!r} does not keep the batch dimension first")

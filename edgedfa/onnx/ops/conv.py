@@ -59,6 +59,8 @@ def conv(node, ctx):
     params = {"W": w}
     if len(node.inputs) > 2 and node.inputs[2]:
         params["B"] = ctx.weight(node, 2, "bias B").reshape(-1)
+        if params["B"].size != w.shape[0]:
+            ctx.fail(node, f"bias of {params['B'].size} values for {w.shape[0]} channels")
     attrs = {"strides": strides, "pads": _pads(ctx, node, size, kernel, strides, dilations),
              "dilations": dilations, "group": group}
     ctx.emit(node, "Conv", [x], [node.outputs[0]], attrs, params)

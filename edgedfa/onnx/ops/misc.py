@@ -33,13 +33,15 @@ def batch_norm(node, ctx):
         ctx.fail(node, "BatchNormalization in training mode is not supported")
     if node.attr("spatial", 1) != 1 and len(shape) > 2:
         ctx.fail(node, "BatchNormalization with spatial=0 is not supported")
-    scale, shift = bn_affine(ctx.weight(node, 1, "scale"), ctx.weight(node, 2, "bias"),
-                             ctx.weight(node, 3, "mean"), ctx.weight(node, 4, "variance"),
-                             float(node.attr("epsilon", 1e-5)))
     if ctx.batch_at(node, x) != 0 or len(shape) not in (2, 3, 4):
         ctx.fail(node, f"an unfolded BatchNormalization needs a [N, C], [N, C, L] or "
                  f"[N, C, H, W] input, got rank {len(shape)}")
     channels = shape[1]
+    stats = [ctx.weight(node, i, what) for i, what in
+             enumerate(("scale", "bias", "mean", "variance"), start=1)]
+    if any(v.size != channels for v in stats):
+        ctx.fail(node, f"scale, bias, mean and variance must each hold {channels} values")
+    scale, shift = bn_affine(*stats, float(node.attr("epsilon", 1e-5)))
     if len(shape) == 2:
         ctx.emit(node, "Dense", [x], [node.outputs[0]], {},
                  {"W": np.diag(scale), "B": shift})
@@ -53,5 +55,7 @@ def batch_norm(node, ctx):
 
 def bn_affine(gamma, beta, mean, var, eps):
     """BatchNorm in inference as y = scale * x + shift, per channel."""
-    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
-    return scale.reshape(-1), (np.asarray(beta, np.float64) - mean * scale).reshape(-1)
+    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1)
+                              for v in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + eps)
+    return scale, beta - mean * scale
