@@ -212,7 +212,8 @@ def test_bptt_gradients_at_8_bits_point_the_same_way(op, lbr):
     ys, _ = layer.forward([x])
     got, ref = gradients(layer, x, [None, err_tensor(rng, ys[1].codes.shape, 8)])
     for name, a, b in zip(("W", "R", "B", "x"), got, ref):
-        assert cosine(a, b) >= 0.9, name
+        assert cosine(a, b) >= 0.98, name  # measured >= 0.993
+        assert 0.9 <= np.linalg.norm(a) / np.linalg.norm(b) <= 1.1, name  # and the right size
 
 
 @pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])

@@ -13,6 +13,8 @@ Conventions shared by the three ops (see ``Recurrent``):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import kernels
@@ -30,6 +32,7 @@ MAX_BITS = 16  # act/weight widths the wide products are specified for
 
 # --------------------------------------------------------------------------- wide integers
 
+@functools.lru_cache(maxsize=None)
 def wide_fmt(frac: int) -> FixedFormat:
     """Nominal format of an exact intermediate with ``frac`` fraction bits."""
     return FixedFormat.with_frac(48, int(frac))
@@ -51,6 +54,11 @@ def common_frac(ts) -> int:
     return min([finest] + [t.fmt.frac_bits + WIDE_BITS - int(np.abs(t.codes).max()).bit_length() for t in ts])
 
 
+def _align(t: QTensor, frac: int, rounding) -> np.ndarray:
+    shift = t.fmt.frac_bits - frac
+    return t.codes if shift == 0 else round_shift(t.codes, shift, rounding)
+
+
 def _live(ts):
     return [t for t in ts if t is not None and t.codes.size and t.codes.any()]
 
@@ -62,7 +70,7 @@ def add(ts, rounding):
     if not ts:
         return None
     frac = common_frac(ts)
-    total = sum(round_shift(t.codes, t.fmt.frac_bits - frac, rounding) for t in ts)
+    total = sum(_align(t, frac, rounding) for t in ts)
     return QTensor(total, wide_fmt(frac))
 
 
@@ -72,8 +80,7 @@ def cat(parts, shape, rounding):
     if not live:
         return None
     frac = common_frac(live)
-    out = [np.zeros(shape, np.int64) if p is None else round_shift(p.codes, p.fmt.frac_bits - frac, rounding)
-           for p in parts]
+    out = [np.zeros(shape, np.int64) if p is None else _align(p, frac, rounding) for p in parts]
     return QTensor(np.concatenate(out, axis=-1), wide_fmt(frac))
 
 
