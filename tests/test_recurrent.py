@@ -258,6 +258,17 @@ def test_per_step_error_with_no_recurrence_stays_local():
     assert np.array_equal(one[0][0].codes, two[0][0].codes)
 
 
+def test_bidirectional_error_in_one_direction_only():
+    layer, x, _ = make("GRU", 16, 2, seed=65, lbr=1)
+    rng = np.random.default_rng(66)
+    ys, _ = layer.forward([x])
+    dY = err_tensor(rng, ys[0].codes.shape, 16)
+    dY = QTensor(np.where(np.arange(2)[None, :, None, None] == 0, dY.codes, 0), dY.fmt)
+    got, ref = gradients(layer, x, [dY, None])
+    for a, b in zip(got[:3], ref[:3]):
+        assert not a[1].any() and cosine(a[0], b[0]) >= 0.999
+
+
 def test_lstm_error_at_cell_state_output():
     layer, x, _ = make("LSTM", 16, 1, seed=71, T=5)
     rng = np.random.default_rng(72)

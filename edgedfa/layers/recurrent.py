@@ -25,7 +25,7 @@ from .base import Layer, QTensor, int_bits_for, narrow_dynamic, register
 from .dense import acc_format, quantize_param, update_params, weight_format_bits
 from .nonlinear import bounded_format
 
-ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§9.7): keeps products < 2^64
+ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§9.7): products stay <= 64 fraction bits
 WIDE_BITS = 60  # an exact sum aligns its terms to the finest fraction that keeps them < 2^60
 MAX_BITS = 16  # act/weight widths the wide products are specified for
 
@@ -127,8 +127,9 @@ def common_stack(ts, shape, num):
 
 
 def align_grads(ts, num):
-    """Wide gradients of one parameter brought to the coarsest fraction, stacked."""
-    frac = min(t.fmt.frac_bits for t in ts)
+    """Wide gradients of one parameter brought to the coarsest fraction among the non-zero
+    ones, stacked."""
+    frac = min((t.fmt.frac_bits for t in _live(ts)), default=ts[0].fmt.frac_bits)
     fmt = acc_format(num.acc_bits, frac)
     return QTensor(np.stack([requantize(t.codes, t.fmt, fmt, num.err_rounding, Overflow.AP_SAT)
                              for t in ts]), fmt)
@@ -239,7 +240,8 @@ class Recurrent(Layer):
 
     @property
     def out_fmts(self) -> list:
-        return [self.h_fmt] * self.n_outputs
+        """Formats of [Y, Y_h(, Y_c)]."""
+        return [self.h_fmt] + [self._state_fmts()[k] for k in self.state_names]
 
     # ---- forward
     def _gemm(self, a, b_codes, b_fmt, init=None):
@@ -284,13 +286,14 @@ class Recurrent(Layer):
         """A wide value narrowed into a static state format (activation rounding/overflow)."""
         return QTensor(requantize(t.codes, t.fmt, fmt, self.num.act_rounding, self.num.act_overflow), fmt)
 
-    def _time_major(self, codes, layout, batch_axis):
-        return np.moveaxis(codes, 0, batch_axis) if layout == 1 else codes
+    def _steps_first(self, codes):
+        """Input codes as (T, N, I) whatever the layout."""
+        return np.moveaxis(codes, 0, 1) if self._dims()[2] == 1 else codes
 
     def _run(self, x: QTensor, train: bool, stats: dict | None = None):
         """All directions over the whole sequence: outputs (time-major) and cache."""
-        _, hidden, layout = self._dims()
-        xc = np.moveaxis(x.codes, 0, 1) if layout == 1 else x.codes  # (T, N, I)
+        hidden = self.hidden
+        xc = self._steps_first(x.codes)
         T, N = xc.shape[:2]
         Y = np.zeros((T, self.n_dirs, N, hidden), np.int64)
         finals, caches = [], []
@@ -319,10 +322,9 @@ class Recurrent(Layer):
         x = xs[0]
         Y, finals, caches = self._run(x, train)
         outs = [Y] + [np.stack([f[k].codes for f in finals]) for k in self.state_names]
-        fmts = [self.h_fmt] + [self._state_fmts()[k] for k in self.state_names]
         if self._dims()[2] == 1:  # batch first
             outs = [np.moveaxis(outs[0], 2, 0)] + [np.moveaxis(o, 1, 0) for o in outs[1:]]
-        ys = [QTensor(o, f) for o, f in zip(outs, fmts)]
+        ys = [QTensor(o, f) for o, f in zip(outs, self.out_fmts)]
         return ys, ({"caches": caches, "x_shape": x.codes.shape} if train else None)
 
     def calibrate(self, xs):
@@ -430,11 +432,7 @@ class Recurrent(Layer):
         T, N, n_in = x.codes.shape
         gh, hidden = self.gates * self.hidden, self.hidden
         if A is None:  # no error reached this direction
-            z = FixedFormat.with_frac(num.acc_bits, 0)
-            out = {"W": QTensor(np.zeros((gh, n_in), np.int64), z), "R": QTensor(np.zeros((gh, hidden), np.int64), z)}
-            if "B" in self.params:
-                out["B"] = QTensor(np.zeros(2 * gh, np.int64), z)
-            return out
+            return {k: QTensor(np.zeros_like(p.codes[d]), acc_format(num.acc_bits, 0)) for k, p in self.params.items()}
         a2 = QTensor(A.codes.reshape(T * N, gh), A.fmt)
         r2 = QTensor(Rst.codes.reshape(T * N, gh), Rst.fmt)
         out = {"W": self._gemm(QTensor(a2.codes.T, a2.fmt), x.codes.reshape(T * N, n_in), x.fmt)}
@@ -510,8 +508,8 @@ class RNN(Recurrent):
             self.out_fmt = self.gate_fmt
             return
         x = xs[0]
-        xc = np.moveaxis(x.codes, 0, 1) if self._dims()[2] == 1 else x.codes
-        peak = max(float(np.abs(self._input_gemm(d, QTensor(xc, x.fmt)).value()).max()) for d in range(self.n_dirs))
+        xc = QTensor(self._steps_first(x.codes), x.fmt)
+        peak = max(float(np.abs(self._input_gemm(d, xc).value()).max()) for d in range(self.n_dirs))
         for _ in range(4):
             ib = self.num.act_int_bits if self.num.act_int_bits is not None else int_bits_for(peak, 1)
             fmt = FixedFormat(self.num.act_bits, ib)
@@ -641,14 +639,10 @@ class LSTM(Recurrent):
     def _state_fmts(self):
         return {"h": self.h_fmt, "c": self.cell_fmt}
 
-    @property
-    def out_fmts(self):
-        return [self.h_fmt, self.h_fmt, self.cell_fmt]
-
     def calibrate(self, xs):
         """Cell format: start from the bound |c_t| <= t, then one spare bit over the batch max."""
         x = xs[0]
-        T = x.codes.shape[1 if self._dims()[2] == 1 else 0]
+        T = self._steps_first(x.codes).shape[0]
         self.out_fmt = self.gate_fmt
         self.state["cell_int_bits"] = np.array(int_bits_for(float(T), 0))
         stats = {}
