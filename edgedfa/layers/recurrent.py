@@ -74,6 +74,11 @@ def add(ts, rounding):
     return QTensor(total, wide_fmt(frac))
 
 
+def total(ts, rounding) -> QTensor:
+    """``add`` for forward values: zeros (in the first term's format) instead of None."""
+    return add(ts, rounding) or QTensor(np.zeros_like(ts[0].codes), ts[0].fmt)
+
+
 def cat(parts, shape, rounding):
     """Concatenate along the last axis in one common_frac; None parts are zeros."""
     live = _live(parts)
@@ -481,6 +486,10 @@ def _stack(ts):
     return QTensor(np.stack([t.codes for t in ts]), ts[0].fmt)
 
 
+def _cols(t: QTensor, lo: int, hi: int) -> QTensor:
+    return QTensor(t.codes[..., lo:hi], t.fmt)
+
+
 def _record_max(stats, key, t):
     if stats is not None and t is not None and t.codes.size:
         stats[key] = max(stats.get(key, 0.0), float(np.abs(t.codes).max()) * t.fmt.lsb)
@@ -522,8 +531,7 @@ class RNN(Recurrent):
 
     def cell(self, d, xg, state, stats):
         h = state["h"]
-        pre = add([xg, self.recurrent_gemm(d, h, slice(None))], self.num.act_rounding)
-        pre = pre if pre is not None else QTensor(np.zeros_like(h.codes), xg.fmt)
+        pre = total([xg, self.recurrent_gemm(d, h, slice(None))], self.num.act_rounding)
         _record_max(stats, "pre", pre)
         h_new = self.gate(pre, self.activations[d][0])
         return {"h": h_new}, {"h_prev": h, "h": h_new}
@@ -559,21 +567,20 @@ class GRU(Recurrent):
         H, rnd = self.hidden, self.num.act_rounding
         h = state["h"]
         hg = self.recurrent_gemm(d, h, slice(0, 2 * H))
-        part = lambda t, i: QTensor(t.codes[:, i * H:(i + 1) * H], t.fmt)  # noqa: E731
-        z = self.gate(add([part(xg, 0), part(hg, 0)], rnd) or part(xg, 0), "Sigmoid")
-        r = self.gate(add([part(xg, 1), part(hg, 1)], rnd) or part(xg, 1), "Sigmoid")
+        z = self.gate(total([_cols(xg, 0, H), _cols(hg, 0, H)], rnd), "Sigmoid")
+        r = self.gate(total([_cols(xg, H, 2 * H), _cols(hg, H, 2 * H)], rnd), "Sigmoid")
+        xh = _cols(xg, 2 * H, 3 * H)
         rec = {"h_prev": h, "z": z, "r": r}
         if self.lbr:
             hh = self.recurrent_gemm(d, h, slice(2 * H, 3 * H))
-            pre = add([part(xg, 2), mul(r, hh)], rnd)
+            pre = total([xh, mul(r, hh)], rnd)
             rec["hh"] = hh
         else:
             rh = self.to_state(mul(r, h), self.h_fmt)
-            pre = add([part(xg, 2), self.recurrent_gemm(d, rh, slice(2 * H, 3 * H))], rnd)
+            pre = total([xh, self.recurrent_gemm(d, rh, slice(2 * H, 3 * H))], rnd)
             rec["rh"] = rh
-        n = self.gate(pre or part(xg, 2), "Tanh")
-        mix = add([mul(one_minus(z), n), mul(z, h)], rnd) or QTensor(np.zeros_like(h.codes), self.h_fmt)
-        h_new = self.to_state(mix, self.h_fmt)
+        n = self.gate(pre, "Tanh")
+        h_new = self.to_state(total([mul(one_minus(z), n), mul(z, h)], rnd), self.h_fmt)
         rec["n"] = n
         return {"h": h_new}, rec
 
@@ -582,7 +589,7 @@ class GRU(Recurrent):
         R = self.params["R"]
         z, r, n, h = rec["z"], rec["r"], rec["n"], rec["h_prev"]
         da_h = narrow(mul(dh, one_minus(z), dtanh(n)), num)
-        da_z = mul(dh, add([h, neg(n)], rnd) or QTensor(np.zeros_like(h.codes), h.fmt), dsig(z))
+        da_z = mul(dh, total([h, neg(n)], rnd), dsig(z))
         shape = dh.codes.shape
         if self.lbr:
             dhh = narrow(mul(da_h, r), num)
@@ -604,10 +611,6 @@ class GRU(Recurrent):
         if self.lbr:
             return [(slice(None), h_prev)]
         return [(slice(0, 2 * H), h_prev), (slice(2 * H, 3 * H), _stack([r["rh"] for r in recs]))]
-
-
-def _cols(t: QTensor, lo: int, hi: int) -> QTensor:
-    return QTensor(t.codes[..., lo:hi], t.fmt)
 
 
 CELL_BITS_MIN = 16  # LSTM cell state: at least 16 bits (as TFLite's integer LSTM)
@@ -652,10 +655,10 @@ class LSTM(Recurrent):
     def cell(self, d, xg, state, stats):
         H, rnd = self.hidden, self.num.act_rounding
         h, c = state["h"], state["c"]
-        pre = add([xg, self.recurrent_gemm(d, h, slice(None))], rnd) or xg
+        pre = total([xg, self.recurrent_gemm(d, h, slice(None))], rnd)
         i, o, f, g = (self.gate(_cols(pre, k * H, (k + 1) * H), fn)
                       for k, fn in enumerate(("Sigmoid", "Sigmoid", "Sigmoid", "Tanh")))
-        mix = add([mul(f, c), mul(i, g)], rnd) or QTensor(np.zeros_like(c.codes), c.fmt)
+        mix = total([mul(f, c), mul(i, g)], rnd)
         c_new = self.to_state(mix, self.cell_fmt)
         _record_max(stats, "c", mix)
         tc = self.gate(c_new, "Tanh")
