@@ -18,7 +18,6 @@ from onnx_helpers import apply_softmax, model, rand, rel_err
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 MANIFEST = json.load(open(os.path.join(FIXTURES, "manifest.json")))
-UNROLLED = {"rnn_dynamo.onnx"}  # torch 2.13's dynamo exporter unrolls nn.RNN
 CONFORMANCE_PASSING = 43  # measured; docs/operators.md reports it
 
 
@@ -32,7 +31,7 @@ def _float_out(g, x):
     return apply_softmax(y, g.meta["output_softmax_op"]) if g.meta.get("output_softmax") else y
 
 
-@pytest.mark.parametrize("name", sorted(set(MANIFEST) - UNROLLED))
+@pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_pytorch_fixture_matches_onnxruntime(name):
     path = os.path.join(FIXTURES, name)
     info = MANIFEST[name]
@@ -51,6 +50,11 @@ EXPECTED_OPS = {
     "lstm_ts.onnx": ["Transpose", "LSTM", "Squeeze", "Dense"],
     "gru_dynamo.onnx": ["Transpose", "GRU", "Transpose", "Reshape", "Dense"],
     "rnn_relu_hn_ts.onnx": ["Transpose", "RNN", "Squeeze", "Dense"],
+    # torch 2.13's dynamo exporter unrolls nn.RNN; the importer rolls it back up
+    "rnn_dynamo.onnx": ["Transpose", "RNN", "Squeeze", "Dense"],
+    "rnn_2layer_dynamo.onnx": ["Transpose", "RNN", "Squeeze", "RNN", "Squeeze", "Dense"],
+    "rnn_bidir_seq_dynamo.onnx": ["Transpose", "RNN", "RNN", "Squeeze", "Squeeze", "Concat",
+                                  "Transpose", "Reshape", "Dense"],
     "cnn2d_fixed_batch_ts.onnx": ["Conv", "Relu", "MaxPool", "Conv", "Clip", "Add", "Conv",
                                   "Conv", "Sigmoid", "Tanh", "Concat", "Conv", "Relu",
                                   "GlobalAveragePool", "Reshape", "Dense"],
@@ -82,11 +86,24 @@ def test_recurrent_params_keep_onnx_layout():
     assert node.params["W"].shape == (1, 40, 6)
 
 
-def test_dynamo_unrolled_rnn_is_rejected_with_advice():
+def test_rerolled_rnn_directions():
+    g = eo.load_graph(os.path.join(FIXTURES, "rnn_bidir_seq_dynamo.onnx"))
+    assert [n.attrs["direction"] for n in g.nodes if n.op == "RNN"] == ["forward", "reverse"]
+    relu = eo.load_graph(os.path.join(FIXTURES, "rnn_relu_hn_dynamo.onnx"))
+    assert next(n for n in relu.nodes if n.op == "RNN").attrs["activations"] == ["Relu"]
+
+
+def test_unrolled_rnn_that_cannot_be_rerolled_is_rejected_with_advice():
+    m = onnx.load(os.path.join(FIXTURES, "rnn_dynamo.onnx"))
+    steps = [n for n in m.graph.node if "rnn.bias_hh_l0" in n.input]
+    bias = next(t for t in m.graph.initializer if t.name == "rnn.bias_hh_l0")
+    other = numpy_helper.from_array(numpy_helper.to_array(bias) + 1, "another_bias")
+    m.graph.initializer.append(other)
+    steps[3].input[list(steps[3].input).index("rnn.bias_hh_l0")] = "another_bias"
     with pytest.raises(EdgeDFAError) as err:
-        eo.load_graph(os.path.join(FIXTURES, "rnn_dynamo.onnx"))
+        eo.load_graph_bytes(m.SerializeToString(), source="rnn_dynamo_edited.onnx")
     assert "unrolled" in str(err.value) and "dynamo=False" in str(err.value)
-    assert "rnn_dynamo.onnx" in str(err.value)
+    assert "rnn_dynamo_edited.onnx" in str(err.value)
 
 
 # -- the onnx package's PyTorch-converted backend cases ----------------------------------

@@ -7,11 +7,11 @@ from .cleanup import dead_code, remove_noops
 from .fold_constants import fold_constants
 from .rnn import drop_zero_initial_state, gather_single, last_step_to_hidden
 from .softmax import absorb_output_softmax
-from .unrolled import reject_unrolled_rnn
+from .unrolled import reject_unrolled_rnn, reroll_rnn
 
 PASSES = [fold_constants, remove_noops, drop_zero_initial_state, dead_code,
-          absorb_output_softmax, generalise_batch, gather_single, last_step_to_hidden,
-          fold_batchnorm]
+          absorb_output_softmax, generalise_batch, reroll_rnn, gather_single,
+          last_step_to_hidden, fold_batchnorm]
 MAX_ROUNDS = 1000
 
 
