@@ -14,7 +14,8 @@ from edgedfa.float_ref import run_float
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 SEEDS = [open(os.path.join(FIXTURES, f), "rb").read()
-         for f in ("cnn1d_ts.onnx", "gru_ts.onnx", "mlp_ts.onnx")]
+         for f in ("cnn1d_ts.onnx", "gru_ts.onnx", "mlp_ts.onnx", "rnn_dynamo.onnx",
+                   "cnn2d_ts.onnx")]
 
 
 def _import_or_reject(data):

@@ -38,6 +38,17 @@ def _pads(ctx, node, size, kernel, strides, dilations):
     return begin + end
 
 
+def _check_fits(ctx, node, size, kernel, strides, dilations, pads):
+    rank = len(size)
+    if not len(kernel) == len(strides) == len(dilations) == rank or len(pads) != 2 * rank:
+        ctx.fail(node, f"kernel {kernel}, strides {strides}, dilations {dilations} and pads "
+                 f"{pads} do not all fit {rank} spatial dims")
+    for i, (n, k, s, d) in enumerate(zip(size, kernel, strides, dilations)):
+        if s < 1 or d < 1 or k < 1 or n + pads[i] + pads[rank + i] < (k - 1) * d + 1:
+            ctx.fail(node, f"the window (kernel {kernel}, strides {strides}, dilations "
+                     f"{dilations}) does not fit the input {list(size)} with pads {pads}")
+
+
 @register("Conv", 1, 11, 22)
 def conv(node, ctx):
     x = ctx.data_input(node)
@@ -61,8 +72,9 @@ def conv(node, ctx):
         params["B"] = ctx.weight(node, 2, "bias B").reshape(-1)
         if params["B"].size != w.shape[0]:
             ctx.fail(node, f"bias of {params['B'].size} values for {w.shape[0]} channels")
-    attrs = {"strides": strides, "pads": _pads(ctx, node, size, kernel, strides, dilations),
-             "dilations": dilations, "group": group}
+    pads = _pads(ctx, node, size, kernel, strides, dilations)
+    _check_fits(ctx, node, size, kernel, strides, dilations, pads)
+    attrs = {"strides": strides, "pads": pads, "dilations": dilations, "group": group}
     ctx.emit(node, "Conv", [x], [node.outputs[0]], attrs, params)
 
 
@@ -80,6 +92,7 @@ def _pool(node, ctx, op):
     if any(d != 1 for d in dilations):
         ctx.fail(node, f"dilated pooling (dilations {dilations}) is not supported")
     pads = _pads(ctx, node, size, kernel, strides, dilations)
+    _check_fits(ctx, node, size, kernel, strides, dilations, pads)
     include = int(node.attr("count_include_pad", 0))
     if node.attr("ceil_mode", 0):
         pads = _ceil_pads(ctx, node, size, kernel, strides, pads, op == "AveragePool" and
