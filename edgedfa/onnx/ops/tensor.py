@@ -45,7 +45,8 @@ def reshape(node, ctx):
 def _show(v):
     if v is None:
         return "(not constant)"
-    return "[" + ", ".join("N" if d == BATCH else str(d) for d in np.asarray(v, object).ravel()) + "]"
+    dims = np.asarray(v, object).ravel()
+    return "[" + ", ".join("N" if d == BATCH else str(d) for d in dims) + "]"
 
 
 @register("Transpose", 1, 13, 21, 23, 24, 25)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..ir import OGraph, ONode
+from ..ir import OGraph
 from ..ops.misc import bn_affine
 
 

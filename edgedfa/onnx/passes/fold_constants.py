@@ -172,8 +172,8 @@ def _fold_one(og, node):
 def _small(node, args):
     try:
         if node.op_type == "Range":
-            s, l, d = (float(np.asarray(a).reshape(())) for a in args[:3])
-            return d != 0 and abs((l - s) / d) < MAX_ELEMENTS
+            start, limit, delta = (float(np.asarray(a).reshape(())) for a in args[:3])
+            return delta != 0 and abs((limit - start) / delta) < MAX_ELEMENTS
         dims = np.asarray(args[-1 if node.op_type == "Expand" else 0]).reshape(-1)
         return np.all(dims >= 0) and np.prod(dims.astype(np.float64)) < MAX_ELEMENTS
     except (TypeError, ValueError, IndexError):

@@ -35,9 +35,10 @@ def reroll_rnn(og: OGraph):
     """Steps h_t = act(x_t + h_{t-1} @ R + b) from a zero state become one RNN node.
 
     Matches what PyTorch's dynamo exporter writes for each direction of an ``nn.RNN`` layer:
-    L = X' @ W + b_ih (reversed on axis 0 for the reverse direction) sliced per step, one shared recurrent weight, and optionally
-    the steps' outputs concatenated on axis 0 (Y) and the last one read again (Y_h).
-    Anything else is left alone (and then rejected by ``reject_unrolled_rnn``).
+    L = X' @ W + b_ih (reversed on axis 0 for the reverse direction) sliced per step, one
+    shared recurrent weight, and optionally the steps' outputs concatenated on axis 0 (Y)
+    and the last one read again (Y_h). Anything else is left alone (and then rejected by
+    ``reject_unrolled_rnn``).
     """
     producers, consumers = og.producers(), og.consumers()
     for node in og.nodes:
