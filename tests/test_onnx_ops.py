@@ -272,6 +272,29 @@ def test_recurrent_without_bias_and_other_activations(kind):
     assert "B" not in node.params and node.attrs["activations"] == acts[kind]
 
 
+def test_lstm_input_forget():
+    m = recurrent_model("LSTM")
+    next(n for n in m.graph.node if n.op_type == "LSTM").attribute.append(
+        helper.make_attribute("input_forget", 1))
+    g = check(m, rand(N, 5, 4))
+    assert next(n for n in g.nodes if n.op == "LSTM").attrs["input_forget"] == 1
+
+
+@pytest.mark.parametrize("opset", [7, 11, 13, 19])
+def test_zero_pad_folds_into_conv(opset):
+    pads = [0, 0, 1, 2, 0, 0, 2, 0]
+    if opset < 11:
+        pad = helper.make_node("Pad", ["x"], ["p"], pads=pads, mode="constant")
+        inits = {}
+    else:
+        pad = helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant")
+        inits = {"pads": np.array(pads, np.int64)}
+    nodes = [pad, helper.make_node("Conv", ["p", "W"], ["y"], pads=[1, 0, 0, 1])]
+    g = check(model(nodes, dict(inits, W=rand(3, 2, 3, 3)), ["N", 2, 6, 5],
+                    opset=opset), rand(N, 2, 6, 5))
+    assert ops(g) == ["Conv"] and g.nodes[0].attrs["pads"] == [2, 2, 2, 1]
+
+
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_recurrent_clip(kind):
     check(recurrent_model(kind, clip=0.4), rand(N, 5, 4, scale=3))
