@@ -56,9 +56,15 @@ def test_backends_bit_identical(case):
 
 # ---------------------------------------------------------------- independent float formulas
 
+def _f4(a, geo):
+    """Float64 (B, C, L) -> (B, C, 1, L) for 1-d geometries."""
+    a = np.asarray(a, dtype=np.float64)
+    return a[:, :, None, :] if geo.ndim == 1 else a
+
+
 def float_conv(x, w, geo):
     """Float64 convolution written per output position (not per tap as the kernels are)."""
-    x4, w4 = K.to4d(x, geo).astype(float), K.to4d(w, geo).astype(float)
+    x4, w4 = _f4(x, geo), _f4(w, geo)
     t, l, b, r = geo.pads
     xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)))
     cout, cg = w4.shape[:2]
@@ -76,7 +82,7 @@ def float_conv(x, w, geo):
 
 def float_conv_adjoint(x, w, dy, geo):
     """(dx, dw) of float_conv by scattering each output position's error back."""
-    x4, w4, dy4 = (K.to4d(a, geo).astype(float) for a in (x, w, dy))
+    x4, w4, dy4 = (_f4(a, geo) for a in (x, w, dy))
     t, l, b, r = geo.pads
     xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)))
     dxp = np.zeros_like(xp)

@@ -283,8 +283,11 @@ def conv_input_grad(dy, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_
     if name == "reference":
         dx = _ref_input_grad(dy4, w4, geo, acc_bits, overflow)
     elif name == "numba":
-        dx = _nb_input_grad(dy4, w4, geo.in_hw, geo.pads[:2], geo.strides, geo.dilations, geo.groups,
-                            *_nb_mode(acc_bits, overflow, w4.shape[0] // geo.groups * geo.k * _maxabs(dy4) * _maxabs(w4)))
+        mode = _nb_mode(acc_bits, overflow, w4.shape[0] // geo.groups * geo.k * _maxabs(dy4) * _maxabs(w4))
+        if mode[2] == 4:  # no overflow possible: any order gives the exact sum, scatter is cheaper
+            dx = _nb_input_grad_scatter(dy4, w4, geo.in_hw, geo.pads[:2], geo.strides, geo.dilations, geo.groups)
+        else:
+            dx = _nb_input_grad(dy4, w4, geo.in_hw, geo.pads[:2], geo.strides, geo.dilations, geo.groups, *mode)
     else:
         dx = _gemm_input_grad(dy4, w4, geo, acc_bits, overflow, _gemm_backend(name))
     return from4d(dx, geo)
@@ -333,44 +336,60 @@ def _unrows(rows, b, hw):
     return rows.reshape((b,) + tuple(hw) + (-1,)).transpose(0, 3, 1, 2)
 
 
+def group_gemm(a, b, acc_bits, overflow, init=None, backend=None):
+    """``gemm`` of each group: a (G, M, K) @ b (G, K, N) (+ init (G, M, N)) -> (G, M, N).
+
+    Many small groups (depthwise) go through one batched float product when the bound of
+    §4 shows it exact and free of overflow; otherwise one ``gemm`` per group.
+    """
+    g = a.shape[0]
+    if backend == "fast" and g > 1 and a.size and b.size:
+        _, hi = acc_limits(acc_bits)
+        bound = a.shape[2] * _maxabs(a) * _maxabs(b) + (_maxabs(init) if init is not None else 0)
+        if bound <= hi and bound < (1 << 53):
+            dt = np.float32 if bound < (1 << 24) else np.float64
+            out = np.matmul(a.astype(dt), b.astype(dt))
+            if init is not None:
+                out = out + np.asarray(init, dtype=dt)
+            return out.astype(np.int64)
+    return np.stack([gemm(a[j], b[j], acc_bits, overflow, None if init is None else init[j], backend)
+                     for j in range(g)])
+
+
 def _gemm_forward(x4, w4, geo, acc_bits, overflow, init, backend):
     cols = im2col(x4, geo)
     g, cout = geo.groups, w4.shape[0]
     og = cout // g
-    out = []
-    for j in range(g):
-        wj = w4[j * og:(j + 1) * og].reshape(og, -1)
-        ij = None if init is None else np.broadcast_to(init[j * og:(j + 1) * og], (cols.shape[1], og))
-        out.append(gemm(cols[j], wj.T, acc_bits, overflow, ij, backend))
-    return _unrows(np.concatenate(out, axis=1), x4.shape[0], geo.out_hw)
+    wt = w4.reshape(g, og, -1).transpose(0, 2, 1)
+    i3 = None if init is None else np.broadcast_to(init.reshape(g, 1, og), (g, cols.shape[1], og))
+    out = group_gemm(cols, wt, acc_bits, overflow, i3, backend)
+    return _unrows(out.transpose(1, 0, 2).reshape(cols.shape[1], cout), x4.shape[0], geo.out_hw)
 
 
 def _gemm_weight_grad(x4, dy4, geo, acc_bits, overflow, backend):
     cols = im2col(x4, geo)
     g, cout = geo.groups, dy4.shape[1]
     og = cout // g
-    rows = _rows(dy4)
-    out = [gemm(rows[:, j * og:(j + 1) * og].T, cols[j], acc_bits, overflow, None, backend)
-           for j in range(g)]
-    return np.concatenate(out, axis=0).reshape((cout, x4.shape[1] // g) + geo.kernel)
+    dyt = _rows(dy4).reshape(-1, g, og).transpose(1, 2, 0)  # (G, Og, B*OH*OW)
+    out = group_gemm(dyt, cols, acc_bits, overflow, None, backend)
+    return out.reshape((cout, x4.shape[1] // g) + geo.kernel)
 
 
 def _gemm_input_grad(dy4, w4, geo, acc_bits, overflow, backend):
     g, cout, cg = geo.groups, w4.shape[0], w4.shape[1]
     og = cout // g
     b = dy4.shape[0]
-    lo, hi = acc_limits(acc_bits)
-    bound = og * geo.k * (int(np.abs(dy4).max()) if dy4.size else 0) * (int(np.abs(w4).max()) if w4.size else 0)
-    rows = _rows(dy4)
+    _, hi = acc_limits(acc_bits)
+    bound = og * geo.k * _maxabs(dy4) * _maxabs(w4)
     if backend != "reference" and bound <= hi:
         # no partial sum in any order can leave the register: col2im of the exact products is exact
-        cols = np.stack([gemm(rows[:, j * og:(j + 1) * og], w4[j * og:(j + 1) * og].reshape(og, -1),
-                              acc_bits, overflow, None, backend) for j in range(g)])
+        rows = _rows(dy4).reshape(-1, g, og).transpose(1, 0, 2)  # (G, B*OH*OW, Og)
+        cols = group_gemm(rows, w4.reshape(g, og, -1), acc_bits, overflow, None, backend)
         return col2im(cols, geo, b, cg * g)
     t = transposed_im2col(dy4, geo)
-    out = [gemm(t[j], w4[j * og:(j + 1) * og].transpose(0, 2, 3, 1).reshape(-1, cg), acc_bits, overflow,
-                None, backend) for j in range(g)]
-    return _unrows(np.concatenate(out, axis=1), b, geo.in_hw)
+    wt = w4.reshape(g, og, cg, geo.k).transpose(0, 1, 3, 2).reshape(g, og * geo.k, cg)
+    out = group_gemm(t, wt, acc_bits, overflow, None, backend)
+    return _unrows(out.transpose(1, 0, 2).reshape(t.shape[1], cg * g), b, geo.in_hw)
 
 
 # --------------------------------------------------------------------------- reference loops
@@ -528,4 +547,31 @@ def _nb_input_grad(dy, w, in_hw, pads, strides, dilations, groups, lo, hi, mode,
                             acc = _acc(acc + dy[b, o, th // strides[0], tw // strides[1]] * w[o, c, kh, kw],
                                         lo, hi, mode, bits)
                 out[b, ci, ih, iw] = acc
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _nb_input_grad_scatter(dy, w, in_hw, pads, strides, dilations, groups):
+    b_n, cout, oh_n, ow_n = dy.shape
+    cg, kh_n, kw_n = w.shape[1], w.shape[2], w.shape[3]
+    og = cout // groups
+    h_n, w_n = in_hw
+    out = np.zeros((b_n, cg * groups, h_n, w_n), dtype=np.int64)
+    for b in numba.prange(b_n):
+        for o in range(cout):
+            c0 = (o // og) * cg
+            for oh in range(oh_n):
+                for ow in range(ow_n):
+                    e = dy[b, o, oh, ow]
+                    if e == 0:
+                        continue
+                    for c in range(cg):
+                        for kh in range(kh_n):
+                            ih = oh * strides[0] - pads[0] + kh * dilations[0]
+                            if ih < 0 or ih >= h_n:
+                                continue
+                            for kw in range(kw_n):
+                                iw = ow * strides[1] - pads[1] + kw * dilations[1]
+                                if 0 <= iw < w_n:
+                                    out[b, c0 + c, ih, iw] += e * w[o, c, kh, kw]
     return out
