@@ -165,6 +165,12 @@ def test_group_backward_option_from_spec_extra():
                       extra={"backward": "group", "backward_groups": 2})
     assert layer.backward_mode == "group" and layer.backward_groups == 2
     assert layer.macs(1) == {"forward": 4 * 7 * 4 * 3, "weight_grad": 4 * 7 * 4 * 3, "input_grad": 4 * 7 * 2 * 3}
+    layer.configure_backward("full")  # switchable between steps (per module, per phase of training)
+    assert layer.backward_groups is None and layer.macs(1)["input_grad"] == 4 * 7 * 4 * 3
+    layer.configure_backward("GROUP", 4)
+    assert layer.backward_mode == "group" and layer.macs(1)["input_grad"] == 4 * 7 * 1 * 3
+    with pytest.raises(EdgeDFAError, match="must divide"):
+        layer.configure_backward("group", 3)
 
 
 @pytest.mark.parametrize("attrs,match", [

@@ -93,19 +93,24 @@ class Conv(Layer):
                      self.params["W"].fmt.int_bits + 3)
             self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
         opts = {**node.attrs, **spec.extra}
-        self.backward_mode = str(opts.get("backward", "full")).lower()
-        self.backward_groups = None
-        if self.backward_mode not in BACKWARD_MODES:
-            raise EdgeDFAError(f"node {node.name!r} (Conv): backward {self.backward_mode!r};"
-                               f" expected one of {', '.join(BACKWARD_MODES)}")
-        if self.backward_mode == "group":
-            if "backward_groups" not in opts:
-                raise EdgeDFAError(f"node {node.name!r} (Conv): backward 'group' needs backward_groups")
-            self.backward_groups = int(opts["backward_groups"])
+        self.configure_backward(opts.get("backward", "full"), opts.get("backward_groups"))
+
+    def configure_backward(self, mode="full", backward_groups=None) -> None:
+        """Choose how dx is computed: "full" (BP) or "group" with ``backward_groups`` blocks."""
+        mode = str(mode).lower()
+        where = f"node {self.name!r} (Conv)"
+        if mode not in BACKWARD_MODES:
+            raise EdgeDFAError(f"{where}: backward {mode!r}; expected one of {', '.join(BACKWARD_MODES)}")
+        groups = None
+        if mode == "group":
+            if backward_groups is None:
+                raise EdgeDFAError(f"{where}: backward 'group' needs backward_groups")
+            groups = int(backward_groups)
             try:
-                K.block_diagonal(self.params["W"].codes, self.geo.groups, self.backward_groups)
+                K.block_diagonal(self.params["W"].codes, self.geo.groups, groups)
             except EdgeDFAError as exc:
-                raise EdgeDFAError(f"node {node.name!r} (Conv): {exc}") from None
+                raise EdgeDFAError(f"{where}: {exc}") from None
+        self.backward_mode, self.backward_groups = mode, groups
 
     def infer_shape(self):
         return (int(np.shape(self.node.params["W"])[0]),) + self.geo.out_spatial()
