@@ -1,0 +1,145 @@
+"""Credit assignment as data: modules, where each module's error comes from (docs/algorithms.md).
+
+A plan splits the graph into modules. The module holding the graph output takes the true
+output error; every other module takes the error at its output tensor either from the next
+modules by backpropagation (``source="bp"``) or from the output error through a fixed
+random feedback projector (``source="dfa"``). Inside a module errors travel by BP through
+each layer's own backward (which may itself be approximate, e.g. grouped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import EdgeDFAError
+from .feedback import FeedbackSpec
+from .graph import Graph
+
+ALGOS = ("bp", "dfa", "sdfa", "modular", "hybrid")
+POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+RECURRENT_OPS = ("RNN", "GRU", "LSTM")
+
+
+@dataclass
+class Module:
+    name: str
+    nodes: list
+    source: str = "dfa"  # output | bp | dfa
+    feedback: FeedbackSpec | None = None
+
+    @property
+    def output_node(self) -> str:
+        return self.nodes[-1]
+
+
+@dataclass
+class Plan:
+    algo: str
+    modules: list
+    module_of: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.module_of = {n: m for m in self.modules for n in m.nodes}
+
+    def describe(self) -> list:
+        return [{"module": m.name, "nodes": list(m.nodes), "source": m.source,
+                 "feedback": None if m.feedback is None else
+                 {"kind": m.feedback.kind, "values": m.feedback.values, "k": m.feedback.k,
+                  "regenerate": m.feedback.regenerate}} for m in self.modules]
+
+
+def _is_trainable(node) -> bool:
+    return node.op in ("Dense", "Conv") + RECURRENT_OPS
+
+
+def per_layer_modules(graph: Graph) -> list:
+    """A module starts at every trainable node; parameter-free nodes join the current one."""
+    groups = []
+    for node in graph.nodes:
+        if not groups or (_is_trainable(node) and any(_is_trainable(graph.node(n)) for n in groups[-1])):
+            groups.append([])
+        groups[-1].append(node.name)
+    return groups
+
+
+def per_block_modules(graph: Graph) -> list:
+    """Conv blocks (convs + activations up to a pooling node) and one module per other layer."""
+    groups, open_block = [], False
+    for node in graph.nodes:
+        start = not groups
+        if node.op == "Conv" and not open_block:
+            start = True
+        if node.op in ("Dense",) + RECURRENT_OPS and any(_is_trainable(graph.node(n)) for n in groups[-1] if groups):
+            start = True
+        if start:
+            groups.append([])
+        groups[-1].append(node.name)
+        open_block = node.op == "Conv" or (open_block and node.op not in POOL_OPS)
+    return groups
+
+
+def _conv_like(graph: Graph, names) -> bool:
+    return any(graph.node(n).op == "Conv" for n in names)
+
+
+def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
+              regenerate: bool = True) -> Plan:
+    """The named preset ``algo`` for this graph (docs/algorithms.md states each)."""
+    if algo not in ALGOS:
+        raise EdgeDFAError(f"unknown --algo {algo!r}; expected one of {', '.join(ALGOS)}")
+    if algo == "bp":
+        return Plan(algo, [Module("all", [n.name for n in graph.nodes], "output")])
+    groups = per_layer_modules(graph) if algo in ("dfa", "sdfa") else per_block_modules(graph)
+    if algo == "hybrid" and len(groups) > 2:
+        groups = groups[:-2] + [groups[-2] + groups[-1]]  # BP for the top two modules
+    modules = []
+    for i, names in enumerate(groups):
+        if i == len(groups) - 1:
+            modules.append(Module(f"m{i}", names, "output"))
+            continue
+        if algo == "sdfa":
+            fb = FeedbackSpec("sparse", values, k, regenerate=regenerate)
+        elif algo in ("modular", "hybrid") and _conv_like(graph, names):
+            fb = FeedbackSpec("channel", values, regenerate=regenerate)
+        else:
+            fb = FeedbackSpec("dense", values, regenerate=regenerate)
+        modules.append(Module(f"m{i}", names, "dfa", fb))
+    return Plan(algo, modules)
+
+
+def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") -> Plan:
+    """A plan from a config list of {nodes, source, feedback = {kind, values, k, ...}}."""
+    known = {n.name for n in graph.nodes}
+    modules, seen = [], set()
+    for i, entry in enumerate(table):
+        where = f"config [[modules]] entry {i}"
+        nodes = entry.get("nodes")
+        if not nodes or not isinstance(nodes, list):
+            raise EdgeDFAError(f"{where}: 'nodes' must be a non-empty list of layer names")
+        bad = [n for n in nodes if n not in known]
+        if bad:
+            raise EdgeDFAError(f"{where}: unknown layer(s) {bad}; layers are {sorted(known)}")
+        seen.update(nodes)
+        source = entry.get("source", "dfa")
+        if source not in ("output", "bp", "dfa"):
+            raise EdgeDFAError(f"{where}: source {source!r}; expected output, bp or dfa")
+        fb = None
+        if source == "dfa":
+            f = dict(entry.get("feedback", {}))
+            try:
+                fb = FeedbackSpec(f.pop("kind", "dense"), f.pop("values", "uniform"), int(f.pop("k", 1)),
+                                  int(f.pop("bits", 8)), bool(f.pop("regenerate", True)), tuple(sorted(f.items())))
+            except TypeError as exc:
+                raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
+        modules.append(Module(entry.get("name", f"m{i}"), nodes, source, fb))
+    missing = known - seen
+    if missing:
+        raise EdgeDFAError(f"config [[modules]]: layer(s) {sorted(missing)} belong to no module")
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    for m in modules:
+        m.nodes.sort(key=order.__getitem__)
+    last = graph.producers()[graph.output_name].name
+    for m in modules:
+        if last in m.nodes:
+            m.source = "output"
+    return Plan(default_algo, modules)

@@ -1,0 +1,205 @@
+"""Fixed random feedback: the output error projected to a module's output (§10).
+
+Feedback is its own kind of state: generated from the seed by the datapath PRNG (§5), never
+touched by the optimizer. ``regenerate=True`` rebuilds it on every projection (no feedback
+memory, as DF-LNPU does); ``False`` keeps the stored matrix. Both give the same bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .errors import EdgeDFAError
+from .fixed import FixedFormat, Overflow
+from .layers.base import QTensor, narrow_dynamic
+from .prng import PURPOSE_FEEDBACK, PURPOSE_FEEDBACK_INDEX, stream_id, words
+
+VALUE_KINDS = ("uniform", "binary", "ternary")
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """How a module receives the output error: projector kind, values, sparsity, storage."""
+
+    kind: str = "dense"  # dense | sparse | channel | (registered conv kinds)
+    values: str = "uniform"  # uniform | binary | ternary
+    k: int = 1  # non-zeros per target unit (sparse)
+    bits: int = 8  # width of uniform values
+    regenerate: bool = True
+    options: tuple = ()  # extra (key, value) pairs for registered kinds
+
+    def __post_init__(self):
+        if self.values not in VALUE_KINDS:
+            raise EdgeDFAError(f"feedback values {self.values!r}; expected one of {', '.join(VALUE_KINDS)}")
+        if self.k < 1:
+            raise EdgeDFAError(f"feedback sparsity k={self.k}; must be >= 1")
+        if not 2 <= self.bits <= 16:
+            raise EdgeDFAError(f"feedback bits={self.bits}; must be in 2..16")
+
+    def option(self, key, default=None):
+        return dict(self.options).get(key, default)
+
+
+def feedback_values(w: np.ndarray, values: str, bits: int) -> np.ndarray:
+    """Signed integer feedback values from 32-bit words (§10.1)."""
+    w = w.astype(np.int64)
+    if values == "binary":
+        return np.where(w >> 31, 1, -1)
+    if values == "ternary":
+        top = w >> 30
+        return np.where(top == 3, 1, np.where(top == 0, -1, 0))
+    return (w >> (32 - bits)) - (1 << (bits - 1))
+
+
+def half_log2(n: int) -> int:
+    """ceil(log2(n) / 2): the shift that scales a sum of n unit terms back to unit size."""
+    return (max(int(n), 1) - 1).bit_length() // 2 + ((max(int(n), 1) - 1).bit_length() % 2)
+
+
+_PROJECTORS: dict = {}
+
+
+def register_projector(kind: str):
+    """Class decorator: a feedback projector kind (once per kind)."""
+
+    def deco(cls):
+        if kind in _PROJECTORS:
+            raise EdgeDFAError(f"feedback kind {kind!r} registered twice")
+        cls.kind = kind
+        _PROJECTORS[kind] = cls
+        return cls
+
+    return deco
+
+
+def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, n_classes: int):
+    if spec.kind not in _PROJECTORS:
+        try:
+            from . import feedback_conv  # noqa: F401  (registers structured conv kinds)
+        except ModuleNotFoundError:
+            pass
+    if spec.kind not in _PROJECTORS:
+        raise EdgeDFAError(f"unknown feedback kind {spec.kind!r}; expected one of {', '.join(sorted(_PROJECTORS))}")
+    return _PROJECTORS[spec.kind](spec, layer_index, seed, tuple(target_shape), n_classes)
+
+
+class Projector:
+    """Base: e (B, C) -> error at the target (B, *target_shape), narrowed to err_bits."""
+
+    kind = ""
+
+    def __init__(self, spec, layer_index, seed, target_shape, n_classes):
+        self.spec, self.index, self.seed = spec, int(layer_index), int(seed)
+        self.target_shape, self.n_classes = tuple(target_shape), int(n_classes)
+        self.n_target = int(np.prod(self.target_shape))
+        self._stored = None if spec.regenerate else self.generate()
+
+    def stream(self, purpose=PURPOSE_FEEDBACK) -> int:
+        return stream_id(self.index, purpose)
+
+    def generate(self):
+        raise NotImplementedError
+
+    def stored_matrix(self):
+        """The feedback as it would sit in memory (regenerated projectors build it anyway)."""
+        return self._stored if self._stored is not None else self.generate()
+
+    def frac_bits(self) -> int:
+        """Fraction bits of the feedback values, chosen for unit gain."""
+        raise NotImplementedError
+
+    def project_wide(self, e: QTensor, fb) -> np.ndarray:
+        raise NotImplementedError
+
+    def project(self, e: QTensor, err_bits: int, rounding, acc_bits=32) -> QTensor:
+        fb = self._stored if self._stored is not None else self.generate()
+        acc = self.project_wide(e, fb)
+        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits())
+        out = narrow_dynamic(acc, fmt, err_bits, rounding)
+        return QTensor(out.codes.reshape((-1,) + self.target_shape), out.fmt)
+
+    def memory_bits(self) -> int:
+        raise NotImplementedError
+
+    def macs_per_sample(self) -> int:
+        raise NotImplementedError
+
+
+@register_projector("dense")
+class DenseProjector(Projector):
+    """B (n_target, C): every unit sees every output error (Nøkland 2016)."""
+
+    def generate(self):
+        w = words(self.seed, self.stream(), 0, (self.n_target, self.n_classes))
+        return feedback_values(w, self.spec.values, self.spec.bits)
+
+    def frac_bits(self):
+        scale = (self.spec.bits - 1) if self.spec.values == "uniform" else 0
+        return scale + half_log2(self.n_classes)
+
+    def project_wide(self, e, fb):
+        return kernels.gemm(e.codes.reshape(len(e.codes), -1), fb.T, 40, Overflow.AP_WRAP)
+
+    def memory_bits(self):
+        per = self.spec.bits if self.spec.values == "uniform" else 2 if self.spec.values == "ternary" else 1
+        return self.n_target * self.n_classes * per
+
+    def macs_per_sample(self):
+        return self.n_target * self.n_classes
+
+
+@register_projector("sparse")
+class SparseProjector(Projector):
+    """k non-zeros per target unit (Crafton et al. 2019): index + sign, adders only.
+
+    Unit i reads outputs j_m = (j_0 + m) mod C, m < k, with j_0 = (word * C) >> 32.
+    """
+
+    def generate(self):
+        c, k = self.n_classes, min(self.spec.k, self.n_classes)
+        w0 = words(self.seed, self.stream(PURPOSE_FEEDBACK_INDEX), 0, self.n_target).astype(np.int64)
+        j0 = (w0 * c) >> 32
+        idx = (j0[:, None] + np.arange(k)[None, :]) % c
+        vals = feedback_values(words(self.seed, self.stream(), 0, (self.n_target, k)),
+                               self.spec.values, self.spec.bits)
+        return idx, vals
+
+    def frac_bits(self):
+        scale = (self.spec.bits - 1) if self.spec.values == "uniform" else 0
+        return scale + half_log2(min(self.spec.k, self.n_classes))
+
+    def project_wide(self, e, fb):
+        idx, vals = fb
+        ec = e.codes.reshape(len(e.codes), -1)
+        return (ec[:, idx] * vals[None, :, :]).sum(axis=2)
+
+    def memory_bits(self):
+        k = min(self.spec.k, self.n_classes)
+        per = self.spec.bits if self.spec.values == "uniform" else 1
+        return self.n_target * k * (per + max(1, (self.n_classes - 1).bit_length()))
+
+    def macs_per_sample(self):
+        return self.n_target * min(self.spec.k, self.n_classes)
+
+
+@register_projector("channel")
+class ChannelProjector(DenseProjector):
+    """One feedback column per channel, shared by every position of a (C, ...) map."""
+
+    def __init__(self, spec, layer_index, seed, target_shape, n_classes):
+        self.full_shape = tuple(target_shape)
+        super().__init__(spec, layer_index, seed, target_shape[:1], n_classes)
+        self.target_shape = self.full_shape
+
+    def project(self, e, err_bits, rounding, acc_bits=32):
+        fb = self._stored if self._stored is not None else self.generate()
+        acc = self.project_wide(e, fb)
+        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits())
+        out = narrow_dynamic(acc, fmt, err_bits, rounding)
+        spatial = (1,) * (len(self.full_shape) - 1)
+        codes = np.broadcast_to(out.codes.reshape((-1, self.full_shape[0]) + spatial),
+                                (len(out.codes),) + self.full_shape)
+        return QTensor(np.ascontiguousarray(codes), out.fmt)

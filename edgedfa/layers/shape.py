@@ -1,0 +1,159 @@
+"""Data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze) and merges (Add, Concat)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, requantize
+from .base import Layer, QTensor, align_add, register
+from .dense import calibrated_format
+
+
+class _Move(Layer):
+    """A layer that only rearranges codes: the error goes back by the inverse move."""
+
+    def move(self, codes):
+        raise NotImplementedError
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        return QTensor(self.move(x.codes), x.fmt), x.codes.shape
+
+    def backward(self, cache, dy, need_dx):
+        return [QTensor(self.unmove(dy.codes, cache), dy.fmt)], {}
+
+    def unmove(self, codes, in_shape):
+        return codes.reshape(in_shape)
+
+    def infer_shape(self):
+        return tuple(self.move(np.zeros((1,) + self.in_shapes[0], dtype=np.int8)).shape[1:])
+
+
+@register("Flatten")
+class Flatten(_Move):
+    def move(self, codes):
+        axis = int(self.node.attrs.get("axis", 1))
+        if axis < 0:
+            axis += codes.ndim
+        if axis != 1:
+            raise EdgeDFAError(f"node {self.name!r}: Flatten axis {axis} (only 1 keeps the batch)")
+        return codes.reshape(codes.shape[0], -1)
+
+
+@register("Reshape")
+class Reshape(_Move):
+    def move(self, codes):
+        shape = [int(s) for s in self.node.attrs["shape"]]
+        if shape and shape[0] in (0, -1):
+            shape = [codes.shape[0]] + [(-1 if s == -1 else s) for s in shape[1:]]
+        shape = [codes.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        try:
+            return codes.reshape(shape)
+        except ValueError as exc:
+            raise EdgeDFAError(f"node {self.name!r}: cannot reshape {codes.shape} to {shape}") from exc
+
+
+@register("Transpose")
+class Transpose(_Move):
+    def _perm(self, ndim):
+        return [int(p) for p in self.node.attrs.get("perm", list(range(ndim))[::-1])]
+
+    def move(self, codes):
+        perm = self._perm(codes.ndim)
+        if perm[0] != 0:
+            raise EdgeDFAError(f"node {self.name!r}: Transpose perm {perm} moves the batch axis")
+        return codes.transpose(perm)
+
+    def unmove(self, codes, in_shape):
+        return codes.transpose(np.argsort(self._perm(codes.ndim)))
+
+
+def _axes(node, ndim):
+    return sorted(int(a) % ndim for a in node.attrs.get("axes", []))
+
+
+@register("Squeeze")
+class Squeeze(_Move):
+    def move(self, codes):
+        axes = _axes(self.node, codes.ndim) or [i for i, s in enumerate(codes.shape) if s == 1 and i]
+        if 0 in axes:
+            raise EdgeDFAError(f"node {self.name!r}: Squeeze of the batch axis")
+        return codes.squeeze(tuple(axes))
+
+
+@register("Unsqueeze")
+class Unsqueeze(_Move):
+    def move(self, codes):
+        axes = _axes(self.node, codes.ndim + len(self.node.attrs.get("axes", [])))
+        out = codes
+        for a in axes:
+            out = np.expand_dims(out, a)
+        return out
+
+
+@register("Add")
+class Add(Layer):
+    """Element-wise sum of activations: aligned exactly, then requantized to a static format."""
+
+    changes_scale = True
+
+    def infer_shape(self):
+        return tuple(np.broadcast_shapes(*self.in_shapes))
+
+    def _wide(self, xs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = align_add(acc, x)
+        return acc
+
+    def forward(self, xs, train=False):
+        acc = self._wide(xs)
+        y = requantize(acc.codes, acc.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        return QTensor(y, self.out_fmt), [x.codes.shape for x in xs]
+
+    def calibrate(self, xs):
+        self.out_fmt = calibrated_format(self._wide(xs), self.num)
+
+    def backward(self, cache, dy, need_dx):
+        outs = []
+        for shape in cache:
+            g = dy.codes
+            while g.ndim > len(shape):
+                g = g.sum(axis=0)
+            for ax, s in enumerate(shape):
+                if s == 1 and g.shape[ax] != 1:
+                    g = g.sum(axis=ax, keepdims=True)
+            outs.append(QTensor(g, dy.fmt))
+        return outs, {}
+
+
+@register("Concat")
+class Concat(Layer):
+    """Concatenation along a non-batch axis; inputs brought to one static format."""
+
+    changes_scale = True
+
+    def _axis(self):
+        return int(self.node.attrs.get("axis", 1))
+
+    def infer_shape(self):
+        ax = self._axis()
+        ax = ax - 1 if ax > 0 else ax + len(self.in_shapes[0])
+        shape = list(self.in_shapes[0])
+        shape[ax] = sum(s[ax] for s in self.in_shapes)
+        return tuple(shape)
+
+    def forward(self, xs, train=False):
+        parts = [requantize(x.codes, x.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+                 for x in xs]
+        return QTensor(np.concatenate(parts, axis=self._axis()), self.out_fmt), [x.codes.shape for x in xs]
+
+    def calibrate(self, xs):
+        ib = max(x.fmt.int_bits for x in xs)
+        self.out_fmt = FixedFormat(self.num.act_bits, ib)
+
+    def backward(self, cache, dy, need_dx):
+        ax = self._axis()
+        bounds = np.cumsum([s[ax] for s in cache])[:-1]
+        return [QTensor(p, dy.fmt) for p in np.split(dy.codes, bounds, axis=ax)], {}

@@ -1,0 +1,41 @@
+"""The output error in integers: base-2 LUT softmax minus one-hot (§11)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fixed import FixedFormat, Overflow, apply_overflow, round_shift
+from .layers.base import QTensor
+
+LOG2E_Q14 = 23637  # round(log2(e) * 2^14)
+EXP2_FRAC_BITS = 8  # exponent resolution: 1/256
+EXP2_LUT = np.round(np.ldexp(2.0 ** (-np.arange(256) / 256.0), 15)).astype(np.int64)  # 2^15 * 2^(-f/256)
+MAX_EXP_SHIFT = 31
+
+
+def softmax_codes(logits: QTensor, prob_bits: int) -> np.ndarray:
+    """Integer softmax: probabilities as codes with ``prob_bits`` fraction bits (0..2^prob_bits)."""
+    z = logits.codes
+    d = z - z.max(axis=1, keepdims=True)  # <= 0
+    t = round_shift(d * LOG2E_Q14, logits.fmt.frac_bits + 14 - EXP2_FRAC_BITS, "AP_RND")
+    n = np.minimum((-t) >> EXP2_FRAC_BITS, MAX_EXP_SHIFT)
+    frac = (-t) & ((1 << EXP2_FRAC_BITS) - 1)
+    num = EXP2_LUT[frac] >> n
+    total = num.sum(axis=1, keepdims=True)
+    return (num * (1 << prob_bits) + total // 2) // total
+
+
+def output_error(logits: QTensor, labels: np.ndarray, err_bits: int) -> QTensor:
+    """e = softmax(z) - onehot(y) in ap_fixed<err_bits,1>, per sample (not averaged)."""
+    e_frac = err_bits - 1
+    p = softmax_codes(logits, e_frac)
+    p[np.arange(len(labels)), labels] -= 1 << e_frac
+    fmt = FixedFormat(err_bits, 1)
+    return QTensor(apply_overflow(p, fmt, Overflow.AP_SAT), fmt)
+
+
+def cross_entropy(logits_float: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of float logits (reporting only)."""
+    z = logits_float - logits_float.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())

@@ -1,0 +1,181 @@
+"""The training loop: integer forward, output error, credit assignment by plan, updates."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .credit import Plan
+from .errors import EdgeDFAError
+from .feedback import make_projector
+from .layers.base import QTensor, align_add, narrow_dynamic
+from .loss import cross_entropy, output_error
+from .model import IntModel, graph_to_json
+from .prng import PURPOSE_SHUFFLE, stream_id, words
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run (all integers: the learning rate is 2^-lr_shift)."""
+
+    algo: str = "sdfa"
+    epochs: int = 30
+    batch_size: int = 32
+    lr_shift: int = 5
+    lr_decay_epochs: list = field(default_factory=list)  # +1 to lr_shift at each
+    feedback_sparsity: int = 1
+    feedback_values: str = "uniform"
+    feedback_regenerate: bool = True
+    seed: int = 0
+
+    def shift_at(self, epoch: int) -> int:
+        """Learning-rate shift in ``epoch`` plus log2 of the batch (updates use the batch sum)."""
+        decay = sum(1 for e in self.lr_decay_epochs if epoch >= e)
+        return self.lr_shift + decay + int(round(math.log2(max(self.batch_size, 1))))
+
+
+class Trainer:
+    """Runs one training step at a time over an IntModel and a Plan."""
+
+    def __init__(self, model: IntModel, plan: Plan, cfg: TrainConfig):
+        self.model, self.plan, self.cfg = model, plan, cfg
+        self.nodes = {n.name: (n, l) for n, l in zip(model.graph.nodes, model.layers)}
+        self.projectors = {}
+        for m in plan.modules:
+            if m.source == "dfa":
+                node, layer = self.nodes[m.output_node]
+                self.projectors[m.name] = make_projector(
+                    m.feedback, layer.index, model.seed, model.shapes[node.outputs[0]], model.n_classes)
+        self._needs = self._error_needed()
+        self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
+
+    def _error_needed(self) -> dict:
+        """Tensor -> whether an error must be computed for it (a trainable layer upstream
+        in the same module or in a BP-sourced module)."""
+        g, prod = self.model.graph, self.model.graph.producers()
+        upstream = {g.input_name: False}
+        for node, layer in zip(g.nodes, self.model.layers):
+            up = layer.trainable or any(upstream.get(i, False) for i in node.inputs if i)
+            for o in node.outputs:
+                upstream[o] = up
+        needs = {}
+        for node in g.nodes:
+            mod = self.plan.module_of[node.name]
+            for t in node.inputs:
+                if not t or t not in prod or not upstream.get(t, False):
+                    needs[(node.name, t)] = False
+                    continue
+                pmod = self.plan.module_of[prod[t].name]
+                needs[(node.name, t)] = pmod is mod or pmod.source == "bp"
+        return needs
+
+    def step(self, xq: QTensor, labels: np.ndarray, step: int, lr_shift: int):
+        """One training step; returns (logits QTensor, output error QTensor)."""
+        model = self.model
+        logits, caches, _ = model.forward(xq, train=True)
+        e = output_error(logits, labels, model.numerics.err_bits)
+        errors = {model.graph.output_name: e}
+        grads = {}
+        for node, layer in reversed(list(zip(model.graph.nodes, model.layers))):
+            mod = self.plan.module_of[node.name]
+            if mod.source == "dfa" and node.name == mod.output_node:
+                errors[node.outputs[0]] = self.projectors[mod.name].project(
+                    e, layer.num.err_bits, layer.num.err_rounding)
+            dys = [errors.get(o) for o in node.outputs]
+            if all(d is None for d in dys):
+                continue
+            need = [self._needs[(node.name, t)] for t in node.inputs if t]
+            dy = dys if getattr(layer, "n_outputs", 1) > 1 else dys[0]
+            dxs, g = layer.backward(caches[node.name], dy, need)
+            if g:
+                grads[node.name] = g
+            for t, dx in zip([t for t in node.inputs if t], dxs):
+                if dx is not None and need[[u for u in node.inputs if u].index(t)]:
+                    self._accumulate(errors, t, dx, layer.num)
+        for name, g in grads.items():
+            clipped = self.nodes[name][1].weight_update(g, step, lr_shift)
+            for k, v in clipped.items():
+                self.saturation[name][k] += v
+        return logits, e
+
+    @staticmethod
+    def _accumulate(errors, t, dx, num):
+        if t not in errors:
+            errors[t] = dx
+            return
+        wide = align_add(errors[t], dx)
+        errors[t] = narrow_dynamic(wide.codes, wide.fmt, num.err_bits, num.err_rounding)
+
+
+def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """Sample order of an epoch: argsort of PRNG words (shuffle stream, step = epoch)."""
+    return np.argsort(words(seed, stream_id(0, PURPOSE_SHUFFLE), epoch, n), kind="stable")
+
+
+def accuracy(model: IntModel, x, y) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((model.predict(x) == y).mean())
+
+
+class Progress:
+    """One status line on stderr, rewritten in place; silent when quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def update(self, text: str, final: bool = False):
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
+        elif final:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def bar(frac: float, width: int = 24) -> str:
+    n = int(round(frac * width))
+    return "[" + "#" * n + "." * (width - n) + "]"
+
+
+def atomic_savez(path: str, **arrays) -> None:
+    """Write an .npz next to ``path`` and rename it into place: never half-written."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=d)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_arrays(model: IntModel, plan: Plan, cfg: TrainConfig, progress: dict) -> dict:
+    """Everything needed to resume bit-exactly and to export."""
+    meta = {"format": "edgedfa-checkpoint", "version": 1, "formats": model.formats(),
+            "numerics": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(model.numerics).items()},
+            "layer_numerics": model.layer_numerics, "seed": model.seed, "train": asdict(cfg),
+            "plan": plan.describe(), "progress": progress}
+    arrays = dict(model.state_arrays())
+    arrays["meta_json"] = np.array(json.dumps(meta))
+    arrays["graph_json"] = np.array(graph_to_json(model.graph))
+    return arrays
