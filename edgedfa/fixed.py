@@ -17,7 +17,8 @@ from .errors import EdgeDFAError
 
 MAX_WIDTH = 48  # widest storage/accumulator format; float64 holds every code exactly
 _FORMAT_RE = re.compile(
-    r"^\s*ap_(u?)(fixed|int)\s*<\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,[^>]*)?>\s*$"
+    r"^\s*ap_(u?)(fixed|int)\s*<\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?((?:,[^,>]*)*)>\s*$",
+    re.ASCII,  # \d must not match non-ASCII digits: the name has to parse back to itself
 )
 
 
@@ -90,6 +91,8 @@ class FixedFormat:
                 raise EdgeDFAError(f"fixed-point format: {name} must be an integer, got {v!r}")
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "int_bits", int(self.int_bits))
+        if not isinstance(self.signed, (bool, np.bool_)) and self.signed not in (0, 1):
+            raise EdgeDFAError(f"fixed-point format: signed must be a bool, got {self.signed!r}")
         object.__setattr__(self, "signed", bool(self.signed))
         if not 1 <= self.width <= MAX_WIDTH:
             raise EdgeDFAError(
@@ -121,13 +124,14 @@ class FixedFormat:
                 f"malformed fixed-point format {text!r}; expected e.g. 'ap_fixed<8,3>',"
                 " 'ap_ufixed<8,0>', 'ap_int<16>'"
             )
-        unsigned, kind, w, i = m.groups()
+        unsigned, kind, w, i, extra = m.groups()
         if kind == "int":
-            if i is not None:
+            if i is not None or extra:
                 raise EdgeDFAError(f"malformed fixed-point format {text!r}: ap_int takes one width")
             i = w
         elif i is None:
             raise EdgeDFAError(f"malformed fixed-point format {text!r}: ap_fixed needs <W,I>")
+        _check_template_modes(text, extra)
         return cls(int(w), int(i), signed=not unsigned)
 
     @classmethod
@@ -167,6 +171,20 @@ class FixedFormat:
             if bits <= np.iinfo(dt).bits:
                 return np.dtype(dt)
         return np.dtype(np.int64)
+
+
+def _check_template_modes(text, extra: str) -> None:
+    """Validate ``,Q,O,N`` template arguments (ignored: modes are passed explicitly, §1)."""
+    args = [a.strip() for a in extra.split(",")[1:]]
+    if len(args) > 3:
+        raise EdgeDFAError(f"malformed fixed-point format {text!r}: at most <W,I,Q,O,N>")
+    for arg, parse in zip(args, (Rounding.parse, Overflow.parse)):
+        try:
+            parse(arg)
+        except EdgeDFAError as exc:
+            raise EdgeDFAError(f"fixed-point format {text!r}: {exc}") from None
+    if len(args) == 3 and not (args[2].isascii() and args[2].isdigit()):
+        raise EdgeDFAError(f"fixed-point format {text!r}: saturation bits N={args[2]!r} is not a count")
 
 
 def as_format(fmt) -> FixedFormat:
@@ -216,24 +234,31 @@ def _random_words(rng, shape, step=0) -> np.ndarray:
     return w.astype(np.int64) & 0xFFFFFFFF
 
 
-def _round_up(q, residual, half, negative, rounding, words=None, shift=None):
-    """Whether to add one to the floor ``q``, given residual (>=0) and half an LSB."""
+def _round_up(q, above, tie, inexact, negative, rounding):
+    """Whether to add one to the floor ``q``; ``above``/``tie``: residual > / == half an LSB."""
     R = Rounding
     if rounding is R.AP_TRN:
         return np.zeros(np.shape(q), dtype=bool)
     if rounding is R.AP_TRN_ZERO:
-        return (residual != 0) & negative
+        return inexact & negative
     if rounding is R.AP_RND:
-        return residual >= half
+        return above | tie
     if rounding is R.AP_RND_ZERO:
-        return (residual > half) | ((residual == half) & negative)
+        return above | (tie & negative)
     if rounding is R.AP_RND_MIN_INF:
-        return residual > half
+        return above
     if rounding is R.AP_RND_INF:
-        return (residual > half) | ((residual == half) & ~negative)
+        return above | (tie & ~negative)
     if rounding is R.AP_RND_CONV:
-        return (residual > half) | ((residual == half) & ((q % 2) != 0))
+        return above | (tie & ((q % 2) != 0))
     raise AssertionError(rounding)
+
+
+def _left_shift(x, shift: int):
+    """Exact ``x << shift``; EdgeDFAError when a result would not fit in int64."""
+    if x.size and (x.max() > (2**63 - 1) >> shift or x.min() < -((2**63) >> shift)):
+        raise EdgeDFAError(f"left shift of {shift} bits overflows 64-bit codes")
+    return x << shift if shift < 64 else np.zeros_like(x)
 
 
 def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step=0) -> np.ndarray:
@@ -246,7 +271,7 @@ def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step
     x = np.asarray(codes, dtype=np.int64)
     shift = int(shift)
     if shift <= 0:
-        return x << (-shift)
+        return _left_shift(x, -shift)
     if shift > 62:
         raise EdgeDFAError(f"requantize: right shift of {shift} bits is beyond 62")
     q = x >> shift
@@ -255,7 +280,21 @@ def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step
         r = _random_words(rng, x.shape, step)
         r = (r >> (32 - shift)) if shift <= 32 else (r << (shift - 32))
         return q + ((residual + r) >> shift)
-    return q + _round_up(q, residual, 1 << (shift - 1), x < 0, rounding)
+    half = 1 << (shift - 1)
+    return q + _round_up(q, residual > half, residual == half, residual != 0, x < 0, rounding)
+
+
+def _widen_into(x, shift: int, dst: FixedFormat, overflow: Overflow):
+    """``x << shift`` reduced so it fits int64 yet overflows into ``dst`` exactly as the
+    unbounded value would (§3): wrap keeps only the bits that land in the low W; the
+    saturating modes only need the side, so magnitudes are capped just past the range."""
+    if overflow is Overflow.AP_WRAP:
+        if shift >= dst.width:
+            return np.zeros_like(x)
+        return (x & ((1 << (dst.width - shift)) - 1)) << shift
+    shift = min(shift, dst.width + 1)
+    cap = ((1 << dst.width) >> shift) + 1  # |x| >= cap overflows after the shift
+    return np.clip(x, -cap, cap) << shift
 
 
 def requantize(codes, src_fmt, dst_fmt, rounding=Rounding.AP_RND_CONV,
@@ -268,7 +307,12 @@ def requantize(codes, src_fmt, dst_fmt, rounding=Rounding.AP_RND_CONV,
     array([ 3, -2])
     """
     src, dst = as_format(src_fmt), as_format(dst_fmt)
-    q = round_shift(codes, src.frac_bits - dst.frac_bits, rounding, rng, step)
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    shift = src.frac_bits - dst.frac_bits
+    if shift < 0:
+        q = _widen_into(np.asarray(codes, dtype=np.int64), -shift, dst, overflow)
+    else:
+        q = round_shift(codes, shift, rounding, rng, step)
     return apply_overflow(q, dst, overflow)
 
 
@@ -285,6 +329,22 @@ def _float_floor_split(y, rng, step):
     f = np.where(small, (Y >> 32).astype(np.float64), f)
     r = _random_words(rng, np.shape(y), step)
     return f + ((frac32 + r) >> 32)
+
+
+def _scaled(x, fmt: FixedFormat, overflow: Overflow):
+    """``x * 2**F`` as float64 with nothing lost: neither overflow to inf nor underflow.
+
+    The input is first reduced to a value that rounds and overflows to the same code:
+    modulo 2**I under AP_WRAP (drops whole multiples of 2**W codes, keeps sign, residual
+    and parity), clipped just past the range otherwise; nonzero values below 2**-40 LSB
+    become +-2**-40 LSB, which floor and every rounding mode (STOCHASTIC: 32 extra bits)
+    treat alike.
+    """
+    span = np.ldexp(1.0, fmt.int_bits)
+    x = np.fmod(x, span) if overflow is Overflow.AP_WRAP else np.clip(x, -2 * span, 2 * span)
+    tiny = np.ldexp(1.0, -40 - fmt.frac_bits)
+    x = np.where((x != 0) & (np.abs(x) < tiny), np.copysign(tiny, x), x)
+    return np.ldexp(x, fmt.frac_bits)
 
 
 def quantize(x, fmt, rounding=Rounding.AP_RND_CONV, overflow=Overflow.AP_SAT,
@@ -308,7 +368,7 @@ def quantize(x, fmt, rounding=Rounding.AP_RND_CONV, overflow=Overflow.AP_SAT,
             f" first at index {tuple(int(i) for i in idx)}"
         )
     inf = np.isinf(x)
-    y = np.ldexp(np.where(inf, 0.0, x), fmt.frac_bits)
+    y = _scaled(np.where(inf, 0.0, x), fmt, overflow)
     if rounding is Rounding.STOCHASTIC:
         if rng is None and seed is not None:
             from .prng import PURPOSE_QUANTIZE, Stream, stream_id
@@ -317,13 +377,8 @@ def quantize(x, fmt, rounding=Rounding.AP_RND_CONV, overflow=Overflow.AP_SAT,
         q = _float_floor_split(y, rng, step)
     else:
         f = np.floor(y)
-        q = f + _round_up(f, y - f, 0.5, y < 0, rounding)
-    lo, hi = float(fmt.min_code), float(fmt.max_code)
-    if overflow is Overflow.AP_WRAP:
-        q = np.mod(q - lo, float(1 << fmt.width)) + lo
-    else:
-        bound = float(1 << (fmt.width + 1))
-        q = np.clip(q, lo - bound, hi + bound)  # keep the overflow decision, fit int64
+        mid = f + 0.5  # exact: |y| < 2**50 after _scaled; comparisons avoid inexact y - f
+        q = f + _round_up(f, y > mid, y == mid, y != f, x < 0, rounding)
     codes = apply_overflow(q.astype(np.int64), fmt, overflow)
     if inf.any():
         top = fmt.max_code

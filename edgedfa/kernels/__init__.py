@@ -27,6 +27,17 @@ def default_backend() -> str:
     return _default["name"]
 
 
+def _broadcasts_to(shape, target) -> bool:
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _max_abs(x) -> int:
+    return max(abs(int(x.max())), abs(int(x.min())))
+
+
 def gemm(a, b, acc_bits: int = 32, overflow=Overflow.AP_WRAP, init=None, backend=None):
     """Integer ``a @ b`` (+ ``init``) through a signed ``acc_bits``-bit accumulator.
 
@@ -38,11 +49,19 @@ def gemm(a, b, acc_bits: int = 32, overflow=Overflow.AP_WRAP, init=None, backend
     b = np.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise EdgeDFAError(f"gemm: shapes {a.shape} and {b.shape} do not multiply")
-    if not 2 <= acc_bits <= MAX_WIDTH + 14:
-        raise EdgeDFAError(f"gemm: accumulator width {acc_bits} outside 2..{MAX_WIDTH + 14}")
+    for name, x in (("a", a), ("b", b)) + ((("init", np.asarray(init)),) if init is not None else ()):
+        if x.dtype.kind not in "biu":
+            raise EdgeDFAError(f"gemm: {name} holds {x.dtype} values; pass integer codes")
+    if isinstance(acc_bits, bool) or not isinstance(acc_bits, (int, np.integer)) \
+            or not 2 <= acc_bits <= MAX_WIDTH + 14:
+        raise EdgeDFAError(f"gemm: accumulator width {acc_bits!r} outside 2..{MAX_WIDTH + 14}")
+    acc_bits = int(acc_bits)
+    out_shape = (a.shape[0], b.shape[1])
+    if init is not None and not _broadcasts_to(np.shape(init), out_shape):
+        raise EdgeDFAError(f"gemm: init of shape {np.shape(init)} does not fit the output {out_shape}")
     if a.size and b.size:
-        pmax = float(np.abs(a).max()) * float(np.abs(b).max())
-        if pmax >= 2.0**62:
+        pmax = _max_abs(a) * _max_abs(b)  # Python ints: exact at the 62-bit boundary
+        if pmax >= 1 << 62:
             raise EdgeDFAError("gemm: a single product exceeds 62 bits; narrow the operand formats")
     name = backend or _default["name"]
     if name == "reference":

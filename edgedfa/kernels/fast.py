@@ -1,7 +1,8 @@
 """Fast integer GEMM, bit-identical to kernels.reference.
 
 Exact float BLAS while every partial sum is provably below 2**24 (float32) or 2**53
-(float64); a numba loop with the reference's per-step overflow otherwise.
+(float64), wrapped once at the end under AP_WRAP; a numba loop with the reference's
+per-step overflow otherwise.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numba
 import numpy as np
 
 from ..fixed import Overflow
-from .reference import acc_limits
+from .reference import acc_limits, acc_step
 
 _MODE_CODE = {Overflow.AP_SAT: 0, Overflow.AP_SAT_SYM: 1, Overflow.AP_SAT_ZERO: 2, Overflow.AP_WRAP: 3}
 
@@ -19,26 +20,27 @@ _MODE_CODE = {Overflow.AP_SAT: 0, Overflow.AP_SAT_SYM: 1, Overflow.AP_SAT_ZERO: 
 def _step(acc, lo, hi, mode, bits):
     if mode == 3:
         return ((acc - lo) & ((np.int64(1) << bits) - 1)) + lo
-    if acc < lo or acc > hi:
-        if mode == 2:
-            return np.int64(0)
-        return lo if acc < lo else hi
-    return acc
+    if mode == 2:
+        return acc if lo <= acc <= hi else np.int64(0)
+    return min(max(acc, lo), hi)
 
 
 @numba.njit(cache=True, parallel=True)
-def _gemm_loop(a, bt, init, has_init, lo, hi, mode, bits):
+def _gemm_loop(a, b, init, has_init, lo, hi, mode, bits):
+    # a row of accumulators, k outer and j inner: independent lanes the compiler vectorises
     m, kk = a.shape
-    n = bt.shape[0]
+    n = b.shape[1]
     out = np.empty((m, n), dtype=np.int64)
     for i in numba.prange(m):
-        for j in range(n):
-            acc = np.int64(0)
-            if has_init:
-                acc = _step(init[i, j], lo, hi, mode, bits)
-            for k in range(kk):
-                acc = _step(acc + a[i, k] * bt[j, k], lo, hi, mode, bits)
-            out[i, j] = acc
+        acc = np.zeros(n, dtype=np.int64)
+        if has_init:
+            for j in range(n):
+                acc[j] = _step(init[i, j], lo, hi, mode, bits)
+        for k in range(kk):
+            aik = a[i, k]
+            for j in range(n):
+                acc[j] = _step(acc[j] + aik * b[k, j], lo, hi, mode, bits)
+        out[i, :] = acc
     return out
 
 
@@ -61,16 +63,21 @@ def _exact_float(a, b, init, dtype):
 
 def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
     """Same contract as reference.gemm; picks the fastest exact path."""
+    overflow = Overflow.parse(overflow)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     lo, hi = acc_limits(acc_bits)
     bound = partial_sum_bound(a, b, init)
-    if bound <= hi:
-        # no partial sum can leave the accumulator: every overflow mode is the identity
+    if bound <= hi or overflow is Overflow.AP_WRAP:
+        # in range every overflow mode is the identity; AP_WRAP is arithmetic modulo 2**A,
+        # so the exact sum wrapped once equals the per-step wrap (docs/datapath.md §4)
+        exact = None
         if bound < (1 << 24):
-            return _exact_float(a, b, init, np.float32)
-        if bound < (1 << 53):
-            return _exact_float(a, b, init, np.float64)
+            exact = _exact_float(a, b, init, np.float32)
+        elif bound < (1 << 53):
+            exact = _exact_float(a, b, init, np.float64)
+        if exact is not None:
+            return exact if bound <= hi else acc_step(exact, acc_bits, Overflow.AP_WRAP)
     if overflow is Overflow.AP_SAT_SYM:
         lo = -hi
     if init is None:
@@ -78,5 +85,5 @@ def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
     else:
         init_arr = np.ascontiguousarray(np.broadcast_to(np.asarray(init, dtype=np.int64), (a.shape[0], b.shape[1])))
         has_init = True
-    return _gemm_loop(np.ascontiguousarray(a), np.ascontiguousarray(b.T), init_arr, has_init,
+    return _gemm_loop(np.ascontiguousarray(a), np.ascontiguousarray(b), init_arr, has_init,
                       np.int64(lo), np.int64(hi), _MODE_CODE[overflow], np.int64(acc_bits))

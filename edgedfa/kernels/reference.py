@@ -26,6 +26,7 @@ def acc_step(acc, acc_bits: int, overflow: Overflow):
 
 def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
     """acc[m, n] = init[m, n]; for k ascending: acc = overflow(acc + a[m, k] * b[k, n])."""
+    overflow = Overflow.parse(overflow)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     m, n = a.shape[0], b.shape[1]
