@@ -26,6 +26,8 @@ class Module:
     nodes: list
     source: str = "dfa"  # output | bp | dfa
     feedback: FeedbackSpec | None = None
+    target: str | None = None  # tensor that receives the feedback (default: the module output)
+    layer_options: dict = field(default_factory=dict)  # node -> {attribute: value}, e.g. bptt_steps
 
     @property
     def output_node(self) -> str:
@@ -43,9 +45,10 @@ class Plan:
 
     def describe(self) -> list:
         return [{"module": m.name, "nodes": list(m.nodes), "source": m.source,
+                 "target": m.target, "layer_options": m.layer_options,
                  "feedback": None if m.feedback is None else
                  {"kind": m.feedback.kind, "values": m.feedback.values, "k": m.feedback.k,
-                  "regenerate": m.feedback.regenerate}} for m in self.modules]
+                  "bits": m.feedback.bits, "regenerate": m.feedback.regenerate}} for m in self.modules]
 
 
 def _is_trainable(node) -> bool:
@@ -64,16 +67,17 @@ def per_layer_modules(graph: Graph) -> list:
 
 def per_block_modules(graph: Graph) -> list:
     """Conv blocks (convs + activations up to a pooling node) and one module per other layer."""
-    groups, open_block = [], False
+    groups, open_block, closed = [], False, False
     for node in graph.nodes:
         start = not groups
-        if node.op == "Conv" and not open_block:
-            start = True
-        if node.op in ("Dense",) + RECURRENT_OPS and any(_is_trainable(graph.node(n)) for n in groups[-1] if groups):
+        if (node.op == "Conv" and not open_block) or closed:
+            start = True  # a closed block's successors (flatten, head) begin the next module
+        if node.op in ("Dense",) + RECURRENT_OPS and groups and any(_is_trainable(graph.node(n)) for n in groups[-1]):
             start = True
         if start:
             groups.append([])
         groups[-1].append(node.name)
+        closed = open_block and node.op in POOL_OPS
         open_block = node.op == "Conv" or (open_block and node.op not in POOL_OPS)
     return groups
 
@@ -103,7 +107,13 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
             fb = FeedbackSpec("channel", values, regenerate=regenerate)
         else:
             fb = FeedbackSpec("dense", values, regenerate=regenerate)
-        modules.append(Module(f"m{i}", names, "dfa", fb))
+        module = Module(f"m{i}", names, "dfa", fb)
+        rec = [n for n in names if graph.node(n).op in RECURRENT_OPS]
+        if rec and algo in ("dfa", "sdfa"):
+            # per-step DFA (Nøkland): the error reaches every step's hidden state, no BPTT
+            module.target = graph.node(rec[-1]).outputs[0]
+            module.layer_options = {rec[-1]: {"bptt_steps": 0}}
+        modules.append(module)
     return Plan(algo, modules)
 
 
@@ -131,7 +141,10 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
                                   int(f.pop("bits", 8)), bool(f.pop("regenerate", True)), tuple(sorted(f.items())))
             except TypeError as exc:
                 raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
-        modules.append(Module(entry.get("name", f"m{i}"), nodes, source, fb))
+        opts = entry.get("layer_options", {})
+        if not isinstance(opts, dict) or any(n not in nodes or not isinstance(v, dict) for n, v in opts.items()):
+            raise EdgeDFAError(f"{where}: layer_options must map layers of this module to tables")
+        modules.append(Module(entry.get("name", f"m{i}"), nodes, source, fb, entry.get("target"), opts))
     missing = known - seen
     if missing:
         raise EdgeDFAError(f"config [[modules]]: layer(s) {sorted(missing)} belong to no module")

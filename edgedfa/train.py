@@ -49,10 +49,14 @@ class Trainer:
         self.nodes = {n.name: (n, l) for n, l in zip(model.graph.nodes, model.layers)}
         self.projectors = {}
         for m in plan.modules:
+            for name, opts in m.layer_options.items():
+                for key, val in opts.items():
+                    setattr(self.nodes[name][1], key, val)
             if m.source == "dfa":
                 node, layer = self.nodes[m.output_node]
-                self.projectors[m.name] = make_projector(
-                    m.feedback, layer.index, model.seed, model.shapes[node.outputs[0]], model.n_classes)
+                target = m.target or node.outputs[0]
+                self.projectors[m.name] = (target, make_projector(
+                    m.feedback, layer.index, model.seed, model.shapes[target], model.n_classes))
         self._needs = self._error_needed()
         self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
 
@@ -86,8 +90,8 @@ class Trainer:
         for node, layer in reversed(list(zip(model.graph.nodes, model.layers))):
             mod = self.plan.module_of[node.name]
             if mod.source == "dfa" and node.name == mod.output_node:
-                errors[node.outputs[0]] = self.projectors[mod.name].project(
-                    e, layer.num.err_bits, layer.num.err_rounding)
+                target, proj = self.projectors[mod.name]
+                errors[target] = proj.project(e, layer.num.err_bits, layer.num.err_rounding)
             dys = [errors.get(o) for o in node.outputs]
             if all(d is None for d in dys):
                 continue

@@ -1,0 +1,171 @@
+"""The command line: contract flags and outputs, bad input as one line and status 2, resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgedfa import cli
+from edgedfa.api import load_checkpoint
+from edgedfa.data import digits
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_npz(path, **over):
+    d = digits()
+    arrays = {"x_train": d.x_train[:300], "y_train": d.y_train[:300], "x_test": d.x_test[:100], "y_test": d.y_test[:100]}
+    arrays.update(over)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_train_writes_contract_outputs(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--epochs", 2, "--quiet", "--out", out, "--seed", 3)
+    assert code == 0, err
+    assert "test accuracy" in stdout and err == ""
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "train_accuracy", "history", "samples_per_second", "algo", "seed", "formats",
+                "saturation"):
+        assert key in m
+    assert 0 <= m["test_accuracy"] <= 1 and m["algo"] == "sdfa" and m["seed"] == 3
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert all({"train_accuracy", "test_accuracy", "seconds"} <= set(h) for h in m["history"])
+    code, stdout, _ = run(capsys, "eval", out / "checkpoint.npz", "--json", tmp_path / "e.json")
+    assert code == 0
+    assert json.loads((tmp_path / "e.json").read_text())["test_accuracy"] == pytest.approx(m["test_accuracy"])
+
+
+def test_resume_equals_uninterrupted(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(capsys, "train", "--epochs", 3, "--quiet", "--out", a, "--algo", "dfa")[0] == 0
+    assert run(capsys, "train", "--epochs", 1, "--quiet", "--out", b, "--algo", "dfa")[0] == 0
+    assert run(capsys, "train", "--resume", b, "--epochs", 3, "--quiet")[0] == 0
+    ma, mb = load_checkpoint(a), load_checkpoint(b)
+    for k, v in ma.state_arrays().items():
+        assert np.array_equal(v, mb.state_arrays()[k]), k
+    assert json.loads((b / "metrics.json").read_text())["steps"] == json.loads((a / "metrics.json").read_text())["steps"]
+
+
+def test_user_data_reshaped_to_model_input(tmp_path, capsys):
+    d = digits()
+    p = write_npz(tmp_path / "d.npz", x_train=d.x_train[:300].reshape(-1, 8, 8), x_test=d.x_test[:100].reshape(-1, 8, 8))
+    code, _, err = run(capsys, "train", "--data", p, "--arch", "cnn", "--epochs", 1, "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"y_test": None}, "missing key(s) y_test"),
+    ({"x_train": np.full((300, 64), np.nan)}, "NaN or infinite"),
+    ({"y_train": np.full(300, 1.5)}, "integer class labels"),
+    ({"y_train": np.full(300, -1)}, "label -1"),
+    ({"y_train": np.zeros(10, dtype=int)}, "expected (300,)"),
+    ({"x_test": np.zeros((100, 63))}, "differ in shape"),
+])
+def test_bad_data_is_one_clear_line(tmp_path, capsys, over, message):
+    p = write_npz(tmp_path / "bad.npz", **over)
+    code, _, err = run(capsys, "train", "--data", p, "--epochs", 1, "--quiet", "--out", tmp_path / "r")
+    assert code == 2
+    assert err.startswith("edgedfa: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--arch", "nope"], "invalid choice"),
+    (["train", "--bits", "1"], "--bits 1"),
+    (["train", "--epochs", "x"], "invalid int"),
+    (["eval", "/no/such/ckpt.npz"], "no such checkpoint"),
+    (["info", "/no/such/file.onnx"], "file.onnx"),
+    (["train", "--config", "/no/such.toml"], "no such config file"),
+])
+def test_bad_arguments(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.startswith("edgedfa: error: ") and message in err
+
+
+def test_bad_config_keys(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[numerics]\nweight_bitz = 4\n")
+    code, _, err = run(capsys, "train", "--config", cfg, "--epochs", 1, "--out", tmp_path / "r")
+    assert code == 2 and "weight_bitz" in err
+    cfg.write_text("[layers.nosuch]\nweight_bits = 4\n")
+    code, _, err = run(capsys, "train", "--config", cfg, "--epochs", 1, "--out", tmp_path / "r2")
+    assert code == 2 and "nosuch" in err
+    cfg.write_text("[numerics]\nupdate_rounding = 'AP_NOPE'\n")
+    code, _, err = run(capsys, "train", "--config", cfg, "--epochs", 1, "--out", tmp_path / "r3")
+    assert code == 2 and "AP_NOPE" in err
+
+
+def test_config_sets_formats_and_modules(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("""
+[numerics]
+bits = 8
+[layers.dense3]
+weight_bits = 12
+[train]
+lr_shift = 5
+[[modules]]
+nodes = ["dense1", "relu2"]
+source = "dfa"
+feedback = { kind = "sparse", k = 2, values = "binary" }
+[[modules]]
+nodes = ["dense3", "relu4", "dense5"]
+""")
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--config", cfg, "--epochs", 1, "--quiet", "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["formats"]["dense3"]["W"].startswith("ap_fixed<12,")
+    assert m["plan"][0]["feedback"]["kind"] == "sparse" and m["plan"][0]["feedback"]["k"] == 2
+    assert m["plan"][1]["source"] == "output"
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run(capsys, "train", "--epochs", 1, "--quiet", "--out", out)[0] == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    code, _, err = run(capsys, "train", "--epochs", 1, "--quiet", "--out", out)
+    assert code == 2 and "--resume" in err
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    from edgedfa import train as train_mod
+
+    path = tmp_path / "checkpoint.npz"
+    train_mod.atomic_savez(str(path), a=np.arange(3))
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train_mod.np, "savez", boom)
+    with pytest.raises(OSError):
+        train_mod.atomic_savez(str(path), a=np.arange(4))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    p = tmp_path / "checkpoint.npz"
+    p.write_bytes(b"not a zip")
+    code, _, err = run(capsys, "eval", p)
+    assert code == 2 and "not a readable checkpoint" in err
+
+
+def test_labels_beyond_the_model_outputs():
+    from edgedfa.data import check_labels
+    from edgedfa.errors import EdgeDFAError
+
+    d = digits()
+    d.y_test = d.y_test.copy()
+    d.y_test[0] = 12
+    with pytest.raises(EdgeDFAError, match="y_test has label 12 but the model has 10 outputs"):
+        check_labels(d, 10, "data")

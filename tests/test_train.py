@@ -1,0 +1,210 @@
+"""The integer training engine: directions against float, determinism, resume, plans."""
+
+import numpy as np
+import pytest
+
+import float_mlp
+from edgedfa import arch, data
+from edgedfa.api import build_model, fit, load_checkpoint, make_trainer
+from edgedfa.credit import make_plan
+from edgedfa.feedback import FeedbackSpec, make_projector
+from edgedfa.fixed import dequantize
+from edgedfa.layers.base import Numerics
+from edgedfa.loss import output_error, softmax_codes
+from edgedfa.train import TrainConfig, batch_order
+
+DS = data.digits()
+HIDDEN = (32, 32)
+DENSE = ["dense1", "dense3", "dense5"]
+
+
+def small_model(bits=8, seed=0, backend=None, **kw):
+    g = arch.mlp(seed, 64, HIDDEN, 10)
+    m = build_model(g, Numerics.from_bits(bits, **kw), seed, backend=backend)
+    m.calibrate(DS.x_train[:256])
+    return m
+
+
+def float_weights(m):
+    return ([m.layer(n).params["W"].value() for n in DENSE], [m.layer(n).params["B"].value() for n in DENSE])
+
+
+def cosine(a, b):
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def one_step(m, algo, **cfg):
+    tr = make_trainer(m, TrainConfig(algo=algo, **cfg))
+    W0, _ = float_weights(m)
+    x, y = DS.x_train[:64], DS.y_train[:64]
+    tr.step(m.quantize_input(x), y, 0, 10)
+    W1, _ = float_weights(m)
+    return tr, [w1 - w0 for w0, w1 in zip(W0, W1)], x, y
+
+
+def test_integer_forward_within_format_bound():
+    m = small_model(bits=16, acc_bits=40)
+    Ws, Bs = float_weights(m)
+    x = dequantize(m.quantize_input(DS.x_test).codes, m.in_fmt).reshape(len(DS.x_test), -1)
+    ref = float_mlp.forward(Ws, Bs, x)[-1]
+    got = m.run(DS.x_test)
+    # each of 3 layers rounds once to nearest at its output LSB (2^-F), then errors grow by |W|
+    lsb = max(m.layer(n).out_fmt.lsb for n in DENSE)
+    gain = np.prod([np.abs(w).sum(axis=1).max() for w in Ws])
+    assert np.abs(got - ref).max() <= lsb * (1 + gain) * 3
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+def test_bp_step_direction_matches_float():
+    m = small_model(bits=16)
+    Ws, Bs = float_weights(m)
+    _, deltas, x, y = one_step(m, "bp")
+    xq = dequantize(m.quantize_input(x).codes, m.in_fmt)
+    for (gw, _), d in zip(float_mlp.gradients(Ws, Bs, xq, y), deltas):
+        assert cosine(-d, gw) >= 0.99
+
+
+@pytest.mark.parametrize("bits,bound", [(16, 0.999), (8, 0.95)])
+def test_bp_gradients_match_float(bits, bound):
+    """The wide gradient before the (stochastic) update, at 8 and 16 bits."""
+    m = small_model(bits=bits)
+    Ws, Bs = float_weights(m)
+    seen = {}
+    for n in DENSE:
+        layer = m.layer(n)
+        layer.weight_update = lambda g, step, lr, n=n: seen.setdefault(n, g) and {}
+    tr = make_trainer(m, TrainConfig(algo="bp"))
+    x, y = DS.x_train[:64], DS.y_train[:64]
+    tr.step(m.quantize_input(x), y, 0, 10)
+    xq = dequantize(m.quantize_input(x).codes, m.in_fmt)
+    for n, (gw, gb) in zip(DENSE, float_mlp.gradients(Ws, Bs, xq, y)):
+        assert cosine(seen[n]["W"].value(), gw) >= bound
+        assert cosine(seen[n]["B"].value(), gb) >= bound
+
+
+def test_dfa_step_direction_matches_float_dfa():
+    m = small_model(bits=16)
+    Ws, Bs = float_weights(m)
+    tr, deltas, x, y = one_step(m, "dfa")
+    fbs = []
+    for mod in tr.plan.modules[:-1]:
+        target, proj = tr.projectors[mod.name]
+        fbs.append(proj.stored_matrix().astype(np.float64))
+    xq = dequantize(m.quantize_input(x).codes, m.in_fmt)
+    grads = float_mlp.gradients(Ws, Bs, xq, y, feedback=fbs)
+    for (gw, _), d in zip(grads, deltas):
+        assert cosine(-d, gw) >= 0.9
+
+
+def test_integer_training_tracks_float_training():
+    seed = 3
+    m = small_model(bits=16, seed=seed)
+    Ws, Bs = float_weights(m)
+    x = dequantize(m.quantize_input(DS.x_train).codes, m.in_fmt)
+    fW, fB = float_mlp.train(Ws, Bs, x, DS.y_train, 3, 2.0**-4, 32, lambda ep: batch_order(seed, ep, len(x)))
+    float_acc = float_mlp.accuracy(fW, fB, DS.x_test, DS.y_test)
+    met = fit(m, DS, TrainConfig(algo="bp", epochs=3, lr_shift=4, seed=seed), quiet=True)
+    assert float_acc > 0.85
+    assert abs(met["test_accuracy"] - float_acc) <= 0.03
+
+
+def _train_weights(seed=0, backend=None, algo="sdfa", epochs=2):
+    m = small_model(seed=seed, backend=backend)
+    fit(m, DS, TrainConfig(algo=algo, epochs=epochs, seed=seed), quiet=True)
+    return {k: v.copy() for k, v in m.state_arrays().items()}
+
+
+@pytest.mark.parametrize("algo", ["bp", "dfa", "sdfa", "hybrid"])
+def test_same_seed_same_bits_across_runs_and_backends(algo):
+    a = _train_weights(algo=algo)
+    b = _train_weights(algo=algo)
+    c = _train_weights(algo=algo, backend="reference")
+    for k in a:
+        assert np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k]), k
+    d = _train_weights(seed=1, algo=algo)
+    assert any(not np.array_equal(a[k], d[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind,values", [("dense", "uniform"), ("dense", "binary"), ("sparse", "ternary"),
+                                         ("sparse", "uniform"), ("channel", "binary")])
+def test_regenerated_feedback_equals_stored(kind, values):
+    shape = (4, 3, 3) if kind == "channel" else (40,)
+    regen = make_projector(FeedbackSpec(kind, values, 2, regenerate=True), 3, 11, shape, 10)
+    stored = make_projector(FeedbackSpec(kind, values, 2, regenerate=False), 3, 11, shape, 10)
+    e = output_error(type(small_model().quantize_input(DS.x_train[:1]))(np.array([[3, -5, 2, 0, 1, 9, -2, 0, 4, 1]] * 3),
+                                                                        small_model().in_fmt), np.array([1, 2, 3]), 8)
+    a = regen.project(e, 8, "AP_RND")
+    b = stored.project(e, 8, "AP_RND")
+    assert a.fmt == b.fmt and np.array_equal(a.codes, b.codes)
+    assert a.codes.shape == (3,) + shape and np.abs(a.codes).max() > 0
+
+
+def test_sparse_feedback_has_k_nonzeros_per_unit():
+    p = make_projector(FeedbackSpec("sparse", "binary", 2), 1, 5, (50,), 10)
+    idx, vals = p.stored_matrix()
+    assert idx.shape == (50, 2) and set(np.unique(vals)) <= {-1, 1}
+    assert all(len(set(row)) == 2 for row in idx)
+    assert len(np.unique(idx[:, 0])) > 5  # indices spread over the classes
+
+
+def test_softmax_lut_close_to_float():
+    from edgedfa.fixed import FixedFormat
+    from edgedfa.layers.base import QTensor
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (200, 10))
+    fmt = FixedFormat(12, 5)
+    codes = np.round(z * 2**fmt.frac_bits).astype(np.int64)
+    p = softmax_codes(QTensor(codes, fmt), 15) / 2**15
+    zq = codes / 2**fmt.frac_bits
+    ref = np.exp(zq - zq.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    assert np.abs(p - ref).max() < 5e-3
+
+
+def test_saturated_outputs_pass_no_error():
+    m = small_model(bits=8, act_int_bits=1)  # tiny activation range: many outputs clamp
+    tr = make_trainer(m, TrainConfig(algo="bp"))
+    xq = m.quantize_input(DS.x_train[:32])
+    _, caches, env = m.forward(xq, train=True)
+    x_in, live = caches["dense1"]
+    assert not live.all()
+    dy = type(xq)(np.ones((32, 32), dtype=np.int64), m.layer("dense1").out_fmt)
+    dxs, grads = m.layer("dense1").backward(caches["dense1"], dy, [False])
+    assert np.array_equal(grads["B"].codes, live.sum(axis=0))
+
+
+def test_plans_follow_documented_credit_paths():
+    mlp = arch.mlp(0)
+    assert [m.source for m in make_plan(mlp, "bp").modules] == ["output"]
+    dfa = make_plan(mlp, "dfa")
+    assert [m.nodes for m in dfa.modules] == [["dense1", "relu2"], ["dense3", "relu4"], ["dense5"]]
+    assert [m.source for m in dfa.modules] == ["dfa", "dfa", "output"]
+    assert make_plan(mlp, "sdfa", k=3).modules[0].feedback.kind == "sparse"
+    assert make_plan(mlp, "sdfa", k=3).modules[0].feedback.k == 3
+    hyb = make_plan(mlp, "hybrid")
+    assert [m.source for m in hyb.modules] == ["dfa", "output"]
+    assert hyb.modules[1].nodes == ["dense3", "relu4", "dense5"]
+    cnn = arch.cnn(0)
+    mod = make_plan(cnn, "modular")
+    assert [m.nodes[0] for m in mod.modules] == ["conv1", "conv4", "flatten7"]
+    assert [m.feedback.kind for m in mod.modules[:-1]] == ["channel", "channel"]
+    gru = arch.recurrent("gru", 0)
+    step = make_plan(gru, "dfa")
+    assert step.modules[0].target == "gru_out0" and step.modules[0].layer_options == {"gru": {"bptt_steps": 0}}
+    assert make_plan(gru, "modular").modules[0].target is None
+
+
+def test_dfa_module_gets_no_backprop_error():
+    m = small_model()
+    tr = make_trainer(m, TrainConfig(algo="dfa"))
+    assert tr._needs[("dense3", "relu2_out")] is False  # DFA boundary: dense3 never computes dx
+    assert tr._needs[("relu2", "dense1_out")] is True  # inside a module errors travel by BP
+    bp = make_trainer(small_model(), TrainConfig(algo="bp"))
+    assert bp._needs[("dense3", "relu2_out")] is True
+    assert bp._needs[("dense1", "input")] is False  # nothing upstream of the input trains
+
+
+def test_learning_rate_schedule_and_batch_shift():
+    cfg = TrainConfig(lr_shift=4, batch_size=32, lr_decay_epochs=[2, 5])
+    assert [cfg.shift_at(e) for e in (0, 2, 5)] == [9, 10, 11]
