@@ -1,0 +1,110 @@
+"""Cost records and the list scheduler that turns them into cycles (docs/hardware.md).
+
+A ``Task`` is one unit of work of one layer and phase (a GEMM with its requantization, a
+projection, a parameter update, ...). It occupies one or more units for ``duration``
+cycles = max(cycles of each unit it uses, DRAM cycles of its off-chip bytes): inside a task
+the units are pipelined and off-chip transfers are double-buffered. The scheduler starts
+each task, in program order, at the latest of its dependencies' finish times and the time
+its units become free (``overlap=True``), or after every earlier task (``overlap=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PHASES = ("forward", "error", "update")
+
+
+def nbytes(width_bits: int) -> int:
+    return -(-int(width_bits) // 8)
+
+
+@dataclass
+class Cost:
+    units: dict = field(default_factory=dict)  # unit name -> busy cycles
+    macs: int = 0
+    adds: int = 0  # adder-only operations (sparse/dilated projection, pooling, bias sums)
+    onchip_read: int = 0
+    onchip_write: int = 0
+    offchip: int = 0
+    feedback_bytes: int = 0  # feedback values/indices read from memory (0 when regenerated)
+    prng_words: int = 0
+    pe_busy: int = 0  # PE-cycles doing useful MACs (for utilisation)
+
+    def use(self, unit: str, cycles: int) -> "Cost":
+        self.units[unit] = self.units.get(unit, 0) + int(cycles)
+        return self
+
+    def add(self, other: "Cost") -> "Cost":
+        for u, c in other.units.items():
+            self.use(u, c)
+        for k in ("macs", "adds", "onchip_read", "onchip_write", "offchip", "feedback_bytes",
+                  "prng_words", "pe_busy"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
+
+
+@dataclass
+class Task:
+    tid: int
+    layer: str
+    phase: str
+    what: str
+    cost: Cost
+    deps: list
+    duration: int = 0
+    start: int = 0
+    finish: int = 0
+
+
+class Ledger:
+    def __init__(self, dram_bytes_per_cycle: float, overlap: bool = True):
+        self.tasks: list = []
+        self.bw = float(dram_bytes_per_cycle)
+        self.overlap = overlap
+
+    def task(self, layer: str, phase: str, what: str, cost: Cost, deps=()) -> int:
+        dram = int(-(-cost.offchip // self.bw)) if cost.offchip else 0
+        if dram:
+            cost.units["dram"] = max(cost.units.get("dram", 0), dram)
+        t = Task(len(self.tasks), layer, phase, what, cost, [d for d in deps if d is not None])
+        t.duration = max(cost.units.values(), default=0)
+        self.tasks.append(t)
+        return t.tid
+
+    def schedule(self, start_at: int = 0) -> int:
+        """Assign start/finish to every task; returns the makespan end."""
+        free: dict = {}
+        end = start_at
+        for t in self.tasks:
+            ready = max([self.tasks[d].finish for d in t.deps] + [start_at])
+            if not self.overlap:
+                ready = max(ready, end)
+            start = max([ready] + [free.get(u, start_at) for u in t.cost.units])
+            t.start, t.finish = start, start + t.duration
+            for u in t.cost.units:
+                free[u] = t.finish
+            end = max(end, t.finish)
+        return end
+
+    def per_layer_phase(self) -> list:
+        rows: dict = {}
+        for t in self.tasks:
+            key = (t.layer, t.phase)
+            r = rows.setdefault(key, {"layer": t.layer, "phase": t.phase, "cycles": 0, "busy_cycles": 0,
+                                      "macs": 0, "adds": 0, "onchip_read_bytes": 0, "onchip_write_bytes": 0,
+                                      "offchip_bytes": 0, "feedback_bytes": 0, "prng_words": 0, "pe_busy": 0,
+                                      "first_start": t.start, "last_finish": t.finish})
+            c = t.cost
+            r["busy_cycles"] += t.duration
+            r["macs"] += c.macs
+            r["adds"] += c.adds
+            r["onchip_read_bytes"] += c.onchip_read
+            r["onchip_write_bytes"] += c.onchip_write
+            r["offchip_bytes"] += c.offchip
+            r["feedback_bytes"] += c.feedback_bytes
+            r["prng_words"] += c.prng_words
+            r["pe_busy"] += c.pe_busy
+            r["first_start"] = min(r["first_start"], t.start)
+            r["last_finish"] = max(r["last_finish"], t.finish)
+        return list(rows.values())

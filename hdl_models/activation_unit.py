@@ -1,0 +1,109 @@
+"""Activation unit: ReLU, Clip, LeakyReLU and the interpolated tanh/sigmoid ROM (§7, §9).
+
+Ports: ``din`` (activation code, any format), ``mode`` -> ``dout`` and the derivative
+(mask for the piecewise-linear functions, a code for tanh/sigmoid, §9.4). ``lanes``
+elements per cycle. The tanh ROM holds 1024 18-bit words (§9.1); a lookup reads two
+adjacent words, one 11x9-bit multiplier and one adder interpolate.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from fractions import Fraction
+
+import numpy as np
+
+from edgedfa.fixed import FixedFormat, Overflow, Rounding
+
+from .requant_unit import requant, shift_round
+
+ROM_DEPTH = 1024
+ROM_WIDTH = 18
+ROM_FRAC = 17
+SEG_BITS = 9  # position inside a segment: u & 511
+ADDR_FMT = FixedFormat(19, 3, signed=False)  # 16 fraction bits, 0 .. 2^19-1
+INTERP_FRAC = ROM_FRAC + SEG_BITS  # 26
+
+
+def _tanh_rom() -> np.ndarray:
+    t = [math.floor(math.tanh(k / 128) * 2 ** ROM_FRAC + 0.5) for k in range(ROM_DEPTH)]
+    return np.array(t + [1 << ROM_FRAC], dtype=np.int64)  # the end point T[1024] is a constant
+
+
+TANH_ROM = _tanh_rom()
+ROM_CRC32 = zlib.crc32(TANH_ROM[:ROM_DEPTH].astype("<u4").tobytes())  # §9.1: 0xFBC1031B
+
+
+def relu(x):
+    x = np.asarray(x, dtype=np.int64)
+    return np.maximum(x, 0), x > 0
+
+
+def quantize_bound(value: float, fmt: FixedFormat) -> int:
+    """A float constant (Clip bound) to a code of fmt: nearest, ties to even, saturating."""
+    lo, hi = fmt.min_code, fmt.max_code
+    if math.isinf(value):
+        return hi if value > 0 else lo
+    y = Fraction(value) * Fraction(2) ** fmt.frac_bits
+    q = math.floor(y)
+    r = y - q
+    if r > Fraction(1, 2) or (r == Fraction(1, 2) and q % 2):
+        q += 1
+    return min(max(q, lo), hi)
+
+
+def clip(x, lo: int, hi: int):
+    x = np.asarray(x, dtype=np.int64)
+    return np.clip(x, lo, hi), (x > lo) & (x < hi)
+
+
+def _interp(q, f_in: int):
+    """Steps 1-4 of §9.2: |q| -> ROM address and linear interpolation (26 fraction bits)."""
+    m = np.abs(np.asarray(q, dtype=np.int64))
+    u = requant(m, f_in, ADDR_FMT, Rounding.AP_RND, Overflow.AP_SAT)
+    k = u >> SEG_BITS
+    r = u & ((1 << SEG_BITS) - 1)
+    return TANH_ROM[k] * (1 << SEG_BITS) + (TANH_ROM[k + 1] - TANH_ROM[k]) * r
+
+
+def tanh(q, f_in: int, out_fmt: FixedFormat, rounding):
+    y = _interp(q, f_in)
+    m = requant(y, INTERP_FRAC, out_fmt, rounding, Overflow.AP_SAT)
+    return np.where(np.asarray(q) < 0, -m, m)
+
+
+def sigmoid(q, f_in: int, out_fmt: FixedFormat, rounding):
+    y = _interp(q, f_in + 1)  # x/2: the same bits read with one more fraction bit
+    one = 1 << INTERP_FRAC
+    w = np.where(np.asarray(q) >= 0, one + y, one - y)
+    return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
+
+
+def tanh_deriv(t, fmt: FixedFormat):
+    """(code, format) of 1 - t^2 in ap_ufixed<W,1> (§9.4)."""
+    f = fmt.frac_bits
+    dfmt = FixedFormat(fmt.width, 1, signed=False)
+    t = np.asarray(t, dtype=np.int64)
+    return requant((1 << (2 * f)) - t * t, 2 * f, dfmt, Rounding.AP_RND, Overflow.AP_SAT), dfmt
+
+
+def sigmoid_deriv(s, fmt: FixedFormat):
+    """(code, format) of s(1 - s) in ap_ufixed<W,-1> (§9.4)."""
+    f = fmt.frac_bits
+    dfmt = FixedFormat(fmt.width, -1, signed=False)
+    s = np.asarray(s, dtype=np.int64)
+    return requant(s * ((1 << f) - s), 2 * f, dfmt, Rounding.AP_RND, Overflow.AP_SAT), dfmt
+
+
+def leaky(x, alpha_code: int, alpha_frac: int, rounding):
+    x = np.asarray(x, dtype=np.int64)
+    return np.where(x >= 0, x, shift_round(x * alpha_code, alpha_frac, rounding)), x >= 0
+
+
+class ActivationUnit:
+    def __init__(self, lanes: int = 16):
+        self.lanes = int(lanes)
+
+    def cycles(self, n: int) -> int:
+        return -(-int(n) // self.lanes)

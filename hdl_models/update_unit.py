@@ -1,0 +1,48 @@
+"""Weight-update unit (§12): p <- ovf(p - round(g * 2^-(F_g - F_p + lr_shift_eff)), weight_ovf).
+
+Ports: ``g`` (wide gradient, ``acc_width``), ``p`` (parameter, ``weight_width``), ``rand``
+(32-bit word from the PRNG unit for STOCHASTIC) -> ``p_next``. ``lanes`` parameters per
+cycle: a barrel shifter, a stochastic rounder (adder of the word's top bits), a
+subtractor and a saturator per lane. The learning rate is a shift (``lr_shift_eff =
+lr_shift + decays + log2(batch)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedfa.fixed import FixedFormat, Rounding
+
+from .prng_unit import P_BIAS_UPDATE, P_WEIGHT_UPDATE, PrngUnit, stream_of
+from .requant_unit import saturate, shift_round
+
+
+def purpose_of(name: str, position: int) -> int:
+    """§12: W purpose 1, B purpose 2, any other parameter 16 + its position among the sorted names."""
+    if name == "W":
+        return P_WEIGHT_UPDATE
+    if name == "B":
+        return P_BIAS_UPDATE
+    return 16 + position
+
+
+class UpdateUnit:
+    def __init__(self, lanes: int = 16, prng: PrngUnit | None = None):
+        self.lanes = int(lanes)
+        self.prng = prng or PrngUnit(lanes)
+
+    def apply(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr_shift: int,
+              rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int):
+        """(new codes, number of saturated updates)."""
+        rounding = Rounding.parse(rounding)
+        s = f_g - p_fmt.frac_bits + lr_shift
+        rand = None
+        if rounding is Rounding.STOCHASTIC:
+            rand = self.prng.words(seed, stream_of(layer_index, purpose), step, np.shape(g))
+        delta = shift_round(g, s, rounding, rand)
+        raw = np.asarray(p, dtype=np.int64) - delta
+        new = saturate(raw, p_fmt, weight_overflow)
+        return new, int(np.count_nonzero(new != raw))
+
+    def cycles(self, n_params: int) -> int:
+        return -(-int(n_params) // self.lanes)
