@@ -250,6 +250,7 @@ HW_LAYERS = {"Dense": DenseHw, "Relu": ReluHw, "Clip": ClipHw, "LeakyRelu": Leak
 
 
 def make_hw_layer(node, layer) -> HwLayer:
+    from . import datapath_conv  # noqa: F401  (registers Conv and pooling)
     cls = HW_LAYERS.get(node.op)
     if cls is None:
         raise EdgeDFAError(f"hdl_models: node {node.name!r}: op {node.op!r} is not modelled;"
