@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
-from edgedfa.fixed import FixedFormat, Overflow
+from edgedfa.fixed import FixedFormat
 
 from . import activation_unit as act
 from .accounting import Cost, nbytes
@@ -245,7 +245,29 @@ class FlattenHw(HwLayer):
         return [T(dy.codes.reshape(cache), dy.fmt)], {}, Cost(), Cost()
 
 
-HW_LAYERS = {"Dense": DenseHw, "Relu": ReluHw, "Clip": ClipHw, "LeakyRelu": LeakyReluHw,
+class TanhHw(HwLayer):
+    """§9.2/§9.4 through the activation unit's ROM; output ap_fixed<act_bits,1>."""
+
+    func, deriv = staticmethod(act.tanh), staticmethod(act.tanh_deriv)
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        fmt = FixedFormat(self.num.act_bits, 1)
+        y = type(self).func(x.codes, x.fmt.frac_bits, fmt, self.num.act_rounding)
+        return T(y, fmt), (y if train else None), Cost().use("act", acc.act.cycles(y.size))
+
+    def backward(self, acc, cache, dy, need):
+        fmt = FixedFormat(self.num.act_bits, 1)
+        d, dfmt = type(self).deriv(cache, fmt)
+        codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + dfmt.frac_bits, self.num.err_bits, self.num.err_rounding)
+        return [T(codes, efmt)], {}, Cost().use("act", acc.act.cycles(codes.size)), Cost()
+
+
+class SigmoidHw(TanhHw):
+    func, deriv = staticmethod(act.sigmoid), staticmethod(act.sigmoid_deriv)
+
+
+HW_LAYERS = {"Tanh": TanhHw, "Sigmoid": SigmoidHw, "Dense": DenseHw, "Relu": ReluHw, "Clip": ClipHw, "LeakyRelu": LeakyReluHw,
              "Flatten": FlattenHw, "Reshape": FlattenHw}
 
 

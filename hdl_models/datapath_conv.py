@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
-from edgedfa.fixed import FixedFormat
 
 from .accounting import Cost, nbytes
 from .datapath import HW_LAYERS, HwLayer, T, acc_fmt

@@ -10,7 +10,6 @@ Result: ``narrow(d_wide, err_width)`` with ``F = F_e + F_B`` (§10.2).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -26,7 +26,6 @@ step and take the exact sum; the others replay the per-k saturation loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

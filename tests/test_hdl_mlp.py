@@ -167,3 +167,27 @@ def test_overlap_shortens_dfa_step(default_mlp):
     on = emulate(model, x, y, 1, HwConfig(overlap=True), train_cfg=cfg, compare_engine=False)
     off = emulate(model, x, y, 1, HwConfig(overlap=False), train_cfg=cfg, compare_engine=False)
     assert on["cycles"] < off["cycles"] == off["busy_cycles"]
+
+
+@settings(max_examples=12)
+@given(seed=st.integers(0, 2**16), bits=st.integers(4, 12), act=st.sampled_from(["Tanh", "Sigmoid"]),
+       algo=st.sampled_from(["bp", "dfa", "sdfa"]), scale=st.sampled_from([0.5, 2.0, 8.0]))
+def test_lut_tanh_sigmoid_layers(seed, bits, act, algo, scale):
+    """The activation unit's interpolated ROM (§9) against the engine, forward and backward."""
+    from edgedfa.graph import Graph, Node
+
+    rng = np.random.default_rng(seed)
+    nodes = [Node("d1", "Dense", ["input"], ["h"], {}, {"W": rng.uniform(-1, 1, (10, 5)), "B": np.zeros(10)}),
+             Node("a2", act, ["h"], ["a"], {}, {}),
+             Node("d3", "Dense", ["a"], ["out"], {}, {"W": rng.uniform(-1, 1, (3, 10)), "B": np.zeros(3)})]
+    model = IntModel(Graph("t", "input", (5,), "out", nodes, {}), Numerics.from_bits(bits), seed)
+    x = rng.normal(0, scale, (16, 5))
+    model.calibrate(x)
+    r = run(model, x, rng.integers(0, 3, 16), 2, algo=algo, batch_size=8)
+    assert r["bit_exact"], r["first_mismatch"]
+
+
+def test_tanh_rom_check_values():
+    from hdl_models.activation_unit import ROM_CRC32, TANH_ROM
+
+    assert ROM_CRC32 == 0xFBC1031B and int(TANH_ROM[:1024].sum()) == 122523052
