@@ -6,7 +6,9 @@ docs/datapath.md §8; every backend gives identical bits:
 
 - ``reference``: direct loops over the reduction index, numpy over the rest (slow, obvious);
 - ``fast``: im2col + ``kernels.gemm`` (exact BLAS under a checked bound, numba otherwise);
-- ``numba``: direct loops compiled with numba (measured against ``fast`` in benchmarks.md).
+- ``numba``: direct loops compiled with numba (measured against ``fast`` in benchmarks.md);
+  ``fast`` uses them when a group has a single input channel (first layer, depthwise);
+- ``im2col`` / ``im2col-reference``: im2col + the fast / reference GEMM, always.
 
 A zero product added to an accumulator is a no-op under every overflow mode (the register
 is always in range after a step), so padded taps may be skipped or multiplied by zero.
@@ -25,7 +27,7 @@ from . import default_backend, gemm
 from .fast import _MODE_CODE, _step
 from .reference import acc_limits, acc_step
 
-CONV_BACKENDS = ("reference", "fast", "numba", "im2col-reference")
+CONV_BACKENDS = ("reference", "fast", "numba", "im2col", "im2col-reference")
 
 
 # --------------------------------------------------------------------------- geometry
@@ -225,8 +227,12 @@ def _inverse_taps(n_in, pad, offset, stride, n_out):
 
 # --------------------------------------------------------------------------- public API
 
-def _backend(backend):
+def _backend(backend, channels_per_group=None):
+    """Backend name; ``fast`` runs the direct numba loops when a group has one input channel
+    (first layers, depthwise), where they beat im2col + GEMM (docs/benchmarks.md)."""
     name = backend or default_backend()
+    if name == "fast" and channels_per_group == 1:
+        return "numba"
     return name
 
 
@@ -237,7 +243,7 @@ def conv_forward(x, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_WRAP
     x4, w4 = to4d(x, geo), to4d(w, geo)
     _check(x4, w4, geo)
     init = None if init is None else np.asarray(init, dtype=np.int64).reshape(-1)
-    name = _backend(backend)
+    name = _backend(backend, w4.shape[1])
     if name == "reference":
         y = _ref_forward(x4, w4, geo, acc_bits, overflow, init)
     elif name == "numba":
@@ -258,7 +264,7 @@ def conv_weight_grad(x, dy, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP
     cout = dy4.shape[1]
     w_shape = (cout, x4.shape[1] // geo.groups) + geo.kernel
     _check(x4, np.zeros(w_shape, np.int8), geo)
-    name = _backend(backend)
+    name = _backend(backend, w_shape[1])
     if name == "reference":
         dw = _ref_weight_grad(x4, dy4, geo, acc_bits, overflow)
     elif name == "numba":
@@ -279,7 +285,7 @@ def conv_input_grad(dy, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_
     _check(np.zeros((1, cin) + tuple(geo.in_hw), np.int8), w4, geo)
     if tuple(dy4.shape[2:]) != geo.out_hw or dy4.shape[1] != w4.shape[0]:
         raise EdgeDFAError(f"conv backward: error {dy4.shape} does not match output (B, {w4.shape[0]}, {geo.out_hw})")
-    name = _backend(backend)
+    name = _backend(backend, w4.shape[1])
     if name == "reference":
         dx = _ref_input_grad(dy4, w4, geo, acc_bits, overflow)
     elif name == "numba":
@@ -322,7 +328,7 @@ def conv_macs(geo: ConvGeometry, batch: int, cin: int, cout: int) -> int:
 
 
 def _gemm_backend(name):
-    return "reference" if name == "im2col-reference" else name
+    return {"im2col-reference": "reference", "im2col": "fast"}.get(name, name)
 
 
 # --------------------------------------------------------------------------- im2col + gemm
