@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", choices=ALGOS, help="credit assignment (default: sdfa)")
     t.add_argument("--feedback-sparsity", type=int, metavar="K", help="non-zeros per neuron for sdfa (default 1)")
     t.add_argument("--feedback-values", choices=("uniform", "binary", "ternary"), help="feedback value kind")
+    t.add_argument("--stored-feedback", action="store_true",
+                   help="keep feedback matrices in memory instead of regenerating them (same bits)")
     t.add_argument("--bits", type=int, metavar="N", help="word width of weights, activations, errors (default 8)")
     t.add_argument("--config", metavar="FILE.toml", help="formats, rounding, per-layer settings, modules, hardware")
     t.add_argument("--epochs", type=int, metavar="N")

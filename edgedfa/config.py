@@ -101,6 +101,8 @@ def resolve_run(cfg: dict | None, args) -> RunSettings:
         v = getattr(args, attr, None)
         if v is not None:
             train_kw[key] = v
+    if getattr(args, "stored_feedback", False):
+        train_kw["feedback_regenerate"] = False
     tc = TrainConfig(**train_kw)
     _check_train(tc, where)
     modules = cfg.get("modules")

@@ -42,10 +42,15 @@ def test_train_writes_contract_outputs(tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["test_accuracy"] == pytest.approx(m["test_accuracy"])
 
 
-def test_resume_equals_uninterrupted(tmp_path, capsys):
+@pytest.mark.parametrize("momentum", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, capsys, momentum):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run(capsys, "train", "--epochs", 3, "--quiet", "--out", a, "--algo", "dfa")[0] == 0
-    assert run(capsys, "train", "--epochs", 1, "--quiet", "--out", b, "--algo", "dfa")[0] == 0
+    extra = []
+    if momentum:
+        (tmp_path / "m.toml").write_text("[numerics]\nmomentum_shift = 3\n")
+        extra = ["--config", tmp_path / "m.toml"]
+    assert run(capsys, "train", "--epochs", 3, "--quiet", "--out", a, "--algo", "dfa", *extra)[0] == 0
+    assert run(capsys, "train", "--epochs", 1, "--quiet", "--out", b, "--algo", "dfa", *extra)[0] == 0
     assert run(capsys, "train", "--resume", b, "--epochs", 3, "--quiet")[0] == 0
     ma, mb = load_checkpoint(a), load_checkpoint(b)
     for k, v in ma.state_arrays().items():

@@ -50,6 +50,7 @@ class Numerics:
     weight_headroom: int = 1  # spare integer bits above the initial |w| max
     weight_int_bits: int | None = None  # fixed I of the weight format (None: from init)
     act_int_bits: int | None = None  # fixed I of the activation format (None: calibrate)
+    momentum_shift: int | None = None  # momentum 1 - 2^-m (None: plain SGD)
 
     @classmethod
     def from_bits(cls, bits: int, **kw) -> "Numerics":
@@ -71,7 +72,7 @@ class Numerics:
             elif isinstance(cur, Overflow):
                 val = Overflow.parse(val)
             elif not isinstance(val, int) or isinstance(val, bool):
-                if not (val is None and key.endswith("int_bits")):
+                if not (val is None and (key.endswith("int_bits") or key == "momentum_shift")):
                     raise EdgeDFAError(f"{where}: {key} must be an integer, got {val!r}")
             kw[key] = val
         return replace(self, **kw)

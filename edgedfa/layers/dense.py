@@ -55,13 +55,24 @@ def linear_backward(x: QTensor, w: QTensor, dy: QTensor, num, need_dx: bool, bac
     return dx, dw, db
 
 
-def sgd_update(p: QTensor, g: QTensor, lr_shift: int, num, stream: Stream, step: int):
-    """p - round(g * 2^-lr_shift) in p's format, stochastic by default; (new p, #clipped)."""
+MOMENTUM_FRAC = 16  # velocity keeps 16 bits below the parameter's LSB (§12)
+
+
+def sgd_update(p: QTensor, g: QTensor, lr_shift: int, num, stream: Stream, step: int,
+               velocity: np.ndarray | None = None):
+    """p - round(lr * g) in p's format (stochastic by default), or with momentum
+    v <- v - (v >> m) + lr * g, p <- p - round(v); returns (new p, #clipped, new v)."""
     shift = g.fmt.frac_bits - p.fmt.frac_bits + lr_shift
-    delta = round_shift(g.codes, shift, num.update_rounding, stream, step)
+    if num.momentum_shift is None:
+        delta = round_shift(g.codes, shift, num.update_rounding, stream, step)
+    else:
+        v = np.zeros_like(g.codes) if velocity is None else velocity
+        v = v - (v >> num.momentum_shift) + round_shift(g.codes, shift - MOMENTUM_FRAC, "AP_RND_CONV")
+        velocity = v
+        delta = round_shift(v, MOMENTUM_FRAC, num.update_rounding, stream, step)
     raw = p.codes - delta
     new = apply_overflow(raw, p.fmt, num.weight_overflow)
-    return QTensor(new, p.fmt), int(np.count_nonzero(new != raw))
+    return QTensor(new, p.fmt), int(np.count_nonzero(new != raw)), velocity
 
 
 @register("Dense")
@@ -122,8 +133,10 @@ def update_params(layer: Layer, grads: dict, step: int, lr_shift: int) -> dict:
         if name not in ("W", "B"):
             purpose = 16 + i  # further parameters (recurrent R, ...) get their own streams
         stream = Stream(layer.seed, stream_id(layer.index, purpose))
-        layer.params[name], clipped[name] = sgd_update(layer.params[name], g, lr_shift,
-                                                      layer.num, stream, step)
+        layer.params[name], clipped[name], v = sgd_update(layer.params[name], g, lr_shift, layer.num,
+                                                          stream, step, layer.state.get(f"velocity_{name}"))
+        if v is not None:
+            layer.state[f"velocity_{name}"] = v
     return clipped
 
 
@@ -131,8 +144,8 @@ def inside_range(acc: QTensor, out_fmt: FixedFormat) -> np.ndarray:
     """True where the accumulator lies inside the output format's range (clamp derivative)."""
     shift = acc.fmt.frac_bits - out_fmt.frac_bits
     lo, hi = out_fmt.min_code, out_fmt.max_code
-    if shift <= 0:
-        return (acc.codes >= lo >> -shift) & (acc.codes <= hi >> -shift)
+    if shift <= 0:  # acc * 2^-shift must lie in [lo, hi]: ceil and floor of the bounds
+        return (acc.codes >= -((-lo) >> -shift)) & (acc.codes <= hi >> -shift)
     return (acc.codes >= (lo << shift)) & (acc.codes < ((hi + 1) << shift))
 
 
