@@ -18,9 +18,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-import numpy as np  # noqa: E402
-
-from edgedfa import arch, data  # noqa: E402
+from edgedfa import arch, data  # noqa: E402  (first: edgedfa pins BLAS to one thread)
+import numpy as np  # noqa: E402,F401
 from edgedfa.api import build_model, fit  # noqa: E402
 from edgedfa.config import ARCH_DEFAULTS  # noqa: E402
 from edgedfa.layers.base import Numerics  # noqa: E402
