@@ -65,8 +65,8 @@ def _f4(a, geo):
 def float_conv(x, w, geo):
     """Float64 convolution written per output position (not per tap as the kernels are)."""
     x4, w4 = _f4(x, geo), _f4(w, geo)
-    t, l, b, r = geo.pads
-    xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)))
+    t, lf, b, r = geo.pads
+    xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (lf, r)))
     cout, cg = w4.shape[:2]
     og = cout // geo.groups
     (sh, sw), (dh, dw), (kh, kw) = geo.strides, geo.dilations, geo.kernel
@@ -83,8 +83,8 @@ def float_conv(x, w, geo):
 def float_conv_adjoint(x, w, dy, geo):
     """(dx, dw) of float_conv by scattering each output position's error back."""
     x4, w4, dy4 = (_f4(a, geo) for a in (x, w, dy))
-    t, l, b, r = geo.pads
-    xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)))
+    t, lf, b, r = geo.pads
+    xp = np.pad(x4, ((0, 0), (0, 0), (t, b), (lf, r)))
     dxp = np.zeros_like(xp)
     dw = np.zeros_like(w4)
     cout, cg = w4.shape[:2]
@@ -98,7 +98,7 @@ def float_conv_adjoint(x, w, dy, geo):
                        slice(ow * sw, ow * sw + dwl * (kw - 1) + 1, dwl))
                 dxp[win] += np.einsum("bo,ockl->bckl", dy4[:, o, oh, ow], w4[o])
                 dw[o] += np.einsum("bo,bckl->ockl", dy4[:, o, oh, ow], xp[win])
-    dx = dxp[:, :, t:t + geo.in_hw[0], l:l + geo.in_hw[1]]
+    dx = dxp[:, :, t:t + geo.in_hw[0], lf:lf + geo.in_hw[1]]
     return K.from4d(dx, geo), (dw[:, :, 0] if geo.ndim == 1 else dw)
 
 

@@ -66,7 +66,7 @@ def test_imported_cnn_matches_onnxruntime_and_trains(tmp_path):
     # one BP step through every layer kind changes every conv
     from edgedfa.train import TrainConfig
     from edgedfa.api import make_trainer
-    before = {l.name: l.params["W"].codes.copy() for l in model.layers if l.op == "Conv"}
+    before = {layer.name: layer.params["W"].codes.copy() for layer in model.layers if layer.op == "Conv"}
     trainer = make_trainer(model, TrainConfig(algo="bp", batch_size=48))
     trainer.step(model.quantize_input(x), rng.integers(0, 5, 48), 0, 4)
     for layer in model.layers:

@@ -82,6 +82,37 @@ def _ints(v, n, default, what):
     return v
 
 
+def _auto_pads(auto_pad, in_spatial, eff, strides, pads) -> list:
+    """Explicit pads (begins, then ends) for an ONNX auto_pad setting."""
+    n = len(in_spatial)
+    auto_pad = str(auto_pad or "NOTSET").upper()
+    if auto_pad == "NOTSET":
+        return list(pads)
+    if auto_pad == "VALID":
+        return [0] * (2 * n)
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise EdgeDFAError(f"auto_pad {auto_pad!r}; expected NOTSET, SAME_UPPER, SAME_LOWER or VALID")
+    out = [0] * (2 * n)
+    for i in range(n):
+        total = max(0, (-(-in_spatial[i] // strides[i]) - 1) * strides[i] + eff[i] - in_spatial[i])
+        small, big = total // 2, total - total // 2
+        out[i], out[i + n] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    return out
+
+
+def _ceil_mode_pads(in_spatial, eff, strides, pads) -> list:
+    """End pads grown so that floor division gives ONNX's ceil_mode output size."""
+    n = len(in_spatial)
+    pads = list(pads)
+    for i in range(n):
+        span = in_spatial[i] + pads[i] + pads[i + n] - eff[i]
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= in_spatial[i] + pads[i]:
+            out -= 1  # the last window must start inside the input or its begin padding
+        pads[i + n] += max(0, (out - 1) * strides[i] + eff[i] - (in_spatial[i] + pads[i] + pads[i + n]))
+    return pads
+
+
 def make_geometry(in_spatial, kernel, strides=None, pads=None, dilations=None, groups=1,
                   auto_pad="NOTSET", ceil_mode=False) -> ConvGeometry:
     """Geometry from ONNX attributes (pads as begin..., end...); 1-d or 2-d."""
@@ -96,26 +127,10 @@ def make_geometry(in_spatial, kernel, strides=None, pads=None, dilations=None, g
     if min(kernel + strides + dilations) < 1 or min(pads) < 0 or int(groups) < 1:
         raise EdgeDFAError(f"kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads},"
                            f" group {groups}: sizes must be >= 1 and pads >= 0")
-    auto_pad = str(auto_pad or "NOTSET").upper()
     eff = [dilations[i] * (kernel[i] - 1) + 1 for i in range(n)]
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * n)
-        for i in range(n):
-            total = max(0, (-(-in_spatial[i] // strides[i]) - 1) * strides[i] + eff[i] - in_spatial[i])
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + n] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * n)
-    elif auto_pad != "NOTSET":
-        raise EdgeDFAError(f"auto_pad {auto_pad!r}; expected NOTSET, SAME_UPPER, SAME_LOWER or VALID")
-    pads = list(pads)
+    pads = _auto_pads(auto_pad, in_spatial, eff, strides, pads)
     if ceil_mode:
-        for i in range(n):
-            span = in_spatial[i] + pads[i] + pads[i + n] - eff[i]
-            out = -(-span // strides[i]) + 1
-            if (out - 1) * strides[i] >= in_spatial[i] + pads[i]:
-                out -= 1  # the last window must start inside the input or its begin padding
-            pads[i + n] += max(0, (out - 1) * strides[i] + eff[i] - (in_spatial[i] + pads[i] + pads[i + n]))
+        pads = _ceil_mode_pads(in_spatial, eff, strides, pads)
     if n == 1:
         geo = ConvGeometry(1, (1,) + in_spatial, (1,) + kernel, (1,) + strides,
                            (0, pads[0], 0, pads[1]), (1,) + dilations, int(groups))
@@ -151,10 +166,10 @@ def _check(x4, w4, geo: ConvGeometry):
 # --------------------------------------------------------------------------- patches
 
 def pad4(x4, geo: ConvGeometry, value=0) -> np.ndarray:
-    t, l, b, r = geo.pads
-    if not (t or l or b or r):
+    t, lf, b, r = geo.pads
+    if not (t or lf or b or r):
         return x4
-    return np.pad(x4, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+    return np.pad(x4, ((0, 0), (0, 0), (t, b), (lf, r)), constant_values=value)
 
 
 def tap_slice(geo: ConvGeometry, kh: int, kw: int):
@@ -192,13 +207,13 @@ def col2im(cols, geo: ConvGeometry, b: int, c: int) -> np.ndarray:
     oh, ow = geo.out_hw
     p = cols.reshape((g, b, oh, ow, c // g) + geo.kernel).transpose(1, 0, 4, 5, 6, 2, 3)
     p = p.reshape((b, c) + geo.kernel + (oh, ow))
-    t, l, _, _ = geo.pads
+    t, lf, _, _ = geo.pads
     h, w = geo.in_hw
     xp = np.zeros((b, c, h + geo.pads[0] + geo.pads[2], w + geo.pads[1] + geo.pads[3]), dtype=np.int64)
     for kh in range(geo.kernel[0]):
         for kw in range(geo.kernel[1]):
             xp[tap_slice(geo, kh, kw)] += p[:, :, kh, kw]
-    return xp[:, :, t:t + h, l:l + w]
+    return xp[:, :, t:t + h, lf:lf + w]
 
 
 def transposed_im2col(dy4, geo: ConvGeometry) -> np.ndarray:
@@ -281,7 +296,7 @@ def conv_input_grad(dy, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_
     where ih = oh*sh - top + kh*dh (likewise w): the true transposed convolution (§8)."""
     overflow = Overflow.parse(overflow)
     dy4, w4 = to4d(dy, geo), to4d(w, geo)
-    b, cin = dy4.shape[0], w4.shape[1] * geo.groups
+    cin = w4.shape[1] * geo.groups
     _check(np.zeros((1, cin) + tuple(geo.in_hw), np.int8), w4, geo)
     if tuple(dy4.shape[2:]) != geo.out_hw or dy4.shape[1] != w4.shape[0]:
         raise EdgeDFAError(f"conv backward: error {dy4.shape} does not match output (B, {w4.shape[0]}, {geo.out_hw})")

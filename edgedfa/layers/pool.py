@@ -96,13 +96,13 @@ class _Pool(Layer):
     def _scatter(self, per_tap, b, c):
         """Exact sum of (B, C, KH, KW, OH, OW) tap values back onto (B, C, H, W)."""
         geo = self.geo
-        t, l, bo, r = geo.pads
+        t, lf, bo, r = geo.pads
         h, w = geo.in_hw
-        xp = np.zeros((b, c, h + t + bo, w + l + r), dtype=np.int64)
+        xp = np.zeros((b, c, h + t + bo, w + lf + r), dtype=np.int64)
         for kh in range(geo.kernel[0]):
             for kw in range(geo.kernel[1]):
                 xp[K.tap_slice(geo, kh, kw)] += per_tap[:, :, kh, kw]
-        return K.from4d(xp[:, :, t:t + h, l:l + w], geo)
+        return K.from4d(xp[:, :, t:t + h, lf:lf + w], geo)
 
 
 @register("MaxPool")
