@@ -41,7 +41,7 @@ SECTIONS = ("numerics", "layers", "train", "modules", "hardware")
 
 # Defaults per architecture, measured in docs/benchmarks.md.
 ARCH_DEFAULTS = {
-    "mlp": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
+    "mlp": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [21]},
     "cnn": {"epochs": 20, "lr_shift": 4, "lr_decay_epochs": [14]},
     "rnn": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
     "gru": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
