@@ -30,6 +30,8 @@ class Cost:
     feedback_bytes: int = 0  # feedback values/indices read from memory (0 when regenerated)
     prng_words: int = 0
     pe_busy: int = 0  # PE-cycles doing useful MACs (for utilisation)
+    lut_lookups: int = 0  # tanh/sigmoid ROM lookups on the activation unit
+    state_bytes: int = 0  # recurrent state traffic (h, c and the gates kept for BPTT)
 
     def use(self, unit: str, cycles: int) -> "Cost":
         self.units[unit] = self.units.get(unit, 0) + int(cycles)
@@ -39,7 +41,7 @@ class Cost:
         for u, c in other.units.items():
             self.use(u, c)
         for k in ("macs", "adds", "onchip_read", "onchip_write", "offchip", "feedback_bytes",
-                  "prng_words", "pe_busy"):
+                  "prng_words", "pe_busy", "lut_lookups", "state_bytes"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         return self
 
@@ -94,6 +96,7 @@ class Ledger:
             r = rows.setdefault(key, {"layer": t.layer, "phase": t.phase, "cycles": 0, "busy_cycles": 0,
                                       "macs": 0, "adds": 0, "onchip_read_bytes": 0, "onchip_write_bytes": 0,
                                       "offchip_bytes": 0, "feedback_bytes": 0, "prng_words": 0, "pe_busy": 0,
+                                      "lut_lookups": 0, "state_bytes": 0,
                                       "first_start": t.start, "last_finish": t.finish})
             c = t.cost
             r["busy_cycles"] += t.duration
@@ -105,6 +108,8 @@ class Ledger:
             r["feedback_bytes"] += c.feedback_bytes
             r["prng_words"] += c.prng_words
             r["pe_busy"] += c.pe_busy
+            r["lut_lookups"] += c.lut_lookups
+            r["state_bytes"] += c.state_bytes
             r["first_start"] = min(r["first_start"], t.start)
             r["last_finish"] = max(r["last_finish"], t.finish)
         return list(rows.values())

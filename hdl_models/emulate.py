@@ -24,7 +24,7 @@ from .hwconfig import HwConfig, hw_config
 from .requant_unit import from_float
 
 FIGURES = ("cycles", "macs", "adds", "onchip_read_bytes", "onchip_write_bytes", "offchip_bytes",
-           "feedback_bytes", "prng_words")
+           "feedback_bytes", "prng_words", "lut_lookups", "state_bytes")
 
 
 # ---------------------------------------------------------------- engine side (reference)
