@@ -272,7 +272,7 @@ HW_LAYERS = {"Tanh": TanhHw, "Sigmoid": SigmoidHw, "Dense": DenseHw, "Relu": Rel
 
 
 def make_hw_layer(node, layer) -> HwLayer:
-    from . import datapath_conv, datapath_recurrent  # noqa: F401  (register Conv, pooling, RNN/GRU/LSTM)
+    from . import datapath_conv, datapath_merge, datapath_recurrent  # noqa: F401  (register the other layer kinds)
     cls = HW_LAYERS.get(node.op)
     if cls is None:
         raise EdgeDFAError(f"hdl_models: node {node.name!r}: op {node.op!r} is not modelled;"

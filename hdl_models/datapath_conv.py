@@ -130,10 +130,10 @@ class ConvHw(HwLayer):
             gcost.adds += dy4.size
         dx = None
         if need[0]:
-            wc, groups = w.codes, g
+            wc, groups = (w.codes if w.codes.ndim == 4 else w.codes[:, :, None, :]), g  # 1-D: (o, c, 1, k)
             if self.backward_mode == "group" and self.backward_groups:
                 groups = int(self.backward_groups)
-                wc = block_diagonal(w.codes, g, groups)
+                wc = block_diagonal(wc, g, groups)
             a, cost = self._input_grad(acc, dy4, wc, groups, x4.shape, dy.fmt.width, w.fmt.width)
             ecost.add(cost)
             codes, fmt = narrow(a, dy.fmt.frac_bits + w.fmt.frac_bits, num.err_bits, num.err_rounding)

@@ -1,0 +1,91 @@
+"""Merges and data movement on the accelerator (§7): Add, Concat, Transpose, Squeeze,
+Unsqueeze (Flatten/Reshape live in datapath.py).
+
+- **Add**: the aligners left-shift every input to the finest fraction (exact), the adders
+  sum them (numpy broadcasting = the address generator re-reading a broadcast operand), the
+  requantization unit brings the sum to the calibrated ``out_fmt``. The error goes back
+  unchanged to every input (summed over the axes an input was broadcast along).
+- **Concat**: each input requantized to ``out_fmt`` = ``ap_fixed<A, max I>`` and written
+  at its offset; the error is split.
+- **Transpose / Squeeze / Unsqueeze**: the address generator reads the buffer in another
+  order; no unit works (free), the error goes back by the inverse rearrangement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedfa.errors import EdgeDFAError
+
+from .accounting import Cost, nbytes
+from .datapath import HW_LAYERS, FlattenHw, HwLayer, T
+from .requant_unit import requant
+
+
+class AddHw(HwLayer):
+    def forward(self, acc, xs, train):
+        f = max(x.fmt.frac_bits for x in xs)
+        wide = sum(np.asarray(x.codes, dtype=np.int64) << (f - x.fmt.frac_bits) for x in xs)
+        y = requant(wide, f, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        c = Cost().use("act", acc.act.cycles(y.size * max(len(xs) - 1, 1))).use("requant", acc.requant.cycles(y.size))
+        c.adds += y.size * (len(xs) - 1)
+        for x in xs:
+            acc.read(c, "act", x.codes.size * nbytes(x.fmt.width))
+        acc.write(c, "act", y.size * nbytes(self.out_fmt.width))
+        return T(y, self.out_fmt), ([x.codes.shape for x in xs] if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        outs = []
+        c = Cost()
+        for shape in cache:
+            g = dy.codes
+            while g.ndim > len(shape):
+                g = g.sum(axis=0)
+            for ax, s in enumerate(shape):
+                if s == 1 and g.shape[ax] != 1:
+                    g = g.sum(axis=ax, keepdims=True)
+            if g.size != dy.codes.size:
+                c.adds += dy.codes.size
+            outs.append(T(g, dy.fmt))
+        c.use("act", acc.act.cycles(dy.codes.size))
+        acc.read(c, "err", dy.codes.size * nbytes(dy.fmt.width))
+        return outs, {}, c, Cost()
+
+
+class ConcatHw(HwLayer):
+    def _axis(self):
+        return int(self.attrs.get("axis", 1))
+
+    def forward(self, acc, xs, train):
+        parts = [requant(x.codes, x.fmt.frac_bits, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+                 for x in xs]
+        y = np.concatenate(parts, axis=self._axis())
+        c = Cost().use("requant", acc.requant.cycles(y.size))
+        for x in xs:
+            acc.read(c, "act", x.codes.size * nbytes(x.fmt.width))
+        acc.write(c, "act", y.size * nbytes(self.out_fmt.width))
+        return T(y, self.out_fmt), ([x.codes.shape for x in xs] if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        ax = self._axis()
+        bounds = np.cumsum([s[ax] for s in cache])[:-1]
+        return [T(p, dy.fmt) for p in np.split(dy.codes, bounds, axis=ax)], {}, Cost(), Cost()
+
+
+class TransposeHw(HwLayer):
+    def _perm(self, ndim):
+        perm = [int(p) for p in self.attrs.get("perm", list(range(ndim))[::-1])]
+        if perm[0] != 0:
+            raise EdgeDFAError(f"hdl_models: node {self.name!r}: Transpose perm {perm} moves the batch axis")
+        return perm
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        return T(x.codes.transpose(self._perm(x.codes.ndim)), x.fmt), None, Cost()
+
+    def backward(self, acc, cache, dy, need):
+        return [T(dy.codes.transpose(np.argsort(self._perm(dy.codes.ndim))), dy.fmt)], {}, Cost(), Cost()
+
+
+HW_LAYERS.update({"Add": AddHw, "Concat": ConcatHw, "Transpose": TransposeHw,
+                  "Squeeze": FlattenHw, "Unsqueeze": FlattenHw})
