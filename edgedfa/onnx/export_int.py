@@ -1,0 +1,448 @@
+"""``int`` export: the engine's integer inference as an ONNX graph of integer ops.
+
+Every activation is an int64 tensor of codes. Accumulation is exact (MatMulInteger or
+ConvInteger with int8 operands when the sum provably fits int32, int64 MatMul otherwise);
+when an accumulator could overflow, a saturating one is reproduced step by step (a Scan
+over k in ascending order, datapath §4) and a wrapping one by one wrap of the exact sum.
+Requantization is an arithmetic shift built from Mod and exact Div (floor semantics, any
+opset >= 13) with the rounding of datapath §2, then the overflow of §3 (Clip, Where or
+Mod). So onnxruntime's outputs equal ``model.run(x)`` bit for bit for float32 inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, Overflow, Rounding, requantize
+from ..kernels.reference import acc_limits, acc_step
+from ..layers.dense import acc_format
+from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
+from .export_graph import MOVES, Builder, emit_move, float_type, tensor_info, window_attrs
+
+OPSET = 17
+INT8 = (-128, 127)
+INT32_MAX = 2**31 - 1
+INT64_SAFE = 2**62  # exact sums stay below this in int64
+
+
+class IntOps:
+    """Integer primitives (int64 tensors) emitted into ``b``; constants go to ``consts``."""
+
+    def __init__(self, b: Builder, consts: Builder | None = None):
+        self.b, self.c = b, consts or b
+
+    def k(self, v) -> str:
+        """An int64 constant (scalars named by value)."""
+        v = np.asarray(v, dtype=np.int64)
+        return self.c.i64(v, f"i64_{int(v)}" if v.ndim == 0 else "i64")
+
+    def op(self, op, ins, base, **attrs) -> str:
+        return self.b.node(op, ins, base, **attrs)
+
+    def cast(self, x, to, base) -> str:
+        return self.op("Cast", [x], base, to=to)
+
+    def floor_shift(self, x, s: int, base: str):
+        """(floor(x / 2^s), x mod 2^s): Mod is a floor modulo for integers, so x - r divides exactly."""
+        m = self.k(1 << s)
+        r = self.op("Mod", [x, m], f"{base}/residual")
+        q = self.op("Div", [self.op("Sub", [x, r], f"{base}/sub"), m], f"{base}/shift")
+        return q, r
+
+    def round_shift(self, x, s: int, rounding: Rounding, base: str) -> str:
+        """x * 2^-s rounded by ``rounding`` (datapath §2); s <= 0 is an exact left shift."""
+        R, rounding = Rounding, Rounding.parse(rounding)
+        if s <= 0:
+            return x if s == 0 else self.op("Mul", [x, self.k(1 << -s)], f"{base}/shl")
+        if s > 62:
+            raise EdgeDFAError(f"{base}: right shift of {s} bits is beyond 62")
+        h = 1 << (s - 1)
+        if rounding in (R.AP_TRN, R.AP_RND, R.AP_RND_MIN_INF):
+            offset = {R.AP_TRN: 0, R.AP_RND: h, R.AP_RND_MIN_INF: h - 1}[rounding]
+            if offset:
+                x = self.op("Add", [x, self.k(offset)], f"{base}/half")
+            return self.floor_shift(x, s, base)[0]
+        q, r = self.floor_shift(x, s, base)
+        if rounding is R.AP_TRN_ZERO:
+            up = self.op("And", [self.op("Greater", [r, self.k(0)], f"{base}/inexact"),
+                                 self.op("Less", [x, self.k(0)], f"{base}/negative")], f"{base}/up")
+        else:
+            tie = self.tie_breaker(x, q, rounding, base)
+            up = self.op("Greater", [self.op("Add", [r, tie], f"{base}/tie"), self.k(h)], f"{base}/up")
+        return self.op("Add", [q, self.cast(up, TensorProto.INT64, f"{base}/up_int")], f"{base}/round")
+
+    def tie_breaker(self, x, q, rounding, base) -> str:
+        """1 where a residual of exactly half should round up, else 0 (then up = r + t > h)."""
+        R = Rounding
+        if rounding is R.AP_RND_CONV:
+            return self.op("Mod", [q, self.k(2)], f"{base}/odd")
+        if rounding is R.AP_RND_INF:
+            cond = self.op("GreaterOrEqual", [x, self.k(0)], f"{base}/nonnegative")
+        elif rounding is R.AP_RND_ZERO:
+            cond = self.op("Less", [x, self.k(0)], f"{base}/negative")
+        else:
+            raise EdgeDFAError(f"{base}: rounding {rounding.value} cannot be exported (it needs random words)")
+        return self.cast(cond, TensorProto.INT64, f"{base}/tie_int")
+
+    def overflow(self, x, lo: int, hi: int, width: int, mode: Overflow, base: str) -> str:
+        """Bring x into [lo, hi] by the overflow mode (datapath §3)."""
+        mode = Overflow.parse(mode)
+        if mode is Overflow.AP_WRAP:
+            shifted = self.op("Sub", [x, self.k(lo)], f"{base}/offset")
+            return self.op("Add", [self.op("Mod", [shifted, self.k(1 << width)], f"{base}/wrap"),
+                                   self.k(lo)], f"{base}/wrapped")
+        if mode is Overflow.AP_SAT_ZERO:
+            out = self.op("Or", [self.op("Less", [x, self.k(lo)], f"{base}/below"),
+                                 self.op("Greater", [x, self.k(hi)], f"{base}/above")], f"{base}/outside")
+            return self.op("Where", [out, self.k(0), x], f"{base}/zeroed")
+        if mode is Overflow.AP_SAT_SYM and lo < 0:
+            lo = -hi
+        return self.op("Clip", [x, self.k(lo), self.k(hi)], f"{base}/saturate")
+
+    def saturate(self, x, fmt: FixedFormat, mode: Overflow, base: str) -> str:
+        return self.overflow(x, fmt.min_code, fmt.max_code, fmt.width, mode, base)
+
+    def requantize(self, x, src_frac: int, dst: FixedFormat, rounding, overflow, base) -> str:
+        """fixed.requantize on int64 codes: shift with rounding (or a bounded left shift), overflow."""
+        shift, overflow = src_frac - dst.frac_bits, Overflow.parse(overflow)
+        if shift >= 0:
+            return self.saturate(self.round_shift(x, shift, rounding, base), dst, overflow, base)
+        s, w = -shift, dst.width
+        if overflow is Overflow.AP_WRAP:  # only the bits landing in the low W matter
+            if s >= w:
+                return self.op("Mul", [x, self.k(0)], f"{base}/zero")
+            x = self.op("Mod", [x, self.k(1 << (w - s))], f"{base}/low_bits")
+        else:  # the saturating modes only need the side: cap the magnitude first
+            s = min(s, w + 1)
+            cap = ((1 << w) >> s) + 1
+            x = self.op("Clip", [x, self.k(-cap), self.k(cap)], f"{base}/cap")
+        return self.saturate(self.op("Mul", [x, self.k(1 << s)], f"{base}/shl"), dst, overflow, base)
+
+
+    # ---------------------------------------------------------------- table functions (§9)
+    def tanh_magnitude(self, mag, mag_frac: int, base: str) -> str:
+        """Interpolated tanh of non-negative codes: T[k]*2^9 + (T[k+1]-T[k])*r, 26 fraction bits."""
+        u = self.requantize(mag, mag_frac, LUT_IN_FMT, Rounding.AP_RND, Overflow.AP_SAT, f"{base}/lut_in")
+        k, r = self.floor_shift(u, INTERP_BITS, f"{base}/segment")
+        lo = self.op("Gather", [self.c.i64(TANH_TABLE[:-1], "tanh_table"), k], f"{base}/table")
+        step = self.op("Gather", [self.c.i64(np.diff(TANH_TABLE), "tanh_steps"), k], f"{base}/steps")
+        return self.op("Add", [self.op("Mul", [lo, self.k(1 << INTERP_BITS)], f"{base}/base"),
+                               self.op("Mul", [step, r], f"{base}/interpolate")], f"{base}/tanh")
+
+    def tanh(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
+        """lut.tanh_codes: |x| through the table, rounded to ``out``, sign restored (odd)."""
+        y = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac, base)
+        m = self.requantize(y, INTERP_FRAC, out, rounding, Overflow.AP_SAT, f"{base}/out")
+        neg = self.op("Less", [x, self.k(0)], f"{base}/negative")
+        return self.op("Where", [neg, self.op("Neg", [m], f"{base}/neg"), m], f"{base}/signed")
+
+    def sigmoid(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
+        """lut.sigmoid_codes: (1 + tanh(x/2)) / 2 from the same table."""
+        y = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac + 1, base)
+        one = self.k(1 << INTERP_FRAC)
+        neg = self.op("Less", [x, self.k(0)], f"{base}/negative")
+        w = self.op("Where", [neg, self.op("Sub", [one, y], f"{base}/below"),
+                              self.op("Add", [one, y], f"{base}/above")], f"{base}/one_plus")
+        return self.requantize(w, INTERP_FRAC + 1, out, rounding, Overflow.AP_SAT, f"{base}/out")
+
+
+# --------------------------------------------------------------------------- accumulation
+
+def fits_int8(lo: int, hi: int) -> bool:
+    return INT8[0] <= lo and hi <= INT8[1]
+
+
+def accumulator_init(layer, frac: int):
+    """The bias as the accumulator's initial value (datapath §7), or None."""
+    b, num = layer.params.get("B"), layer.num
+    if b is None:
+        return None
+    init = requantize(b.codes, b.fmt, acc_format(num.acc_bits, frac), num.act_rounding, num.acc_overflow)
+    return acc_step(init, num.acc_bits, num.acc_overflow)
+
+
+class AccPlan:
+    """How one layer's dot products are reproduced, from a static bound on every partial sum."""
+
+    def __init__(self, name, w_rows, x_fmt: FixedFormat, w_fmt: FixedFormat, init, num):
+        xmax = max(-x_fmt.min_code, x_fmt.max_code)
+        rows = [int(v) for v in np.abs(np.asarray(w_rows, dtype=np.int64)).astype(object).sum(axis=1)]
+        init_abs = [0] * len(rows) if init is None else [abs(int(v)) for v in np.reshape(init, -1)]
+        self.products = max(rows, default=0) * xmax  # bound on |sum of products|
+        self.bound = max((r * xmax + i for r, i in zip(rows, init_abs)), default=0)
+        hi = acc_limits(num.acc_bits)[1]
+        self.acc_bits, self.mode = num.acc_bits, Overflow.parse(num.acc_overflow)
+        if self.bound <= hi:
+            self.kind = "sum"  # no partial sum can leave the register: every mode agrees
+        elif self.mode is Overflow.AP_WRAP:
+            self.kind = "wrap"  # arithmetic modulo 2^A: the exact sum, wrapped once
+        else:
+            self.kind = "scan"  # a saturating register: reproduce every step
+        if self.kind != "scan" and self.bound >= INT64_SAFE:
+            raise EdgeDFAError(f"node {name!r}: accumulator bound 2^{self.bound.bit_length()} exceeds int64")
+        self.int8 = (fits_int8(x_fmt.min_code, x_fmt.max_code) and fits_int8(w_fmt.min_code, w_fmt.max_code)
+                     and self.products <= INT32_MAX)
+
+    def describe(self) -> str:
+        how = {"sum": "exact int32 sum" if self.int8 else "exact int64 sum",
+               "wrap": f"exact sum wrapped to {self.acc_bits} bits",
+               "scan": f"step-by-step {self.mode.value} accumulator (Scan)"}[self.kind]
+        return f"{how}, |acc| <= 2^{self.bound.bit_length()}"
+
+
+class IntEmitter:
+    """Canonical graph + integer state -> ONNX integer graph (float32 in, float out)."""
+
+    def __init__(self, model):
+        self.model, self.graph = model, model.graph
+        self.b = Builder({self.graph.input_name, self.graph.output_name})
+        self.ops = IntOps(self.b)
+        self.env: dict = {}
+        self.plans: dict = {}  # node name -> AccPlan
+
+    def build(self):
+        g, m = self.graph, self.model
+        self.env[g.input_name] = (self.quantize_input(), m.in_fmt)
+        for node, layer in zip(g.nodes, m.layers):
+            outs = self.emit(node, layer, [self.env[i] for i in node.inputs if i])
+            self.env.update({name: t for name, t in zip(node.outputs, outs) if name})
+        out_type = self.dequantize_output()
+        inputs = [tensor_info(g.input_name, TensorProto.FLOAT, g.input_shape)]
+        outputs = [tensor_info(g.output_name, out_type, m.shapes[g.output_name])]
+        return self.b.graph(g.name or "edgedfa", inputs, outputs), OPSET
+
+    def emit(self, node, layer, ins):
+        handler = INT_OPS.get(node.op)
+        if node.op in MOVES:
+            x, fmt = ins[0]
+            return [(emit_move(self.b, node, x, self.b.unique(f"{node.outputs[0]}/q"),
+                               self.model.shapes[node.inputs[0]]), fmt)]
+        if handler is None:
+            if node.op in ("RNN", "GRU", "LSTM"):
+                raise EdgeDFAError(f"node {node.name!r} ({node.op}): the int export of recurrent layers is"
+                                   " not supported yet; export with --format float or qdq")
+            raise EdgeDFAError(f"node {node.name!r}: op {node.op!r} has no int export; supported: "
+                               f"{', '.join(sorted(set(INT_OPS) | set(MOVES)))}")
+        return handler(self, node, layer, ins)
+
+    # ---------------------------------------------------------------- edges
+    def quantize_input(self) -> str:
+        """quantize(x, in_fmt, AP_RND_CONV, AP_SAT): exact scaling in float64, Round (half to even), Clip."""
+        f, x = self.model.in_fmt, self.graph.input_name
+        o = self.ops
+        xd = o.cast(x, TensorProto.DOUBLE, "input/to_double")
+        y = o.op("Mul", [xd, self.b.const(np.ldexp(1.0, f.frac_bits), np.float64, "input/scale")], "input/scale")
+        y = o.op("Round", [y], "input/round")
+        lo, hi = (self.b.const(float(c), np.float64, f"input/{k}") for c, k in ((f.min_code, "lo"), (f.max_code, "hi")))
+        y = o.op("Clip", [y, lo, hi], "input/saturate")
+        return o.cast(y, TensorProto.INT64, "input/codes")
+
+    def dequantize_output(self):
+        """Codes times 2^-F in float32 (float64 for codes wider than 24 bits): exact."""
+        codes, fmt = self.env[self.graph.output_name]
+        tp, dt = float_type(fmt.width)
+        y = self.ops.cast(codes, tp, "output/to_float")
+        scale = self.b.const(np.ldexp(1.0, -fmt.frac_bits), dt, "output/scale")
+        self.b.node("Mul", [y, scale], "output/dequantize", [self.graph.output_name])
+        return tp
+
+    # ---------------------------------------------------------------- accumulators
+    def init_codes(self, layer, frac: int):
+        return accumulator_init(layer, frac)
+
+    def finish_sum(self, acc, init, plan: AccPlan, base: str) -> str:
+        """Add the initial value to an exact sum of products; wrap once under AP_WRAP."""
+        if init is not None and np.any(init):
+            acc = self.ops.op("Add", [acc, self.ops.k(init)], f"{base}/bias")
+        if plan.kind == "wrap":
+            lo, hi = acc_limits(plan.acc_bits)
+            acc = self.ops.overflow(acc, lo, hi, plan.acc_bits, Overflow.AP_WRAP, f"{base}/acc")
+        return acc
+
+    def scan(self, acc0, scans, plan: AccPlan, base: str) -> str:
+        """acc = ovf(acc + a_k * b_k) for k ascending: a Scan over (a, axis), (b, axis)."""
+        body = Builder()
+        ops = IntOps(body, self.b)  # constants live in the outer graph (lexical scope)
+        names = [f"{base}/acc_in", f"{base}/a_k", f"{base}/b_k"]
+        p = ops.op("Mul", names[1:], f"{base}/product")
+        s = ops.op("Add", [names[0], p], f"{base}/add")
+        lo, hi = acc_limits(plan.acc_bits)
+        out = ops.overflow(s, lo, hi, plan.acc_bits, plan.mode, f"{base}/acc")
+        body.node("Identity", [out], f"{base}/acc_out", [f"{base}/acc_out"])
+        info = [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in names]
+        graph = body.graph(f"{base}/body", info,
+                           [helper.make_tensor_value_info(f"{base}/acc_out", TensorProto.INT64, None)])
+        return self.b.node("Scan", [acc0] + [n for n, _ in scans], f"{base}/scan", body=graph,
+                           num_scan_inputs=len(scans), scan_input_axes=[a for _, a in scans])
+
+    def expand(self, init, like: str, end: int, tail, base: str) -> str:
+        """``init`` broadcast to shape Shape(like)[:end] + tail (the register's start value)."""
+        shape = self.ops.op("Concat", [self.ops.op("Shape", [like], f"{base}/shape", end=end),
+                                        self.ops.k(list(tail))], f"{base}/acc_shape", axis=0)
+        return self.ops.op("Expand", [self.ops.k(init), shape], f"{base}/acc0")
+
+
+# --------------------------------------------------------------------------- layers
+
+def _dense(em: IntEmitter, node, layer, ins):
+    (x, xf), = ins
+    W, num, o = layer.params["W"], layer.num, em.ops
+    frac = xf.frac_bits + W.fmt.frac_bits
+    init = em.init_codes(layer, frac)
+    plan = em.plans[node.name] = AccPlan(node.name, W.codes, xf, W.fmt, init, num)
+    n_out, k = W.codes.shape
+    base = node.name
+    if plan.kind == "scan":
+        x2 = o.op("Reshape", [x, o.k([-1, k])], f"{base}/rows")
+        x3 = o.op("Unsqueeze", [x2, o.k([1])], f"{base}/rows3")
+        start = np.zeros(n_out, np.int64) if init is None else init
+        acc = em.scan(em.expand(start, x2, 1, [n_out], base), [(x3, 2), (o.k(W.codes.T), 0)], plan, base)
+        shape = o.op("Concat", [o.op("Shape", [x], f"{base}/in_shape", end=-1), o.k([n_out])],
+                     f"{base}/out_shape", axis=0)
+        acc = o.op("Reshape", [acc, shape], f"{base}/unrows")
+    elif plan.int8:
+        x8 = o.cast(x, TensorProto.INT8, f"{base}/x_int8")
+        w8 = em.b.const(W.codes.T, np.int8, f"{base}/W_T")
+        acc = o.cast(o.op("MatMulInteger", [x8, w8], f"{base}/matmul"), TensorProto.INT64, f"{base}/acc")
+        acc = em.finish_sum(acc, init, plan, base)
+    else:
+        acc = o.op("MatMul", [x, o.k(W.codes.T)], f"{base}/matmul")
+        acc = em.finish_sum(acc, init, plan, base)
+    y = o.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, layer.out_fmt)]
+
+
+def im2col(em: IntEmitter, x: str, geo, channels: int, base: str) -> str:
+    """(N, C, KH*KW, OH*OW) int64: the input under every tap of every window (zero padding)."""
+    o = em.ops
+    t, l, b, r = geo.pads
+    if any(geo.pads):
+        pads = [0, 0, t, l, 0, 0, b, r] if geo.ndim == 2 else [0, 0, l, 0, 0, r]
+        x = o.op("Pad", [x, o.k(pads), o.k(0)], f"{base}/pad")
+    hp, wp = geo.in_hw[0] + t + b, geo.in_hw[1] + l + r
+    flat = o.op("Reshape", [x, o.k([0, channels, hp * wp])], f"{base}/flat")
+    oh, ow = np.meshgrid(np.arange(geo.out_hw[0]), np.arange(geo.out_hw[1]), indexing="ij")
+    taps = [((oh * geo.strides[0] + kh * geo.dilations[0]) * wp + ow * geo.strides[1] + kw * geo.dilations[1])
+            .reshape(-1) for kh in range(geo.kernel[0]) for kw in range(geo.kernel[1])]
+    return o.op("Gather", [flat, o.k(np.stack(taps))], f"{base}/im2col", axis=2)
+
+
+def _conv(em: IntEmitter, node, layer, ins):
+    (x, xf), = ins
+    W, num, geo, o = layer.params["W"], layer.num, layer.geo, em.ops
+    frac = xf.frac_bits + W.fmt.frac_bits
+    init = em.init_codes(layer, frac)
+    n_out, g = W.codes.shape[0], geo.groups
+    plan = em.plans[node.name] = AccPlan(node.name, W.codes.reshape(n_out, -1), xf, W.fmt, init, num)
+    base = node.name
+    out_shape = [0, n_out] + list(geo.out_spatial())
+    if plan.kind != "scan" and plan.int8:
+        x8 = o.cast(x, TensorProto.INT8, f"{base}/x_int8")
+        w8 = em.b.const(W.codes, np.int8, f"{base}/W")
+        acc = o.op("ConvInteger", [x8, w8], f"{base}/conv", group=g, **window_attrs(geo))
+        acc = o.cast(acc, TensorProto.INT64, f"{base}/acc")
+        bias = None if init is None else init.reshape((n_out,) + (1,) * geo.ndim)
+        return [_conv_out(em, layer, em.finish_sum(acc, bias, plan, base), frac, base)]
+    cols = im2col(em, x, geo, layer.in_shapes[0][0], base)
+    p = int(np.prod(geo.out_hw))
+    kg = W.codes[0].size
+    cols = o.op("Reshape", [cols, o.k([0, g, kg, p])], f"{base}/groups")
+    w3 = W.codes.reshape(g, n_out // g, kg)
+    start = (np.zeros(n_out, np.int64) if init is None else init).reshape(g, n_out // g, 1)
+    if plan.kind == "scan":
+        cols5 = o.op("Unsqueeze", [cols, o.k([2])], f"{base}/cols5")
+        acc0 = em.expand(start, cols, 1, [g, n_out // g, p], base)
+        acc = em.scan(acc0, [(cols5, 3), (o.k(w3[..., None]), 2)], plan, base)
+    else:
+        acc = o.op("MatMul", [o.k(w3), cols], f"{base}/matmul")
+        acc = em.finish_sum(acc, start, plan, base)
+    acc = o.op("Reshape", [acc, o.k(out_shape)], f"{base}/unfold")
+    return [_conv_out(em, layer, acc, frac, base)]
+
+
+def _conv_out(em, layer, acc, frac, base):
+    num = layer.num
+    y = em.ops.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return y, layer.out_fmt
+
+
+def _maxpool(em: IntEmitter, node, layer, ins):
+    """MaxPool on int8 codes when they fit, else on float64 (every code < 2^53 is exact)."""
+    (x, xf), = ins
+    o, base = em.ops, node.name
+    narrow = fits_int8(xf.min_code, xf.max_code)
+    tp = TensorProto.INT8 if narrow else TensorProto.DOUBLE
+    y = o.op("MaxPool", [o.cast(x, tp, f"{base}/in")], base, **window_attrs(layer.geo))
+    return [(o.cast(y, TensorProto.INT64, f"{base}/codes"), xf)]
+
+
+def _avgpool(em: IntEmitter, node, layer, ins):
+    """Exact window sum times the integer reciprocal r_n, one requantization (datapath §8.5)."""
+    (x, xf), = ins
+    o, base, geo, num = em.ops, node.name, layer.geo, layer.num
+    channels = layer.in_shapes[0][0]
+    if node.op == "GlobalAveragePool":
+        axes = list(range(2, 2 + len(layer.in_shapes[0]) - 1))
+        s = o.op("ReduceSum", [x, o.k(axes)], f"{base}/sum", keepdims=1)
+        p = o.op("Mul", [s, o.k(int(layer.scale.reshape(-1)[0]))], f"{base}/times_reciprocal")
+    else:
+        s = o.op("ReduceSum", [im2col(em, x, geo, channels, base), o.k([2])], f"{base}/sum", keepdims=0)
+        p = o.op("Mul", [s, o.k(layer.scale.reshape(-1))], f"{base}/times_reciprocal")
+        p = o.op("Reshape", [p, o.k([0, channels] + list(geo.out_spatial()))], f"{base}/unfold")
+    y = o.requantize(p, xf.frac_bits + layer.shift, xf, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, xf)]
+
+
+def _relu(em, node, layer, ins):
+    (x, xf), = ins
+    return [(em.ops.op("Max", [x, em.ops.k(0)], node.name), xf)]
+
+
+def _clip(em, node, layer, ins):
+    (x, xf), = ins
+    lo, hi = layer._bounds(xf)
+    return [(em.ops.op("Clip", [x, em.ops.k(lo), em.ops.k(hi)], node.name), xf)]
+
+
+def _leaky(em, node, layer, ins):
+    """x >= 0 ? x : round_shift(x * alpha_code, 16, act_rounding) (datapath §7)."""
+    (x, xf), = ins
+    o, base = em.ops, node.name
+    scaled = o.op("Mul", [x, o.k(layer.alpha_code)], f"{base}/times_alpha")
+    neg = o.round_shift(scaled, 16, layer.num.act_rounding, f"{base}/shift")
+    keep = o.op("GreaterOrEqual", [x, o.k(0)], f"{base}/nonnegative")
+    return [(o.op("Where", [keep, x, neg], base), xf)]
+
+
+def _add(em, node, layer, ins):
+    """Inputs aligned exactly to the finest fraction, summed, requantized to out_fmt."""
+    o, base, num = em.ops, node.name, layer.num
+    frac = max(f.frac_bits for _, f in ins)
+    parts = [o.round_shift(x, f.frac_bits - frac, Rounding.AP_TRN, f"{base}/align{i}")
+             for i, (x, f) in enumerate(ins)]
+    s = parts[0]
+    for i, p in enumerate(parts[1:]):
+        s = o.op("Add", [s, p], f"{base}/sum{i}")
+    y = o.requantize(s, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, layer.out_fmt)]
+
+
+def _concat(em, node, layer, ins):
+    o, base, num, fmt = em.ops, node.name, layer.num, layer.out_fmt
+    parts = [o.requantize(x, f.frac_bits, fmt, num.act_rounding, num.act_overflow, f"{base}/in{i}")
+             for i, (x, f) in enumerate(ins)]
+    return [(o.op("Concat", parts, base, axis=int(node.attrs.get("axis", 1))), fmt)]
+
+
+def _table(em, node, layer, ins):
+    """Tanh / Sigmoid layers: the §9 table unit to ap_fixed<act_bits,1>."""
+    (x, xf), = ins
+    func = em.ops.tanh if node.op == "Tanh" else em.ops.sigmoid
+    return [(func(x, xf.frac_bits, layer.out_fmt, layer.num.act_rounding, node.name), layer.out_fmt)]
+
+
+INT_OPS = {"Tanh": _table, "Sigmoid": _table, "Dense": _dense, "Conv": _conv, "MaxPool": _maxpool, "AveragePool": _avgpool,
+           "GlobalAveragePool": _avgpool, "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky,
+           "Add": _add, "Concat": _concat}
