@@ -1,0 +1,291 @@
+"""``float`` and ``qdq`` exports: standard float ops on dequantized parameters.
+
+``float`` writes the trained parameters as float32 and every canonical op as its ONNX op.
+``qdq`` writes the same ops, but parameters are integer codes behind DequantizeLinear and
+every activation passes QuantizeLinear -> DequantizeLinear at the engine's power-of-two
+format (zero point 0), the convention of onnxruntime's quantization tools and Brevitas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, requantize
+from ..layers.pool import _given_pads, window_counts
+from .export_graph import MOVES, Builder, emit_move, tensor_info, window_attrs
+
+SIMPLE = ("Relu", "Tanh", "Sigmoid")
+
+
+def tensor_formats(model) -> dict:
+    """Canonical tensor name -> its static FixedFormat in the engine."""
+    fmts = {model.graph.input_name: model.in_fmt}
+    for node, layer in zip(model.graph.nodes, model.layers):
+        outs = layer.out_fmts if getattr(layer, "n_outputs", 1) > 1 else [layer.out_fmt]
+        fmts.update({name: f for name, f in zip(node.outputs, outs) if name})
+    return fmts
+
+
+def all_tensor_names(graph) -> set:
+    return {graph.input_name} | {o for n in graph.nodes for o in n.outputs if o}
+
+
+class FloatEmitter:
+    """Canonical graph -> ONNX float graph; subclassed by the QDQ emitter."""
+
+    kind = "float"
+
+    def __init__(self, model):
+        self.model = model
+        self.graph = model.graph
+        self.fmts = tensor_formats(model)
+        self.b = Builder(all_tensor_names(self.graph))
+        self.inexact: list = []  # (node, param) whose float32 value is not its exact code value
+
+    # ---------------------------------------------------------------- hooks
+    def source(self, name: str) -> str:
+        """ONNX tensor that feeds canonical input ``name``."""
+        return name
+
+    def target(self, name: str) -> str:
+        """ONNX tensor an op writes for canonical output ``name``."""
+        return name
+
+    def finish(self, node):
+        """Called after a node's ops are emitted (QDQ adds the output Q/DQ here)."""
+
+    def param(self, node, layer, key: str, transpose: bool = False) -> str:
+        value = np.asarray(layer.float_params()[key])
+        value32 = value.astype(np.float32)
+        if not np.array_equal(value32.astype(np.float64), value):
+            self.inexact.append((node.name, key))
+        return self.b.const(value32.T if transpose else value32, np.float32, f"{node.name}/{key}")
+
+    def bias(self, node, layer, x_name: str) -> str:
+        return self.param(node, layer, "B")
+
+    # ---------------------------------------------------------------- driver
+    def build(self):
+        """(GraphProto, opset) of the whole model."""
+        g, m = self.graph, self.model
+        inputs = [tensor_info(g.input_name, TensorProto.FLOAT, g.input_shape)]
+        for node, layer in zip(g.nodes, m.layers):
+            self.emit(node, layer)
+            self.finish(node)
+        outputs = [tensor_info(g.output_name, TensorProto.FLOAT, m.shapes[g.output_name])]
+        return self.b.graph(g.name or "edgedfa", inputs, outputs), self.opset()
+
+    def opset(self) -> int:
+        return 17
+
+    def emit(self, node, layer):
+        ins = [self.source(i) for i in node.inputs if i]
+        outs = [self.target(o) if o else "" for o in node.outputs]
+        op = node.op
+        if op in MOVES:
+            emit_move(self.b, node, ins[0], outs[0], self.model.shapes[node.inputs[0]])
+        elif op == "Dense":
+            self.dense(node, layer, ins[0], outs[0])
+        elif op in ("RNN", "GRU", "LSTM"):
+            self.recurrent(node, layer, node.inputs[0], outs)
+        elif op in FLOAT_OPS:
+            FLOAT_OPS[op](self, node, layer, ins, outs[0])
+        else:
+            raise EdgeDFAError(f"node {node.name!r}: op {node.op!r} has no {self.kind} export;"
+                               f" supported: {', '.join(sorted(set(FLOAT_OPS) | set(MOVES)))}, Dense, RNN, GRU, LSTM")
+
+    # ---------------------------------------------------------------- ops
+    def dense(self, node, layer, x, out):
+        has_b = "B" in layer.params
+        if len(self.model.shapes[node.inputs[0]]) == 1:
+            ins = [x, self.param(node, layer, "W")] + ([self.bias(node, layer, node.inputs[0])] if has_b else [])
+            self.b.node("Gemm", ins, node.name, [out], transB=1)
+            return
+        w = self.param(node, layer, "W", transpose=True)
+        if not has_b:
+            self.b.node("MatMul", [x, w], node.name, [out])
+            return
+        mm = self.b.node("MatMul", [x, w], node.name)
+        self.b.node("Add", [mm, self.bias(node, layer, node.inputs[0])], f"{node.name}/bias", [out])
+
+    def time_major(self, node, name: str) -> str:
+        """The batch-first input of a recurrent node made time-major (onnxruntime runs layout 0 only)."""
+        return self.b.node("Transpose", [self.source(name)], f"{node.name}/to_time_major", perm=[1, 0, 2])
+
+    def recurrent(self, node, layer, x_name, outs):
+        a = node.attrs
+        batch_first = int(a.get("layout", 0)) == 1
+        x = self.time_major(node, x_name) if batch_first else self.source(x_name)
+        ins = [x, self.param(node, layer, "W"), self.param(node, layer, "R")]
+        if "B" in layer.params:
+            ins.append(self.param(node, layer, "B"))
+        attrs = {"hidden_size": int(a.get("hidden_size", layer.hidden)),
+                 "direction": _text(a.get("direction", "forward")), "layout": 0}
+        if a.get("activations"):
+            attrs["activations"] = [_text(s) for s in a["activations"]]
+        if node.op == "GRU":
+            attrs["linear_before_reset"] = int(a.get("linear_before_reset", 0))
+        raw = list(outs)
+        if batch_first:
+            raw = [self.b.unique(f"{o}/time_major") if o else "" for o in outs]
+        while raw and not raw[-1]:
+            raw.pop()
+        self.b.node(node.op, ins, node.name, raw, **attrs)
+        if batch_first:
+            for i, (r, o) in enumerate(zip(raw, outs)):
+                perm = [2, 0, 1, 3] if i == 0 else [1, 0, 2]
+                if r:
+                    self.b.node("Transpose", [r], f"{node.name}/to_batch_first_{i}", [o], perm=perm)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _simple(em, node, layer, ins, out):
+    em.b.node(node.op, ins, node.name, [out])
+
+
+def _leaky(em, node, layer, ins, out):
+    em.b.node("LeakyRelu", ins, node.name, [out], alpha=float(node.attrs.get("alpha", 0.01)))
+
+
+def _clip(em, node, layer, ins, out):
+    bounds = []
+    for key in ("min", "max"):
+        v = node.attrs.get(key)
+        finite = v is not None and np.isfinite(float(v))
+        bounds.append(em.b.const(np.float32(v), np.float32, f"{node.name}/{key}") if finite else "")
+    em.b.node("Clip", ins + bounds, node.name, [out])
+
+
+def _conv(em, node, layer, ins, out):
+    ins = ins + [em.param(node, layer, "W")]
+    if "B" in layer.params:
+        ins.append(em.bias(node, layer, node.inputs[0]))
+    em.b.node("Conv", ins, node.name, [out], group=layer.geo.groups, **window_attrs(layer.geo))
+
+
+def _pool(em, node, layer, ins, out):
+    """Explicit pads from the engine's geometry (auto_pad and ceil_mode resolved, as it computes)."""
+    attrs = window_attrs(layer.geo)
+    if node.op == "MaxPool":
+        em.b.node("MaxPool", ins, node.name, [out], **attrs)
+        return
+    if any(d != 1 for d in attrs.pop("dilations")):
+        raise EdgeDFAError(f"node {node.name!r}: dilated AveragePool has no opset-17 ONNX form")
+    include = int(node.attrs.get("count_include_pad", 0))
+    extra = tuple(layer.geo.pads) != tuple(_given_pads(node, layer.geo))
+    if not (include and extra):
+        em.b.node("AveragePool", ins, node.name, [out], count_include_pad=include, **attrs)
+        return
+    # ceil_mode's extra end padding is never counted (datapath §8.5): rescale the padding-free mean
+    inside = window_counts(layer.geo, layer.geo.pads, False)
+    ratio = (inside / layer.counts).reshape((1, 1) + tuple(layer.geo.out_spatial()))
+    mean = em.b.node("AveragePool", ins, f"{node.name}/mean", count_include_pad=0, **attrs)
+    em.b.node("Mul", [mean, em.b.const(ratio, np.float32, f"{node.name}/count_ratio")], node.name, [out])
+
+
+def _merge(em, node, layer, ins, out):
+    if node.op == "Concat":
+        em.b.node("Concat", ins, node.name, [out], axis=int(node.attrs.get("axis", 1)))
+    else:
+        em.b.node("Add" if len(ins) == 2 else "Sum", ins, node.name, [out])
+
+
+FLOAT_OPS = {"Relu": _simple, "Tanh": _simple, "Sigmoid": _simple, "LeakyRelu": _leaky,
+             "Clip": _clip, "Conv": _conv, "MaxPool": _pool, "AveragePool": _pool,
+             "GlobalAveragePool": _simple, "Add": _merge, "Concat": _merge}
+
+
+# --------------------------------------------------------------------------- QDQ
+
+def int_type(fmt: FixedFormat, where: str, widest: int = 16):
+    """(numpy dtype, TensorProto type) of the narrowest signed integer holding fmt's codes."""
+    for dt, tp, bits in ((np.int8, TensorProto.INT8, 8), (np.int16, TensorProto.INT16, 16),
+                         (np.int32, TensorProto.INT32, 32)):
+        info = np.iinfo(dt)
+        if bits <= widest and info.min <= fmt.min_code and fmt.max_code <= info.max:
+            return dt, tp
+    raise EdgeDFAError(f"{where}: format {fmt} is wider than the {widest}-bit integers QDQ can hold;"
+                       " use --format int or float")
+
+
+class QdqEmitter(FloatEmitter):
+    """Float ops between QuantizeLinear/DequantizeLinear pairs at the engine's formats."""
+
+    kind = "qdq"
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.widest = 8
+        self.src: dict = {}
+        self.raw: dict = {}  # canonical output -> the float tensor before its Q/DQ
+
+    def opset(self) -> int:
+        return 17 if self.widest <= 8 else 21  # int16 Q/DQ needs opset 21
+
+    def scale(self, frac: int, base: str) -> str:
+        return self.b.const(np.ldexp(np.float32(1.0), -frac), np.float32, base)
+
+    def dequant(self, codes, fmt_frac: int, dtype, base: str) -> str:
+        self.widest = max(self.widest, np.iinfo(dtype).bits)
+        q = self.b.const(codes, dtype, f"{base}_q")
+        zp = self.b.const(0, dtype, f"zero_{np.dtype(dtype).name}")
+        return self.b.node("DequantizeLinear", [q, self.scale(fmt_frac, f"scale_2^-{fmt_frac}"), zp], base)
+
+    def qdq(self, x: str, fmt: FixedFormat, out: str, where: str) -> str:
+        """QuantizeLinear -> (Clip to a narrow width) -> DequantizeLinear, zero point 0."""
+        dtype, _ = int_type(fmt, where)
+        self.widest = max(self.widest, np.iinfo(dtype).bits)
+        scale = self.scale(fmt.frac_bits, f"scale_2^-{fmt.frac_bits}")
+        zp = self.b.const(0, dtype, f"zero_{np.dtype(dtype).name}")
+        info = np.iinfo(dtype)
+        narrow = (fmt.min_code, fmt.max_code) != (info.min, info.max)
+        if narrow and dtype != np.int8:  # onnxruntime has no int16 Clip: clip the grid-aligned float bounds
+            lo, hi = (self.b.const(np.ldexp(np.float32(c), -fmt.frac_bits), np.float32, f"{where}/{k}")
+                      for c, k in ((fmt.min_code, "lo"), (fmt.max_code, "hi")))
+            x = self.b.node("Clip", [x, lo, hi], f"{where}/saturate")
+        q = self.b.node("QuantizeLinear", [x, scale, zp], f"{where}/quantize")
+        if narrow and dtype == np.int8:  # Brevitas' form for narrow widths: Clip on the int8 codes
+            lo, hi = (self.b.const(c, dtype, f"{where}/{k}") for c, k in ((fmt.min_code, "lo"), (fmt.max_code, "hi")))
+            q = self.b.node("Clip", [q, lo, hi], f"{where}/saturate")
+        return self.b.node("DequantizeLinear", [q, scale, zp], f"{where}/dequantize", [out])
+
+    def source(self, name):
+        if name == self.graph.input_name and name not in self.src:
+            self.src[name] = self.qdq(name, self.fmts[name], self.b.unique(f"{name}/qdq"), "input")
+        return self.src.get(name, name)
+
+    def time_major(self, node, name):
+        """Transpose the float tensor before its Q/DQ: onnxruntime's QDQ propagation fails on DQ -> Transpose -> GRU."""
+        raw = name if name == self.graph.input_name else self.raw[name]
+        t = self.b.node("Transpose", [raw], f"{node.name}/to_time_major", perm=[1, 0, 2])
+        return self.qdq(t, self.fmts[name], self.b.unique(f"{t}/qdq"), f"{node.name}/input")
+
+    def target(self, name):
+        self.raw[name] = self.b.unique(f"{name}/float")
+        return self.raw[name]
+
+    def finish(self, node):
+        for name in node.outputs:
+            if name:
+                self.qdq(self.raw[name], self.fmts[name], name, name)
+
+    def param(self, node, layer, key, transpose=False):
+        t = layer.params[key]
+        dtype, _ = int_type(t.fmt, f"node {node.name!r} param {key}", widest=32)
+        codes = t.codes.T if transpose else t.codes
+        return self.dequant(codes, t.fmt.frac_bits, dtype, f"{node.name}/{key}")
+
+    def bias(self, node, layer, x_name):
+        """The bias as the engine adds it: requantized into the accumulator (scale s_x * s_w)."""
+        b, w, num = layer.params["B"], layer.params["W"], layer.num
+        frac = self.fmts[x_name].frac_bits + w.fmt.frac_bits
+        acc = FixedFormat.with_frac(num.acc_bits, frac)
+        codes = requantize(b.codes, b.fmt, acc, num.act_rounding, num.acc_overflow)
+        if np.abs(codes).max(initial=0) >= 2**31:
+            return self.b.const(np.ldexp(codes.astype(np.float64), -frac), np.float32, f"{node.name}/B")
+        return self.dequant(codes, frac, np.int32, f"{node.name}/B")
