@@ -181,9 +181,19 @@ def train_config_from_meta(meta: dict) -> TrainConfig:
 
 def load_onnx(path: str, data=None, numerics: Numerics | None = None, seed: int = 0,
               layer_numerics=None, backend=None) -> IntModel:
-    """Import an ONNX graph and quantize it (formats calibrated on ``data`` when given)."""
+    """Import an ONNX graph and quantize it (formats calibrated on ``data`` when given).
+
+    An edgedfa ``float`` export loaded without numerics overrides gives back the exported
+    integer model exactly (formats, numerics and seed from its metadata).
+    """
     from .onnx import load_graph
 
+    if numerics is None and layer_numerics is None:
+        from .onnx.export import load_exported
+
+        restored = load_exported(path, backend)
+        if restored is not None:
+            return restored
     model = IntModel(load_graph(path), numerics or Numerics(), seed, layer_numerics, backend)
     if data is not None:
         model.calibrate(np.asarray(data, dtype=np.float64))
