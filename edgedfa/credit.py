@@ -18,6 +18,7 @@ from .graph import Graph
 ALGOS = ("bp", "dfa", "sdfa", "modular", "hybrid")
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 RECURRENT_OPS = ("RNN", "GRU", "LSTM")
+MOVE_OPS = ("Flatten", "Reshape", "Squeeze")  # after a pooled map they begin the next module
 
 
 @dataclass
@@ -59,7 +60,9 @@ def per_layer_modules(graph: Graph) -> list:
     """A module starts at every trainable node; parameter-free nodes join the current one."""
     groups = []
     for node in graph.nodes:
-        if not groups or (_is_trainable(node) and any(_is_trainable(graph.node(n)) for n in groups[-1])):
+        has_trainable = bool(groups) and any(_is_trainable(graph.node(n)) for n in groups[-1])
+        starts = _is_trainable(node) or (node.op in MOVE_OPS and bool(groups) and graph.node(groups[-1][-1]).op in POOL_OPS)
+        if not groups or (starts and has_trainable):
             groups.append([])
         groups[-1].append(node.name)
     return groups

@@ -95,6 +95,7 @@ class Projector:
         self.spec, self.index, self.seed = spec, int(layer_index), int(seed)
         self.target_shape, self.n_classes = tuple(target_shape), int(n_classes)
         self.n_target = int(np.prod(self.target_shape))
+        self.gain_shift = int(spec.option("gain_shift", 0))  # extra 2^-s on the projection (§10.2)
         self._stored = None if spec.regenerate else self.generate()
 
     def stream(self, purpose=PURPOSE_FEEDBACK) -> int:
@@ -117,7 +118,7 @@ class Projector:
     def project(self, e: QTensor, err_bits: int, rounding, acc_bits=32) -> QTensor:
         fb = self._stored if self._stored is not None else self.generate()
         acc = self.project_wide(e, fb)
-        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits())
+        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits() + self.gain_shift)
         out = narrow_dynamic(acc, fmt, err_bits, rounding)
         return QTensor(out.codes.reshape((-1,) + self.target_shape), out.fmt)
 
@@ -197,7 +198,7 @@ class ChannelProjector(DenseProjector):
     def project(self, e, err_bits, rounding, acc_bits=32):
         fb = self._stored if self._stored is not None else self.generate()
         acc = self.project_wide(e, fb)
-        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits())
+        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits() + self.gain_shift)
         out = narrow_dynamic(acc, fmt, err_bits, rounding)
         spatial = (1,) * (len(self.full_shape) - 1)
         codes = np.broadcast_to(out.codes.reshape((-1, self.full_shape[0]) + spatial),

@@ -85,6 +85,11 @@ class IntModel:
             xs = [env[i] for i in node.inputs if i]
             if layer.out_fmt is None:
                 layer.calibrate(xs)
+                if node.outputs[0] == self.graph.output_name and layer.changes_scale \
+                        and layer.num.act_int_bits is None:
+                    # logits grow under cross-entropy by design: give them room (§7)
+                    f = layer.out_fmt
+                    layer.out_fmt = FixedFormat(f.width, f.int_bits + layer.num.logit_headroom, f.signed)
             self._store(env, node, layer.forward(xs, train=False)[0])
 
     # ------------------------------------------------------------------ forward

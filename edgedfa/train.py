@@ -55,10 +55,15 @@ class Trainer:
             if m.source == "dfa":
                 node, layer = self.nodes[m.output_node]
                 target = m.target or node.outputs[0]
-                self.projectors[m.name] = (target, make_projector(
-                    m.feedback, layer.index, model.seed, model.shapes[target], model.n_classes))
+                proj = make_projector(m.feedback, layer.index, model.seed, model.shapes[target], model.n_classes)
+                if m.feedback.option("gain_shift") is None and self._is_map(m):
+                    proj.gain_shift = spatial_gain_shift(model.shapes[target])
+                self.projectors[m.name] = (target, proj)
         self._needs = self._error_needed()
         self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
+
+    def _is_map(self, module) -> bool:
+        return any(self.nodes[n][0].op == "Conv" for n in module.nodes)
 
     def _error_needed(self) -> dict:
         """Tensor -> whether an error must be computed for it (a trainable layer upstream
@@ -116,6 +121,14 @@ class Trainer:
             return
         wide = align_add(errors[t], dx)
         errors[t] = narrow_dynamic(wide.codes, wide.fmt, num.err_bits, num.err_rounding)
+
+
+def spatial_gain_shift(shape) -> int:
+    """Feedback onto a conv map: 2^-ceil(log2(positions)/2), since a conv weight gradient
+    sums the projected error over every position (docs/algorithms.md)."""
+    from .feedback import half_log2
+
+    return half_log2(int(np.prod(shape[1:]))) if len(shape) >= 2 else 0
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -51,6 +51,7 @@ class Numerics:
     weight_int_bits: int | None = None  # fixed I of the weight format (None: from init)
     act_int_bits: int | None = None  # fixed I of the activation format (None: calibrate)
     momentum_shift: int | None = None  # momentum 1 - 2^-m (None: plain SGD)
+    logit_headroom: int = 3  # extra integer bits of the output layer's format
 
     @classmethod
     def from_bits(cls, bits: int, **kw) -> "Numerics":
