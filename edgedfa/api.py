@@ -29,7 +29,7 @@ def make_trainer(model: IntModel, cfg: TrainConfig, modules_table=None) -> Train
         plan = plan_from_config(model.graph, modules_table, cfg.algo)
     else:
         plan = make_plan(model.graph, cfg.algo, cfg.feedback_sparsity, cfg.feedback_values,
-                         cfg.feedback_regenerate)
+                         cfg.feedback_regenerate, cfg.feedback_kind)
     return Trainer(model, plan, cfg)
 
 

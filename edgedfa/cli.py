@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=DATASETS, help="a built-in dataset instead of --data (default: digits)")
     t.add_argument("--algo", choices=ALGOS, help="credit assignment (default: sdfa)")
     t.add_argument("--feedback-sparsity", type=int, metavar="K", help="non-zeros per neuron for sdfa (default 1)")
+    t.add_argument("--feedback-kind", choices=("dense", "sparse", "channel", "dilated"),
+                   help="feedback projector for DFA modules (channel/dilated apply to conv maps)")
     t.add_argument("--feedback-values", choices=("uniform", "binary", "ternary"), help="feedback value kind")
     t.add_argument("--stored-feedback", action="store_true",
                    help="keep feedback matrices in memory instead of regenerating them (same bits)")

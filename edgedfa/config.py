@@ -86,8 +86,11 @@ def resolve_run(cfg: dict | None, args) -> RunSettings:
     layers = cfg.get("layers", {})
     if not isinstance(layers, dict) or any(not isinstance(v, dict) for v in layers.values()):
         raise EdgeDFAError(f"{where}: [layers] must hold one table per layer name")
+    from .model import LAYER_OPTIONS
+
     for name, table in layers.items():  # validate keys now, layer names once the model exists
-        numerics.with_overrides(table, f"{where} [layers.{name}]")
+        numerics.with_overrides({k: v for k, v in table.items() if k not in LAYER_OPTIONS},
+                                f"{where} [layers.{name}]")
     arch = "model" if getattr(args, "model", None) else (getattr(args, "arch", None) or "mlp")
     train_kw = dict(ARCH_DEFAULTS.get(arch, {}))
     names = {f.name for f in fields(TrainConfig)}
@@ -96,7 +99,8 @@ def resolve_run(cfg: dict | None, args) -> RunSettings:
             raise EdgeDFAError(f"{where} [train]: unknown key {k!r}; expected one of {', '.join(sorted(names))}")
         train_kw[k] = v
     flags = {"algo": "algo", "epochs": "epochs", "batch_size": "batch_size", "seed": "seed",
-             "feedback_sparsity": "feedback_sparsity", "lr_shift": "lr_shift", "feedback_values": "feedback_values"}
+             "feedback_sparsity": "feedback_sparsity", "lr_shift": "lr_shift", "feedback_values": "feedback_values",
+             "feedback_kind": "feedback_kind"}
     for attr, key in flags.items():
         v = getattr(args, attr, None)
         if v is not None:

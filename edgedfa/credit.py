@@ -90,7 +90,7 @@ def _conv_like(graph: Graph, names) -> bool:
 
 
 def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
-              regenerate: bool = True) -> Plan:
+              regenerate: bool = True, kind: str | None = None) -> Plan:
     """The named preset ``algo`` for this graph (docs/algorithms.md states each)."""
     if algo not in ALGOS:
         raise EdgeDFAError(f"unknown --algo {algo!r}; expected one of {', '.join(ALGOS)}")
@@ -104,7 +104,9 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
         if i == len(groups) - 1:
             modules.append(Module(f"m{i}", names, "output"))
             continue
-        if algo == "sdfa":
+        if kind is not None and (kind not in ("channel", "dilated") or _conv_like(graph, names)):
+            fb = FeedbackSpec(kind, values, k, regenerate=regenerate)
+        elif algo == "sdfa":
             fb = FeedbackSpec("sparse", values, k, regenerate=regenerate)
         elif algo in ("modular", "hybrid") and _conv_like(graph, names):
             fb = FeedbackSpec("channel", values, regenerate=regenerate)

@@ -12,6 +12,11 @@ from .graph import Graph, Node
 from .layers.base import LayerSpec, Numerics, QTensor, int_bits_for, layer_class
 
 
+# per-layer options that are not numerics: Conv's backward ("full" | "group") and its
+# backward_groups; a recurrent layer's bptt_steps
+LAYER_OPTIONS = ("backward", "backward_groups", "bptt_steps")
+
+
 def _in_shapes(node: Node, shapes: dict):
     missing = [i for i in node.inputs if i and i not in shapes]
     if missing:
@@ -37,9 +42,11 @@ class IntModel:
         self.layers = []
         shapes = {graph.input_name: tuple(graph.input_shape)}
         for i, node in enumerate(graph.nodes):
-            num = numerics.with_overrides(self.layer_numerics.get(node.name, {}), f"layer {node.name!r}")
+            table = dict(self.layer_numerics.get(node.name, {}))
+            extra = {k: table.pop(k) for k in LAYER_OPTIONS if k in table}
+            num = numerics.with_overrides(table, f"layer {node.name!r}")
             spec = LayerSpec(index=i + 1, numerics=num, seed=self.seed,
-                             in_shapes=_in_shapes(node, shapes), backend=backend)
+                             in_shapes=_in_shapes(node, shapes), backend=backend, extra=extra)
             layer = layer_class(node.op, node.name)(node, spec)
             outs = layer.out_shape if getattr(layer, "n_outputs", 1) > 1 else [layer.out_shape]
             for name, shp in zip(node.outputs, outs):

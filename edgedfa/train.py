@@ -32,6 +32,7 @@ class TrainConfig:
     lr_decay_epochs: list = field(default_factory=list)  # +1 to lr_shift at each
     feedback_sparsity: int = 1
     feedback_values: str = "uniform"
+    feedback_kind: str | None = None  # None: the preset's choice (docs/algorithms.md)
     feedback_regenerate: bool = True
     seed: int = 0
 

@@ -174,3 +174,16 @@ def test_labels_beyond_the_model_outputs():
     d.y_test[0] = 12
     with pytest.raises(EdgeDFAError, match="y_test has label 12 but the model has 10 outputs"):
         check_labels(d, 10, "data")
+
+
+def test_conv_layer_options_and_feedback_kind(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[layers.conv4]\nbackward = "group"\nbackward_groups = 4\n')
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--arch", "cnn", "--algo", "modular", "--feedback-kind", "dilated",
+                       "--feedback-values", "binary", "--config", cfg, "--epochs", 1, "--quiet", "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert [p["feedback"]["kind"] for p in m["plan"][:-1]] == ["dilated", "dilated"]
+    model = load_checkpoint(out)
+    assert model.layer("conv4").backward_mode == "group"

@@ -188,6 +188,7 @@ def test_plans_follow_documented_credit_paths():
     cnn = arch.cnn(0)
     mod = make_plan(cnn, "modular")
     assert [m.nodes[0] for m in mod.modules] == ["conv1", "conv4", "flatten7"]
+    assert [m.nodes for m in make_plan(cnn, "sdfa").modules][1] == ["conv4", "relu5", "maxpool6"]
     assert [m.feedback.kind for m in mod.modules[:-1]] == ["channel", "channel"]
     gru = arch.recurrent("gru", 0)
     step = make_plan(gru, "dfa")
