@@ -18,7 +18,7 @@ from edgedfa.errors import EdgeDFAError
 
 from .accounting import Cost, Ledger, nbytes
 from .datapath import Accelerator, T, make_hw_layer
-from .error_projection_unit import Feedback, value_bits
+from .error_projection_unit import Feedback, half_log2, value_bits
 from .hwconfig import HwConfig
 from .prng_unit import PrngUnit
 from .requant_unit import narrow
@@ -68,6 +68,7 @@ class Controller:
                 out_t = m.get("target") or [o for n, _, _, outs in self.nodes if n == last for o in outs][0]
                 self.target[m["name"]] = out_t
                 f = Feedback(m["feedback"], self.layers[last].index, self.seed, self.shapes[out_t], self.n_classes)
+                f.gain_shift = self._gain_shift(m, self.shapes[out_t])
                 self.feedback[m["name"]] = f
                 if not m["feedback"].get("regenerate", True):
                     self.stored[m["name"]] = self._generate(f)
@@ -75,6 +76,15 @@ class Controller:
         self._place()
 
     # ------------------------------------------------------------------ structure
+    def _gain_shift(self, m: dict, shape) -> int:
+        """§10.2 gain shift: the option when given; for a module holding a convolution whose
+        target is a map [Ch, positions...], ceil(log2(positions)/2); else 0."""
+        g = m["feedback"]["options"].get("gain_shift")
+        if g is not None:
+            return int(g)
+        conv = any(op == "Conv" for n, op, *_ in self.nodes if n in m["nodes"])
+        return half_log2(int(np.prod(shape[1:]))) if conv and len(shape) >= 2 else 0
+
     @staticmethod
     def _generate(f: Feedback):
         prng = PrngUnit()  # loaded once into the feedback memory at start-up

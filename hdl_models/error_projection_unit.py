@@ -60,6 +60,7 @@ class Feedback:
         self.fb = dict(fb)
         self.kind, self.values, self.bits = fb["kind"], fb["values"], int(fb.get("bits", 8))
         self.index, self.seed = int(layer_index), int(seed)
+        self.gain_shift = 0  # §10.2: extra 2^-g on the projection (set by the controller)
         self.target_shape = tuple(int(s) for s in target_shape)
         self.n_classes = int(n_classes)
         self.n_target = int(np.prod(self.target_shape))
@@ -162,7 +163,7 @@ class ErrorProjectionUnit:
         else:
             offs, kern = stored if stored is not None else f.dilated_table(self.prng)
             wide = self._dilated(f, e, offs, kern)
-        codes, fmt = narrow(wide, f_e + f.frac_bits(), err_width, rounding)
+        codes, fmt = narrow(wide, f_e + f.frac_bits() + f.gain_shift, err_width, rounding)
         if f.kind == "channel":
             spatial = (1,) * (len(f.target_shape) - 1)
             codes = np.broadcast_to(codes.reshape((b, f.target_shape[0]) + spatial), (b,) + f.target_shape)
