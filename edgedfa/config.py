@@ -50,6 +50,16 @@ ARCH_DEFAULTS = {
 }
 
 
+# Numerics defaults per architecture (overridden by [numerics] and --bits): conv nets and
+# recurrent nets need more weight range than their initial values show (benchmarks.md).
+ARCH_NUMERICS = {
+    "cnn": {"weight_headroom": 2},
+    "rnn": {"weight_int_bits": 1},
+    "gru": {"weight_int_bits": 1},
+    "lstm": {"weight_int_bits": 1},
+}
+
+
 def load_config(path: str) -> dict:
     """Parse and check the top-level structure of a config file."""
     try:
@@ -79,7 +89,8 @@ def resolve_run(cfg: dict | None, args) -> RunSettings:
     """Merge built-in defaults < config file < command-line flags."""
     cfg = cfg or {}
     where = cfg.get("_path", "config")
-    num_table = dict(cfg.get("numerics", {}))
+    arch = "model" if getattr(args, "model", None) else (getattr(args, "arch", None) or "mlp")
+    num_table = {**ARCH_NUMERICS.get(arch, {}), **cfg.get("numerics", {})}
     bits = args.bits if getattr(args, "bits", None) is not None else num_table.pop("bits", 8)
     num_table.pop("bits", None)
     numerics = Numerics.from_bits(bits).with_overrides(num_table, f"{where} [numerics]")
@@ -91,7 +102,6 @@ def resolve_run(cfg: dict | None, args) -> RunSettings:
     for name, table in layers.items():  # validate keys now, layer names once the model exists
         numerics.with_overrides({k: v for k, v in table.items() if k not in LAYER_OPTIONS},
                                 f"{where} [layers.{name}]")
-    arch = "model" if getattr(args, "model", None) else (getattr(args, "arch", None) or "mlp")
     train_kw = dict(ARCH_DEFAULTS.get(arch, {}))
     names = {f.name for f in fields(TrainConfig)}
     for k, v in cfg.get("train", {}).items():

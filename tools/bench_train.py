@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from edgedfa import arch, data  # noqa: E402  (first: edgedfa pins BLAS to one thread)
 import numpy as np  # noqa: E402,F401
 from edgedfa.api import build_model, fit  # noqa: E402
-from edgedfa.config import ARCH_DEFAULTS  # noqa: E402
+from edgedfa.config import ARCH_DEFAULTS, ARCH_NUMERICS  # noqa: E402
 from edgedfa.layers.base import Numerics  # noqa: E402
 from edgedfa.train import TrainConfig, batch_order  # noqa: E402
 
@@ -32,7 +32,7 @@ def dataset(name):
 
 def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=None):
     g = arch.build(arch_name, seed, ds.sample_shape, ds.n_classes)
-    kw = dict(extra or {})
+    kw = {**ARCH_NUMERICS.get(arch_name, {}), **(extra or {})}
     if bits >= 12:
         kw.setdefault("acc_bits", 48)
     model = build_model(g, Numerics.from_bits(bits, **kw), seed)
