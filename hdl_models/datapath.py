@@ -254,7 +254,9 @@ class TanhHw(HwLayer):
         x = xs[0]
         fmt = FixedFormat(self.num.act_bits, 1)
         y = type(self).func(x.codes, x.fmt.frac_bits, fmt, self.num.act_rounding)
-        return T(y, fmt), (y if train else None), Cost().use("act", acc.act.cycles(y.size))
+        c = Cost().use("act", acc.act.cycles(y.size))
+        c.lut_lookups = int(y.size)
+        return T(y, fmt), (y if train else None), c
 
     def backward(self, acc, cache, dy, need):
         fmt = FixedFormat(self.num.act_bits, 1)

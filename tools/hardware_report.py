@@ -32,6 +32,12 @@ VARIANTS = {
     "sDFA k=1, stored": dict(algo="sdfa", feedback_sparsity=1, feedback_regenerate=False),
     "sDFA k=1, regenerated": dict(algo="sdfa", feedback_sparsity=1, feedback_regenerate=True),
 }
+RECURRENT_VARIANTS = {  # GRU: full BPTT vs per-step DFA (no BPTT, bptt_steps = 0) vs modular (DFA at Y_h, BPTT inside)
+    "BP (full BPTT)": dict(algo="bp"),
+    "per-step DFA dense": dict(algo="dfa"),
+    "per-step sDFA k=1": dict(algo="sdfa", feedback_sparsity=1),
+    "modular (DFA at h_T, BPTT)": dict(algo="modular"),
+}
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs")
 
@@ -47,7 +53,9 @@ def measure(model, x, y, cfg):
             "error_bytes": err["onchip_bytes"] + err["offchip_bytes"],
             "feedback_bytes_moved": sum(r["feedback_bytes"] for r in on["layers"]),
             "feedback_memory_bytes": on["feedback_memory_bytes"], "prng_words": err["prng_words"],
-            "cycles": on["cycles"], "cycles_serial": off["cycles"], "forward_macs": on["phases"]["forward"]["macs"]}
+            "cycles": on["cycles"], "cycles_serial": off["cycles"], "forward_macs": on["phases"]["forward"]["macs"],
+            "state_bytes": sum(r["state_bytes"] for r in on["layers"]),
+            "lut_lookups": sum(r["lut_lookups"] for r in on["layers"])}
 
 
 def main():
@@ -61,6 +69,10 @@ def main():
     c.calibrate(xc[:256])
     nets["CNN conv16-conv32-fc10"] = (c, xc[:32], ds.y_train[:32])
     results = {net: {v: measure(*args, cfg) for v, cfg in VARIANTS.items()} for net, args in nets.items()}
+    xs = ds.x_train.reshape(-1, 8, 8)  # a digit as 8 steps of 8 features
+    g = IntModel(arch.recurrent("gru", 0), Numerics.from_bits(8), 0)
+    g.calibrate(xs[:256])
+    results["GRU h64 T8"] = {v: measure(g, xs[:32], ds.y_train[:32], cfg) for v, cfg in RECURRENT_VARIANTS.items()}
     print_table(results)
     with open(os.path.join(DOCS, "hardware_report.json"), "w") as fh:
         json.dump(results, fh, indent=2)
@@ -73,11 +85,16 @@ def print_table(results):
           "| BP/this |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for net, rows in results.items():
-        bp = rows["BP"]["cycles"]
+        bp = next(iter(rows.values()))["cycles"]  # the first variant is BP
         for v, r in rows.items():
             print(f"| {net} | {v} | {r['bit_exact']} | {r['error_macs']:,} | {r['error_adds']:,} | {r['backward_macs']:,} "
                   f"| {r['error_bytes']:,} | {r['feedback_bytes_moved']:,} | {r['feedback_memory_bytes']:,} "
                   f"| {r['cycles']:,} | {r['cycles_serial']:,} | {bp / r['cycles']:.2f}x |")
+
+
+SHORT = {"BP": "BP", "DFA dense, stored": "DFA", "DFA dense, regenerated": "DFA\nregen", "sDFA k=1, stored": "sDFA",
+         "sDFA k=1, regenerated": "sDFA\nregen", "BP (full BPTT)": "BPTT", "per-step DFA dense": "step\nDFA",
+         "per-step sDFA k=1": "step\nsDFA", "modular (DFA at h_T, BPTT)": "modular"}
 
 
 def plot(results):
@@ -90,15 +107,15 @@ def plot(results):
         import matplotlib.pyplot as plt
     except ImportError:
         return svg(results, metrics)
-    fig, axes = plt.subplots(len(results), len(metrics), figsize=(16, 7))
+    fig, axes = plt.subplots(len(results), len(metrics), figsize=(16, 3.5 * len(results)))
     for i, (net, rows) in enumerate(results.items()):
         for j, (key, label) in enumerate(metrics):
             ax = axes[i][j]
             vals = [max(rows[v][key], 0.5) for v in rows]
-            ax.bar(range(len(rows)), vals, color=["#444", "#1f77b4", "#6baed6", "#d62728", "#ff9896"])
+            ax.bar(range(len(rows)), vals, color=["#444", "#1f77b4", "#6baed6", "#d62728", "#ff9896"][:len(rows)])
             ax.set_yscale("log")
             ax.set_xticks(range(len(rows)))
-            ax.set_xticklabels(["BP", "DFA", "DFA\nregen", "sDFA", "sDFA\nregen"], fontsize=8)
+            ax.set_xticklabels([SHORT.get(v, v) for v in rows], fontsize=8)
             ax.set_title(f"{net}\n{label}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(DOCS, "hardware_report.png"), dpi=90)
