@@ -249,10 +249,7 @@ def cmd_emulate(args) -> int:
 def cmd_info(args) -> int:
     path = args.path
     if path.endswith(".onnx"):
-        from .onnx import describe, load_graph
-
-        print(describe(load_graph(path)))
-        return 0
+        return _info_onnx(path)
     from .api import load_checkpoint
 
     model = load_checkpoint(path)
@@ -261,6 +258,26 @@ def cmd_info(args) -> int:
           f" epoch {meta['progress']['epoch']}, step {meta['progress']['step']}, seed {meta['seed']}")
     for name, f in model.formats().items():
         print(f"  {name}: {f}")
+    return 0
+
+
+def _info_onnx(path) -> int:
+    """Layers and shapes, the integer formats at the default 8 bits, or every unsupported op."""
+    from .onnx.describe import describe, describe_onnx, inspect_onnx
+    from .layers.base import Numerics
+    from .model import IntModel
+
+    report = inspect_onnx(path)
+    if not report["ok"]:
+        print(describe_onnx(path))
+        raise EdgeDFAError(report["error"])
+    print(describe(report["graph"]))
+    model = IntModel(report["graph"], Numerics.from_bits(8), 0)
+    print("integer formats at --bits 8 (activation formats are calibrated from the training data):")
+    for layer in model.layers:
+        fmts = ", ".join(f"{k} {v}" for k, v in layer.param_formats().items())
+        if fmts:
+            print(f"  {layer.name}: {fmts}")
     return 0
 
 

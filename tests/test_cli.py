@@ -187,3 +187,27 @@ def test_conv_layer_options_and_feedback_kind(tmp_path, capsys):
     assert [p["feedback"]["kind"] for p in m["plan"][:-1]] == ["dilated", "dilated"]
     model = load_checkpoint(out)
     assert model.layer("conv4").backward_mode == "group"
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
+
+
+def test_info_lists_layers_shapes_and_formats(capsys):
+    code, out, err = run(capsys, "info", os.path.join(FIXTURES, "gru_dynamo.onnx"))
+    assert code == 0, err
+    assert "GRU" in out and "[N, 8, 6]" in out and "R ap_fixed<8," in out
+
+
+def test_info_names_every_unsupported_op(tmp_path, capsys):
+    import onnx
+    import onnx.helper as h
+
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])
+    g = h.make_graph([h.make_node("Elu", ["x"], ["t"], name="elu_1"),
+                      h.make_node("Softsign", ["t"], ["y"], name="soft_2")], "g", [x], [y])
+    p = tmp_path / "bad.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(p))
+    code, out, err = run(capsys, "info", p)
+    assert code == 2 and err.startswith("edgedfa: error: ") and err.count("\n") == 1
+    assert "elu_1" in err and "soft_2" in err and "! elu_1" in out
