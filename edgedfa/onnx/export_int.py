@@ -6,7 +6,8 @@ when an accumulator could overflow, a saturating one is reproduced step by step 
 over k in ascending order, datapath §4) and a wrapping one by one wrap of the exact sum.
 Requantization is an arithmetic shift built from Mod and exact Div (floor semantics, any
 opset >= 13) with the rounding of datapath §2, then the overflow of §3 (Clip, Where or
-Mod). So onnxruntime's outputs equal ``model.run(x)`` bit for bit for float32 inputs.
+Mod). RNN/GRU/LSTM are unrolled over time (``export_recurrent.py``). So onnxruntime's
+outputs equal ``model.run(x)`` bit for bit for float32 inputs.
 """
 
 from __future__ import annotations
@@ -219,10 +220,11 @@ class IntEmitter:
             x, fmt = ins[0]
             return [(emit_move(self.b, node, x, self.b.unique(f"{node.outputs[0]}/q"),
                                self.model.shapes[node.inputs[0]]), fmt)]
+        if node.op in ("RNN", "GRU", "LSTM"):
+            from .export_recurrent import emit_recurrent
+
+            return emit_recurrent(self, node, layer, ins)
         if handler is None:
-            if node.op in ("RNN", "GRU", "LSTM"):
-                raise EdgeDFAError(f"node {node.name!r} ({node.op}): the int export of recurrent layers is"
-                                   " not supported yet; export with --format float or qdq")
             raise EdgeDFAError(f"node {node.name!r}: op {node.op!r} has no int export; supported: "
                                f"{', '.join(sorted(set(INT_OPS) | set(MOVES)))}")
         return handler(self, node, layer, ins)
@@ -261,6 +263,27 @@ class IntEmitter:
             acc = self.ops.overflow(acc, lo, hi, plan.acc_bits, Overflow.AP_WRAP, f"{base}/acc")
         return acc
 
+    def matmul(self, x, xf: FixedFormat, W, init, num, base: str):
+        """(acc, plan): x (..., K) times W (O, K) transposed through the engine's accumulator (§4)."""
+        o, w = self.ops, W.codes
+        plan = AccPlan(base, w, xf, W.fmt, init, num)
+        n_out, k = w.shape
+        if plan.kind == "scan":
+            x2 = o.op("Reshape", [x, o.k([-1, k])], f"{base}/rows")
+            x3 = o.op("Unsqueeze", [x2, o.k([1])], f"{base}/rows3")
+            start = np.zeros(n_out, np.int64) if init is None else np.reshape(init, -1)
+            acc = self.scan(self.expand(start, x2, 1, [n_out], base), [(x3, 2), (o.k(w.T), 0)], plan, base)
+            shape = o.op("Concat", [o.op("Shape", [x], f"{base}/in_shape", end=-1), o.k([n_out])],
+                         f"{base}/out_shape", axis=0)
+            return o.op("Reshape", [acc, shape], f"{base}/unrows"), plan
+        if plan.int8:
+            x8 = o.cast(x, TensorProto.INT8, f"{base}/x_int8")
+            w8 = self.b.const(w.T, np.int8, f"{base}/W_T")
+            acc = o.cast(o.op("MatMulInteger", [x8, w8], f"{base}/matmul"), TensorProto.INT64, f"{base}/acc")
+        else:
+            acc = o.op("MatMul", [x, o.k(w.T)], f"{base}/matmul")
+        return self.finish_sum(acc, init, plan, base), plan
+
     def scan(self, acc0, scans, plan: AccPlan, base: str) -> str:
         """acc = ovf(acc + a_k * b_k) for k ascending: a Scan over (a, axis), (b, axis)."""
         body = Builder()
@@ -288,29 +311,11 @@ class IntEmitter:
 
 def _dense(em: IntEmitter, node, layer, ins):
     (x, xf), = ins
-    W, num, o = layer.params["W"], layer.num, em.ops
+    W, num = layer.params["W"], layer.num
     frac = xf.frac_bits + W.fmt.frac_bits
-    init = em.init_codes(layer, frac)
-    plan = em.plans[node.name] = AccPlan(node.name, W.codes, xf, W.fmt, init, num)
-    n_out, k = W.codes.shape
-    base = node.name
-    if plan.kind == "scan":
-        x2 = o.op("Reshape", [x, o.k([-1, k])], f"{base}/rows")
-        x3 = o.op("Unsqueeze", [x2, o.k([1])], f"{base}/rows3")
-        start = np.zeros(n_out, np.int64) if init is None else init
-        acc = em.scan(em.expand(start, x2, 1, [n_out], base), [(x3, 2), (o.k(W.codes.T), 0)], plan, base)
-        shape = o.op("Concat", [o.op("Shape", [x], f"{base}/in_shape", end=-1), o.k([n_out])],
-                     f"{base}/out_shape", axis=0)
-        acc = o.op("Reshape", [acc, shape], f"{base}/unrows")
-    elif plan.int8:
-        x8 = o.cast(x, TensorProto.INT8, f"{base}/x_int8")
-        w8 = em.b.const(W.codes.T, np.int8, f"{base}/W_T")
-        acc = o.cast(o.op("MatMulInteger", [x8, w8], f"{base}/matmul"), TensorProto.INT64, f"{base}/acc")
-        acc = em.finish_sum(acc, init, plan, base)
-    else:
-        acc = o.op("MatMul", [x, o.k(W.codes.T)], f"{base}/matmul")
-        acc = em.finish_sum(acc, init, plan, base)
-    y = o.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    acc, plan = em.matmul(x, xf, W, accumulator_init(layer, frac), num, node.name)
+    em.plans[node.name] = plan
+    y = em.ops.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{node.name}/requantize")
     return [(y, layer.out_fmt)]
 
 
