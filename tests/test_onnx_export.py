@@ -101,15 +101,16 @@ def mlp_graphs(draw, n_classes=None):
 
 
 @st.composite
-def cnn_graphs(draw):
-    """1-d/2-d Conv (stride, pads, dilation, group) / pooling (max, average, global) stacks."""
+def cnn_graphs(draw, ceil=True):
+    """1-d/2-d Conv (stride, pads, dilation, group) / pooling (max, average, global) stacks;
+    ``ceil=False``: no ceil_mode (float_ref does not implement it; the importer makes it pads)."""
     g = _G(np.random.default_rng(draw(st.integers(0, 2**31))))
     rank = draw(st.sampled_from((1, 2)))
     c = draw(st.integers(1, 3))
     size = [draw(st.integers(4, 9)) for _ in range(rank)]
     shape, x = (c,) + tuple(size), "input"
     for _ in range(draw(st.integers(1, 2))):
-        x, c, size = _conv_block(draw, g, x, c, size, rank)
+        x, c, size = _conv_block(draw, g, x, c, size, rank, ceil)
     if draw(st.booleans()):
         x = g.add("GlobalAveragePool", [x])
         size = [1] * rank
@@ -119,7 +120,7 @@ def cnn_graphs(draw):
     return Graph("cnn", "input", shape, out, g.nodes)
 
 
-def _conv_block(draw, g, x, c, size, rank):
+def _conv_block(draw, g, x, c, size, rank, ceil):
     k = draw(st.integers(1, 3))
     groups = draw(st.sampled_from([d for d in (1, 2, 3) if c % d == 0]))
     c_out = groups * draw(st.integers(1, 3))
@@ -138,8 +139,8 @@ def _conv_block(draw, g, x, c, size, rank):
         return y, c_out, out
     pk, ps = draw(st.integers(2, 3)), draw(st.integers(1, 2))
     pp = [draw(st.integers(0, pk - 1)) for _ in range(2 * rank)]
-    ceil = draw(st.integers(0, 1))
-    attrs = {"kernel_shape": [pk] * rank, "strides": [ps] * rank, "pads": pp, "ceil_mode": ceil}
+    attrs = {"kernel_shape": [pk] * rank, "strides": [ps] * rank, "pads": pp,
+             "ceil_mode": draw(st.integers(0, 1)) if ceil else 0}
     if pool == "AveragePool":
         attrs["count_include_pad"] = draw(st.integers(0, 1))
     return g.add(pool, [y], attrs), c_out, _pool_out(out, attrs)
@@ -302,11 +303,52 @@ def test_imported_fixtures_export_bit_exact():
             assert np.array_equal(ort_run(proto, x), model.run(x)), (name, bits)
 
 
-def test_int_export_refuses_what_it_cannot_reproduce():
+@st.composite
+def recurrent_graphs(draw):
+    """One RNN (tanh/sigmoid/relu), GRU (both reset forms) or LSTM in any direction, batch-first,
+    read through Y or Y_h (and Y_c), then a Dense."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    op = draw(st.sampled_from(("RNN", "GRU", "LSTM")))
+    seq, n_in, hidden = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    direction = draw(st.sampled_from(("forward", "reverse", "bidirectional")))
+    dirs, gates = 1 + (direction == "bidirectional"), {"RNN": 1, "GRU": 3, "LSTM": 4}[op]
+    attrs = {"hidden_size": hidden, "direction": direction, "layout": 1}
+    if op == "RNN":
+        attrs["activations"] = [draw(st.sampled_from(("Tanh", "Sigmoid", "Relu")))] * dirs
+    if op == "GRU":
+        attrs["linear_before_reset"] = draw(st.integers(0, 1))
+    lim = 1.0 / math.sqrt(hidden)
+    params = {"W": rng.uniform(-lim, lim, (dirs, gates * hidden, n_in)),
+              "R": rng.uniform(-2 * lim, 2 * lim, (dirs, gates * hidden, hidden)),
+              "B": rng.uniform(-0.5, 0.5, (dirs, 2 * gates * hidden))}
+    outs = ["rec_Y", "rec_Yh"] + (["rec_Yc"] if op == "LSTM" else [])
+    read = draw(st.sampled_from(outs))
+    width = hidden * dirs * (seq if read == "rec_Y" else 1)
+    nodes = [Node("rec", op, ["input"], outs, attrs, params),
+             Node("flat", "Flatten", [read], ["flat_out"], {"axis": 1}),
+             Node("head", "Dense", ["flat_out"], ["logits"], {}, {"W": rng.uniform(-1, 1, (3, width)),
+                                                                  "B": rng.uniform(-0.2, 0.2, 3)})]
+    return Graph(op.lower(), "input", (seq, n_in), "logits", nodes)
+
+
+@settings(max_examples=30)
+@given(graph=recurrent_graphs(), num=numerics(), seed=st.integers(0, 2**16))
+def test_int_export_equals_engine_recurrent(graph, num, seed):
+    """RNN/GRU/LSTM unrolled over time in integer ops equal the engine's cells bit for bit."""
+    _check_int_exact(graph, num, seed)
+
+
+def test_recurrent_fixtures_export_bit_exact():
+    rng = np.random.default_rng(3)
+    for name in ("gru_bidir_seq_ts.onnx", "lstm_2layer_dynamo.onnx", "rnn_relu_hn_ts.onnx"):
+        model = edgedfa.load_onnx(os.path.join(FIXTURES, name), numerics=Numerics.from_bits(10))
+        model.calibrate(f32(rng.standard_normal((32,) + model.input_shape)))
+        x = sample_inputs(model, rng, 32)
+        assert np.array_equal(ort_run(build_proto(model, "int")[0], x), model.run(x)), name
+
+
+def test_int_export_refuses_stochastic_rounding():
     rng = np.random.default_rng(0)
-    gru = build_model(arch.recurrent("gru", 0, seq=4, n_in=3, hidden=5), Numerics.from_bits(8), rng)
-    with pytest.raises(EdgeDFAError, match=r"node 'gru' \(GRU\).*not supported yet"):
-        build_proto(gru, "int")
     model = build_model(arch.mlp(0, n_in=4, hidden=(3,)), Numerics.from_bits(8), rng)
     model.layers[0].num = Numerics.from_bits(8, act_rounding=Rounding.STOCHASTIC)
     with pytest.raises(EdgeDFAError, match="STOCHASTIC"):
@@ -316,7 +358,7 @@ def test_int_export_refuses_what_it_cannot_reproduce():
 # =========================================================================== float and qdq
 
 @settings(max_examples=25)
-@given(graph=st.one_of(mlp_graphs(), cnn_graphs()), bits=st.integers(4, 16), seed=st.integers(0, 2**16))
+@given(graph=st.one_of(mlp_graphs(), cnn_graphs(ceil=False)), bits=st.integers(4, 16), seed=st.integers(0, 2**16))
 def test_float_export_follows_float_reference(graph, bits, seed):
     rng = np.random.default_rng(seed)
     model = build_model(graph, Numerics.from_bits(bits), rng)
@@ -406,12 +448,18 @@ def _trained(kind, bits, seed=1):
 @pytest.mark.parametrize("kind,fmt,bits", [("mlp", "qdq", 8), ("cnn", "qdq", 8), ("mlp", "float", 10),
                                            ("cnn", "float", 10), ("gru", "float", 14), ("gru", "qdq", 14)])
 def test_exports_agree_with_engine_predictions(kind, fmt, bits):
-    """>= 99% of the digits test set gets the engine's class from the float/qdq export."""
+    """>= 99% of the digits test samples get the engine's class from the float/qdq export.
+
+    Counted where the engine's prediction is defined: its top logit unique (the logit
+    headroom leaves coarse logits, and a tie is broken by class order, arbitrarily)."""
     model, x, y = _trained(kind, bits)
-    engine = model.run(x).argmax(axis=1)
-    assert (engine == y).mean() > 0.7  # a real classifier, so agreement means something
+    logits = model.run(x)
+    engine = logits.argmax(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    decided = top2[:, 1] > top2[:, 0]
+    assert (engine == y).mean() > 0.7 and decided.mean() > 0.85  # a real classifier
     got = ort_run(build_proto(model, fmt)[0], x).argmax(axis=1)
-    assert (got == engine).mean() >= 0.99
+    assert (got == engine)[decided].mean() >= 0.99
 
 
 # =========================================================================== files

@@ -47,20 +47,18 @@ def test_train_then_int_export_equals_eval_bit_for_bit(tmp_path, capsys, digits,
     assert np.abs(_ort(float_file, x) - run_float(graph, x)).max() <= 1e-5 * np.abs(run_float(graph, x)).max()
 
 
-def test_gru_checkpoint_exports_float_and_qdq_but_not_int(tmp_path, capsys, digits):
+def test_gru_checkpoint_exports_every_format(tmp_path, capsys, digits):
     run = tmp_path / "run"
     assert main(["train", "--arch", "gru", "--epochs", "1", "--out", str(run), "--quiet"]) == 0
     model = edgedfa.load_checkpoint(str(run))
     x = digits.x_test.reshape((-1,) + model.input_shape)
-    for fmt in ("float", "qdq"):
+    for fmt in ("float", "qdq", "int"):
         out = tmp_path / f"{fmt}.onnx"
         assert main(["export", str(run), "--format", fmt, "-o", str(out)]) == 0
         y = _ort(out, x)
         if fmt == "float":
             ref = run_float(model.to_graph(), x)
             assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
-    capsys.readouterr()
-    assert main(["export", str(run), "--format", "int", "-o", str(tmp_path / "int.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("edgedfa: error: node 'gru' (GRU)") and "not supported yet" in err
-    assert len(err.strip().splitlines()) == 1
+        elif fmt == "int":
+            assert "int: bit-exact" in capsys.readouterr().out
+            assert np.array_equal(y, model.run(x))
