@@ -290,6 +290,18 @@ def test_every_accumulation_path_is_exact_on_digits(bits, acc_bits, acc_overflow
     assert np.array_equal(ort_run(proto, x), model.run(x))
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_int_export_is_exact_in_the_onnx_reference_evaluator_too(bits):
+    """Plain integer ops (every Scan over axis 0): onnx.reference runs the file bit-exactly as well."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, x, _ = _trained("cnn", bits)
+    proto, report = build_proto(model, "int")
+    assert ("Scan" in report) == (bits == 16)
+    got = ReferenceEvaluator(proto).run(None, {"input": x[:20].astype(np.float32)})[0]
+    assert np.array_equal(got, model.run(x[:20]))
+
+
 def test_imported_fixtures_export_bit_exact():
     """PyTorch-exported models (1-d/2-d CNN with Add, Concat, Clip, Tanh, Sigmoid, GAP; MLP)."""
     rng = np.random.default_rng(1)
@@ -476,6 +488,12 @@ def test_export_writes_deterministic_checked_files(tmp_path):
         meta = read_metadata(proto)
         assert meta["report"] == report and meta["format"] == fmt
         assert json.loads(meta["formats"]) == model.formats()
+
+
+def test_qdq_refuses_formats_wider_than_16_bits():
+    model, _, _ = _trained("mlp", 20)
+    with pytest.raises(EdgeDFAError, match="wider than the 16-bit integers QDQ can hold"):
+        build_proto(model, "qdq")
 
 
 def test_export_errors_name_the_problem(tmp_path):

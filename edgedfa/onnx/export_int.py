@@ -270,9 +270,10 @@ class IntEmitter:
         n_out, k = w.shape
         if plan.kind == "scan":
             x2 = o.op("Reshape", [x, o.k([-1, k])], f"{base}/rows")
-            x3 = o.op("Unsqueeze", [x2, o.k([1])], f"{base}/rows3")
+            xk = o.op("Transpose", [o.op("Unsqueeze", [x2, o.k([1])], f"{base}/rows3")], f"{base}/k_first",
+                      perm=[2, 0, 1])  # (K, M, 1): every Scan runs over axis 0
             start = np.zeros(n_out, np.int64) if init is None else np.reshape(init, -1)
-            acc = self.scan(self.expand(start, x2, 1, [n_out], base), [(x3, 2), (o.k(w.T), 0)], plan, base)
+            acc = self.scan(self.expand(start, x2, 1, [n_out], base), [xk, o.k(w.T)], plan, base)
             shape = o.op("Concat", [o.op("Shape", [x], f"{base}/in_shape", end=-1), o.k([n_out])],
                          f"{base}/out_shape", axis=0)
             return o.op("Reshape", [acc, shape], f"{base}/unrows"), plan
@@ -285,7 +286,7 @@ class IntEmitter:
         return self.finish_sum(acc, init, plan, base), plan
 
     def scan(self, acc0, scans, plan: AccPlan, base: str) -> str:
-        """acc = ovf(acc + a_k * b_k) for k ascending: a Scan over (a, axis), (b, axis)."""
+        """acc = ovf(acc + a_k * b_k) for k ascending: a Scan over axis 0 of a and b."""
         body = Builder()
         ops = IntOps(body, self.b)  # constants live in the outer graph (lexical scope)
         names = [f"{base}/acc_in", f"{base}/a_k", f"{base}/b_k"]
@@ -297,8 +298,7 @@ class IntEmitter:
         info = [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in names]
         graph = body.graph(f"{base}/body", info,
                            [helper.make_tensor_value_info(f"{base}/acc_out", TensorProto.INT64, None)])
-        return self.b.node("Scan", [acc0] + [n for n, _ in scans], f"{base}/scan", body=graph,
-                           num_scan_inputs=len(scans), scan_input_axes=[a for _, a in scans])
+        return self.b.node("Scan", [acc0] + list(scans), f"{base}/scan", body=graph, num_scan_inputs=len(scans))
 
     def expand(self, init, like: str, end: int, tail, base: str) -> str:
         """``init`` broadcast to shape Shape(like)[:end] + tail (the register's start value)."""
@@ -357,9 +357,10 @@ def _conv(em: IntEmitter, node, layer, ins):
     w3 = W.codes.reshape(g, n_out // g, kg)
     start = (np.zeros(n_out, np.int64) if init is None else init).reshape(g, n_out // g, 1)
     if plan.kind == "scan":
-        cols5 = o.op("Unsqueeze", [cols, o.k([2])], f"{base}/cols5")
+        cols5 = o.op("Unsqueeze", [cols, o.k([2])], f"{base}/cols5")  # (N, g, 1, Kg, P)
+        colk = o.op("Transpose", [cols5], f"{base}/k_first", perm=[3, 0, 1, 2, 4])
         acc0 = em.expand(start, cols, 1, [g, n_out // g, p], base)
-        acc = em.scan(acc0, [(cols5, 3), (o.k(w3[..., None]), 2)], plan, base)
+        acc = em.scan(acc0, [colk, o.k(w3.transpose(2, 0, 1)[..., None])], plan, base)
     else:
         acc = o.op("MatMul", [o.k(w3), cols], f"{base}/matmul")
         acc = em.finish_sum(acc, start, plan, base)
