@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import requantize
 from ..kernels import conv as K
-from .base import Layer, QTensor, int_bits_for, narrow_dynamic, register
-from .dense import acc_format, calibrated_format, quantize_param, update_params, weight_format_bits
+from .base import Layer, QTensor, narrow_dynamic, register
+from .dense import acc_format, calibrated_format, quantize_weight_and_bias, update_params
 
 BACKWARD_MODES = ("full", "group")
 
@@ -85,13 +85,7 @@ class Conv(Layer):
             raise EdgeDFAError(f"node {node.name!r} (Conv): no weight parameter W")
         self.geo = conv_geometry(node, spec.in_shapes[0], np.shape(node.params["W"]))
         super().__init__(node, spec)
-        w = np.asarray(node.params["W"], dtype=np.float64)
-        self.params["W"] = quantize_param(w, self.num.weight_bits, weight_format_bits(self.num, w))
-        if "B" in node.params:
-            b = np.asarray(node.params["B"], dtype=np.float64)
-            ib = max(int_bits_for(float(np.abs(b).max()) if b.size else 0.0, 1),
-                     self.params["W"].fmt.int_bits + 3)
-            self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
+        quantize_weight_and_bias(self, node)
         opts = {**node.attrs, **spec.extra}
         self.configure_backward(opts.get("backward", "full"), opts.get("backward_groups"))
 

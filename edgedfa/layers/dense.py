@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..fixed import FixedFormat, Overflow, apply_overflow, quantize, requantize, round_shift
+from ..fixed import FixedFormat, apply_overflow, quantize, requantize, round_shift
 from ..prng import PURPOSE_BIAS_UPDATE, PURPOSE_WEIGHT_UPDATE, Stream, stream_id
 from .base import Layer, QTensor, int_bits_for, narrow_dynamic, register
 
@@ -19,6 +19,17 @@ def quantize_param(w: np.ndarray, bits: int, int_bits: int) -> QTensor:
     """Float parameter to codes of ap_fixed<bits, int_bits>, to nearest, saturating."""
     fmt = FixedFormat(bits, int_bits)
     return QTensor(quantize(w, fmt, "AP_RND_CONV", "AP_SAT"), fmt)
+
+
+def quantize_weight_and_bias(layer: Layer, node) -> None:
+    """W and optional B of a Dense/Conv node to their static formats (§7)."""
+    w = np.asarray(node.params["W"], dtype=np.float64)
+    layer.params["W"] = quantize_param(w, layer.num.weight_bits, weight_format_bits(layer.num, w))
+    if "B" in node.params:
+        b = np.asarray(node.params["B"], dtype=np.float64)
+        ib = max(int_bits_for(float(np.abs(b).max()) if b.size else 0.0, 1),
+                 layer.params["W"].fmt.int_bits + 3)
+        layer.params["B"] = quantize_param(b, layer.num.bias_bits, ib)
 
 
 def weight_format_bits(num, w) -> int:
@@ -82,13 +93,7 @@ class Dense(Layer):
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
-        w = np.asarray(node.params["W"], dtype=np.float64)
-        self.params["W"] = quantize_param(w, self.num.weight_bits, weight_format_bits(self.num, w))
-        if "B" in node.params:
-            b = np.asarray(node.params["B"], dtype=np.float64)
-            ib = max(int_bits_for(float(np.abs(b).max()) if b.size else 0.0, 1),
-                     self.params["W"].fmt.int_bits + 3)
-            self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
+        quantize_weight_and_bias(self, node)
 
     def infer_shape(self):
         return tuple(self.in_shapes[0][:-1]) + (int(np.shape(self.node.params["W"])[0]),)
