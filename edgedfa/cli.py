@@ -130,7 +130,7 @@ def _dataset(args, default_shape=None, recorded=None):
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .api import build_model, fit, load_onnx, model_from_checkpoint, read_checkpoint, train_config_from_meta
+    from .api import build_model, fit, load_onnx
 
     if args.resume:
         return _resume(args)

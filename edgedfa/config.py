@@ -26,7 +26,7 @@ clock_mhz = 200
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from .errors import EdgeDFAError
 from .layers.base import Numerics
