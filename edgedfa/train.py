@@ -58,6 +58,8 @@ class Trainer:
                 if m.feedback.option("gain_shift") is None and self._is_map(m):
                     proj.gain_shift = spatial_gain_shift(model.shapes[target])
                 self.projectors[m.name] = (target, proj)
+        for layer in model.layers:
+            layer.lr_base = cfg.shift_at(0)  # normalized updates scale by the schedule's decay only
         self._needs = self._error_needed()
         self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
 

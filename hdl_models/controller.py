@@ -127,7 +127,8 @@ class Controller:
         return sum(-(-self.feedback[m].memory_bits() // 8) for m in self.stored)
 
     # ------------------------------------------------------------------ one step
-    def step(self, xq: T, labels, step: int, lr_shift: int, trace: dict | None = None):
+    def step(self, xq: T, labels, step: int, lr_shift: int, trace: dict | None = None,
+             lr_base: int | None = None):
         """One training step through the units; returns (logits T, output error T, Ledger)."""
         acc, hw = self.acc, self.hw
         rec = (lambda k, v: trace.__setitem__(k, v)) if trace is not None else (lambda k, v: None)
@@ -188,7 +189,7 @@ class Controller:
                     rec(f"dx/{name}/{t}", dx)
         for name, *_ in self.nodes:
             if name in grads:
-                cost = self.layers[name].apply_update(acc, grads[name], step, lr_shift)
+                cost = self.layers[name].apply_update(acc, grads[name], step, lr_shift, lr_base)
                 led.task(name, "update", "apply", cost, [gtask[name], dxtask[name]])
                 for p, t in self.layers[name].params.items():
                     rec(f"param/{name}/{p}", t)

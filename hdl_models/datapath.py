@@ -121,14 +121,16 @@ class HwLayer:
         """(dxs, grads {name: T}, error Cost, gradient Cost)."""
         raise NotImplementedError(self.op)
 
-    def apply_update(self, acc: Accelerator, grads: dict, step: int, lr_shift: int) -> Cost:
+    def apply_update(self, acc: Accelerator, grads: dict, step: int, lr_shift: int,
+                     lr_base: int | None = None) -> Cost:
         """§12 SGD per parameter through the update unit; streams per §5/§12."""
         cost = Cost()
         for pos, (name, g) in enumerate(sorted(grads.items())):
             p = self.params[name]
             new, _ = acc.update.apply(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr_shift,
                                       self.num.update_rounding, self.num.weight_overflow, self.seed,
-                                      self.index, purpose_of(name, pos), step)
+                                      self.index, purpose_of(name, pos), step,
+                                      getattr(self.num, "update_norm_bits", None), lr_base)
             self.params[name] = T(new, p.fmt)
             n = p.codes.size
             cost.use("update", acc.update.cycles(n))

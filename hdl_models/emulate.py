@@ -153,7 +153,7 @@ def emulate(model_or_path, x, y, steps: int = 1, hw: HwConfig | dict | None = No
         t0 = time.perf_counter()
         xq = T(from_float(xb, model.in_fmt), model.in_fmt)
         sub = {}
-        _, _, led = ctl.step(xq, yb, step0 + s, lr_shift, sub)
+        _, _, led = ctl.step(xq, yb, step0 + s, lr_shift, sub, cfg.shift_at(0))
         hdl_trace.update({f"{s}/{k}": v for k, v in sub.items()})
         t_hdl += time.perf_counter() - t0
         ledgers.append(led)

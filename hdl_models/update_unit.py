@@ -32,10 +32,16 @@ class UpdateUnit:
         self.prng = prng or PrngUnit(lanes)
 
     def apply(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr_shift: int,
-              rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int):
-        """(new codes, number of saturated updates)."""
+              rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int,
+              norm_bits: int | None = None, lr_base: int | None = None):
+        """(new codes, number of saturated updates). With ``norm_bits`` the shift comes from the
+        gradient's own magnitude (a leading-one detector on max|g|) plus the schedule's decay."""
         rounding = Rounding.parse(rounding)
-        s = f_g - p_fmt.frac_bits + lr_shift
+        if norm_bits is None:
+            s = f_g - p_fmt.frac_bits + lr_shift
+        else:
+            top = int(np.max(np.abs(np.asarray(g, dtype=np.int64)))) if np.size(g) else 0
+            s = top.bit_length() - int(norm_bits) + (lr_shift - (lr_shift if lr_base is None else lr_base))
         rand = None
         if rounding is Rounding.STOCHASTIC:
             rand = self.prng.words(seed, stream_of(layer_index, purpose), step, np.shape(g))

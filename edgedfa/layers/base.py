@@ -52,6 +52,7 @@ class Numerics:
     act_int_bits: int | None = None  # fixed I of the activation format (None: calibrate)
     momentum_shift: int | None = None  # momentum 1 - 2^-m (None: plain SGD)
     logit_headroom: int = 3  # extra integer bits of the output layer's format
+    update_norm_bits: int | None = None  # normalized update: largest step 2^(m-1)..2^m-1 LSBs
 
     @classmethod
     def from_bits(cls, bits: int, **kw) -> "Numerics":
@@ -73,7 +74,7 @@ class Numerics:
             elif isinstance(cur, Overflow):
                 val = Overflow.parse(val)
             elif not isinstance(val, int) or isinstance(val, bool):
-                if not (val is None and (key.endswith("int_bits") or key == "momentum_shift")):
+                if not (val is None and (key.endswith("int_bits") or key in ("momentum_shift", "update_norm_bits"))):
                     raise EdgeDFAError(f"{where}: {key} must be an integer, got {val!r}")
             kw[key] = val
         return replace(self, **kw)
@@ -144,6 +145,7 @@ class Layer:
         self.in_shapes = [tuple(s) for s in spec.in_shapes]
         self.params: dict = {}  # name -> QTensor (integer state, trained)
         self.state: dict = {}  # extra integer optimizer state (e.g. momentum), checkpointed
+        self.lr_base: int | None = None  # the run's epoch-0 learning-rate shift (set by the trainer)
         self.out_fmt: FixedFormat | None = None
         self.out_shape = self.infer_shape()
 

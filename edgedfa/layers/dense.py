@@ -7,7 +7,7 @@ import numpy as np
 from .. import kernels
 from ..fixed import FixedFormat, apply_overflow, quantize, requantize, round_shift
 from ..prng import PURPOSE_BIAS_UPDATE, PURPOSE_WEIGHT_UPDATE, Stream, stream_id
-from .base import Layer, QTensor, int_bits_for, narrow_dynamic, register
+from .base import Layer, QTensor, bit_length, int_bits_for, narrow_dynamic, register
 
 
 def acc_format(acc_bits: int, frac_bits: int) -> FixedFormat:
@@ -69,11 +69,21 @@ def linear_backward(x: QTensor, w: QTensor, dy: QTensor, num, need_dx: bool, bac
 MOMENTUM_FRAC = 16  # velocity keeps 16 bits below the parameter's LSB (§12)
 
 
+def update_shift(p: QTensor, g: QTensor, lr_shift: int, num, lr_base: int | None = None) -> int:
+    """Right shift from gradient codes to parameter codes (§12): lr-scaled SGD, or normalized
+    (the tensor's largest update has update_norm_bits bits, halved by every schedule decay)."""
+    if num.update_norm_bits is None:
+        return g.fmt.frac_bits - p.fmt.frac_bits + lr_shift
+    maxabs = int(np.abs(g.codes).max()) if g.codes.size else 0
+    decay = lr_shift - (lr_shift if lr_base is None else lr_base)
+    return bit_length(maxabs) - num.update_norm_bits + decay
+
+
 def sgd_update(p: QTensor, g: QTensor, lr_shift: int, num, stream: Stream, step: int,
-               velocity: np.ndarray | None = None):
+               velocity: np.ndarray | None = None, lr_base: int | None = None):
     """p - round(lr * g) in p's format (stochastic by default), or with momentum
     v <- v - (v >> m) + lr * g, p <- p - round(v); returns (new p, #clipped, new v)."""
-    shift = g.fmt.frac_bits - p.fmt.frac_bits + lr_shift
+    shift = update_shift(p, g, lr_shift, num, lr_base)
     if num.momentum_shift is None:
         delta = round_shift(g.codes, shift, num.update_rounding, stream, step)
     else:
@@ -139,7 +149,8 @@ def update_params(layer: Layer, grads: dict, step: int, lr_shift: int) -> dict:
             purpose = 16 + i  # further parameters (recurrent R, ...) get their own streams
         stream = Stream(layer.seed, stream_id(layer.index, purpose))
         layer.params[name], clipped[name], v = sgd_update(layer.params[name], g, lr_shift, layer.num,
-                                                          stream, step, layer.state.get(f"velocity_{name}"))
+                                                          stream, step, layer.state.get(f"velocity_{name}"),
+                                                          layer.lr_base)
         if v is not None:
             layer.state[f"velocity_{name}"] = v
     return clipped
