@@ -51,12 +51,13 @@ ARCH_DEFAULTS = {
 
 
 # Numerics defaults per architecture (overridden by [numerics] and --bits): conv nets and
-# recurrent nets need more weight range than their initial values show (benchmarks.md).
+# recurrent nets need more weight range than their initial values show, and BPTT's small
+# gradients need normalized updates (datapath §12; measured in benchmarks.md).
 ARCH_NUMERICS = {
     "cnn": {"weight_headroom": 2},
-    "rnn": {"weight_int_bits": 1},
-    "gru": {"weight_int_bits": 1},
-    "lstm": {"weight_int_bits": 1},
+    "rnn": {"weight_int_bits": 1, "update_norm_bits": 2},
+    "gru": {"weight_int_bits": 1, "update_norm_bits": 2},
+    "lstm": {"weight_int_bits": 1, "update_norm_bits": 2},
 }
 
 

@@ -99,6 +99,7 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
     groups = per_layer_modules(graph) if algo in ("dfa", "sdfa") else per_block_modules(graph)
     if algo == "hybrid" and len(groups) > 2:
         groups = groups[:-2] + [groups[-2] + groups[-1]]  # BP for the top two modules
+    # with two modules, merging would leave plain BP: hybrid then keeps DFA below the head
     modules = []
     for i, names in enumerate(groups):
         if i == len(groups) - 1:

@@ -194,6 +194,7 @@ def test_plans_follow_documented_credit_paths():
     step = make_plan(gru, "dfa")
     assert step.modules[0].target == "gru_out0" and step.modules[0].layer_options == {"gru": {"bptt_steps": 0}}
     assert make_plan(gru, "modular").modules[0].target is None
+    assert [m.source for m in make_plan(gru, "hybrid").modules] == ["dfa", "output"]  # never plain BP
 
 
 def test_dfa_module_gets_no_backprop_error():
