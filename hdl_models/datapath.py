@@ -105,6 +105,9 @@ class HwLayer:
         self.out_shape = tuple(layer.out_shape) if self.n_outputs == 1 else layer.out_shape
         self.out_fmt = layer.out_fmt
         self.params = {k: T(np.array(v.codes, dtype=np.int64), v.fmt) for k, v in layer.params.items()}
+        # §12 momentum: one velocity register file per parameter, as checkpointed
+        self.velocity = {k[len("velocity_"):]: np.array(v, dtype=np.int64)
+                         for k, v in getattr(layer, "state", {}).items() if k.startswith("velocity_")}
 
     def configure(self, opts: dict) -> None:
         """Per-module layer options of the plan (e.g. bptt_steps, backward groups)."""
@@ -127,10 +130,13 @@ class HwLayer:
         cost = Cost()
         for pos, (name, g) in enumerate(sorted(grads.items())):
             p = self.params[name]
-            new, _ = acc.update.apply(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr_shift,
-                                      self.num.update_rounding, self.num.weight_overflow, self.seed,
-                                      self.index, purpose_of(name, pos), step,
-                                      getattr(self.num, "update_norm_bits", None), lr_base)
+            new, _, vel = acc.update.apply(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr_shift,
+                                           self.num.update_rounding, self.num.weight_overflow, self.seed,
+                                           self.index, purpose_of(name, pos), step,
+                                           getattr(self.num, "update_norm_bits", None), lr_base,
+                                           getattr(self.num, "momentum_shift", None), self.velocity.get(name))
+            if vel is not None:
+                self.velocity[name] = vel
             self.params[name] = T(new, p.fmt)
             n = p.codes.size
             cost.use("update", acc.update.cycles(n))

@@ -33,9 +33,12 @@ class UpdateUnit:
 
     def apply(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr_shift: int,
               rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int,
-              norm_bits: int | None = None, lr_base: int | None = None):
-        """(new codes, number of saturated updates). With ``norm_bits`` the shift comes from the
-        gradient's own magnitude (a leading-one detector on max|g|) plus the schedule's decay."""
+              norm_bits: int | None = None, lr_base: int | None = None,
+              momentum_shift: int | None = None, velocity: np.ndarray | None = None):
+        """(new codes, number of saturated updates, new velocity or None). With ``norm_bits``
+        the shift comes from the gradient's own magnitude (a leading-one detector on max|g|)
+        plus the schedule's decay; with ``momentum_shift`` m a velocity register with 16 more
+        fraction bits than p: v <- v - (v >> m) + round_conv(g >> (s - 16)), p <- p - round(v >> 16)."""
         rounding = Rounding.parse(rounding)
         if norm_bits is None:
             s = f_g - p_fmt.frac_bits + lr_shift
@@ -45,10 +48,17 @@ class UpdateUnit:
         rand = None
         if rounding is Rounding.STOCHASTIC:
             rand = self.prng.words(seed, stream_of(layer_index, purpose), step, np.shape(g))
-        delta = shift_round(g, s, rounding, rand)
+        vel = None
+        if momentum_shift is None:
+            delta = shift_round(g, s, rounding, rand)
+        else:
+            g = np.asarray(g, dtype=np.int64)
+            v = np.zeros_like(g) if velocity is None else np.asarray(velocity, dtype=np.int64)
+            vel = v - (v >> int(momentum_shift)) + shift_round(g, s - 16, Rounding.AP_RND_CONV, None)
+            delta = shift_round(vel, 16, rounding, rand)
         raw = np.asarray(p, dtype=np.int64) - delta
         new = saturate(raw, p_fmt, weight_overflow)
-        return new, int(np.count_nonzero(new != raw))
+        return new, int(np.count_nonzero(new != raw)), vel
 
     def cycles(self, n_params: int) -> int:
         return -(-int(n_params) // self.lanes)

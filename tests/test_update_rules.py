@@ -60,3 +60,15 @@ def test_normalized_update_bit_exact_recurrent(kind):
     model.calibrate(x)
     report = emulate(model, x, y, 2, HwConfig(rows=4, cols=8), train_cfg=TrainConfig(algo="bp", batch_size=16))
     assert report["bit_exact"], report.get("first_mismatch")
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 4), norm=st.sampled_from([None, 2]),
+       algo=st.sampled_from(["bp", "sdfa"]))
+def test_momentum_bit_exact_with_hdl(seed, m, norm, algo):
+    model = IntModel(arch.mlp(seed, 6, (8,), 3), Numerics.from_bits(8, momentum_shift=m, update_norm_bits=norm), seed)
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(0, 1, (64, 6)), rng.integers(0, 3, 64)
+    model.calibrate(x)
+    report = emulate(model, x, y, 3, HwConfig(rows=4, cols=8), train_cfg=TrainConfig(algo=algo, batch_size=16))
+    assert report["bit_exact"], report.get("first_mismatch")
