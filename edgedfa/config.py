@@ -42,7 +42,7 @@ SECTIONS = ("numerics", "layers", "train", "modules", "hardware")
 # Defaults per architecture, measured in docs/benchmarks.md.
 ARCH_DEFAULTS = {
     "mlp": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [21]},
-    "cnn": {"epochs": 20, "lr_shift": 4, "lr_decay_epochs": [14]},
+    "cnn": {"epochs": 30, "lr_shift": 5, "lr_decay_epochs": [21]},
     "rnn": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
     "gru": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
     "lstm": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
@@ -54,7 +54,7 @@ ARCH_DEFAULTS = {
 # recurrent nets need more weight range than their initial values show, and BPTT's small
 # gradients need normalized updates (datapath §12; measured in benchmarks.md).
 ARCH_NUMERICS = {
-    "cnn": {"weight_headroom": 2},
+    "cnn": {"weight_headroom": 2, "momentum_shift": 3},  # momentum 7/8: lr_shift 5 (4 collapses DFA)
     "rnn": {"weight_int_bits": 1, "update_norm_bits": 2},
     "gru": {"weight_int_bits": 1, "update_norm_bits": 2},
     "lstm": {"weight_int_bits": 1, "update_norm_bits": 2},
