@@ -13,6 +13,7 @@ import numpy as np
 
 from . import kernels
 from .errors import EdgeDFAError
+from .registry import Registry
 from .fixed import FixedFormat, Overflow
 from .layers.base import QTensor, narrow_dynamic
 from .prng import PURPOSE_FEEDBACK, PURPOSE_FEEDBACK_INDEX, stream_id, words
@@ -59,20 +60,8 @@ def half_log2(n: int) -> int:
     return (max(int(n), 1) - 1).bit_length() // 2 + ((max(int(n), 1) - 1).bit_length() % 2)
 
 
-_PROJECTORS: dict = {}
-
-
-def register_projector(kind: str):
-    """Class decorator: a feedback projector kind (once per kind)."""
-
-    def deco(cls):
-        if kind in _PROJECTORS:
-            raise EdgeDFAError(f"feedback kind {kind!r} registered twice")
-        cls.kind = kind
-        _PROJECTORS[kind] = cls
-        return cls
-
-    return deco
+_PROJECTORS = Registry("feedback kind", "kind")
+register_projector = _PROJECTORS.register
 
 
 def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, n_classes: int):
@@ -81,9 +70,7 @@ def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape
             from . import feedback_conv  # noqa: F401  (registers structured conv kinds)
         except ModuleNotFoundError:
             pass
-    if spec.kind not in _PROJECTORS:
-        raise EdgeDFAError(f"unknown feedback kind {spec.kind!r}; expected one of {', '.join(sorted(_PROJECTORS))}")
-    return _PROJECTORS[spec.kind](spec, layer_index, seed, tuple(target_shape), n_classes)
+    return _PROJECTORS.get(spec.kind)(spec, layer_index, seed, tuple(target_shape), n_classes)
 
 
 class Projector:

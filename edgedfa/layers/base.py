@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import EdgeDFAError
+from ..registry import Registry
 from ..fixed import FixedFormat, Overflow, Rounding, apply_overflow, requantize, round_shift
 
 
@@ -180,35 +181,19 @@ class Layer:
         return {k: v.value() for k, v in self.params.items()}
 
 
-_REGISTRY: dict = {}
-
-
-def register(op: str):
-    """Class decorator: the integer layer for canonical op ``op`` (once per op)."""
-
-    def deco(cls):
-        if op in _REGISTRY:
-            raise EdgeDFAError(f"layer for op {op!r} registered twice")
-        cls.op = op
-        _REGISTRY[op] = cls
-        return cls
-
-    return deco
+_LAYERS = Registry("layer op", "op")
+register = _LAYERS.register
 
 
 def layer_class(op: str, node_name: str = "?"):
     from . import ensure_loaded
 
     ensure_loaded()
-    if op not in _REGISTRY:
-        raise EdgeDFAError(
-            f"node {node_name!r}: op {op!r} has no integer layer; supported: {', '.join(sorted(_REGISTRY))}"
-        )
-    return _REGISTRY[op]
+    return _LAYERS.get(op, f"node {node_name!r}: ")
 
 
 def supported_ops() -> list:
     from . import ensure_loaded
 
     ensure_loaded()
-    return sorted(_REGISTRY)
+    return _LAYERS.names()
