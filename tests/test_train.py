@@ -210,3 +210,15 @@ def test_dfa_module_gets_no_backprop_error():
 def test_learning_rate_schedule_and_batch_shift():
     cfg = TrainConfig(lr_shift=4, batch_size=32, lr_decay_epochs=[2, 5])
     assert [cfg.shift_at(e) for e in (0, 2, 5)] == [9, 10, 11]
+
+
+def test_registries_reject_duplicates_and_name_what_exists():
+    from edgedfa.errors import EdgeDFAError
+    from edgedfa.layers.base import layer_class, register
+
+    with pytest.raises(EdgeDFAError, match="registered twice"):
+        register("Dense")(type("Again", (), {}))
+    with pytest.raises(EdgeDFAError, match="node 'n1': unknown layer op 'Elu'; supported: .*Dense"):
+        layer_class("Elu", "n1")
+    with pytest.raises(EdgeDFAError, match="unknown feedback kind 'nope'; supported: .*sparse"):
+        make_projector(FeedbackSpec("nope"), 1, 0, (4,), 10)
