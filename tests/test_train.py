@@ -214,8 +214,9 @@ def test_learning_rate_schedule_and_batch_shift():
 
 def test_registries_reject_duplicates_and_name_what_exists():
     from edgedfa.errors import EdgeDFAError
-    from edgedfa.layers.base import layer_class, register
+    from edgedfa.layers.base import layer_class, register, supported_ops
 
+    assert "Dense" in supported_ops()  # loads every layer module first
     with pytest.raises(EdgeDFAError, match="registered twice"):
         register("Dense")(type("Again", (), {}))
     with pytest.raises(EdgeDFAError, match="node 'n1': unknown layer op 'Elu'; supported: .*Dense"):
