@@ -42,7 +42,7 @@ SECTIONS = ("numerics", "layers", "train", "modules", "hardware")
 # Defaults per architecture, measured in docs/benchmarks.md.
 ARCH_DEFAULTS = {
     "mlp": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [21]},
-    "cnn": {"epochs": 30, "lr_shift": 5, "lr_decay_epochs": [21]},
+    "cnn": {"epochs": 40, "lr_shift": 5, "lr_decay_epochs": [28]},
     "rnn": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
     "gru": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
     "lstm": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
