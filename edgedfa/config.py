@@ -57,7 +57,7 @@ ARCH_NUMERICS = {
     "cnn": {"weight_headroom": 2, "momentum_shift": 3},  # momentum 7/8: lr_shift 5 (4 collapses DFA)
     "rnn": {"weight_int_bits": 1, "update_norm_bits": 2},
     "gru": {"weight_int_bits": 1, "update_norm_bits": 2},
-    "lstm": {"weight_int_bits": 1, "update_norm_bits": 2},
+    "lstm": {"weight_int_bits": 1, "update_norm_bits": 2, "momentum_shift": 3},  # momentum: LSTM only
 }
 
 
