@@ -12,11 +12,14 @@ and the lr halved at each --decay epoch: the float analogue of the engine's upda
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 from edgedfa import arch, data  # first: pins BLAS threads like the engine
-from edgedfa.train import batch_order
+
+sys.path.insert(0, os.path.dirname(__file__))
+from torch_fit import fit_and_score  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -57,21 +60,7 @@ def run(dataset, seed, epochs, optim, lr, momentum, decay, threads, batch=32):
         opt = torch.optim.Adam(net.parameters(), lr)
     else:
         opt = torch.optim.SGD(net.parameters(), lr, momentum=momentum)
-    t0 = time.perf_counter()
-    for ep in range(epochs):
-        if ep in decay:
-            for grp in opt.param_groups:
-                grp["lr"] /= 2
-        order = torch.tensor(batch_order(seed, ep, len(x)))
-        for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    secs = time.perf_counter() - t0
-    with torch.no_grad():
-        acc = float((net(xt).argmax(1).numpy() == ds.y_test).mean())
-    return acc, len(x) * epochs / secs
+    return fit_and_score(net, opt, x, y, xt, ds.y_test, seed, epochs, decay, batch)
 
 
 def main():

@@ -7,12 +7,15 @@ torch is never a dependency of edgedfa).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 from edgedfa import data  # first: pins BLAS threads like the engine
 
-import numpy as np  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from torch_fit import fit_and_score  # noqa: E402
+
 import torch  # noqa: E402
 
 
@@ -37,19 +40,7 @@ def run(kind, seed, epochs, optim, lr, threads):
     xt = torch.tensor(ds.x_test.reshape(-1, 8, 8), dtype=torch.float32)
     net = Net(kind)
     opt = torch.optim.Adam(net.parameters(), lr) if optim == "adam" else torch.optim.SGD(net.parameters(), lr)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 32):
-            idx = perm[i:i + 32]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    secs = time.perf_counter() - t0
-    with torch.no_grad():
-        acc = float((net(xt).argmax(1).numpy() == ds.y_test).mean())
-    return acc, len(x) * epochs / secs
+    return fit_and_score(net, opt, x, y, xt, ds.y_test, seed, epochs, {int(epochs * 0.7)} if optim == "sgd" else ())
 
 
 def main():
