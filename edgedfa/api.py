@@ -160,7 +160,8 @@ def model_from_checkpoint(ck: dict, backend=None) -> IntModel:
     params = {}
     for key, codes in arrays.items():
         if key.startswith("param/"):
-            _, node, pname = key.split("/", 2)
+            prefix, pname = key.rsplit("/", 1)  # node names may hold "/" (TorchScript: /rnn/GRU)
+            node = prefix[len("param/"):]
             params.setdefault(node, {})[pname] = dequantize(codes, FixedFormat.parse(fmts[node][pname]))
     graph = graph_from_json(ck["graph_json"], params)
     model = IntModel(graph, numerics_from_dict(meta["numerics"]), meta["seed"], meta.get("layer_numerics"), backend)

@@ -106,9 +106,11 @@ def load_npz(path: str) -> Dataset:
                 raise EdgeDFAError(f"{path}: y_{part} must hold integer class labels, got dtype {y.dtype}")
         if len(y) and y.min() < 0:
             raise EdgeDFAError(f"{path}: y_{part} has label {int(y.min())} < 0; labels are 0..C-1")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise EdgeDFAError(f"{path}: x_train samples {arrays['x_train'].shape[1:]} and x_test samples"
-                           f" {arrays['x_test'].shape[1:]} differ in shape")
+    n_tr = int(np.prod(arrays["x_train"].shape[1:]))
+    n_te = int(np.prod(arrays["x_test"].shape[1:]))
+    if n_tr != n_te:  # shapes may differ: both are reshaped to the model input (CONTRACT)
+        raise EdgeDFAError(f"{path}: x_train samples {arrays['x_train'].shape[1:]} have {n_tr} values but"
+                           f" x_test samples {arrays['x_test'].shape[1:]} have {n_te}")
     if len(arrays["y_train"]) == 0:
         raise EdgeDFAError(f"{path}: x_train is empty")
     return Dataset(os.path.basename(path), arrays["x_train"].astype(np.float64), arrays["y_train"].astype(np.int64),

@@ -183,9 +183,11 @@ class IntModel:
                     raise EdgeDFAError(f"checkpoint: missing {key}")
                 layer.params[pname] = QTensor(np.asarray(arrays[key], dtype=np.int64), FixedFormat.parse(f[pname]))
             layer.out_fmt = FixedFormat.parse(f["output"]) if f.get("output") else None
+            prefix = f"state/{layer.name}/"
             for key in arrays:
-                if key.startswith(f"state/{layer.name}/"):
-                    layer.state[key.split("/", 2)[2]] = np.asarray(arrays[key])
+                rest = key[len(prefix):]
+                if key.startswith(prefix) and "/" not in rest:  # names may hold "/"
+                    layer.state[rest] = np.asarray(arrays[key])
 
 
 def graph_to_json(graph: Graph) -> str:
