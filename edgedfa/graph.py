@@ -26,6 +26,21 @@ import numpy as np
 from .errors import EdgeDFAError
 
 
+def producers(nodes) -> dict:
+    """Tensor name -> the node (anything with ``outputs``) that writes it; "" is no tensor."""
+    return {o: n for n in nodes for o in n.outputs if o}
+
+
+def consumers(nodes) -> dict:
+    """Tensor name -> the nodes (anything with ``inputs``) that read it; "" is no tensor."""
+    out: dict = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i:
+                out.setdefault(i, []).append(n)
+    return out
+
+
 @dataclass
 class Node:
     """One operation: canonical op name, tensor names in and out, attributes, float params."""
@@ -57,15 +72,11 @@ class Graph:
 
     def producers(self) -> dict:
         """Tensor name -> node that writes it."""
-        return {o: n for n in self.nodes for o in n.outputs if o}
+        return producers(self.nodes)
 
     def consumers(self) -> dict:
         """Tensor name -> nodes that read it."""
-        out: dict = {}
-        for n in self.nodes:
-            for i in n.inputs:
-                out.setdefault(i, []).append(n)
-        return out
+        return consumers(self.nodes)
 
     def copy(self) -> "Graph":
         nodes = [Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs),

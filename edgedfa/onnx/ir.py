@@ -13,6 +13,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ..errors import EdgeDFAError
+from ..graph import consumers as graph_consumers, producers as graph_producers
 
 BATCH = "__batch__"  # dim_param given to the graph input's batch axis
 SENTINEL = 3 * 2**29  # stands for the batch size in folded shape tensors (exact in float32)
@@ -93,15 +94,10 @@ class OGraph:
         self._shapes = None
 
     def producers(self) -> dict:
-        return {o: n for n in self.nodes for o in n.outputs if o}
+        return graph_producers(self.nodes)
 
     def consumers(self) -> dict:
-        out: dict = {}
-        for n in self.nodes:
-            for i in n.inputs:
-                if i:
-                    out.setdefault(i, []).append(n)
-        return out
+        return graph_consumers(self.nodes)
 
     def uses(self, tensor: str) -> int:
         """How many node inputs (and the graph output) read ``tensor``."""
