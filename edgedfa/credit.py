@@ -29,6 +29,7 @@ class Module:
     feedback: FeedbackSpec | None = None
     target: str | None = None  # tensor that receives the feedback (default: the module output)
     layer_options: dict = field(default_factory=dict)  # node -> {attribute: value}, e.g. bptt_steps
+    error_from: str | None = None  # DFA: the tensor whose error is projected (default: the output error)
 
     @property
     def output_node(self) -> str:
@@ -46,7 +47,7 @@ class Plan:
 
     def describe(self) -> list:
         return [{"module": m.name, "nodes": list(m.nodes), "source": m.source,
-                 "target": m.target, "layer_options": m.layer_options,
+                 "target": m.target, "error_from": m.error_from, "layer_options": m.layer_options,
                  "feedback": None if m.feedback is None else
                  {"kind": m.feedback.kind, "values": m.feedback.values, "k": m.feedback.k,
                   "bits": m.feedback.bits, "regenerate": m.feedback.regenerate}} for m in self.modules]
@@ -123,9 +124,34 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
     return Plan(algo, modules)
 
 
+def _feedback_spec(table, where: str) -> FeedbackSpec:
+    f = dict(table or {})
+    try:
+        return FeedbackSpec(f.pop("kind", "dense"), f.pop("values", "uniform"), int(f.pop("k", 1)),
+                            int(f.pop("bits", 8)), bool(f.pop("regenerate", True)), tuple(sorted(f.items())))
+    except (TypeError, ValueError) as exc:
+        raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
+
+
+def _split_inside(graph: Graph, entry: dict, nodes: list, where: str) -> list:
+    """``inside = "dfa"``: one sub-module per trainable layer of the module; every one but the
+    top takes the module's output error through its own fixed random feedback."""
+    groups = []
+    for n in nodes:
+        if not groups or (_is_trainable(graph.node(n)) and any(_is_trainable(graph.node(m)) for m in groups[-1])):
+            groups.append([])
+        groups[-1].append(n)
+    name = entry.get("name", where)
+    out_t = entry.get("target") or graph.node(nodes[-1]).outputs[0]
+    fb = _feedback_spec(entry.get("inside_feedback"), where + " inside_feedback")
+    return [Module(f"{name}.{j}", g, "dfa", fb, None, {}, out_t) for j, g in enumerate(groups[:-1])] + [groups[-1]]
+
+
 def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") -> Plan:
-    """A plan from a config list of {nodes, source, feedback = {kind, values, k, ...}}."""
+    """A plan from a config list of {nodes, source, feedback = {kind, values, k, ...},
+    error_from, inside, inside_feedback, target, layer_options} (docs/algorithms.md)."""
     known = {n.name for n in graph.nodes}
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
     modules, seen = [], set()
     for i, entry in enumerate(table):
         where = f"config [[modules]] entry {i}"
@@ -135,30 +161,45 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
         bad = [n for n in nodes if n not in known]
         if bad:
             raise EdgeDFAError(f"{where}: unknown layer(s) {bad}; layers are {sorted(known)}")
+        nodes = sorted(nodes, key=order.__getitem__)
         seen.update(nodes)
         source = entry.get("source", "dfa")
         if source not in ("output", "bp", "dfa"):
             raise EdgeDFAError(f"{where}: source {source!r}; expected output, bp or dfa")
-        fb = None
-        if source == "dfa":
-            f = dict(entry.get("feedback", {}))
-            try:
-                fb = FeedbackSpec(f.pop("kind", "dense"), f.pop("values", "uniform"), int(f.pop("k", 1)),
-                                  int(f.pop("bits", 8)), bool(f.pop("regenerate", True)), tuple(sorted(f.items())))
-            except TypeError as exc:
-                raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
+        inside = entry.get("inside", "bp")
+        if inside not in ("bp", "dfa"):
+            raise EdgeDFAError(f"{where}: inside {inside!r}; expected bp or dfa")
+        fb = _feedback_spec(entry.get("feedback"), where) if source == "dfa" else None
         opts = entry.get("layer_options", {})
         if not isinstance(opts, dict) or any(n not in nodes or not isinstance(v, dict) for n, v in opts.items()):
             raise EdgeDFAError(f"{where}: layer_options must map layers of this module to tables")
-        modules.append(Module(entry.get("name", f"m{i}"), nodes, source, fb, entry.get("target"), opts))
+        subs = _split_inside(graph, entry, nodes, where) if inside == "dfa" else [nodes]
+        modules.extend(subs[:-1])
+        modules.append(Module(entry.get("name", f"m{i}"), subs[-1], source, fb, entry.get("target"), opts,
+                              entry.get("error_from")))
     missing = known - seen
     if missing:
         raise EdgeDFAError(f"config [[modules]]: layer(s) {sorted(missing)} belong to no module")
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
-    for m in modules:
-        m.nodes.sort(key=order.__getitem__)
     last = graph.producers()[graph.output_name].name
     for m in modules:
         if last in m.nodes:
             m.source = "output"
+    check_error_sources(graph, modules)
     return Plan(default_algo, modules)
+
+
+def check_error_sources(graph: Graph, modules: list) -> None:
+    """A DFA module's ``error_from`` tensor must exist and be complete before the module's
+    feedback runs: every consumer of it lies above the module's output (graph order)."""
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    tensors = {o: n.name for n in graph.nodes for o in n.outputs if o}
+    for m in modules:
+        t = m.error_from
+        if t is None or m.source != "dfa":
+            continue
+        if t not in tensors:
+            raise EdgeDFAError(f"module {m.name}: error_from {t!r} is no tensor of the graph; "
+                               f"tensors are {sorted(tensors)}")
+        if order[tensors[t]] <= order[m.output_node]:
+            raise EdgeDFAError(f"module {m.name}: error_from {t!r} is produced by {tensors[t]}, which is not "
+                               f"above the module's output {m.output_node}: its error would not exist yet")

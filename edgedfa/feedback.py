@@ -64,23 +64,33 @@ _PROJECTORS = Registry("feedback kind", "kind")
 register_projector = _PROJECTORS.register
 
 
-def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, n_classes: int):
+def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, source_shape):
+    """A projector from an error shaped ``source_shape`` (per sample; an int C means the
+    output error's C classes) to ``target_shape``."""
     if spec.kind not in _PROJECTORS:
         try:
             from . import feedback_conv  # noqa: F401  (registers structured conv kinds)
         except ModuleNotFoundError:
             pass
-    return _PROJECTORS.get(spec.kind)(spec, layer_index, seed, tuple(target_shape), n_classes)
+    return _PROJECTORS.get(spec.kind)(spec, layer_index, seed, tuple(target_shape), source_shape)
+
+
+def _shape(source_shape) -> tuple:
+    return (int(source_shape),) if np.ndim(source_shape) == 0 else tuple(int(s) for s in source_shape)
 
 
 class Projector:
-    """Base: e (B, C) -> error at the target (B, *target_shape), narrowed to err_bits."""
+    """Base: a source error e (B, *source_shape) -> error at the target (B, *target_shape),
+    narrowed to err_bits. The source is the output error (C classes) unless a module takes
+    its feedback from another tensor's error (``error_from``); kinds other than ``dilated``
+    read it flattened, as ``n_classes`` values."""
 
     kind = ""
 
-    def __init__(self, spec, layer_index, seed, target_shape, n_classes):
+    def __init__(self, spec, layer_index, seed, target_shape, source_shape):
         self.spec, self.index, self.seed = spec, int(layer_index), int(seed)
-        self.target_shape, self.n_classes = tuple(target_shape), int(n_classes)
+        self.source_shape = _shape(source_shape)
+        self.target_shape, self.n_classes = tuple(target_shape), int(np.prod(self.source_shape))
         self.n_target = int(np.prod(self.target_shape))
         self.gain_shift = int(spec.option("gain_shift", 0))  # extra 2^-s on the projection (§10.2)
         self._stored = None if spec.regenerate else self.generate()
@@ -177,9 +187,9 @@ class SparseProjector(Projector):
 class ChannelProjector(DenseProjector):
     """One feedback column per channel, shared by every position of a (C, ...) map."""
 
-    def __init__(self, spec, layer_index, seed, target_shape, n_classes):
+    def __init__(self, spec, layer_index, seed, target_shape, source_shape):
         self.full_shape = tuple(target_shape)
-        super().__init__(spec, layer_index, seed, target_shape[:1], n_classes)
+        super().__init__(spec, layer_index, seed, target_shape[:1], source_shape)
         self.target_shape = self.full_shape
 
     def project(self, e, err_bits, rounding, acc_bits=32):

@@ -42,21 +42,40 @@ def _grid(option, spatial) -> tuple:
 
 @register_projector("dilated")
 class DilatedProjector(Projector):
-    """Sparse structured feedback: q taps at dilation d over the classes, per channel/cell."""
+    """Sparse structured feedback: q taps at dilation d over the source channels, per
+    channel/cell of the target.
 
-    def __init__(self, spec, layer_index, seed, target_shape, n_classes):
+    The source is the output error (C classes: one "channel" per class, one cell) or, for a
+    module fed from another tensor's error (``error_from``), an error map (Cs, *S): then the
+    grid is the source's spatial grid, each cell reads the source at its own position, and
+    the projection is a 1x1 convolution over channels with a sparse dilated kernel followed
+    by a nearest-neighbour upsampling to the target's positions.
+    """
+
+    def __init__(self, spec, layer_index, seed, target_shape, source_shape):
         target_shape = tuple(int(s) for s in target_shape)
         if len(target_shape) < 1:
             raise EdgeDFAError("dilated feedback needs a (channels, *spatial) target")
-        c = int(n_classes)
+        source_shape = (int(source_shape),) if np.ndim(source_shape) == 0 else tuple(int(v) for v in source_shape)
+        c = source_shape[0]
         self.taps = int(spec.option("taps", spec.k))
         if not 1 <= self.taps <= c:
-            raise EdgeDFAError(f"dilated feedback: taps {self.taps} must be in 1..{c} (the classes)")
+            raise EdgeDFAError(f"dilated feedback: taps {self.taps} must be in 1..{c} (the source channels)")
         self.dilation = int(spec.option("dilation", max(1, c // self.taps)))
         if self.dilation < 1:
             raise EdgeDFAError(f"dilated feedback: dilation {self.dilation} must be >= 1")
-        self.grid = _grid(spec.option("grid"), target_shape[1:])
-        super().__init__(spec, layer_index, seed, target_shape, n_classes)
+        self.src_channels, self.src_spatial = c, source_shape[1:]
+        if self.src_spatial:
+            if spec.option("grid") is not None:
+                raise EdgeDFAError("dilated feedback from an error map: the grid is the source's "
+                                   f"spatial grid {list(self.src_spatial)}; drop the 'grid' option")
+            if len(self.src_spatial) != len(target_shape) - 1:
+                raise EdgeDFAError(f"dilated feedback: source map {source_shape} and target {target_shape} "
+                                   "differ in spatial rank")
+            self.grid = _grid(list(self.src_spatial), target_shape[1:])
+        else:
+            self.grid = _grid(spec.option("grid"), target_shape[1:])
+        super().__init__(spec, layer_index, seed, target_shape, source_shape)
 
     @property
     def channels(self) -> int:
@@ -66,7 +85,7 @@ class DilatedProjector(Projector):
         """(offsets o (Cl, *grid), kernel R (Cl, q)) from the index and value streams."""
         cells = (self.channels,) + self.grid
         w0 = words(self.seed, self.stream(PURPOSE_FEEDBACK_INDEX), 0, cells).astype(np.int64)
-        offsets = (w0 * self.n_classes) >> 32
+        offsets = (w0 * self.src_channels) >> 32
         kernel = feedback_values(words(self.seed, self.stream(), 0, (self.channels, self.taps)),
                                  self.spec.values, self.spec.bits)
         return offsets, kernel
@@ -78,12 +97,13 @@ class DilatedProjector(Projector):
     def coarse(self, e_codes, fb) -> np.ndarray:
         """M (B, Cl, *grid): the dilated convolution of each sample's error, exact int64."""
         offsets, kernel = fb
-        ec = np.asarray(e_codes, dtype=np.int64).reshape(len(e_codes), -1)
+        ec = np.asarray(e_codes, dtype=np.int64).reshape((len(e_codes), self.src_channels) + self.src_spatial)
+        cells = tuple(np.indices(self.grid)) if self.src_spatial else ()
         acc = np.zeros((len(ec),) + offsets.shape, dtype=np.int64)
         shape = (1, -1) + (1,) * len(self.grid)
         for m in range(self.taps):
-            idx = (offsets + m * self.dilation) % self.n_classes
-            acc += ec[:, idx] * kernel[:, m].reshape(shape)
+            idx = (offsets + m * self.dilation) % self.src_channels
+            acc += ec[(slice(None), idx) + tuple(np.broadcast_to(c, idx.shape) for c in cells)] * kernel[:, m].reshape(shape)
         return acc
 
     def cell_index(self, axis: int) -> np.ndarray:
@@ -101,14 +121,14 @@ class DilatedProjector(Projector):
         return m.reshape(len(m), -1)
 
     def dense_matrix(self, fb=None) -> np.ndarray:
-        """The equivalent dense feedback (n_target, C): for tests and for the hardware model."""
+        """The equivalent dense feedback (n_target, n_source): for tests and the hardware model."""
         fb = self.stored_matrix() if fb is None else fb
         return self.fill(self.coarse(np.eye(self.n_classes, dtype=np.int64), fb)).T
 
     def memory_bits(self):
         per = self.spec.bits if self.spec.values == "uniform" else 2 if self.spec.values == "ternary" else 1
         cells = self.channels * int(np.prod(self.grid))
-        return cells * max(1, (self.n_classes - 1).bit_length()) + self.channels * self.taps * per
+        return cells * max(1, (self.src_channels - 1).bit_length()) + self.channels * self.taps * per
 
     def macs_per_sample(self):
         """Additions (binary/ternary) or MACs (uniform) of the coarse map; the fill is a copy."""

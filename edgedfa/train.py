@@ -46,7 +46,7 @@ class Trainer:
     def __init__(self, model: IntModel, plan: Plan, cfg: TrainConfig):
         self.model, self.plan, self.cfg = model, plan, cfg
         self.nodes = {n.name: (n, l) for n, l in zip(model.graph.nodes, model.layers)}
-        self.projectors = {}
+        self.projectors, self._sources = {}, {}
         for m in plan.modules:
             for name, opts in m.layer_options.items():
                 for key, val in opts.items():
@@ -54,10 +54,13 @@ class Trainer:
             if m.source == "dfa":
                 node, layer = self.nodes[m.output_node]
                 target = m.target or node.outputs[0]
-                proj = make_projector(m.feedback, layer.index, model.seed, model.shapes[target], model.n_classes)
+                source = m.error_from or model.graph.output_name
+                proj = make_projector(m.feedback, layer.index, model.seed, model.shapes[target],
+                                      model.shapes[source])
                 if m.feedback.option("gain_shift") is None and self._is_map(m):
-                    proj.gain_shift = spatial_gain_shift(model.shapes[target])
+                    proj.gain_shift = spatial_gain_shift(model.shapes[target], model.shapes[source])
                 self.projectors[m.name] = (target, proj)
+                self._sources[m.name] = source
         for layer in model.layers:
             layer.lr_base = cfg.shift_at(0)  # normalized updates scale by the schedule's decay only
         self._needs = self._error_needed()
@@ -75,15 +78,17 @@ class Trainer:
             up = layer.trainable or any(upstream.get(i, False) for i in node.inputs if i)
             for o in node.outputs:
                 upstream[o] = up
+        targets = {t for t, _ in self.projectors.values()}
+        sources = {t for t in self._sources.values() if t not in targets}
         needs = {}
         for node in g.nodes:
             mod = self.plan.module_of[node.name]
             for t in node.inputs:
-                if not t or t not in prod or not upstream.get(t, False):
+                if not t or t not in prod:
                     needs[(node.name, t)] = False
                     continue
                 pmod = self.plan.module_of[prod[t].name]
-                needs[(node.name, t)] = pmod is mod or pmod.source == "bp"
+                needs[(node.name, t)] = t in sources or (upstream.get(t, False) and (pmod is mod or pmod.source == "bp"))
         return needs
 
     def step(self, xq: QTensor, labels: np.ndarray, step: int, lr_shift: int):
@@ -97,7 +102,9 @@ class Trainer:
             mod = self.plan.module_of[node.name]
             if mod.source == "dfa" and node.name == mod.output_node:
                 target, proj = self.projectors[mod.name]
-                errors[target] = proj.project(e, layer.num.err_bits, layer.num.err_rounding)
+                src = errors.get(self._sources[mod.name])
+                if src is not None:  # None: no error reached the source tensor (nothing to learn)
+                    errors[target] = proj.project(src, layer.num.err_bits, layer.num.err_rounding)
             dys = [errors.get(o) for o in node.outputs]
             if all(d is None for d in dys):
                 continue
@@ -124,12 +131,19 @@ class Trainer:
         errors[t] = narrow_dynamic(wide.codes, wide.fmt, num.err_bits, num.err_rounding)
 
 
-def spatial_gain_shift(shape) -> int:
-    """Feedback onto a conv map: 2^-ceil(log2(positions)/2), since a conv weight gradient
-    sums the projected error over every position (docs/algorithms.md)."""
+def spatial_gain_shift(shape, source_shape=()) -> int:
+    """Feedback onto a conv map: 2^-ceil(log2(positions per source cell)/2), since a conv
+    weight gradient sums the projected error over every position that repeats one source
+    value (all positions for the output error; docs/algorithms.md)."""
     from .feedback import half_log2
 
-    return half_log2(int(np.prod(shape[1:]))) if len(shape) >= 2 else 0
+    if len(shape) < 2:
+        return 0
+    positions = int(np.prod(shape[1:]))
+    src = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
+    if len(src) == len(shape) - 1:
+        positions //= max(1, int(np.prod(src)))
+    return half_log2(positions)
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
