@@ -3,11 +3,14 @@ under the credit plan (BP, DFA, sparse DFA, modular, hybrid), runs them on the u
 hands the tasks with their dependencies to the list scheduler (accounting.Ledger).
 
 Dependencies model what the algorithm allows to overlap: a BP error travels layer by layer
-(each ``dx`` waits for the one above it), while every DFA module's projection depends only
-on the output error, so projections, masks and weight gradients of different modules are
-independent and may run concurrently on different units (array, error-projection adders,
-activation unit, update unit). A layer's update waits for its own gradient and for its
-own ``dx`` (which reads the weights before they change).
+(each ``dx`` waits for the one above it), while a DFA module's projection depends only on
+its source error: the output error (softmax), or, for a module fed from a tensor's error
+(``error_from``), the task that completes that tensor's error (its last backward or error
+sum), so it starts only once that error exists. Projections, masks and weight gradients
+of different modules are otherwise independent and may run concurrently on different
+units (array, error-projection adders, activation unit, update unit). A layer's update
+waits for its own gradient and for its own ``dx`` (which reads the weights before they
+change).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def plan_dicts(plan) -> list:
             fb = {"kind": f.kind, "values": f.values, "k": int(f.k), "bits": int(f.bits),
                   "regenerate": bool(f.regenerate), "options": dict(f.options)}
         out.append({"name": m.name, "nodes": list(m.nodes), "source": m.source, "feedback": fb,
-                    "target": getattr(m, "target", None),
+                    "target": getattr(m, "target", None), "error_from": getattr(m, "error_from", None),
                     "layer_options": {k: dict(v) for k, v in getattr(m, "layer_options", {}).items()}})
     return out
 
@@ -59,7 +62,8 @@ class Controller:
         missing = [n for n, *_ in self.nodes if n not in self.module_of]
         if missing:
             raise EdgeDFAError(f"hdl_models: credit plan leaves layer(s) {missing} without a module")
-        self.feedback, self.stored, self.target = {}, {}, {}
+        self.feedback, self.stored, self.target, self.source = {}, {}, {}, {}
+        produced = {o: n for n, _, _, outs in self.nodes for o in outs if o}
         for m in plan:
             for lname, opts in m.get("layer_options", {}).items():
                 self.layers[lname].configure(opts)
@@ -67,8 +71,11 @@ class Controller:
                 last = m["nodes"][-1]
                 out_t = m.get("target") or [o for n, _, _, outs in self.nodes if n == last for o in outs][0]
                 self.target[m["name"]] = out_t
-                f = Feedback(m["feedback"], self.layers[last].index, self.seed, self.shapes[out_t], self.n_classes)
-                f.gain_shift = self._gain_shift(m, self.shapes[out_t])
+                src = self._error_source(m, produced)
+                self.source[m["name"]] = src
+                src_shape = self.n_classes if src == self.output_name else self.shapes[src]
+                f = Feedback(m["feedback"], self.layers[last].index, self.seed, self.shapes[out_t], src_shape)
+                f.gain_shift = self._gain_shift(m, self.shapes[out_t], src_shape)
                 self.feedback[m["name"]] = f
                 if not m["feedback"].get("regenerate", True):
                     self.stored[m["name"]] = self._generate(f)
@@ -76,14 +83,36 @@ class Controller:
         self._place()
 
     # ------------------------------------------------------------------ structure
-    def _gain_shift(self, m: dict, shape) -> int:
+    def _error_source(self, m: dict, produced: dict) -> str:
+        """The tensor whose error a DFA module projects: ``error_from``, else the output."""
+        t = m.get("error_from")
+        if t is None:
+            return self.output_name
+        if t not in produced:
+            raise EdgeDFAError(f"hdl_models: module {m['name']}: error_from {t!r} is no tensor produced by a "
+                               f"layer of the graph; tensors are {sorted(produced)}")
+        order = [n for n, *_ in self.nodes]
+        if order.index(produced[t]) <= order.index(m["nodes"][-1]):
+            raise EdgeDFAError(f"hdl_models: module {m['name']}: error_from {t!r} (from {produced[t]}) is not "
+                               f"above the module's output layer {m['nodes'][-1]}")
+        return t
+
+    def _gain_shift(self, m: dict, shape, source_shape) -> int:
         """§10.2 gain shift: the option when given; for a module holding a convolution whose
-        target is a map [Ch, positions...], ceil(log2(positions)/2); else 0."""
+        target is a map [Ch, positions...], ceil(log2(p)/2) with p the target positions per
+        cell of the source's spatial grid (a map source of the same spatial rank), or all
+        positions (a vector source such as the output error); else 0."""
         g = m["feedback"]["options"].get("gain_shift")
         if g is not None:
             return int(g)
         conv = any(op == "Conv" for n, op, *_ in self.nodes if n in m["nodes"])
-        return half_log2(int(np.prod(shape[1:]))) if conv and len(shape) >= 2 else 0
+        if not conv or len(shape) < 2:
+            return 0
+        positions = int(np.prod(shape[1:]))
+        src_spatial = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
+        if len(src_spatial) == len(shape) - 1:
+            positions //= max(1, int(np.prod(src_spatial)))
+        return half_log2(positions)
 
     @staticmethod
     def _generate(f: Feedback):
@@ -94,21 +123,25 @@ class Controller:
 
     def _error_needed(self) -> dict:
         """§12: an input error is computed when a trainable layer upstream needs it and it
-        lies in the same module or the producing module takes BP errors."""
+        lies in the same module or the producing module takes BP errors; and always for a
+        tensor some DFA module projects (``error_from``), unless that tensor is itself a
+        DFA target (its error is then a projection)."""
         prod = {o: n for n, _, _, outs in self.nodes for o in outs}
         upstream = {self.input_name: False}
         for name, op, ins, outs in self.nodes:
             up = op in TRAINABLE_OPS or any(upstream.get(i, False) for i in ins)
             for o in outs:
                 upstream[o] = up
+        sources = set(self.source.values()) - set(self.target.values())
         needs = {}
         for name, _, ins, _ in self.nodes:
             for t in ins:
-                if t not in prod or not upstream.get(t, False):
+                if t not in prod:
                     needs[(name, t)] = False
                     continue
                 pm = self.module_of[prod[t]]
-                needs[(name, t)] = pm is self.module_of[name] or pm["source"] == "bp"
+                needs[(name, t)] = t in sources or (upstream.get(t, False) and (
+                    pm is self.module_of[name] or pm["source"] == "bp"))
         return needs
 
     def _place(self) -> None:
@@ -164,10 +197,15 @@ class Controller:
         for name, op, ins, outs in reversed(self.nodes):
             layer, mod = self.layers[name], self.module_of[name]
             if mod["source"] == "dfa" and name == mod["nodes"][-1]:
-                d, cost = self._project(mod, e, layer.num)
-                errors[self.target[mod['name']]] = d
-                etask[self.target[mod['name']]] = led.task(name, "error", "projection", cost, [t_e])
-                rec(f"proj/{mod['name']}", d)
+                src = self.source[mod["name"]]
+                # the source's error is complete here (all its consumers lie above); none
+                # reached it (no error path to that tensor): nothing to project
+                if errors.get(src) is not None:
+                    rec(f"src/{mod['name']}", errors[src])
+                    d, cost = self._project(mod, errors[src], layer.num)
+                    errors[self.target[mod['name']]] = d
+                    etask[self.target[mod['name']]] = led.task(name, "error", "projection", cost, [etask[src]])
+                    rec(f"proj/{mod['name']}", d)
             dys = [errors.get(o) for o in outs]
             if all(d is None for d in dys):
                 continue
@@ -223,7 +261,8 @@ class Controller:
         etask[t] = led.task(layer.name, "error", "error sum", c, [etask[t], tid])
 
     def _project(self, mod: dict, e: T, num):
-        """DFA error at the module's output through the error-projection unit, with its cost."""
+        """DFA error at the module's output from its source error ``e`` (the output error or a
+        tensor's error) through the error-projection unit, with its cost."""
         acc = self.acc
         f = self.feedback[mod["name"]]
         stored = self.stored.get(mod["name"])
@@ -251,6 +290,6 @@ class Controller:
             n = -(-fb_elems * vb // 8) if fb_elems is not None else -(-f.memory_bits() // 8)
             c.feedback_bytes = n
             acc.read(c, "feedback", n, tag)
-        out_elems = batch * (f.rows if f.kind != "dilated" else f.target_shape[0] * int(np.prod(f.grid)))
+        out_elems = batch * (f.rows if f.kind != "dilated" else f.target_shape[0] * f.cells)
         acc.write(c, "err", out_elems * nbytes(num.err_bits))
         return T(codes, fmt), c

@@ -63,7 +63,7 @@ def _hook_engine(trainer, trace: dict, prefix_ref: list) -> None:
         target, proj = entry if isinstance(entry, tuple) else (None, entry)
         def project(e, err_bits, rounding, acc_bits=32, _f=proj.project, _m=mname):
             d = _f(e, err_bits, rounding, acc_bits)
-            trace[prefix_ref[0] + "error/e"] = e
+            trace[prefix_ref[0] + f"src/{_m}"] = e  # the source error: e, or a tensor's (error_from)
             trace[prefix_ref[0] + f"proj/{_m}"] = d
             return d
 
@@ -90,7 +90,7 @@ def compare(hdl: dict, eng: dict) -> dict:
     checked = 0
     for key, t in hdl.items():
         if key.endswith("error/e") and key not in eng:
-            continue  # without a DFA module the engine's e is seen as the last layer's dy
+            continue  # a trace without e: e is still compared as the last layer's dy
         if key not in eng:
             return {"bit_exact": False, "checked": checked, "first_mismatch": {"tensor": key, "reason": "not produced by the engine"}}
         ok, detail = _same(t, eng[key])
@@ -161,7 +161,8 @@ def emulate(model_or_path, x, y, steps: int = 1, hw: HwConfig | dict | None = No
             t0 = time.perf_counter()
             xe = engine_model.quantize_input(xb)
             eng_trace[f"{s}/fwd/input"] = xe
-            trainer.step(xe, yb, step0 + s, lr_shift)
+            _, e_eng = trainer.step(xe, yb, step0 + s, lr_shift)
+            eng_trace[f"{s}/error/e"] = e_eng
             t_eng += time.perf_counter() - t0
             for layer in engine_model.layers:
                 for p, t in layer.params.items():

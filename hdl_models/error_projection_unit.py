@@ -1,4 +1,10 @@
-"""Error-projection unit (DFA, §10, §8.6): the output error e (B, C) to a module's output.
+"""Error-projection unit (DFA, §10, §8.6): a source error to a module's output.
+
+The source is the output error e (B, C) or, for a module fed from another tensor's error
+(``error_from``), that tensor's error (B, *S): dense/channel/sparse read it flattened
+(``n_classes`` = its elements per sample); dilated reads a map source (Cs, *S) per cell of
+the source's spatial grid, at the cell's own position (a sparse 1x1 convolution over the
+channels, then nearest upsampling to the target).
 
 - dense / channel: ``d_wide = e @ B^T`` as MACs on the PE array (40-bit AP_WRAP registers);
 - sparse (k per unit, Crafton et al.) and dilated (§8.6): index + value accumulation on
@@ -56,21 +62,37 @@ def _scale(fb: dict) -> int:
 class Feedback:
     """One module's projector as the hardware sees it: shape, kind, its words and its cost."""
 
-    def __init__(self, fb: dict, layer_index: int, seed: int, target_shape, n_classes: int):
+    def __init__(self, fb: dict, layer_index: int, seed: int, target_shape, source_shape):
         self.fb = dict(fb)
         self.kind, self.values, self.bits = fb["kind"], fb["values"], int(fb.get("bits", 8))
         self.index, self.seed = int(layer_index), int(seed)
         self.gain_shift = 0  # §10.2: extra 2^-g on the projection (set by the controller)
         self.target_shape = tuple(int(s) for s in target_shape)
-        self.n_classes = int(n_classes)
+        # an int is the output error's classes; a tuple is a tensor's per-sample error shape
+        self.source_shape = (int(source_shape),) if np.ndim(source_shape) == 0 else tuple(int(s) for s in source_shape)
+        self.n_classes = int(np.prod(self.source_shape))  # source elements, read flattened
         self.n_target = int(np.prod(self.target_shape))
         opts = dict(fb.get("options", {}))
         if self.kind == "sparse":
             self.k = min(int(fb.get("k", 1)), self.n_classes)
         elif self.kind == "dilated":
+            # taps index source channels; a map source's spatial grid is the coarse grid
+            self.src_channels, self.src_spatial = self.source_shape[0], self.source_shape[1:]
             self.taps = int(opts.get("taps", fb.get("k", 1)))
-            self.dilation = int(opts.get("dilation", max(1, self.n_classes // self.taps)))
-            self.grid = self._grid(opts.get("grid"))
+            if not 1 <= self.taps <= self.src_channels:
+                raise EdgeDFAError(f"error-projection unit: dilated taps {self.taps} outside 1..{self.src_channels}")
+            self.dilation = int(opts.get("dilation", max(1, self.src_channels // self.taps)))
+            if self.src_spatial:
+                if opts.get("grid") is not None:
+                    raise EdgeDFAError("error-projection unit: dilated feedback from an error map takes the "
+                                       "source's spatial grid; a 'grid' option is not allowed")
+                spatial = self.target_shape[1:]
+                if len(spatial) != len(self.src_spatial) or any(not 1 <= c <= t for c, t in zip(self.src_spatial, spatial)):
+                    raise EdgeDFAError(f"error-projection unit: dilated source map {self.source_shape} does not "
+                                       f"upsample onto target {self.target_shape}")
+                self.grid = self.src_spatial
+            else:
+                self.grid = self._grid(opts.get("grid"))
         elif self.kind not in ("dense", "channel"):
             raise EdgeDFAError(f"error-projection unit: feedback kind {self.kind!r} is not modelled")
         self.rows = self.target_shape[0] if self.kind == "channel" else self.n_target
@@ -83,6 +105,19 @@ class Feedback:
             return tuple(spatial)
         g = tuple(int(v) for v in np.atleast_1d(option))
         return g * len(spatial) if len(g) == 1 and len(spatial) > 1 else g
+
+    @property
+    def cells(self) -> int:
+        """Coarse cells per target channel (dilated)."""
+        return int(np.prod(self.grid))
+
+    def source_address(self, offs: np.ndarray, m: int) -> np.ndarray:
+        """Dilated: flat address (into one sample's source error, C order) read by tap ``m``
+        of every (channel, cell): channel ``(o + m*d) mod Cs`` at the cell's own position
+        (the one cell 0 for a class vector)."""
+        ch = (offs + m * self.dilation) % self.src_channels
+        cell = np.arange(self.cells).reshape((1,) + self.grid) if self.src_spatial else 0
+        return ch * (self.cells if self.src_spatial else 1) + cell
 
     # ------------------------------------------------------------------ words
     def frac_bits(self) -> int:
@@ -108,7 +143,7 @@ class Feedback:
 
     def dilated_table(self, prng: PrngUnit):
         cells = (self.target_shape[0],) + self.grid
-        offs = (prng.words(self.seed, stream_of(self.index, P_FB_INDEX), 0, cells) * self.n_classes) >> 32
+        offs = (prng.words(self.seed, stream_of(self.index, P_FB_INDEX), 0, cells) * self.src_channels) >> 32
         kern = values_from_words(prng.words(self.seed, stream_of(self.index, P_FB_VALUE), 0,
                                             (self.target_shape[0], self.taps)), self.values, self.bits)
         return offs, kern
@@ -117,27 +152,26 @@ class Feedback:
     def memory_bits(self) -> int:
         """Feedback storage when not regenerated."""
         vb = value_bits(self.values, self.bits)
-        ib = max(1, ceil_log2(self.n_classes))
         if self.kind in ("dense", "channel"):
             return self.rows * self.n_classes * vb
-        if self.kind == "sparse":
-            return self.n_target * (ib + self.k * vb)  # one start index per unit, k values
-        cells = self.target_shape[0] * int(np.prod(self.grid))
-        return cells * ib + self.target_shape[0] * self.taps * vb
+        if self.kind == "sparse":  # one start index (over the flattened source) per unit, k values
+            return self.n_target * (max(1, ceil_log2(self.n_classes)) + self.k * vb)
+        # one source-channel offset per (channel, cell), q values per channel
+        return self.target_shape[0] * self.cells * max(1, ceil_log2(self.src_channels)) + self.target_shape[0] * self.taps * vb
 
     def words_per_projection(self) -> int:
         if self.kind in ("dense", "channel"):
             return self.rows * self.n_classes
         if self.kind == "sparse":
             return self.n_target * (1 + self.k)
-        return self.target_shape[0] * (int(np.prod(self.grid)) + self.taps)
+        return self.target_shape[0] * (self.cells + self.taps)
 
     def ops_per_sample(self) -> int:
         if self.kind in ("dense", "channel"):
             return self.rows * self.n_classes
         if self.kind == "sparse":
             return self.n_target * self.k
-        return self.target_shape[0] * int(np.prod(self.grid)) * self.taps
+        return self.target_shape[0] * self.cells * self.taps
 
 
 class ErrorProjectionUnit:
@@ -147,7 +181,8 @@ class ErrorProjectionUnit:
         self.array, self.prng, self.lanes = array, prng, int(lanes)
 
     def project(self, f: Feedback, e: np.ndarray, f_e: int, err_width: int, rounding, stored=None):
-        """(codes (B, *target_shape), FixedFormat, info dict with the GEMM stats if any)."""
+        """e (B, *source_shape) -> (codes (B, *target_shape), FixedFormat, info dict with the
+        GEMM stats if any)."""
         e = np.asarray(e, dtype=np.int64).reshape(len(e), -1)
         b = len(e)
         info = {"gemm": None}
@@ -173,11 +208,13 @@ class ErrorProjectionUnit:
 
     @staticmethod
     def _dilated(f: Feedback, e, offs, kern):
-        """Coarse map M (B, Cl*cells): narrowing on the coarse map equals narrowing the fill (onto)."""
+        """Coarse map M (B, Cl*cells): narrowing on the coarse map equals narrowing the fill (onto).
+        One adder pass per tap (ascending m); each (channel, cell) reads the flat source
+        address of ``Feedback.source_address``."""
         acc = np.zeros((len(e),) + offs.shape, dtype=np.int64)
         bshape = (1, -1) + (1,) * len(f.grid)
         for m in range(f.taps):
-            acc += e[:, (offs + m * f.dilation) % f.n_classes] * kern[:, m].reshape(bshape)
+            acc += e[:, f.source_address(offs, m)] * kern[:, m].reshape(bshape)
         return acc.reshape(len(e), -1)
 
     @staticmethod
