@@ -26,7 +26,7 @@ def build_model(graph, numerics: Numerics, seed: int, layer_numerics=None, backe
 
 def make_trainer(model: IntModel, cfg: TrainConfig, modules_table=None) -> Trainer:
     if modules_table:
-        plan = plan_from_config(model.graph, modules_table, cfg.algo)
+        plan = plan_from_config(model.graph, modules_table, "config")
     else:
         plan = make_plan(model.graph, cfg.algo, cfg.feedback_sparsity, cfg.feedback_values,
                          cfg.feedback_regenerate, cfg.feedback_kind)
@@ -110,7 +110,7 @@ def _metrics(model, trainer, cfg, progress, n, data) -> dict:
     samples = n * len(hist)
     return {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
             "history": hist, "samples_per_second": samples / progress["seconds"] if progress["seconds"] else None,
-            "algo": cfg.algo, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "algo": trainer.plan.algo, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr_shift": cfg.lr_shift, "formats": model.formats(), "saturation": _saturation_report(model, trainer),
             "plan": trainer.plan.describe(), "dataset": data.name, "arch": model.graph.meta.get("arch", model.graph.name),
             "steps": progress["step"]}

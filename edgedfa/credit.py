@@ -147,6 +147,10 @@ def _split_inside(graph: Graph, entry: dict, nodes: list, where: str) -> list:
     return [Module(f"{name}.{j}", g, "dfa", fb, None, {}, out_t) for j, g in enumerate(groups[:-1])] + [groups[-1]]
 
 
+MODULE_KEYS = frozenset({"name", "nodes", "source", "feedback", "target", "layer_options", "error_from",
+                         "inside", "inside_feedback"})
+
+
 def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") -> Plan:
     """A plan from a config list of {nodes, source, feedback = {kind, values, k, ...},
     error_from, inside, inside_feedback, target, layer_options} (docs/algorithms.md)."""
@@ -155,6 +159,11 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
     modules, seen = [], set()
     for i, entry in enumerate(table):
         where = f"config [[modules]] entry {i}"
+        if not isinstance(entry, dict):
+            raise EdgeDFAError(f"{where}: expected a table, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - MODULE_KEYS)
+        if unknown:
+            raise EdgeDFAError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(MODULE_KEYS)}")
         nodes = entry.get("nodes")
         if not nodes or not isinstance(nodes, list):
             raise EdgeDFAError(f"{where}: 'nodes' must be a non-empty list of layer names")

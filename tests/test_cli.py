@@ -131,6 +131,38 @@ nodes = ["dense3", "relu4", "dense5"]
     assert m["formats"]["dense3"]["W"].startswith("ap_fixed<12,")
     assert m["plan"][0]["feedback"]["kind"] == "sparse" and m["plan"][0]["feedback"]["k"] == 2
     assert m["plan"][1]["source"] == "output"
+    assert m["algo"] == "config"  # the plan came from [[modules]], not from --algo
+
+
+def test_config_inside_dfa_trains_and_names_a_bad_error_source(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("""
+[[modules]]
+name = "body"
+nodes = ["conv1", "relu2", "maxpool3", "conv4", "relu5", "maxpool6"]
+source = "bp"
+inside = "dfa"
+inside_feedback = { kind = "dilated", k = 3, values = "binary" }
+[[modules]]
+nodes = ["flatten7", "dense8"]
+""")
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "train", "--arch", "cnn", "--config", cfg, "--epochs", 1, "--quiet", "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert [(p["module"], p["error_from"]) for p in m["plan"]] == [
+        ("body.0", "maxpool6_out"), ("body", None), ("m1", None)]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("""
+[[modules]]
+nodes = ["conv1", "relu2", "maxpool3"]
+error_from = "relu9_out"
+[[modules]]
+nodes = ["conv4", "relu5", "maxpool6", "flatten7", "dense8"]
+""")
+    code, _, err = run(capsys, "train", "--arch", "cnn", "--config", bad, "--epochs", 1, "--quiet",
+                       "--out", tmp_path / "r2")
+    assert code == 2 and "relu9_out" in err and "Traceback" not in err
 
 
 def test_existing_run_is_never_overwritten(tmp_path, capsys):

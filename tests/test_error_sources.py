@@ -176,6 +176,7 @@ def test_inside_dfa_splits_a_module_into_feedback_fed_layers():
     ({"error_from": "relu2_out"}, "not above"),
     ({"error_from": "input"}, "no tensor"),
     ({"inside": "sideways"}, "inside"),
+    ({"eror_from": "conv4_out"}, "unknown key.*eror_from"),
     ({"inside": "dfa", "inside_feedback": {"kind": "dense", "k": "x"}}, "bad feedback"),
 ])
 def test_bad_error_sources_name_the_module_and_tensor(entry, match):
