@@ -147,6 +147,7 @@ def _split_inside(graph: Graph, entry: dict, nodes: list, where: str) -> list:
     return [Module(f"{name}.{j}", g, "dfa", fb, None, {}, out_t) for j, g in enumerate(groups[:-1])] + [groups[-1]]
 
 
+LAYER_OPTION_KEYS = frozenset({"bptt_steps", "frozen", "backward_mode", "backward_groups"})
 MODULE_KEYS = frozenset({"name", "nodes", "source", "feedback", "target", "layer_options", "error_from",
                          "inside", "inside_feedback"})
 
@@ -182,6 +183,11 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
         opts = entry.get("layer_options", {})
         if not isinstance(opts, dict) or any(n not in nodes or not isinstance(v, dict) for n, v in opts.items()):
             raise EdgeDFAError(f"{where}: layer_options must map layers of this module to tables")
+        for n, v in opts.items():
+            bad = sorted(set(v) - LAYER_OPTION_KEYS)
+            if bad:
+                raise EdgeDFAError(f"{where}: layer_options.{n}: unknown option(s) {bad}; "
+                                   f"known options are {sorted(LAYER_OPTION_KEYS)}")
         subs = _split_inside(graph, entry, nodes, where) if inside == "dfa" else [nodes]
         modules.extend(subs[:-1])
         modules.append(Module(entry.get("name", f"m{i}"), subs[-1], source, fb, entry.get("target"), opts,

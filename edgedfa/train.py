@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .credit import Plan
+from .errors import EdgeDFAError
 from .feedback import make_projector
 from .layers.base import QTensor, align_add, narrow_dynamic
 from .loss import output_error
@@ -49,8 +50,7 @@ class Trainer:
         self.projectors, self._sources = {}, {}
         for m in plan.modules:
             for name, opts in m.layer_options.items():
-                for key, val in opts.items():
-                    setattr(self.nodes[name][1], key, val)
+                apply_layer_options(self.nodes[name][1], opts, m.name)
             if m.source == "dfa":
                 node, layer = self.nodes[m.output_node]
                 target = m.target or node.outputs[0]
@@ -129,6 +129,26 @@ class Trainer:
             return
         wide = align_add(errors[t], dx)
         errors[t] = narrow_dynamic(wide.codes, wide.fmt, num.err_bits, num.err_rounding)
+
+
+def apply_layer_options(layer, opts: dict, module: str) -> None:
+    """A plan's per-layer options: ``bptt_steps`` (recurrent), ``frozen`` (parameter names
+    never updated), ``backward_mode``/``backward_groups`` (Conv error propagation)."""
+    where = f"module {module}: layer_options.{layer.name}"
+    for key, val in opts.items():
+        if key == "frozen":
+            names = [val] if isinstance(val, str) else list(val)
+            bad = [v for v in names if v not in layer.params]
+            if bad:
+                raise EdgeDFAError(f"{where}: frozen {bad}; the layer's parameters are {sorted(layer.params)}")
+            val = tuple(names)
+        elif key in ("backward_mode", "backward_groups") and not hasattr(layer, "configure_backward"):
+            raise EdgeDFAError(f"{where}: {key} applies to Conv layers only ({layer.name} is {layer.op})")
+        elif key == "bptt_steps" and not hasattr(layer, "bptt_steps"):
+            raise EdgeDFAError(f"{where}: bptt_steps applies to recurrent layers only ({layer.name} is {layer.op})")
+        setattr(layer, key, val)
+    if "backward_mode" in opts or "backward_groups" in opts:
+        layer.configure_backward(getattr(layer, "backward_mode", "full"), getattr(layer, "backward_groups", None))
 
 
 def spatial_gain_shift(shape, source_shape=()) -> int:

@@ -128,7 +128,10 @@ class HwLayer:
                      lr_base: int | None = None) -> Cost:
         """§12 SGD per parameter through the update unit; streams per §5/§12."""
         cost = Cost()
+        frozen = set(getattr(self, "frozen", ()) or ())
         for pos, (name, g) in enumerate(sorted(grads.items())):
+            if name in frozen:  # §12: a frozen parameter is never written
+                continue
             p = self.params[name]
             new, _, vel = acc.update.apply(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr_shift,
                                            self.num.update_rounding, self.num.weight_overflow, self.seed,

@@ -184,3 +184,40 @@ def test_bad_error_sources_name_the_module_and_tensor(entry, match):
     table = [{"nodes": CNN_NODES[:3], "source": "dfa", **entry}, {"nodes": CNN_NODES[3:]}]
     with pytest.raises(EdgeDFAError, match=match):
         plan_from_config(model.graph, table)
+
+
+def test_frozen_parameters_keep_their_values_and_the_rest_is_unchanged():
+    """layer_options {conv1 = {frozen = ["B"]}}: conv1's bias never moves; in the first step
+    (same forward pass) its W and every other parameter take exactly the updates of the run
+    without the option (same PRNG streams)."""
+    runs = {}
+    for frozen in (False, True):
+        model, xq, y = _cnn(4)
+        b0 = model.layers[0].params["B"].codes.copy()
+        opts = {"layer_options": {"conv1": {"frozen": ["B"]}}} if frozen else {}
+        table = [{"nodes": CNN_NODES[:3], "source": "dfa", "feedback": {"kind": "channel"}, **opts},
+                 {"nodes": CNN_NODES[3:]}]
+        tr = make_trainer(model, TrainConfig(algo="hybrid"), table)
+        tr.step(xq, y, 0, 6)
+        runs[frozen] = {(l.name, k): v.codes.copy() for l in model.layers for k, v in l.params.items()}
+        for step in range(1, 3):
+            tr.step(xq, y, step, 6)
+        runs[frozen]["B_end"] = model.layers[0].params["B"].codes.copy()
+    np.testing.assert_array_equal(runs[True]["B_end"], b0)
+    assert not np.array_equal(runs[False]["B_end"], b0)
+    for key in runs[False]:
+        if key not in (("conv1", "B"), "B_end"):
+            np.testing.assert_array_equal(runs[True][key], runs[False][key])
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"conv1": {"frozen": ["Q"]}}, "frozen.*parameters are"),
+    ({"conv1": {"bptt_steps": 2}}, "recurrent layers only"),
+    ({"relu2": {"backward_groups": 2}}, "Conv layers only"),
+    ({"conv1": {"backward": "group"}}, "unknown option"),
+])
+def test_bad_layer_options_are_named(opts, match):
+    model, _, _ = _cnn()
+    table = [{"nodes": CNN_NODES[:3], "source": "dfa", "layer_options": opts}, {"nodes": CNN_NODES[3:]}]
+    with pytest.raises(EdgeDFAError, match=match):
+        make_trainer(model, TrainConfig(algo="hybrid"), table)

@@ -226,3 +226,22 @@ def test_feedback_cost_figures_for_a_map_source(kind, values, src):
         np.testing.assert_array_equal(kern, e_kern)
     else:
         assert f.ops_per_sample() == f.rows * n_src == p.macs_per_sample()
+
+
+def test_frozen_parameters_are_bit_exact():
+    """layer_options frozen: the update unit never writes conv1's bias nor conv4's weights
+    (and their neighbours' PRNG streams are those of the unfrozen run)."""
+    table = [{"nodes": CNN_NODES[:3], "source": "dfa", "feedback": {"kind": "dense"},
+              "layer_options": {"conv1": {"frozen": ["B"]}}},
+             {"nodes": CNN_NODES[3:], "layer_options": {"conv4": {"frozen": ["W"]}}}]
+    model, x, y = cnn(3)
+    cfg = TrainConfig(algo="custom", batch_size=8, lr_shift=2)
+    assert_exact(emulate(model, x, y, 3, HwConfig(rows=4, cols=4), train_cfg=cfg, modules=table), 3)
+    ctl = Controller(model, plan_dicts(make_trainer(model, cfg, table).plan), HwConfig(rows=4, cols=4))
+    before = {(n, p): t.codes.copy() for n, layer in ctl.layers.items() for p, t in layer.params.items()}
+    for step in range(3):
+        ctl.step(T(np.asarray(model.quantize_input(x[:8]).codes), model.in_fmt), y[:8], step, 3)
+    after = {(n, p): t.codes for n, layer in ctl.layers.items() for p, t in layer.params.items()}
+    frozen = {("conv1", "B"), ("conv4", "W")}
+    for key in before:
+        assert np.array_equal(before[key], after[key]) == (key in frozen), key

@@ -141,9 +141,13 @@ class Dense(Layer):
 
 
 def update_params(layer: Layer, grads: dict, step: int, lr_shift: int) -> dict:
-    """SGD on every parameter with a gradient; each has its own PRNG stream (§5)."""
+    """SGD on every parameter with a gradient; each has its own PRNG stream (§5). Parameters
+    named in ``layer.frozen`` (a plan's layer option, e.g. ``frozen = ["B"]``) are not updated."""
     clipped = {}
+    frozen = set(getattr(layer, "frozen", ()) or ())
     for i, (name, g) in enumerate(sorted(grads.items())):
+        if name in frozen:  # a frozen parameter keeps its value (and its stream position)
+            continue
         purpose = PURPOSE_WEIGHT_UPDATE if name == "W" else PURPOSE_BIAS_UPDATE
         if name not in ("W", "B"):
             purpose = 16 + i  # further parameters (recurrent R, ...) get their own streams
