@@ -3,6 +3,7 @@
     python tools/bench_train.py --arch mlp --algos bp dfa sdfa --seeds 0 1 2 --out bench.json
     python tools/bench_train.py --arch mlp --algos bp dfa sdfa --bits 4 6 8 12 16 --seeds 0
     python tools/bench_train.py --float --arch mlp          # float64 BP reference of the same model
+    python tools/bench_train.py --arch cnn --algos plan --config plan.toml   # a [[modules]] plan
 
 Prints one markdown row per configuration; --out appends JSON lines.
 """
@@ -30,7 +31,7 @@ def dataset(name):
     return data.BUILTIN[name]()
 
 
-def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=None):
+def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=None, modules=None):
     g = arch.build(arch_name, seed, ds.sample_shape, ds.n_classes)
     kw = {**ARCH_NUMERICS.get(arch_name, {}), **(extra or {})}
     if bits >= 12:
@@ -43,7 +44,7 @@ def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=N
     if lr_shift is not None:
         d["lr_shift"] = lr_shift
     t = time.perf_counter()
-    met = fit(model, ds, TrainConfig(algo=algo, seed=seed, **d), quiet=True)
+    met = fit(model, ds, TrainConfig(algo=algo, seed=seed, **d), quiet=True, modules_table=modules)
     return {"test_accuracy": met["test_accuracy"], "train_accuracy": met["train_accuracy"],
             "samples_per_second": met["samples_per_second"], "seconds": time.perf_counter() - t,
             "saturated_weights": sum(v["W"]["at_limit"] for v in met["saturation"].values() if "W" in v)}
@@ -70,8 +71,16 @@ def main():
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr-shift", type=int)
     ap.add_argument("--float", action="store_true", help="float64 BP of the MLP instead")
+    ap.add_argument("--config", help="TOML file whose [[modules]] plan replaces the preset (algo name 'plan')")
     ap.add_argument("--out")
     args = ap.parse_args()
+    modules = None
+    if args.config:
+        from edgedfa.config import load_config
+
+        modules = load_config(args.config).get("modules")
+        if not modules:
+            ap.error(f"--config {args.config}: no [[modules]] plan in it")
     ds = dataset(args.dataset)
     rows = []
     if args.float:
@@ -81,10 +90,11 @@ def main():
         return
     for bits in args.bits:
         for algo in args.algos:
-            res = [run_int(args.arch, algo, bits, s, ds, args.epochs, args.lr_shift) for s in args.seeds]
+            res = [run_int(args.arch, algo, bits, s, ds, args.epochs, args.lr_shift, modules=modules) for s in args.seeds]
             accs = [r["test_accuracy"] for r in res]
             sps = statistics.median(r["samples_per_second"] for r in res)
             row = {"arch": args.arch, "dataset": args.dataset, "algo": algo, "bits": bits, "seeds": args.seeds,
+                   "config": args.config,
                    "median_test_accuracy": statistics.median(accs), "test_accuracies": accs,
                    "samples_per_second": sps, "saturated_weights": [r["saturated_weights"] for r in res]}
             rows.append(row)
