@@ -115,16 +115,21 @@ def _record(trainer):
     return seen
 
 
-def test_error_from_projects_the_bp_error_at_that_tensor():
-    """Block 1 by DFA from the error at conv4's output: the projector receives exactly the
-    error conv4's backward receives, and block 1's own error is its projection."""
-    model, xq, y = _cnn()
-    table = [{"nodes": CNN_NODES[:3], "source": "dfa", "error_from": "conv4_out",
-              "feedback": {"kind": "dilated", "values": "binary", "k": 3}},
+def _one_step(seed, source, feedback):
+    """One hybrid-shaped step: block 1 by DFA from ``source``'s error, the rest by BP."""
+    model, xq, y = _cnn(seed)
+    table = [{"nodes": CNN_NODES[:3], "source": "dfa", "error_from": source, "feedback": feedback},
              {"nodes": CNN_NODES[3:]}]
     tr = make_trainer(model, TrainConfig(algo="hybrid"), table)
     seen = _record(tr)
     tr.step(xq, y, 0, 10)
+    return tr, seen, y
+
+
+def test_error_from_projects_the_bp_error_at_that_tensor():
+    """Block 1 by DFA from the error at conv4's output: the projector receives exactly the
+    error conv4's backward receives, and block 1's own error is its projection."""
+    tr, seen, y = _one_step(0, "conv4_out", {"kind": "dilated", "values": "binary", "k": 3})
     src, conv4_dy = seen[("src", "m0")], seen[("dy", "conv4")]
     np.testing.assert_array_equal(src.codes, conv4_dy.codes)
     assert src.fmt == conv4_dy.fmt
@@ -135,13 +140,7 @@ def test_error_from_projects_the_bp_error_at_that_tensor():
 def test_error_from_matches_the_float_projection():
     """The integer projection of a map error is the float product with the dense-equivalent
     feedback, scaled by 2^-(frac + gain), within the rounding of the 8-bit result."""
-    model, xq, y = _cnn(1)
-    table = [{"nodes": CNN_NODES[:3], "source": "dfa", "error_from": "maxpool6_out",
-              "feedback": {"kind": "dilated", "values": "ternary", "k": 4}},
-             {"nodes": CNN_NODES[3:]}]
-    tr = make_trainer(model, TrainConfig(algo="hybrid"), table)
-    seen = _record(tr)
-    tr.step(xq, y, 0, 10)
+    tr, seen, y = _one_step(1, "maxpool6_out", {"kind": "dilated", "values": "ternary", "k": 4})
     _, proj = tr.projectors["m0"]
     src, out = seen[("src", "m0")], seen[("proj", "m0")]
     assert proj.gain_shift == 1  # (16, 4, 4) target, (32, 2, 2) source: 4 positions per cell
