@@ -2,7 +2,8 @@
 
 Every op of ``edgedfa.graph`` with ONNX semantics; RNN/GRU/LSTM follow the ONNX operator
 spec (gate orders LSTM i,o,f,c and GRU z,r,h, both ``linear_before_reset`` forms, the three
-directions and both layouts).
+directions and both layouts). MaxPool/AveragePool also take raw ``ceil_mode`` and
+``dilations`` attributes and follow onnxruntime (see ``_pool_windows``).
 """
 
 from __future__ import annotations
@@ -150,10 +151,73 @@ def conv(node, x):
     return y if b is None else y + b.reshape((-1,) + (1,) * rank)
 
 
+def _pool_windows(node, x):
+    """ONNX window geometry of a MaxPool/AveragePool node on ``x`` (N, C, *S).
+
+    Returns (kernel, strides, dilations, pads, out, counts): ``pads`` are the given pads with
+    the end pads grown by ceil_mode's extra region, so that floor division over the padded
+    input yields exactly ``out`` windows; ``counts`` is None, or for AveragePool the divisor
+    of every window (N=1, C=1, *out): the taps inside the input, or with count_include_pad=1
+    inside the input and its explicit pads (never the ceil_mode region), as onnxruntime does.
+
+    ceil_mode=1: out = ceil((n + pad_begin + pad_end - ((k-1)*d+1)) / stride) + 1, less one
+    when the last window would start in the end padding (at or beyond n + pad_begin).
+    """
+    a = node.attrs
+    rank = x.ndim - 2
+    where = f"node {node.name!r} ({node.op})"
+    if rank not in (1, 2):
+        raise EdgeDFAError(f"{where}: pooling over {rank} spatial dims (only 1-d and 2-d)")
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        raise EdgeDFAError(f"{where}: auto_pad {a['auto_pad']!r} is not supported by the float "
+                           "reference (give explicit pads)")
+    kernel = list(a.get("kernel_shape") or [])
+    strides, dilations, pads = _spatial_attrs(node, rank)
+    if len(kernel) != rank or len(strides) != rank or len(dilations) != rank or \
+            len(pads) != 2 * rank:
+        raise EdgeDFAError(f"{where}: kernel_shape {kernel}, strides {strides}, dilations "
+                           f"{dilations}, pads {pads} do not fit {rank} spatial dims")
+    if min(kernel + strides + dilations) < 1 or min(pads) < 0:
+        raise EdgeDFAError(f"{where}: kernel_shape {kernel}, strides {strides}, dilations "
+                           f"{dilations} must be >= 1 and pads {pads} >= 0")
+    ceil = bool(a.get("ceil_mode", 0))
+    grown, out, taps = list(pads), [], []
+    for i in range(rank):
+        n, k, s, d = x.shape[2 + i], kernel[i], strides[i], dilations[i]
+        begin, end, eff = pads[i], pads[rank + i], (k - 1) * d + 1
+        span = n + begin + end - eff
+        size = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (size - 1) * s >= n + begin:
+            size -= 1  # ONNX/onnxruntime drop a window that would start in the end padding
+        if size < 1:
+            raise EdgeDFAError(f"{where}: window {kernel} (dilations {dilations}) does not fit "
+                               f"input {tuple(x.shape[2:])} with pads {pads}")
+        grown[rank + i] += max(0, (size - 1) * s + eff - (n + begin + end))
+        out.append(size)
+        # input index of every tap of every window on this axis: (size, k)
+        taps.append(np.arange(size)[:, None] * s - begin + np.arange(k)[None, :] * d)
+    inside = [((t >= 0) & (t < x.shape[2 + i])).sum(axis=1) for i, t in enumerate(taps)]
+    if any((c == 0).any() for c in inside):
+        raise EdgeDFAError(f"{where}: a window covers only padding (kernel {kernel}, dilations "
+                           f"{dilations}, pads {pads}, ceil_mode {int(ceil)}); onnxruntime "
+                           "gives -FLT_MAX (MaxPool) or 0 (AveragePool) there")
+    counts = None
+    if node.op == "AveragePool":
+        if a.get("count_include_pad", 0):
+            per_axis = [((t >= -pads[i]) & (t < x.shape[2 + i] + pads[rank + i])).sum(axis=1)
+                        for i, t in enumerate(taps)]
+        else:
+            per_axis = inside
+        counts = per_axis[0].astype(np.float64)
+        for c in per_axis[1:]:
+            counts = np.multiply.outer(counts, c)
+        counts = counts.reshape((1, 1) + tuple(out))
+    return kernel, strides, dilations, grown, out, counts
+
+
 @op("MaxPool")
 def max_pool(node, x):
-    kernel = list(node.attrs["kernel_shape"])
-    strides, dilations, pads = _spatial_attrs(node, len(kernel))
+    kernel, strides, dilations, pads, _, _ = _pool_windows(node, x)
     y = None
     for _, view in _windows(x, kernel, strides, dilations, pads, -np.inf):
         y = view.copy() if y is None else np.maximum(y, view)
@@ -162,14 +226,9 @@ def max_pool(node, x):
 
 @op("AveragePool")
 def average_pool(node, x):
-    kernel = list(node.attrs["kernel_shape"])
-    strides, dilations, pads = _spatial_attrs(node, len(kernel))
+    kernel, strides, dilations, pads, _, counts = _pool_windows(node, x)
     total = sum(view for _, view in _windows(x, kernel, strides, dilations, pads, 0.0))
-    if node.attrs.get("count_include_pad", 0):
-        return total / math.prod(kernel)
-    ones = np.ones((1, 1) + x.shape[2:])
-    count = sum(view for _, view in _windows(ones, kernel, strides, dilations, pads, 0.0))
-    return total / count
+    return total / counts
 
 
 @op("GlobalAveragePool")
