@@ -103,7 +103,7 @@ def mlp_graphs(draw, n_classes=None):
 @st.composite
 def cnn_graphs(draw, ceil=True):
     """1-d/2-d Conv (stride, pads, dilation, group) / pooling (max, average, global) stacks;
-    ``ceil=False``: no ceil_mode (float_ref does not implement it; the importer makes it pads)."""
+    ``ceil=False``: no ceil_mode."""
     g = _G(np.random.default_rng(draw(st.integers(0, 2**31))))
     rank = draw(st.sampled_from((1, 2)))
     c = draw(st.integers(1, 3))
@@ -370,7 +370,7 @@ def test_int_export_refuses_stochastic_rounding():
 # =========================================================================== float and qdq
 
 @settings(max_examples=25)
-@given(graph=st.one_of(mlp_graphs(), cnn_graphs(ceil=False)), bits=st.integers(4, 16), seed=st.integers(0, 2**16))
+@given(graph=st.one_of(mlp_graphs(), cnn_graphs()), bits=st.integers(4, 16), seed=st.integers(0, 2**16))
 def test_float_export_follows_float_reference(graph, bits, seed):
     rng = np.random.default_rng(seed)
     model = build_model(graph, Numerics.from_bits(bits), rng)
