@@ -110,11 +110,18 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
             fb = FeedbackSpec(kind, values, k, regenerate=regenerate)
         elif algo == "sdfa":
             fb = FeedbackSpec("sparse", values, k, regenerate=regenerate)
-        elif algo in ("modular", "hybrid") and _conv_like(graph, names):
+        elif algo == "hybrid" and _conv_like(graph, names):
+            fb = FeedbackSpec("sparse", values, k, regenerate=regenerate)
+        elif algo == "modular" and _conv_like(graph, names):
             fb = FeedbackSpec("channel", values, regenerate=regenerate)
         else:
             fb = FeedbackSpec("dense", values, regenerate=regenerate)
         module = Module(f"m{i}", names, "dfa", fb)
+        if algo == "hybrid" and _conv_like(graph, names):
+            # a DFA error on a conv map reaches each bias summed over every position with
+            # one sign and drives it (docs/benchmarks.md): the block trains its kernels only
+            module.layer_options = {n: {"frozen": ["B"]} for n in names
+                                    if graph.node(n).op == "Conv" and "B" in graph.node(n).params}
         rec = [n for n in names if graph.node(n).op in RECURRENT_OPS]
         if rec and algo in ("dfa", "sdfa"):
             # per-step DFA (Nøkland): the error reaches every step's hidden state, no BPTT

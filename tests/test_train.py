@@ -190,6 +190,11 @@ def test_plans_follow_documented_credit_paths():
     assert [m.nodes[0] for m in mod.modules] == ["conv1", "conv4", "flatten7"]
     assert [m.nodes for m in make_plan(cnn, "sdfa").modules][1] == ["conv4", "relu5", "maxpool6"]
     assert [m.feedback.kind for m in mod.modules[:-1]] == ["channel", "channel"]
+    hyb = make_plan(cnn, "hybrid", k=2)
+    assert [(m.nodes[0], m.source) for m in hyb.modules] == [("conv1", "dfa"), ("conv4", "output")]
+    assert (hyb.modules[0].feedback.kind, hyb.modules[0].feedback.k) == ("sparse", 2)
+    assert hyb.modules[0].layer_options == {"conv1": {"frozen": ["B"]}} and hyb.modules[1].layer_options == {}
+    assert make_plan(cnn, "hybrid", kind="dilated").modules[0].feedback.kind == "dilated"
     gru = arch.recurrent("gru", 0)
     step = make_plan(gru, "dfa")
     assert step.modules[0].target == "gru_out0" and step.modules[0].layer_options == {"gru": {"bptt_steps": 0}}
