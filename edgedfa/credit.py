@@ -140,7 +140,7 @@ def _feedback_spec(table, where: str) -> FeedbackSpec:
         raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
 
 
-def _split_inside(graph: Graph, entry: dict, nodes: list, where: str) -> list:
+def _split_inside(graph: Graph, entry: dict, nodes: list, name: str, where: str) -> list:
     """``inside = "dfa"``: one sub-module per trainable layer of the module; every one but the
     top takes the module's output error through its own fixed random feedback."""
     groups = []
@@ -148,7 +148,6 @@ def _split_inside(graph: Graph, entry: dict, nodes: list, where: str) -> list:
         if not groups or (_is_trainable(graph.node(n)) and any(_is_trainable(graph.node(m)) for m in groups[-1])):
             groups.append([])
         groups[-1].append(n)
-    name = entry.get("name", where)
     out_t = entry.get("target") or graph.node(nodes[-1]).outputs[0]
     fb = _feedback_spec(entry.get("inside_feedback"), where + " inside_feedback")
     return [Module(f"{name}.{j}", g, "dfa", fb, None, {}, out_t) for j, g in enumerate(groups[:-1])] + [groups[-1]]
@@ -195,10 +194,10 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
             if bad:
                 raise EdgeDFAError(f"{where}: layer_options.{n}: unknown option(s) {bad}; "
                                    f"known options are {sorted(LAYER_OPTION_KEYS)}")
-        subs = _split_inside(graph, entry, nodes, where) if inside == "dfa" else [nodes]
+        name = entry.get("name", f"m{i}")
+        subs = _split_inside(graph, entry, nodes, name, where) if inside == "dfa" else [nodes]
         modules.extend(subs[:-1])
-        modules.append(Module(entry.get("name", f"m{i}"), subs[-1], source, fb, entry.get("target"), opts,
-                              entry.get("error_from")))
+        modules.append(Module(name, subs[-1], source, fb, entry.get("target"), opts, entry.get("error_from")))
     missing = known - seen
     if missing:
         raise EdgeDFAError(f"config [[modules]]: layer(s) {sorted(missing)} belong to no module")
@@ -217,8 +216,11 @@ def check_error_sources(graph: Graph, modules: list) -> None:
     tensors = {o: n.name for n in graph.nodes for o in n.outputs if o}
     for m in modules:
         t = m.error_from
-        if t is None or m.source != "dfa":
+        if t is None:
             continue
+        if m.source != "dfa":
+            raise EdgeDFAError(f"module {m.name}: error_from {t!r} needs source = \"dfa\" (the module's "
+                               f"error comes from {m.source!r}: {'the output' if m.source == 'output' else 'BP'})")
         if t not in tensors:
             raise EdgeDFAError(f"module {m.name}: error_from {t!r} is no tensor of the graph; "
                                f"tensors are {sorted(tensors)}")

@@ -168,6 +168,8 @@ def test_inside_dfa_splits_a_module_into_feedback_fed_layers():
     np.testing.assert_array_equal(seen[("src", "body.0")].codes, seen[("dy", "maxpool6")].codes)
     assert seen[("need", "conv4")] == [False]
     assert tr.plan.describe()[0]["error_from"] == "maxpool6_out"
+    unnamed = plan_from_config(model.graph, [{k: v for k, v in table[0].items() if k != "name"}, table[1]])
+    assert [m.name for m in unnamed.modules] == ["m0.0", "m0", "m1"]
 
 
 @pytest.mark.parametrize("entry, match", [
@@ -176,6 +178,7 @@ def test_inside_dfa_splits_a_module_into_feedback_fed_layers():
     ({"error_from": "input"}, "no tensor"),
     ({"inside": "sideways"}, "inside"),
     ({"eror_from": "conv4_out"}, "unknown key.*eror_from"),
+    ({"error_from": "conv4_out", "source": "bp"}, "needs source"),
     ({"inside": "dfa", "inside_feedback": {"kind": "dense", "k": "x"}}, "bad feedback"),
 ])
 def test_bad_error_sources_name_the_module_and_tensor(entry, match):
