@@ -75,7 +75,8 @@ def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape
     return _PROJECTORS.get(spec.kind)(spec, layer_index, seed, tuple(target_shape), source_shape)
 
 
-def _shape(source_shape) -> tuple:
+def as_shape(source_shape) -> tuple:
+    """A per-sample shape from an int (C classes) or a sequence."""
     return (int(source_shape),) if np.ndim(source_shape) == 0 else tuple(int(s) for s in source_shape)
 
 
@@ -89,7 +90,7 @@ class Projector:
 
     def __init__(self, spec, layer_index, seed, target_shape, source_shape):
         self.spec, self.index, self.seed = spec, int(layer_index), int(seed)
-        self.source_shape = _shape(source_shape)
+        self.source_shape = as_shape(source_shape)
         self.target_shape, self.n_classes = tuple(target_shape), int(np.prod(self.source_shape))
         self.n_target = int(np.prod(self.target_shape))
         self.gain_shift = int(spec.option("gain_shift", 0))  # extra 2^-s on the projection (§10.2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EdgeDFAError
-from .feedback import Projector, feedback_values, half_log2, register_projector
+from .feedback import Projector, as_shape, feedback_values, half_log2, register_projector
 from .prng import PURPOSE_FEEDBACK_INDEX, words
 
 
@@ -56,7 +56,7 @@ class DilatedProjector(Projector):
         target_shape = tuple(int(s) for s in target_shape)
         if len(target_shape) < 1:
             raise EdgeDFAError("dilated feedback needs a (channels, *spatial) target")
-        source_shape = (int(source_shape),) if np.ndim(source_shape) == 0 else tuple(int(v) for v in source_shape)
+        source_shape = as_shape(source_shape)
         c = source_shape[0]
         self.taps = int(spec.option("taps", spec.k))
         if not 1 <= self.taps <= c:
