@@ -1,4 +1,5 @@
-"""BP vs dense DFA vs sparse DFA (k=1) vs regenerated feedback on the modelled accelerator.
+"""BP vs dense DFA vs sparse DFA (k=1) vs regenerated feedback vs the modular and hybrid
+presets on the modelled accelerator.
 
 For the default MLP (64-256-256-10) and the default CNN, one training step at batch 32 on
 the default hardware (16x16 int8 PEs, 200 MHz): MACs/adds of the error path, bytes moved
@@ -31,6 +32,8 @@ VARIANTS = {
     "DFA dense, regenerated": dict(algo="dfa", feedback_regenerate=True),
     "sDFA k=1, stored": dict(algo="sdfa", feedback_sparsity=1, feedback_regenerate=False),
     "sDFA k=1, regenerated": dict(algo="sdfa", feedback_sparsity=1, feedback_regenerate=True),
+    "modular, regenerated": dict(algo="modular", feedback_regenerate=True),
+    "hybrid, regenerated": dict(algo="hybrid", feedback_sparsity=1, feedback_regenerate=True),
 }
 RECURRENT_VARIANTS = {  # GRU: full BPTT vs per-step DFA (no BPTT, bptt_steps = 0) vs modular (DFA at Y_h, BPTT inside)
     "BP (full BPTT)": dict(algo="bp"),
@@ -93,7 +96,8 @@ def print_table(results):
 
 
 SHORT = {"BP": "BP", "DFA dense, stored": "DFA", "DFA dense, regenerated": "DFA\nregen", "sDFA k=1, stored": "sDFA",
-         "sDFA k=1, regenerated": "sDFA\nregen", "BP (full BPTT)": "BPTT", "per-step DFA dense": "step\nDFA",
+         "sDFA k=1, regenerated": "sDFA\nregen", "modular, regenerated": "modular",
+         "hybrid, regenerated": "hybrid", "BP (full BPTT)": "BPTT", "per-step DFA dense": "step\nDFA",
          "per-step sDFA k=1": "step\nsDFA", "modular (DFA at h_T, BPTT)": "modular"}
 
 
