@@ -77,6 +77,17 @@ def shifted_digits(canvas: int = 16, seed: int = 7) -> Dataset:
 
 BUILTIN = {"digits": digits, "shifted-digits": shifted_digits}
 
+HOLDOUT_SEED = 4242  # fixed: the documented validation split of a training split never changes
+
+
+def holdout(ds: Dataset, fraction: float = 0.2, seed: int = HOLDOUT_SEED) -> Dataset:
+    """A validation split carved out of ``ds``'s training split: train on the rest, "test" on
+    the held-out part; for choosing settings without looking at the real test split."""
+    if not 0.0 < fraction < 1.0:
+        raise EdgeDFAError(f"holdout fraction must lie in (0, 1), got {fraction}")
+    tr, va = stratified_split(ds.y_train, fraction, seed)
+    return Dataset(f"{ds.name}-holdout", ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+
 
 def load_npz(path: str) -> Dataset:
     """A user dataset: x_train, y_train, x_test, y_test; validated with errors naming the key."""
