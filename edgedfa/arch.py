@@ -50,8 +50,8 @@ def mlp(seed=0, n_in=64, hidden=(256, 256), n_classes=10) -> Graph:
     return Graph("mlp", "input", (n_in,), out, b.nodes, {"arch": "mlp"})
 
 
-def cnn(seed=0, in_shape=(1, 8, 8), channels=(16, 32), n_classes=10) -> Graph:
-    """conv3x3(16)-relu-maxpool2 - conv3x3(32)-relu-maxpool2 - flatten - dense."""
+def cnn(seed=0, in_shape=(1, 8, 8), channels=(32, 64), n_classes=10) -> Graph:
+    """conv3x3(32)-relu-maxpool2 - conv3x3(64)-relu-maxpool2 - flatten - dense."""
     b = _Builder(seed)
     x, c, (h, w) = "input", in_shape[0], in_shape[1:]
     for co in channels:

@@ -151,10 +151,15 @@ def apply_layer_options(layer, opts: dict, module: str) -> None:
         layer.configure_backward(getattr(layer, "backward_mode", "full"), getattr(layer, "backward_groups", None))
 
 
+GAIN_REFERENCE_SHIFT = 1  # a 4-unit reference (set on the holdout split, docs/benchmarks.md)
+
+
 def spatial_gain_shift(shape, source_shape=()) -> int:
-    """Feedback onto a conv map: 2^-ceil(log2(positions per source cell)/2), since a conv
-    weight gradient sums the projected error over every position that repeats one source
-    value (all positions for the output error; docs/algorithms.md)."""
+    """Feedback onto a conv map [Ch, positions...]: 2^-g with g = max(0, ceil(log2(n)/2) - 1),
+    n = Ch x the target positions per source cell (all positions for the output error): the
+    units one source value reaches. A conv weight gradient sums the projected error over the
+    positions, and BP's error at a map falls like 1/sqrt(its units) through the fan-in-scaled
+    weights above it; the feedback follows the same law (docs/algorithms.md, datapath §10.2)."""
     from .feedback import half_log2
 
     if len(shape) < 2:
@@ -163,7 +168,7 @@ def spatial_gain_shift(shape, source_shape=()) -> int:
     src = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
     if len(src) == len(shape) - 1:
         positions //= max(1, int(np.prod(src)))
-    return half_log2(positions)
+    return max(0, half_log2(int(shape[0]) * positions) - GAIN_REFERENCE_SHIFT)
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:

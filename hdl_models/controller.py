@@ -99,9 +99,9 @@ class Controller:
 
     def _gain_shift(self, m: dict, shape, source_shape) -> int:
         """§10.2 gain shift: the option when given; for a module holding a convolution whose
-        target is a map [Ch, positions...], ceil(log2(p)/2) with p the target positions per
-        cell of the source's spatial grid (a map source of the same spatial rank), or all
-        positions (a vector source such as the output error); else 0."""
+        target is a map [Ch, positions...], max(0, ceil(log2(Ch * p)/2) - 1) with p the target
+        positions per cell of the source's spatial grid (a map source of the same spatial
+        rank), or all positions (a vector source such as the output error); else 0."""
         g = m["feedback"]["options"].get("gain_shift")
         if g is not None:
             return int(g)
@@ -112,7 +112,7 @@ class Controller:
         src_spatial = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
         if len(src_spatial) == len(shape) - 1:
             positions //= max(1, int(np.prod(src_spatial)))
-        return half_log2(positions)
+        return max(0, half_log2(int(shape[0]) * positions) - 1)
 
     @staticmethod
     def _generate(f: Feedback):

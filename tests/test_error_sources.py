@@ -81,12 +81,16 @@ def test_vector_kinds_read_a_map_source_flattened(kind):
     assert proj.project(e, 8, "AP_RND").codes.shape == (2, 4, 6, 6)
 
 
-def test_gain_shift_counts_positions_per_source_cell():
-    assert spatial_gain_shift((16, 8, 8)) == 3  # output error: 64 positions share it
-    assert spatial_gain_shift((16, 8, 8), (10,)) == 3
-    assert spatial_gain_shift((16, 8, 8), (32, 4, 4)) == 1  # 4 positions per source cell
-    assert spatial_gain_shift((16, 8, 8), (32, 8, 8)) == 0
-    assert spatial_gain_shift((64,), (10,)) == 0
+def test_gain_shift_counts_units_per_source_cell():
+    # max(0, ceil(log2(channels x positions per source cell) / 2) - 1)
+    assert spatial_gain_shift((16, 8, 8)) == 4  # output error: all 1,024 units share it
+    assert spatial_gain_shift((16, 8, 8), (10,)) == 4
+    assert spatial_gain_shift((16, 8, 8), (32, 4, 4)) == 2  # 16 x 4 units per source cell
+    assert spatial_gain_shift((16, 8, 8), (32, 8, 8)) == 1  # 16 x 1
+    assert spatial_gain_shift((64,), (10,)) == 0  # not a map
+    assert spatial_gain_shift((32, 4, 4)) == 4 and spatial_gain_shift((64, 4, 4)) == 4  # 512, 1,024 units
+    assert spatial_gain_shift((64, 2, 2)) == 3
+    assert spatial_gain_shift((1, 2, 2)) == 0  # never a gain above 1
 
 
 def _cnn(seed=0):
@@ -143,7 +147,7 @@ def test_error_from_matches_the_float_projection():
     tr, seen, y = _one_step(1, "maxpool6_out", {"kind": "dilated", "values": "ternary", "k": 4})
     _, proj = tr.projectors["m0"]
     src, out = seen[("src", "m0")], seen[("proj", "m0")]
-    assert proj.gain_shift == 1  # (16, 4, 4) target, (32, 2, 2) source: 4 positions per cell
+    assert proj.gain_shift == 3  # (32, 4, 4) target, (64, 2, 2) source: 32 x 4 units per cell
     scale = 2.0 ** -(proj.frac_bits() + proj.gain_shift)
     f = (src.value().reshape(len(y), -1) @ proj.dense_matrix().T.astype(float)) * scale
     lsb = 2.0 ** -out.fmt.frac_bits

@@ -81,15 +81,15 @@ def test_inside_dfa_body(regenerate):
 
 
 def test_inside_dfa_dilated_stored_from_a_coarser_map():
-    """inside = "dfa" with stored dilated feedback: a (32, 2, 2) source upsampled onto the
-    (16, 4, 4) target; the gain shift counts the 4 target positions per source cell."""
+    """inside = "dfa" with stored dilated feedback: a (64, 2, 2) source upsampled onto the
+    (32, 4, 4) target; the gain shift counts the 32 x 4 target units per source cell."""
     r = run(inside_dfa({"kind": "dilated", "values": "ternary", "k": 4, "regenerate": False}))
     assert_exact(r)
     model, _, _ = cnn()
     ctl = Controller(model, plan_dicts(make_trainer(model, TrainConfig(algo="custom"), inside_dfa(
         {"kind": "dilated", "values": "ternary", "k": 4, "regenerate": False})).plan))
     f = ctl.feedback["body.0"]
-    assert (f.grid, f.gain_shift) == ((2, 2), 1)
+    assert (f.grid, f.gain_shift) == ((2, 2), 3)
     assert r["feedback_memory_bytes"] == -(-f.memory_bits() // 8)
 
 
