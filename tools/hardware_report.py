@@ -70,7 +70,7 @@ def main():
     xc = ds.x_train.reshape(-1, 1, 8, 8)
     c = IntModel(arch.cnn(0), Numerics.from_bits(8), 0)
     c.calibrate(xc[:256])
-    nets["CNN conv16-conv32-fc10"] = (c, xc[:32], ds.y_train[:32])
+    nets["CNN conv32-conv64-fc10"] = (c, xc[:32], ds.y_train[:32])
     results = {net: {v: measure(*args, cfg) for v, cfg in VARIANTS.items()} for net, args in nets.items()}
     xs = ds.x_train.reshape(-1, 8, 8)  # a digit as 8 steps of 8 features
     g = IntModel(arch.recurrent("gru", 0), Numerics.from_bits(8), 0)
