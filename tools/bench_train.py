@@ -8,7 +8,7 @@
 
 --holdout trains on 80% of the training split and reports the accuracy on the other 20%
 (edgedfa.data.holdout, a fixed stratified split): settings are chosen on it, never on the
-test split; the column then reads "holdout accuracy".
+test split; rows then name the data set `<name>-holdout`.
 
 Prints one markdown row per configuration; --out appends JSON lines.
 """
