@@ -227,3 +227,26 @@ def test_bad_layer_options_are_named(opts, match):
     table = [{"nodes": CNN_NODES[:3], "source": "dfa", "layer_options": opts}, {"nodes": CNN_NODES[3:]}]
     with pytest.raises(EdgeDFAError, match=match):
         make_trainer(model, TrainConfig(algo="hybrid"), table)
+
+
+def _error_rms_at_block2(channels, algo):
+    """RMS of the error reaching block 2's output (maxpool6_out) in one step at init: BP's
+    error through the head's weights, or DFA's projected output error."""
+    graph = arch.cnn(3, (1, 8, 8), channels=channels)
+    model = build_model(graph, Numerics.from_bits(16), 3)
+    x = np.random.default_rng(3).uniform(0, 1, (32, 1, 8, 8))
+    model.calibrate(x)
+    tr = make_trainer(model, TrainConfig(algo=algo))
+    seen = _record(tr)
+    tr.step(model.quantize_input(x), np.arange(32) % 10, 0, 10)
+    err = seen[("dy", "maxpool6")] if algo == "bp" else seen[("proj", "m1")]
+    return float(np.sqrt(np.mean(err.value() ** 2)))
+
+
+def test_default_feedback_gain_tracks_bp_error_size_across_widths():
+    """BP's error at a map shrinks like 1/sqrt(units) (fan-in-scaled weights above it); the
+    default gain makes DFA's projected error follow it, so the DFA/BP size ratio stays put as
+    the CNN widens 8x (a positions-only gain would let it grow like sqrt(8) = 2.8x)."""
+    widths = [(8, 16), (16, 32), (32, 64), (64, 128)]
+    ratios = [_error_rms_at_block2(w, "dfa") / _error_rms_at_block2(w, "bp") for w in widths]
+    assert max(ratios) / min(ratios) <= 2.0, ratios
