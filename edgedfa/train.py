@@ -58,7 +58,7 @@ class Trainer:
                 proj = make_projector(m.feedback, layer.index, model.seed, model.shapes[target],
                                       model.shapes[source])
                 if m.feedback.option("gain_shift") is None and self._is_map(m):
-                    proj.gain_shift = spatial_gain_shift(model.shapes[target], model.shapes[source])
+                    proj.gain_shift = map_gain_shift(model.shapes[target], model.shapes[source])
                 self.projectors[m.name] = (target, proj)
                 self._sources[m.name] = source
         for layer in model.layers:
@@ -154,7 +154,7 @@ def apply_layer_options(layer, opts: dict, module: str) -> None:
 GAIN_REFERENCE_SHIFT = 1  # a 4-unit reference (set on the holdout split, docs/benchmarks.md)
 
 
-def spatial_gain_shift(shape, source_shape=()) -> int:
+def map_gain_shift(shape, source_shape=()) -> int:
     """Feedback onto a conv map [Ch, positions...]: 2^-g with g = max(0, ceil(log2(n)/2) - 1),
     n = Ch x the target positions per source cell (all positions for the output error): the
     units one source value reaches. A conv weight gradient sums the projected error over the

@@ -44,6 +44,9 @@ def plan_dicts(plan) -> list:
     return out
 
 
+GAIN_REFERENCE_SHIFT = 1  # §10.2: the units' reference, 2^(2*1) = 4
+
+
 class Controller:
     def __init__(self, model, plan: list, hw: HwConfig | None = None):
         self.hw = hw or HwConfig()
@@ -112,7 +115,7 @@ class Controller:
         src_spatial = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
         if len(src_spatial) == len(shape) - 1:
             positions //= max(1, int(np.prod(src_spatial)))
-        return max(0, half_log2(int(shape[0]) * positions) - 1)
+        return max(0, half_log2(int(shape[0]) * positions) - GAIN_REFERENCE_SHIFT)
 
     @staticmethod
     def _generate(f: Feedback):

@@ -15,7 +15,7 @@ from edgedfa.api import build_model, make_trainer
 from edgedfa.credit import plan_from_config
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.layers.base import Numerics, QTensor, narrow_dynamic
-from edgedfa.train import TrainConfig, spatial_gain_shift
+from edgedfa.train import TrainConfig, map_gain_shift
 
 CNN_NODES = ["conv1", "relu2", "maxpool3", "conv4", "relu5", "maxpool6", "flatten7", "dense8"]
 
@@ -83,14 +83,14 @@ def test_vector_kinds_read_a_map_source_flattened(kind):
 
 def test_gain_shift_counts_units_per_source_cell():
     # max(0, ceil(log2(channels x positions per source cell) / 2) - 1)
-    assert spatial_gain_shift((16, 8, 8)) == 4  # output error: all 1,024 units share it
-    assert spatial_gain_shift((16, 8, 8), (10,)) == 4
-    assert spatial_gain_shift((16, 8, 8), (32, 4, 4)) == 2  # 16 x 4 units per source cell
-    assert spatial_gain_shift((16, 8, 8), (32, 8, 8)) == 1  # 16 x 1
-    assert spatial_gain_shift((64,), (10,)) == 0  # not a map
-    assert spatial_gain_shift((32, 4, 4)) == 4 and spatial_gain_shift((64, 4, 4)) == 4  # 512, 1,024 units
-    assert spatial_gain_shift((64, 2, 2)) == 3
-    assert spatial_gain_shift((1, 2, 2)) == 0  # never a gain above 1
+    assert map_gain_shift((16, 8, 8)) == 4  # output error: all 1,024 units share it
+    assert map_gain_shift((16, 8, 8), (10,)) == 4
+    assert map_gain_shift((16, 8, 8), (32, 4, 4)) == 2  # 16 x 4 units per source cell
+    assert map_gain_shift((16, 8, 8), (32, 8, 8)) == 1  # 16 x 1
+    assert map_gain_shift((64,), (10,)) == 0  # not a map
+    assert map_gain_shift((32, 4, 4)) == 4 and map_gain_shift((64, 4, 4)) == 4  # 512, 1,024 units
+    assert map_gain_shift((64, 2, 2)) == 3
+    assert map_gain_shift((1, 2, 2)) == 0  # never a gain above 1
 
 
 def _cnn(seed=0):
