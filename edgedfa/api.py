@@ -13,7 +13,7 @@ from .credit import make_plan, plan_from_config
 from .data import Dataset, check_labels
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, dequantize
-from .layers.base import Numerics
+from .numerics import Numerics
 from .model import IntModel, graph_from_json
 from .train import (Progress, TrainConfig, Trainer, accuracy, atomic_savez, atomic_write_text, bar,
                     batch_order, checkpoint_arrays)

@@ -264,7 +264,7 @@ def cmd_info(args) -> int:
 def _info_onnx(path) -> int:
     """Layers and shapes, the integer formats at the default 8 bits, or every unsupported op."""
     from .onnx.describe import describe, describe_onnx, inspect_onnx
-    from .layers.base import Numerics
+    from .numerics import Numerics
     from .model import IntModel
 
     report = inspect_onnx(path)

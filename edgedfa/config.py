@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, fields
 
 from .errors import EdgeDFAError
-from .layers.base import Numerics
+from .numerics import Numerics
 from .train import TrainConfig
 
 if sys.version_info >= (3, 11):

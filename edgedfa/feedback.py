@@ -14,8 +14,7 @@ import numpy as np
 from . import kernels
 from .errors import EdgeDFAError
 from .registry import Registry
-from .fixed import FixedFormat, Overflow
-from .layers.base import QTensor, narrow_dynamic
+from .fixed import FixedFormat, Overflow, QTensor, narrow_dynamic
 from .prng import PURPOSE_FEEDBACK, PURPOSE_FEEDBACK_INDEX, stream_id, words
 
 VALUE_KINDS = ("uniform", "binary", "ternary")

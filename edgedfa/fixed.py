@@ -2,7 +2,8 @@
 
 Codes are int64 numpy arrays: the integer ``q`` of a value ``q * 2**-frac_bits``.
 ``requantize`` is the only function that narrows a code; ``quantize`` is the only way in
-from floats and ``dequantize`` the only way out.
+from floats and ``dequantize`` the only way out. A tensor is a ``QTensor(codes, fmt)``;
+``narrow_dynamic`` keeps the top bits of a wide one (a per-batch block exponent, §7).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -201,19 +203,35 @@ def overflow_mask(codes, fmt) -> np.ndarray:
     return (c < fmt.min_code) | (c > fmt.max_code)
 
 
+def _overflow(codes, width: int, signed: bool, overflow) -> np.ndarray:
+    """Wide integer codes into the range of a ``width``-bit register by the overflow mode."""
+    overflow = Overflow.parse(overflow)
+    c = np.asarray(codes, dtype=np.int64)
+    lo = -(1 << (width - 1)) if signed else 0
+    hi = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
+    if overflow is Overflow.AP_WRAP:
+        return ((c - lo) & ((1 << width) - 1)) + lo
+    if overflow is Overflow.AP_SAT_ZERO:
+        return np.where((c < lo) | (c > hi), 0, c)
+    if overflow is Overflow.AP_SAT_SYM and signed:
+        lo = -hi
+    return np.clip(c, lo, hi)
+
+
 def apply_overflow(codes, fmt, overflow=Overflow.AP_SAT) -> np.ndarray:
     """Bring wide integer codes into ``fmt``'s range by the overflow mode (int64 out)."""
     fmt = as_format(fmt)
-    overflow = Overflow.parse(overflow)
-    c = np.asarray(codes, dtype=np.int64)
-    lo, hi = fmt.min_code, fmt.max_code
-    if overflow is Overflow.AP_WRAP:
-        return ((c - lo) & ((1 << fmt.width) - 1)) + lo
-    if overflow is Overflow.AP_SAT_ZERO:
-        return np.where((c < lo) | (c > hi), 0, c)
-    if overflow is Overflow.AP_SAT_SYM and fmt.signed:
-        lo = -hi
-    return np.clip(c, lo, hi)
+    return _overflow(codes, fmt.width, fmt.signed, overflow)
+
+
+def acc_limits(acc_bits: int):
+    """Signed range of an ``acc_bits``-bit accumulator register (wider than any FixedFormat)."""
+    return -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+
+
+def acc_step(acc, acc_bits: int, overflow) -> np.ndarray:
+    """An accumulator register brought back into its ``acc_bits`` after one addition (§4)."""
+    return _overflow(acc, acc_bits, True, overflow)
 
 
 # --------------------------------------------------------------------------- rounding
@@ -391,3 +409,52 @@ def dequantize(codes, fmt) -> np.ndarray:
     """Codes of ``fmt`` to float64 values (exact)."""
     fmt = as_format(fmt)
     return np.ldexp(np.asarray(codes, dtype=np.float64), -fmt.frac_bits)
+
+
+# --------------------------------------------------------------------------- tensors
+
+class QTensor(NamedTuple):
+    """Integer codes with their format."""
+
+    codes: np.ndarray
+    fmt: FixedFormat
+
+    def value(self) -> np.ndarray:
+        """Dequantized float64 view (edges and tests only)."""
+        return np.ldexp(self.codes.astype(np.float64), -self.fmt.frac_bits)
+
+
+def bit_length(maxabs: int) -> int:
+    """Bits needed for the magnitude ``maxabs`` (0 for 0)."""
+    return int(maxabs).bit_length()
+
+
+def int_bits_for(maxabs: float, headroom: int = 0) -> int:
+    """Integer bits (sign included) of a signed format holding ``maxabs`` with headroom."""
+    if maxabs <= 0:
+        return 1
+    return int(np.floor(np.log2(maxabs))) + 2 + headroom
+
+
+def acc_format(acc_bits: int, frac_bits: int) -> FixedFormat:
+    """Format of an accumulator register holding products with ``frac_bits``."""
+    return FixedFormat.with_frac(acc_bits, frac_bits)
+
+
+def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
+                   rng=None, step=0) -> QTensor:
+    """Keep the top ``bits`` of a wide signed tensor: shift = bitlen(max|x|) - (bits - 1)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    maxabs = int(np.abs(codes).max()) if codes.size else 0
+    shift = max(0, bit_length(maxabs) - (bits - 1))
+    out_fmt = FixedFormat.with_frac(bits, fmt.frac_bits - shift)
+    q = round_shift(codes, shift, rounding, rng, step)
+    return QTensor(apply_overflow(q, out_fmt, Overflow.AP_SAT), out_fmt)
+
+
+def align_add(a: QTensor, b: QTensor, bits: int = 40) -> QTensor:
+    """Exact sum of two tensors in the finer of their formats (wide result)."""
+    f = max(a.fmt.frac_bits, b.fmt.frac_bits)
+    ca = a.codes << (f - a.fmt.frac_bits)
+    cb = b.codes << (f - b.fmt.frac_bits)
+    return QTensor(ca + cb, FixedFormat.with_frac(bits, f))

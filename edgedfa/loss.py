@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixed import FixedFormat, Overflow, apply_overflow, round_shift
-from .layers.base import QTensor
+from .fixed import FixedFormat, Overflow, QTensor, apply_overflow, round_shift
 
 LOG2E_Q14 = 23637  # round(log2(e) * 2^14)
 EXP2_FRAC_BITS = 8  # exponent resolution: 1/256

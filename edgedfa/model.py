@@ -7,9 +7,10 @@ import json
 import numpy as np
 
 from .errors import EdgeDFAError
-from .fixed import FixedFormat, dequantize, quantize
+from .fixed import FixedFormat, QTensor, dequantize, int_bits_for, quantize
 from .graph import Graph, Node
-from .layers.base import LayerSpec, Numerics, QTensor, int_bits_for, layer_class
+from .layers import LayerSpec, layer_class
+from .numerics import Numerics
 
 
 # per-layer options that are not numerics: Conv's backward ("full" | "group") and its

@@ -14,7 +14,7 @@ import numpy as np
 from .credit import Plan
 from .errors import EdgeDFAError
 from .feedback import make_projector
-from .layers.base import QTensor, align_add, narrow_dynamic
+from .fixed import QTensor, align_add, narrow_dynamic
 from .loss import output_error
 from .model import IntModel, graph_to_json
 from .prng import PURPOSE_SHUFFLE, stream_id, words

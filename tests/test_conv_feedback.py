@@ -9,7 +9,9 @@ from edgedfa import EdgeDFAError, FixedFormat
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.feedback_conv import DilatedProjector
 from edgedfa.graph import Node
-from edgedfa.layers.base import LayerSpec, Numerics, QTensor, narrow_dynamic
+from edgedfa.fixed import QTensor, narrow_dynamic
+from edgedfa.layers.base import LayerSpec
+from edgedfa.numerics import Numerics
 from edgedfa.layers.conv import Conv
 from edgedfa.prng import words
 from test_conv_kernels import float_conv_adjoint

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from edgedfa import EdgeDFAError, FixedFormat, dequantize, quantize, requantize
 from edgedfa.graph import Node
 from edgedfa.kernels import conv as K
-from edgedfa.layers.base import LayerSpec, Numerics, QTensor, narrow_dynamic
+from edgedfa.fixed import QTensor, narrow_dynamic
+from edgedfa.layers.base import LayerSpec
+from edgedfa.numerics import Numerics
 from edgedfa.layers.conv import Conv
 from test_conv_kernels import float_conv, float_conv_adjoint
 

@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import edgedfa  # noqa: E402
-from edgedfa.layers.base import Numerics  # noqa: E402
+from edgedfa.numerics import Numerics  # noqa: E402
 
 
 def _cnn_model(rng) -> bytes:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgedfa.graph import Graph, Node
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
 from hdl_models.emulate import emulate

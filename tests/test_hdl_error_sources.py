@@ -13,7 +13,7 @@ from edgedfa import EdgeDFAError, arch
 from edgedfa.api import build_model, make_trainer
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.graph import Graph, Node
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
 from hdl_models.controller import Controller, plan_dicts

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from edgedfa import arch
 from edgedfa.fixed import Overflow, Rounding
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
 from hdl_models.emulate import emulate

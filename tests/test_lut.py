@@ -15,7 +15,9 @@ from strategies import formats
 from edgedfa import lut
 from edgedfa.fixed import FixedFormat, quantize
 from edgedfa.graph import Node
-from edgedfa.layers.base import LayerSpec, Numerics, QTensor, layer_class
+from edgedfa.fixed import QTensor
+from edgedfa.layers.base import LayerSpec, layer_class
+from edgedfa.numerics import Numerics
 
 
 def exact_tanh(k: int) -> Decimal:

@@ -27,7 +27,7 @@ from edgedfa.fixed import FixedFormat, Overflow, Rounding, requantize
 from edgedfa.float_ref import run_float, run_float_all
 from edgedfa.graph import Graph, Node
 from edgedfa.kernels.conv import make_geometry
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.lut import sigmoid_codes, tanh_codes
 from edgedfa.model import IntModel
 from edgedfa.onnx import load_graph

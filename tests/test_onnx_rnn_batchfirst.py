@@ -18,7 +18,7 @@ from edgedfa import cli
 from edgedfa.api import build_model
 from edgedfa.errors import EdgeDFAError
 from edgedfa.float_ref import run_float, tensor_shapes
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.onnx.ir import BATCH
 from edgedfa.onnx.passes.batch_first import _regroup
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from edgedfa import EdgeDFAError, FixedFormat, quantize
 from edgedfa.graph import Node
-from edgedfa.layers.base import LayerSpec, Numerics, QTensor
+from edgedfa.fixed import QTensor
+from edgedfa.layers.base import LayerSpec
+from edgedfa.numerics import Numerics
 from edgedfa.layers.pool import AveragePool, GlobalAveragePool, MaxPool, reciprocal
 
 

@@ -12,7 +12,9 @@ from edgedfa import lut
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, quantize
 from edgedfa.graph import Node
-from edgedfa.layers.base import LayerSpec, Numerics, QTensor, layer_class
+from edgedfa.fixed import QTensor
+from edgedfa.layers.base import LayerSpec, layer_class
+from edgedfa.numerics import Numerics
 
 
 def make(op, bits=16, D=1, H=6, n_in=4, T=6, N=3, seed=0, direction=None, lbr=0, acts=None,

@@ -9,7 +9,7 @@ from edgedfa.api import build_model, fit, load_checkpoint, make_trainer
 from edgedfa.credit import make_plan
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.fixed import dequantize
-from edgedfa.layers.base import Numerics
+from edgedfa.numerics import Numerics
 from edgedfa.loss import output_error, softmax_codes
 from edgedfa.train import TrainConfig, batch_order
 
@@ -149,7 +149,7 @@ def test_sparse_feedback_has_k_nonzeros_per_unit():
 
 def test_softmax_lut_close_to_float():
     from edgedfa.fixed import FixedFormat
-    from edgedfa.layers.base import QTensor
+    from edgedfa.fixed import QTensor
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 3, (200, 10))

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from edgedfa import arch, data
 from edgedfa.api import make_trainer
 from edgedfa.fixed import FixedFormat
-from edgedfa.layers.base import Numerics, QTensor
+from edgedfa.fixed import QTensor
+from edgedfa.numerics import Numerics
 from edgedfa.layers.dense import update_shift
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig

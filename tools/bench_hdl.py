@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from edgedfa import arch  # noqa: E402
 from edgedfa.api import make_trainer  # noqa: E402
 from edgedfa.data import digits  # noqa: E402
-from edgedfa.layers.base import Numerics  # noqa: E402
+from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.model import IntModel  # noqa: E402
 from edgedfa.train import TrainConfig  # noqa: E402
 from hdl_models.controller import Controller, plan_dicts  # noqa: E402

@@ -34,9 +34,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from edgedfa.fixed import Overflow  # noqa: E402
+from edgedfa.fixed import Overflow, acc_limits  # noqa: E402
 from edgedfa.kernels import fast, gemm  # noqa: E402
-from edgedfa.kernels.reference import acc_limits  # noqa: E402
 
 # (name, M, K, N): batch 64 on the 8x8 digits; im2col GEMMs of a 16c3-p2-32c3 CNN; one
 # larger MLP layer (784 inputs) to show where BLAS pays off.

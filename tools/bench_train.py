@@ -28,7 +28,7 @@ from edgedfa import arch, data  # noqa: E402  (first: edgedfa pins BLAS to one t
 import numpy as np  # noqa: E402,F401
 from edgedfa.api import build_model, fit  # noqa: E402
 from edgedfa.config import ARCH_DEFAULTS, ARCH_NUMERICS  # noqa: E402
-from edgedfa.layers.base import Numerics  # noqa: E402
+from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.train import TrainConfig, batch_order  # noqa: E402
 
 

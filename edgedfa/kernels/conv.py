@@ -22,10 +22,9 @@ import numba
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import Overflow
+from ..fixed import Overflow, acc_limits, acc_step
 from . import default_backend, gemm
 from .fast import _MODE_CODE, _step
-from .reference import acc_limits, acc_step
 
 CONV_BACKENDS = ("reference", "fast", "numba", "im2col", "im2col-reference")
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..fixed import Overflow
-from .reference import acc_limits, acc_step
+from ..fixed import Overflow, acc_limits, acc_step
 
 _MODE_CODE = {Overflow.AP_SAT: 0, Overflow.AP_SAT_SYM: 1, Overflow.AP_SAT_ZERO: 2, Overflow.AP_WRAP: 3}
 

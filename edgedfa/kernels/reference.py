@@ -4,24 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fixed import Overflow
-
-
-def acc_limits(acc_bits: int):
-    """Signed accumulator range of ``acc_bits`` bits."""
-    return -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
-
-
-def acc_step(acc, acc_bits: int, overflow: Overflow):
-    """Bring an accumulator register back into its width after one addition."""
-    lo, hi = acc_limits(acc_bits)
-    if overflow is Overflow.AP_WRAP:
-        return ((acc - lo) & ((1 << acc_bits) - 1)) + lo
-    if overflow is Overflow.AP_SAT_ZERO:
-        return np.where((acc < lo) | (acc > hi), 0, acc)
-    if overflow is Overflow.AP_SAT_SYM:
-        lo = -hi
-    return np.clip(acc, lo, hi)
+from ..fixed import Overflow, acc_step
 
 
 def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):

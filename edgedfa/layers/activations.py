@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fixed import FixedFormat, quantize, round_shift
-from .base import Layer, QTensor, register
+from ..fixed import FixedFormat, QTensor, quantize, round_shift
+from .base import Layer, register
 
 ALPHA_FRAC = 16  # LeakyRelu slope is ap_ufixed<16,0>
 

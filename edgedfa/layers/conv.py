@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import requantize
+from ..fixed import QTensor, acc_format, narrow_dynamic, requantize
 from ..kernels import conv as K
-from .base import Layer, QTensor, narrow_dynamic, register
-from .dense import acc_format, calibrated_format, quantize_weight_and_bias, update_params
+from .base import Layer, register
+from .dense import calibrated_format, quantize_weight_and_bias, update_params
 
 BACKWARD_MODES = ("full", "group")
 

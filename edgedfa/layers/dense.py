@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..fixed import FixedFormat, apply_overflow, quantize, requantize, round_shift
+from ..fixed import (FixedFormat, QTensor, acc_format, apply_overflow, bit_length, int_bits_for, narrow_dynamic,
+                     quantize, requantize, round_shift)
 from ..prng import PURPOSE_BIAS_UPDATE, PURPOSE_WEIGHT_UPDATE, Stream, stream_id
-from .base import Layer, QTensor, bit_length, int_bits_for, narrow_dynamic, register
-
-
-def acc_format(acc_bits: int, frac_bits: int) -> FixedFormat:
-    """Format of an accumulator register holding products with ``frac_bits``."""
-    return FixedFormat.with_frac(acc_bits, frac_bits)
+from .base import Layer, register
 
 
 def quantize_param(w: np.ndarray, bits: int, int_bits: int) -> QTensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fixed import FixedFormat
+from ..fixed import FixedFormat, QTensor, narrow_dynamic
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
-from .base import Layer, QTensor, narrow_dynamic, register
+from .base import Layer, register
 
 
 def bounded_format(num) -> FixedFormat:

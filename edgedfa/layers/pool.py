@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, requantize
+from ..fixed import FixedFormat, QTensor, narrow_dynamic, requantize
 from ..kernels import conv as K
-from .base import Layer, QTensor, narrow_dynamic, register
+from .base import Layer, register
 
 RECIP_BITS = 16  # fraction bits of the normalised reciprocal 2^(16+L)/n, §8.3
 WIDE_BITS = 48  # width of the exact product register of the average unit

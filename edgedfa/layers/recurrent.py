@@ -13,81 +13,22 @@ Conventions shared by the three ops (see ``Recurrent``):
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .. import kernels
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, Overflow, requantize, round_shift
+from ..fixed import FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
-from .base import Layer, QTensor, int_bits_for, narrow_dynamic, register
-from .dense import acc_format, quantize_param, update_params, weight_format_bits
+from ..wide import add, cat, live, mul, neg, one_minus, total
+from .base import Layer, register
+from .dense import quantize_param, update_params, weight_format_bits
 from .nonlinear import bounded_format
 
 ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§9.7): products stay <= 64 fraction bits
-WIDE_BITS = 60  # an exact sum aligns its terms to the finest fraction that keeps them < 2^60
 MAX_BITS = 16  # act/weight widths the wide products are specified for
 
 
-# --------------------------------------------------------------------------- wide integers
-
-@functools.lru_cache(maxsize=None)
-def wide_fmt(frac: int) -> FixedFormat:
-    """Nominal format of an exact intermediate with ``frac`` fraction bits."""
-    return FixedFormat.with_frac(48, int(frac))
-
-
-def mul(*ts):
-    """Exact element-wise product of QTensors (None if any factor is None)."""
-    if any(t is None for t in ts):
-        return None
-    codes, frac = ts[0].codes, ts[0].fmt.frac_bits
-    for t in ts[1:]:
-        codes, frac = codes * t.codes, frac + t.fmt.frac_bits
-    return QTensor(codes, wide_fmt(frac))
-
-
-def common_frac(ts) -> int:
-    """Finest fraction of the terms, unless aligning there would take one past 2^60."""
-    finest = max(t.fmt.frac_bits for t in ts)
-    return min([finest] + [t.fmt.frac_bits + WIDE_BITS - int(np.abs(t.codes).max()).bit_length() for t in ts])
-
-
-def _align(t: QTensor, frac: int, rounding) -> np.ndarray:
-    shift = t.fmt.frac_bits - frac
-    return t.codes if shift == 0 else round_shift(t.codes, shift, rounding)
-
-
-def _live(ts):
-    return [t for t in ts if t is not None and t.codes.size and t.codes.any()]
-
-
-def add(ts, rounding):
-    """Exact sum of the non-zero terms in their common_frac (terms finer than it rounded by
-    ``rounding``); None when every term is zero."""
-    ts = _live(ts)
-    if not ts:
-        return None
-    frac = common_frac(ts)
-    total = sum(_align(t, frac, rounding) for t in ts)
-    return QTensor(total, wide_fmt(frac))
-
-
-def total(ts, rounding) -> QTensor:
-    """``add`` for forward values: zeros (in the first term's format) instead of None."""
-    return add(ts, rounding) or QTensor(np.zeros_like(ts[0].codes), ts[0].fmt)
-
-
-def cat(parts, shape, rounding):
-    """Concatenate along the last axis in one common_frac; None parts are zeros."""
-    live = _live(parts)
-    if not live:
-        return None
-    frac = common_frac(live)
-    out = [np.zeros(shape, np.int64) if p is None else _align(p, frac, rounding) for p in parts]
-    return QTensor(np.concatenate(out, axis=-1), wide_fmt(frac))
-
+# --------------------------------------------------------------------------- BPTT errors (§9.7)
 
 def narrow(t, num):
     """Top err_bits of a wide error (dynamic exponent, no finer than 2^-ERR_FRAC_MAX); None if zero."""
@@ -100,15 +41,6 @@ def narrow(t, num):
     return q if q.codes.any() else None
 
 
-def one_minus(t: QTensor) -> QTensor:
-    """1 - t exactly, in t's fraction bits."""
-    return QTensor((1 << t.fmt.frac_bits) - t.codes, wide_fmt(t.fmt.frac_bits))
-
-
-def neg(t: QTensor) -> QTensor:
-    return QTensor(-t.codes, t.fmt)
-
-
 def dsig(s: QTensor) -> QTensor:
     return QTensor(dsigmoid_codes(s.codes, s.fmt), dsigmoid_format(s.fmt))
 
@@ -119,10 +51,10 @@ def dtanh(t: QTensor) -> QTensor:
 
 def common_stack(ts, shape, num):
     """Stack errors of per-step exponents in the coarsest one (block exponent, §9.7)."""
-    live = [t for t in ts if t is not None]
-    if not live:
+    present = [t for t in ts if t is not None]
+    if not present:
         return None
-    frac = min(t.fmt.frac_bits for t in live)
+    frac = min(t.fmt.frac_bits for t in present)
     fmt = FixedFormat.with_frac(num.err_bits, frac)
     out = np.zeros((len(ts),) + tuple(shape), np.int64)
     for i, t in enumerate(ts):
@@ -134,7 +66,7 @@ def common_stack(ts, shape, num):
 def align_grads(ts, num):
     """Wide gradients of one parameter brought to the coarsest fraction among the non-zero
     ones, stacked."""
-    frac = min((t.fmt.frac_bits for t in _live(ts)), default=ts[0].fmt.frac_bits)
+    frac = min((t.fmt.frac_bits for t in live(ts)), default=ts[0].fmt.frac_bits)
     fmt = acc_format(num.acc_bits, frac)
     return QTensor(np.stack([requantize(t.codes, t.fmt, fmt, num.err_rounding, Overflow.AP_SAT)
                              for t in ts]), fmt)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, requantize
-from .base import Layer, QTensor, align_add, register
+from ..fixed import FixedFormat, QTensor, align_add, requantize
+from .base import Layer, register
 from .dense import calibrated_format
 
 

@@ -16,9 +16,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, Overflow, Rounding, requantize
-from ..kernels.reference import acc_limits, acc_step
-from ..layers.dense import acc_format
+from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
 from .export_graph import MOVES, Builder, emit_move, float_type, tensor_info, window_attrs
 

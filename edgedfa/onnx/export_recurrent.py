@@ -13,10 +13,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, requantize
-from ..kernels.reference import acc_step
-from ..layers.dense import acc_format
-from ..layers.recurrent import WIDE_BITS
+from ..fixed import FixedFormat, acc_format, acc_step, requantize
+from ..wide import WIDE_BITS
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 
