@@ -10,7 +10,7 @@ from edgedfa.api import make_trainer
 from edgedfa.fixed import FixedFormat
 from edgedfa.fixed import QTensor
 from edgedfa.numerics import Numerics
-from edgedfa.layers.dense import update_shift
+from edgedfa.update import update_shift
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
 from hdl_models.emulate import emulate

@@ -17,8 +17,9 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import QTensor, acc_format, narrow_dynamic, requantize
 from ..kernels import conv as K
+from ..update import update_params
 from .base import Layer, register
-from .dense import calibrated_format, quantize_weight_and_bias, update_params
+from .dense import calibrated_format, quantize_weight_and_bias
 
 BACKWARD_MODES = ("full", "group")
 

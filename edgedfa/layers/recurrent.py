@@ -19,9 +19,10 @@ from .. import kernels
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
+from ..update import update_params
 from ..wide import add, cat, live, mul, neg, one_minus, total
 from .base import Layer, register
-from .dense import quantize_param, update_params, weight_format_bits
+from .dense import quantize_param, weight_format_bits
 from .nonlinear import bounded_format
 
 ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§9.7): products stay <= 64 fraction bits
