@@ -13,7 +13,7 @@ import numpy as np
 
 from .credit import Plan
 from .errors import EdgeDFAError
-from .feedback import make_projector
+from .feedback import make_projector, map_gain_shift
 from .fixed import QTensor, align_add, narrow_dynamic
 from .loss import output_error
 from .model import IntModel, graph_to_json
@@ -149,26 +149,6 @@ def apply_layer_options(layer, opts: dict, module: str) -> None:
         setattr(layer, key, val)
     if "backward_mode" in opts or "backward_groups" in opts:
         layer.configure_backward(getattr(layer, "backward_mode", "full"), getattr(layer, "backward_groups", None))
-
-
-GAIN_REFERENCE_SHIFT = 1  # a 4-unit reference (set on the holdout split, docs/benchmarks.md)
-
-
-def map_gain_shift(shape, source_shape=()) -> int:
-    """Feedback onto a conv map [Ch, positions...]: 2^-g with g = max(0, ceil(log2(n)/2) - 1),
-    n = Ch x the target positions per source cell (all positions for the output error): the
-    units one source value reaches. A conv weight gradient sums the projected error over the
-    positions, and BP's error at a map falls like 1/sqrt(its units) through the fan-in-scaled
-    weights above it; the feedback follows the same law (docs/algorithms.md, datapath §10.2)."""
-    from .feedback import half_log2
-
-    if len(shape) < 2:
-        return 0
-    positions = int(np.prod(shape[1:]))
-    src = tuple(source_shape)[1:] if np.ndim(source_shape) else ()
-    if len(src) == len(shape) - 1:
-        positions //= max(1, int(np.prod(src)))
-    return max(0, half_log2(int(shape[0]) * positions) - GAIN_REFERENCE_SHIFT)
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Structured sparse feedback for conv maps (edgedfa.feedback_conv, docs/datapath.md §8.5)."""
+"""Structured sparse feedback for conv maps (edgedfa.feedback.dilated, docs/datapath.md §8.5)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from edgedfa import EdgeDFAError, FixedFormat
 from edgedfa.feedback import FeedbackSpec, make_projector
-from edgedfa.feedback_conv import DilatedProjector
+from edgedfa.feedback.dilated import DilatedProjector
 from edgedfa.graph import Node
 from edgedfa.fixed import QTensor, narrow_dynamic
 from edgedfa.layers.base import LayerSpec

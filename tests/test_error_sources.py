@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from edgedfa import EdgeDFAError, FixedFormat, arch
 from edgedfa.api import build_model, make_trainer
 from edgedfa.credit import plan_from_config
-from edgedfa.feedback import FeedbackSpec, make_projector
+from edgedfa.feedback import FeedbackSpec, make_projector, map_gain_shift
 from edgedfa.fixed import QTensor, narrow_dynamic
 from edgedfa.numerics import Numerics
-from edgedfa.train import TrainConfig, map_gain_shift
+from edgedfa.train import TrainConfig
 
 CNN_NODES = ["conv1", "relu2", "maxpool3", "conv4", "relu5", "maxpool6", "flatten7", "dense8"]
 

@@ -1,4 +1,4 @@
-"""Fixed random feedback: the output error projected to a module's output (§10).
+"""What every feedback projector shares: its settings, its values, the registry, the base class.
 
 Feedback is its own kind of state: generated from the seed by the datapath PRNG (§5), never
 touched by the optimizer. ``regenerate=True`` rebuilds it on every projection (no feedback
@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-from .errors import EdgeDFAError
-from .registry import Registry
-from .fixed import FixedFormat, Overflow, QTensor, narrow_dynamic
-from .prng import PURPOSE_FEEDBACK, PURPOSE_FEEDBACK_INDEX, stream_id, words
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, QTensor, narrow_dynamic
+from ..prng import PURPOSE_FEEDBACK, stream_id
+from ..registry import Registry
 
 VALUE_KINDS = ("uniform", "binary", "ternary")
 
@@ -54,6 +53,16 @@ def feedback_values(w: np.ndarray, values: str, bits: int) -> np.ndarray:
     return (w >> (32 - bits)) - (1 << (bits - 1))
 
 
+def value_bits(spec: FeedbackSpec) -> int:
+    """Bits of one stored feedback value: the uniform width, 2 (ternary) or 1 (binary)."""
+    return spec.bits if spec.values == "uniform" else 2 if spec.values == "ternary" else 1
+
+
+def value_frac(spec: FeedbackSpec) -> int:
+    """Fraction bits of the feedback values: uniform values lie in [-1, 1), the others are +-1."""
+    return (spec.bits - 1) if spec.values == "uniform" else 0
+
+
 def half_log2(n: int) -> int:
     """ceil(log2(n) / 2): the shift that scales a sum of n unit terms back to unit size."""
     return (max(int(n), 1) - 1).bit_length() // 2 + ((max(int(n), 1) - 1).bit_length() % 2)
@@ -65,12 +74,7 @@ register_projector = _PROJECTORS.register
 
 def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, source_shape):
     """A projector from an error shaped ``source_shape`` (per sample; an int C means the
-    output error's C classes) to ``target_shape``."""
-    if spec.kind not in _PROJECTORS:
-        try:
-            from . import feedback_conv  # noqa: F401  (registers structured conv kinds)
-        except ModuleNotFoundError:
-            pass
+    output error's C classes) to ``target_shape`` (every kind is registered by ``edgedfa.feedback``)."""
     return _PROJECTORS.get(spec.kind)(spec, layer_index, seed, tuple(target_shape), source_shape)
 
 
@@ -117,87 +121,14 @@ class Projector:
         acc = self.project_wide(e, fb)
         fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits() + self.gain_shift)
         out = narrow_dynamic(acc, fmt, err_bits, rounding)
-        return QTensor(out.codes.reshape((-1,) + self.target_shape), out.fmt)
+        return QTensor(self.spread(out.codes), out.fmt)
+
+    def spread(self, codes) -> np.ndarray:
+        """Narrowed codes (B, rows) laid out as the target (B, *target_shape)."""
+        return codes.reshape((-1,) + self.target_shape)
 
     def memory_bits(self) -> int:
         raise NotImplementedError
 
     def macs_per_sample(self) -> int:
         raise NotImplementedError
-
-
-@register_projector("dense")
-class DenseProjector(Projector):
-    """B (n_target, C): every unit sees every output error (Nøkland 2016)."""
-
-    def generate(self):
-        w = words(self.seed, self.stream(), 0, (self.n_target, self.n_classes))
-        return feedback_values(w, self.spec.values, self.spec.bits)
-
-    def frac_bits(self):
-        scale = (self.spec.bits - 1) if self.spec.values == "uniform" else 0
-        return scale + half_log2(self.n_classes)
-
-    def project_wide(self, e, fb):
-        return kernels.gemm(e.codes.reshape(len(e.codes), -1), fb.T, 40, Overflow.AP_WRAP)
-
-    def memory_bits(self):
-        per = self.spec.bits if self.spec.values == "uniform" else 2 if self.spec.values == "ternary" else 1
-        return self.n_target * self.n_classes * per
-
-    def macs_per_sample(self):
-        return self.n_target * self.n_classes
-
-
-@register_projector("sparse")
-class SparseProjector(Projector):
-    """k non-zeros per target unit (Crafton et al. 2019): index + sign, adders only.
-
-    Unit i reads outputs j_m = (j_0 + m) mod C, m < k, with j_0 = (word * C) >> 32.
-    """
-
-    def generate(self):
-        c, k = self.n_classes, min(self.spec.k, self.n_classes)
-        w0 = words(self.seed, self.stream(PURPOSE_FEEDBACK_INDEX), 0, self.n_target).astype(np.int64)
-        j0 = (w0 * c) >> 32
-        idx = (j0[:, None] + np.arange(k)[None, :]) % c
-        vals = feedback_values(words(self.seed, self.stream(), 0, (self.n_target, k)),
-                               self.spec.values, self.spec.bits)
-        return idx, vals
-
-    def frac_bits(self):
-        scale = (self.spec.bits - 1) if self.spec.values == "uniform" else 0
-        return scale + half_log2(min(self.spec.k, self.n_classes))
-
-    def project_wide(self, e, fb):
-        idx, vals = fb
-        ec = e.codes.reshape(len(e.codes), -1)
-        return (ec[:, idx] * vals[None, :, :]).sum(axis=2)
-
-    def memory_bits(self):
-        k = min(self.spec.k, self.n_classes)
-        per = self.spec.bits if self.spec.values == "uniform" else 1
-        return self.n_target * k * (per + max(1, (self.n_classes - 1).bit_length()))
-
-    def macs_per_sample(self):
-        return self.n_target * min(self.spec.k, self.n_classes)
-
-
-@register_projector("channel")
-class ChannelProjector(DenseProjector):
-    """One feedback column per channel, shared by every position of a (C, ...) map."""
-
-    def __init__(self, spec, layer_index, seed, target_shape, source_shape):
-        self.full_shape = tuple(target_shape)
-        super().__init__(spec, layer_index, seed, target_shape[:1], source_shape)
-        self.target_shape = self.full_shape
-
-    def project(self, e, err_bits, rounding, acc_bits=32):
-        fb = self._stored if self._stored is not None else self.generate()
-        acc = self.project_wide(e, fb)
-        fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits() + self.gain_shift)
-        out = narrow_dynamic(acc, fmt, err_bits, rounding)
-        spatial = (1,) * (len(self.full_shape) - 1)
-        codes = np.broadcast_to(out.codes.reshape((-1, self.full_shape[0]) + spatial),
-                                (len(out.codes),) + self.full_shape)
-        return QTensor(np.ascontiguousarray(codes), out.fmt)

@@ -10,7 +10,7 @@ positions of that cell::
 
 R (Cl, q) are binary/ternary (adders only) or uniform values, o (Cl, Hc, Wc) offsets; both
 are regenerated from the PRNG (§5) or stored. With the default grid 1x1 every position of
-a channel shares one error (per-channel feedback, the form FINDINGS found best); a larger
+a channel shares one error (per-channel feedback, docs/algorithms.md); a larger
 grid gives position-dependent, still structured, feedback. Options (FeedbackSpec.options):
 ``taps`` q (default spec.k), ``dilation`` d (default max(1, C // q)), ``grid`` (Hc, Wc).
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EdgeDFAError
-from .feedback import Projector, as_shape, feedback_values, half_log2, register_projector
-from .prng import PURPOSE_FEEDBACK_INDEX, words
+from ..errors import EdgeDFAError
+from ..prng import PURPOSE_FEEDBACK_INDEX, words
+from .base import Projector, as_shape, feedback_values, half_log2, register_projector, value_bits, value_frac
 
 
 def _grid(option, spatial) -> tuple:
@@ -91,8 +91,7 @@ class DilatedProjector(Projector):
         return offsets, kernel
 
     def frac_bits(self):
-        scale = (self.spec.bits - 1) if self.spec.values == "uniform" else 0
-        return scale + half_log2(self.taps)
+        return value_frac(self.spec) + half_log2(self.taps)
 
     def coarse(self, e_codes, fb) -> np.ndarray:
         """M (B, Cl, *grid): the dilated convolution of each sample's error, exact int64."""
@@ -126,9 +125,8 @@ class DilatedProjector(Projector):
         return self.fill(self.coarse(np.eye(self.n_classes, dtype=np.int64), fb)).T
 
     def memory_bits(self):
-        per = self.spec.bits if self.spec.values == "uniform" else 2 if self.spec.values == "ternary" else 1
         cells = self.channels * int(np.prod(self.grid))
-        return cells * max(1, (self.src_channels - 1).bit_length()) + self.channels * self.taps * per
+        return cells * max(1, (self.src_channels - 1).bit_length()) + self.channels * self.taps * value_bits(self.spec)
 
     def macs_per_sample(self):
         """Additions (binary/ternary) or MACs (uniform) of the coarse map; the fill is a copy."""
