@@ -11,17 +11,7 @@ import numba
 import numpy as np
 
 from ..fixed import Overflow, acc_limits, acc_step
-
-_MODE_CODE = {Overflow.AP_SAT: 0, Overflow.AP_SAT_SYM: 1, Overflow.AP_SAT_ZERO: 2, Overflow.AP_WRAP: 3}
-
-
-@numba.njit(cache=True, inline="always")
-def _step(acc, lo, hi, mode, bits):
-    if mode == 3:
-        return ((acc - lo) & ((np.int64(1) << bits) - 1)) + lo
-    if mode == 2:
-        return acc if lo <= acc <= hi else np.int64(0)
-    return min(max(acc, lo), hi)
+from .acc import max_abs, register_mode, step
 
 
 @numba.njit(cache=True, parallel=True)
@@ -34,26 +24,23 @@ def _gemm_loop(a, b, init, has_init, lo, hi, mode, bits):
         acc = np.zeros(n, dtype=np.int64)
         if has_init:
             for j in range(n):
-                acc[j] = _step(init[i, j], lo, hi, mode, bits)
+                acc[j] = step(init[i, j], lo, hi, mode, bits)
         for k in range(kk):
             aik = a[i, k]
             for j in range(n):
-                acc[j] = _step(acc[j] + aik * b[k, j], lo, hi, mode, bits)
+                acc[j] = step(acc[j] + aik * b[k, j], lo, hi, mode, bits)
         out[i, :] = acc
     return out
 
 
-def _max_abs(x) -> int:
-    return int(np.abs(x).max()) if x.size else 0
-
-
 def partial_sum_bound(a, b, init=None) -> int:
     """Largest |partial sum| any accumulation order can reach."""
-    bound = a.shape[1] * _max_abs(a) * _max_abs(b)
-    return bound + (_max_abs(init) if init is not None else 0)
+    bound = a.shape[1] * max_abs(a) * max_abs(b)
+    return bound + (max_abs(init) if init is not None else 0)
 
 
-def _exact_float(a, b, init, dtype):
+def exact_float(a, b, init, dtype):
+    """a @ b (+ init) in a float type whose integers are exact for the bound at hand."""
     out = a.astype(dtype) @ b.astype(dtype)
     if init is not None:
         out = out + np.asarray(init, dtype=dtype)
@@ -65,24 +52,22 @@ def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
     overflow = Overflow.parse(overflow)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    lo, hi = acc_limits(acc_bits)
+    _, hi = acc_limits(acc_bits)
     bound = partial_sum_bound(a, b, init)
     if bound <= hi or overflow is Overflow.AP_WRAP:
         # in range every overflow mode is the identity; AP_WRAP is arithmetic modulo 2**A,
         # so the exact sum wrapped once equals the per-step wrap (docs/datapath.md §4)
         exact = None
         if bound < (1 << 24):
-            exact = _exact_float(a, b, init, np.float32)
+            exact = exact_float(a, b, init, np.float32)
         elif bound < (1 << 53):
-            exact = _exact_float(a, b, init, np.float64)
+            exact = exact_float(a, b, init, np.float64)
         if exact is not None:
             return exact if bound <= hi else acc_step(exact, acc_bits, Overflow.AP_WRAP)
-    if overflow is Overflow.AP_SAT_SYM:
-        lo = -hi
     if init is None:
         init_arr, has_init = np.zeros((1, 1), dtype=np.int64), False
     else:
         init_arr = np.ascontiguousarray(np.broadcast_to(np.asarray(init, dtype=np.int64), (a.shape[0], b.shape[1])))
         has_init = True
     return _gemm_loop(np.ascontiguousarray(a), np.ascontiguousarray(b), init_arr, has_init,
-                      np.int64(lo), np.int64(hi), _MODE_CODE[overflow], np.int64(acc_bits))
+                      *register_mode(acc_bits, overflow))

@@ -45,7 +45,7 @@ def pool_geometry(node, in_shape, kernel=None) -> K.ConvGeometry:
                               a.get("dilations"), 1, a.get("auto_pad", "NOTSET"), bool(a.get("ceil_mode", 0)))
     except EdgeDFAError as exc:
         raise EdgeDFAError(f"node {node.name!r} ({node.op}): {exc}") from None
-    pads = _given_pads(node, geo)
+    pads = given_pads(node, geo)
     eff = [geo.dilations[i] * (geo.kernel[i] - 1) + 1 for i in range(2)]
     if any(pads[i] >= eff[i] or pads[i + 2] >= eff[i] for i in range(2)):
         raise EdgeDFAError(f"node {node.name!r} ({node.op}): pads {list(a.get('pads'))} must be smaller"
@@ -56,7 +56,7 @@ def pool_geometry(node, in_shape, kernel=None) -> K.ConvGeometry:
     return geo
 
 
-def _given_pads(node, geo):
+def given_pads(node, geo):
     """The explicit pads (top, left, bottom, right), without ceil_mode's extra end padding."""
     if not node.attrs.get("ceil_mode", 0):
         return geo.pads
@@ -139,7 +139,7 @@ class AveragePool(_Pool):
     def __init__(self, node, spec):
         super().__init__(node, spec)
         include = bool(node.attrs.get("count_include_pad", 0))
-        n = window_counts(self.geo, _given_pads(node, self.geo), include)
+        n = window_counts(self.geo, given_pads(node, self.geo), include)
         r, L = reciprocal(n)
         self.counts = n
         self.shift = int(L.max()) + RECIP_BITS  # common fraction bits added by the multiply

@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, requantize
-from ..layers.pool import _given_pads, window_counts
+from ..layers.pool import given_pads, window_counts
 from .export_graph import MOVES, Builder, emit_move, tensor_info, window_attrs
 
 SIMPLE = ("Relu", "Tanh", "Sigmoid")
@@ -177,7 +177,7 @@ def _pool(em, node, layer, ins, out):
     if any(d != 1 for d in attrs.pop("dilations")):
         raise EdgeDFAError(f"node {node.name!r}: dilated AveragePool has no opset-17 ONNX form")
     include = int(node.attrs.get("count_include_pad", 0))
-    extra = tuple(layer.geo.pads) != tuple(_given_pads(node, layer.geo))
+    extra = tuple(layer.geo.pads) != tuple(given_pads(node, layer.geo))
     if not (include and extra):
         em.b.node("AveragePool", ins, node.name, [out], count_include_pad=include, **attrs)
         return
