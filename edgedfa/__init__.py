@@ -19,7 +19,7 @@ from .fixed import (
     round_shift,
 )
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "EdgeDFAError", "FixedFormat", "Overflow", "Rounding", "apply_overflow", "dequantize",
@@ -36,6 +36,6 @@ def load_onnx(path, data=None, **kwargs):
 
 def load_checkpoint(path):
     """Load a trained model from ``checkpoint.npz``."""
-    from .api import load_checkpoint as _load
+    from .checkpoint import load_checkpoint as _load
 
     return _load(path)

@@ -1,23 +1,23 @@
-"""Library entry points behind the CLI: build, fit, checkpoint, load."""
+"""Library entry points behind the CLI: build, fit (the epoch loop), evaluate, load."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from dataclasses import fields
 
 import numpy as np
 
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .credit import make_plan, plan_from_config
 from .data import Dataset, check_labels
-from .errors import EdgeDFAError
-from .fixed import FixedFormat, dequantize
-from .numerics import Numerics
-from .model import IntModel, graph_from_json
-from .train import (Progress, TrainConfig, Trainer, accuracy, atomic_savez, atomic_write_text, bar,
-                    batch_order, checkpoint_arrays)
 from .loss import cross_entropy
+from .model import IntModel
+from .numerics import Numerics
+from .train import TrainConfig, Trainer, batch_order
+
+__all__ = ["build_model", "make_trainer", "fit", "evaluate", "accuracy", "save_run", "load_checkpoint", "load_onnx"]
 
 
 def build_model(graph, numerics: Numerics, seed: int, layer_numerics=None, backend=None) -> IntModel:
@@ -117,67 +117,50 @@ def _metrics(model, trainer, cfg, progress, n, data) -> dict:
 
 
 def save_run(out_dir, model, trainer, cfg, progress, metrics, modules_table=None) -> None:
+    """checkpoint.npz and metrics.json of a run, each written atomically."""
     os.makedirs(out_dir, exist_ok=True)
-    prog = dict(progress, saturation=trainer.saturation)
-    arrays = checkpoint_arrays(model, trainer.plan, cfg, prog)
-    if modules_table:
-        arrays["modules_json"] = np.array(json.dumps(modules_table))
-    atomic_savez(os.path.join(out_dir, "checkpoint.npz"), **arrays)
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, default=float))
+    save_checkpoint(out_dir, model, trainer.plan, cfg, dict(progress, saturation=trainer.saturation), modules_table)
+    atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2, default=float))
 
 
-def read_checkpoint(path: str) -> dict:
-    """Raw checkpoint contents, validated; errors name the file and the missing piece."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.npz")
-    if not os.path.exists(path):
-        raise EdgeDFAError(f"{path}: no such checkpoint")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise EdgeDFAError(f"{path}: not a readable checkpoint ({exc})") from exc
-    for key in ("meta_json", "graph_json"):
-        if key not in arrays:
-            raise EdgeDFAError(f"{path}: not an edgedfa checkpoint (no {key})")
-    try:
-        meta = json.loads(str(arrays.pop("meta_json")))
-    except json.JSONDecodeError as exc:
-        raise EdgeDFAError(f"{path}: corrupt checkpoint metadata ({exc})") from exc
-    return {"path": path, "meta": meta, "graph_json": str(arrays.pop("graph_json")),
-            "modules": json.loads(str(arrays.pop("modules_json"))) if "modules_json" in arrays else None,
-            "arrays": arrays}
+def accuracy(model: IntModel, x, y) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((model.predict(x) == y).mean())
 
 
-def numerics_from_dict(d: dict) -> Numerics:
-    names = {f.name for f in fields(Numerics)}
-    return Numerics().with_overrides({k: v for k, v in d.items() if k in names}, "checkpoint numerics")
+def evaluate(model: IntModel, data: Dataset) -> dict:
+    """Accuracy and mean cross-entropy of the engine's logits on both splits (None when empty)."""
+    check_labels(data, model.n_classes, "eval data")
+    res = {}
+    for part, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        logits = model.run(x)
+        res[f"{part}_accuracy"] = float((logits.argmax(axis=1) == y).mean()) if len(y) else None
+        res[f"{part}_loss"] = cross_entropy(logits, y) if len(y) else None
+    res["samples"] = int(len(data.y_test))
+    return res
 
 
-def model_from_checkpoint(ck: dict, backend=None) -> IntModel:
-    meta, arrays = ck["meta"], ck["arrays"]
-    fmts = meta["formats"]
-    params = {}
-    for key, codes in arrays.items():
-        if key.startswith("param/"):
-            prefix, pname = key.rsplit("/", 1)  # node names may hold "/" (TorchScript: /rnn/GRU)
-            node = prefix[len("param/"):]
-            params.setdefault(node, {})[pname] = dequantize(codes, FixedFormat.parse(fmts[node][pname]))
-    graph = graph_from_json(ck["graph_json"], params)
-    model = IntModel(graph, numerics_from_dict(meta["numerics"]), meta["seed"], meta.get("layer_numerics"), backend)
-    model.load_state(arrays, fmts)
-    model.checkpoint_meta = meta
-    return model
+class Progress:
+    """One status line on stderr, rewritten in place; silent when quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def update(self, text: str, final: bool = False):
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
+        elif final:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
-def load_checkpoint(path: str, backend=None) -> IntModel:
-    """A trained model from checkpoint.npz (or its run directory)."""
-    return model_from_checkpoint(read_checkpoint(path), backend)
-
-
-def train_config_from_meta(meta: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in meta["train"].items() if k in names})
+def bar(frac: float, width: int = 24) -> str:
+    n = int(round(frac * width))
+    return "[" + "#" * n + "." * (width - n) + "]"
 
 
 def load_onnx(path: str, data=None, numerics: Numerics | None = None, seed: int = 0,

@@ -178,7 +178,8 @@ def _finish(out, model, metrics):
 
 
 def _resume(args) -> int:
-    from .api import fit, model_from_checkpoint, read_checkpoint, train_config_from_meta
+    from .api import fit
+    from .checkpoint import model_from_checkpoint, read_checkpoint, train_config_from_meta
     from dataclasses import replace
 
     ck = read_checkpoint(args.resume)
@@ -205,19 +206,12 @@ def _resume(args) -> int:
 # --------------------------------------------------------------------------- eval / info
 
 def cmd_eval(args) -> int:
-    from .api import load_checkpoint
-    from .data import check_labels
-    from .loss import cross_entropy
+    from .api import evaluate
+    from .checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint)
     ds = _dataset(args, recorded=model.graph.meta.get("dataset") if not args.data else None)
-    check_labels(ds, model.n_classes, "eval data")
-    res = {}
-    for part, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
-        logits = model.run(x)
-        res[f"{part}_accuracy"] = float((logits.argmax(axis=1) == y).mean()) if len(y) else None
-        res[f"{part}_loss"] = cross_entropy(logits, y) if len(y) else None
-    res["samples"] = int(len(ds.y_test))
+    res = evaluate(model, ds)
     print(f"test accuracy {res['test_accuracy']:.4f}  train accuracy {res['train_accuracy']:.4f}  ({ds.name})")
     if args.json:
         with open(args.json, "w") as fh:
@@ -226,7 +220,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .api import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     try:
         from .onnx.export import export_model
@@ -250,7 +244,7 @@ def cmd_info(args) -> int:
     path = args.path
     if path.endswith(".onnx"):
         return _info_onnx(path)
-    from .api import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     model = load_checkpoint(path)
     meta = model.checkpoint_meta

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,7 +12,7 @@ from .errors import EdgeDFAError
 from .feedback import make_projector, map_gain_shift
 from .fixed import QTensor, align_add, narrow_dynamic
 from .loss import output_error
-from .model import IntModel, graph_to_json
+from .model import IntModel
 from .prng import PURPOSE_SHUFFLE, stream_id, words
 
 
@@ -154,65 +150,3 @@ def apply_layer_options(layer, opts: dict, module: str) -> None:
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """Sample order of an epoch: argsort of PRNG words (shuffle stream, step = epoch)."""
     return np.argsort(words(seed, stream_id(0, PURPOSE_SHUFFLE), epoch, n), kind="stable")
-
-
-def accuracy(model: IntModel, x, y) -> float:
-    if len(y) == 0:
-        return float("nan")
-    return float((model.predict(x) == y).mean())
-
-
-class Progress:
-    """One status line on stderr, rewritten in place; silent when quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-
-    def update(self, text: str, final: bool = False):
-        if self.quiet:
-            return
-        if self.tty:
-            sys.stderr.write("\r\033[K" + text + ("\n" if final else ""))
-        elif final:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-
-def bar(frac: float, width: int = 24) -> str:
-    n = int(round(frac * width))
-    return "[" + "#" * n + "." * (width - n) + "]"
-
-
-def atomic_savez(path: str, **arrays) -> None:
-    """Write an .npz next to ``path`` and rename it into place: never half-written."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=d)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def checkpoint_arrays(model: IntModel, plan: Plan, cfg: TrainConfig, progress: dict) -> dict:
-    """Everything needed to resume bit-exactly and to export."""
-    meta = {"format": "edgedfa-checkpoint", "version": 1, "formats": model.formats(),
-            "numerics": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(model.numerics).items()},
-            "layer_numerics": model.layer_numerics, "seed": model.seed, "train": asdict(cfg),
-            "plan": plan.describe(), "progress": progress}
-    arrays = dict(model.state_arrays())
-    arrays["meta_json"] = np.array(json.dumps(meta))
-    arrays["graph_json"] = np.array(graph_to_json(model.graph))
-    return arrays

@@ -105,7 +105,7 @@ def compare(hdl: dict, eng: dict) -> dict:
 
 # ---------------------------------------------------------------- the run
 def _load(model_or_path, train_cfg, modules):
-    from edgedfa.api import model_from_checkpoint, read_checkpoint, train_config_from_meta
+    from edgedfa.checkpoint import model_from_checkpoint, read_checkpoint, train_config_from_meta
     from edgedfa.train import TrainConfig
 
     if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "__fspath__"):
@@ -245,7 +245,7 @@ def table(report: dict) -> str:
 
 
 def emulate_cli(args) -> int:
-    from edgedfa.api import read_checkpoint
+    from edgedfa.checkpoint import read_checkpoint
     from edgedfa.cli import _dataset
     from edgedfa.config import load_config
 

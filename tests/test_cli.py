@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgedfa import cli
-from edgedfa.api import load_checkpoint
+from edgedfa.checkpoint import load_checkpoint
 from edgedfa.data import digits
 
 
@@ -175,7 +175,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 
 
 def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
-    from edgedfa import train as train_mod
+    from edgedfa import checkpoint as train_mod
 
     path = tmp_path / "checkpoint.npz"
     train_mod.atomic_savez(str(path), a=np.arange(3))

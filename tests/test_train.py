@@ -5,7 +5,8 @@ import pytest
 
 import float_mlp
 from edgedfa import arch, data
-from edgedfa.api import build_model, fit, load_checkpoint, make_trainer
+from edgedfa.api import build_model, fit, make_trainer
+from edgedfa.checkpoint import load_checkpoint
 from edgedfa.credit import make_plan
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.fixed import dequantize

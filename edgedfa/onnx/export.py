@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import fields
 
 import numpy as np
 import onnx
 
-from .. import __version__
+from ..checkpoint import atomic_write, new_model, numerics_from_dict, numerics_to_dict
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, dequantize, quantize
+from ..model import graph_to_json
+from ..version import __version__
 from .export_float import FloatEmitter, QdqEmitter, tensor_formats
 from .export_graph import make_model
 from .export_int import AccPlan, IntEmitter, accumulator_init
+from .importer import load_model_proto, read_model
 
 FORMATS = ("float", "qdq", "int")
 META = "edgedfa."  # prefix of our metadata_props keys
@@ -33,13 +34,9 @@ def export_model(model, fmt: str, path: str) -> str:
     """Write ``model`` as ONNX in format ``fmt`` to ``path``; returns the exactness report."""
     proto, report = build_proto(model, fmt)
     data = proto.SerializeToString(deterministic=True)
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=folder)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, data, ".export-", ".onnx")
     except OSError as exc:
         raise EdgeDFAError(f"{path}: cannot write the ONNX file ({exc.strerror or exc})") from exc
     return report
@@ -162,13 +159,11 @@ def _dump(obj) -> str:
 
 def metadata(model, fmt: str, report: str, emitter) -> dict:
     """Everything load_exported needs to rebuild the exact integer model, as strings."""
-    from ..model import graph_to_json
-
     state = {layer.name: {k: np.asarray(v).tolist() for k, v in layer.state.items() if np.size(v) <= 64}
              for layer in model.layers if layer.state}
     meta = {"format": fmt, "report": report, "version": __version__, "seed": str(model.seed),
             "formats": _dump(model.formats()),
-            "numerics": _dump({f.name: getattr(model.numerics, f.name) for f in fields(model.numerics)}),
+            "numerics": _dump(numerics_to_dict(model.numerics)),
             "layer_numerics": _dump(model.layer_numerics), "state": _dump(state),
             "graph": graph_to_json(model.graph)}
     if fmt == "float" and emitter.inexact:
@@ -188,10 +183,6 @@ def read_metadata(proto) -> dict:
 
 def load_exported(path, backend=None):
     """The exact integer model of an edgedfa ``float`` export, or None for any other file."""
-    from ..api import numerics_from_dict
-    from ..model import IntModel
-    from .importer import load_model_proto, read_model
-
     source = os.fspath(path)
     proto = read_model(source)
     meta = read_metadata(proto)
@@ -199,15 +190,14 @@ def load_exported(path, backend=None):
         return None
     try:
         formats, stored = json.loads(meta["formats"]), json.loads(meta["graph"])
-        numerics = numerics_from_dict(json.loads(meta["numerics"]))
-        layer_numerics, state = json.loads(meta["layer_numerics"]), json.loads(meta["state"])
-        codes = json.loads(meta.get("codes", "{}"))
-        seed = int(meta["seed"])
+        described = {"numerics": numerics_from_dict(json.loads(meta["numerics"])), "seed": int(meta["seed"]),
+                     "layer_numerics": json.loads(meta["layer_numerics"])}
+        state, codes = json.loads(meta["state"]), json.loads(meta.get("codes", "{}"))
     except (KeyError, ValueError) as exc:
         raise EdgeDFAError(f"{source}: corrupt edgedfa export metadata ({exc})") from exc
     graph = load_model_proto(proto, source)
     _restore_structure(graph, stored, source)
-    model = IntModel(graph, numerics, seed, layer_numerics, backend)
+    model = new_model(graph, described, backend)
     arrays = _param_codes(model, formats, codes, source)
     for lname, entries in state.items():
         arrays.update({f"state/{lname}/{k}": np.asarray(v) for k, v in entries.items()})
