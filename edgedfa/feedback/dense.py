@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import gemm
 from ..fixed import Overflow
 from ..prng import PURPOSE_FEEDBACK_INDEX, words
 from .base import Projector, feedback_values, half_log2, register_projector, value_bits, value_frac
@@ -22,7 +22,7 @@ class DenseProjector(Projector):
         return value_frac(self.spec) + half_log2(self.n_classes)
 
     def project_wide(self, e, fb):
-        return kernels.gemm(e.codes.reshape(len(e.codes), -1), fb.T, 40, Overflow.AP_WRAP)
+        return gemm(e.codes.reshape(len(e.codes), -1), fb.T, 40, Overflow.AP_WRAP)
 
     def memory_bits(self):
         return self.n_target * self.n_classes * value_bits(self.spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import gemm
 from ..fixed import FixedFormat, QTensor, acc_format, int_bits_for, narrow_dynamic, quantize, requantize
 from ..update import update_params
 from .base import Layer, register
@@ -41,7 +41,7 @@ def linear_forward(x: QTensor, w: QTensor, b: QTensor | None, num, out_fmt, back
     init = None
     if b is not None:
         init = requantize(b.codes, b.fmt, afmt, num.act_rounding, num.acc_overflow)[None, :]
-    acc = kernels.gemm(x.codes, w.codes.T, num.acc_bits, num.acc_overflow, init, backend)
+    acc = gemm(x.codes, w.codes.T, num.acc_bits, num.acc_overflow, init, backend)
     acc_t = QTensor(acc, afmt)
     if out_fmt is None:
         return None, acc_t
@@ -50,12 +50,12 @@ def linear_forward(x: QTensor, w: QTensor, b: QTensor | None, num, out_fmt, back
 
 def linear_backward(x: QTensor, w: QTensor, dy: QTensor, num, need_dx: bool, backend=None):
     """(dx narrowed to err_bits or None, dW wide, dB wide) for y = x @ w.T + b."""
-    gw = kernels.gemm(dy.codes.T, x.codes, num.acc_bits, num.acc_overflow, None, backend)
+    gw = gemm(dy.codes.T, x.codes, num.acc_bits, num.acc_overflow, None, backend)
     dw = QTensor(gw, acc_format(num.acc_bits, dy.fmt.frac_bits + x.fmt.frac_bits))
     db = QTensor(dy.codes.sum(axis=0), acc_format(num.acc_bits, dy.fmt.frac_bits))
     dx = None
     if need_dx:
-        acc = kernels.gemm(dy.codes, w.codes, num.acc_bits, num.acc_overflow, None, backend)
+        acc = gemm(dy.codes, w.codes, num.acc_bits, num.acc_overflow, None, backend)
         dx = narrow_dynamic(acc, acc_format(num.acc_bits, dy.fmt.frac_bits + w.fmt.frac_bits),
                             num.err_bits, num.err_rounding)
     return dx, dw, db

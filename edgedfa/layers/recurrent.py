@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import gemm
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
@@ -183,7 +183,7 @@ class Recurrent(Layer):
 
     # ---- forward
     def _gemm(self, a, b_codes, b_fmt, init=None):
-        acc = kernels.gemm(a.codes, b_codes, self.num.acc_bits, self.num.acc_overflow, init, self.backend)
+        acc = gemm(a.codes, b_codes, self.num.acc_bits, self.num.acc_overflow, init, self.backend)
         return QTensor(acc, acc_format(self.num.acc_bits, a.fmt.frac_bits + b_fmt.frac_bits))
 
     def _bias(self, d, half, frac):

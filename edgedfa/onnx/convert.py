@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph, Node
-from . import registry
+from .registry import lookup, schema_version, supported, supported_text
 from .ir import BATCH, OGraph, ONode, batch_axis
 
 
@@ -97,19 +97,19 @@ def _fmt(shape) -> str:
 
 def check_supported(og: OGraph):
     """Raise one error naming every node whose op has no handler."""
-    bad = [n for n in og.nodes if registry.lookup(n.op_type, og.opset, n.domain) is None]
+    bad = [n for n in og.nodes if lookup(n.op_type, og.opset, n.domain) is None]
     if not bad:
         return
     from .passes.fold_constants import FOLDABLE
 
     def version(n):
-        v = registry.schema_version(n.op_type, og.opset, n.domain)
+        v = schema_version(n.op_type, og.opset, n.domain)
         dom = f"{n.domain}." if n.domain else ""
         return f"{dom}{n.op_type}" + (f"-{v}" if v else "")
 
     listed = "; ".join(f"{n.name!r} ({version(n)}{_why(n, og)})" for n in bad)
     og.fail(f"{len(bad)} unsupported node(s): {listed}. Supported ops: "
-            f"{registry.supported_text()}. Also accepted when they compute constant shapes: "
+            f"{supported_text()}. Also accepted when they compute constant shapes: "
             f"{', '.join(sorted(FOLDABLE))}")
 
 
@@ -118,9 +118,9 @@ def _why(n: ONode, og: OGraph) -> str:
 
     if n.op_type in FOLDABLE:
         return ", not constant: it reads data or the batch size"
-    if registry.schema_version(n.op_type, og.opset, n.domain) is not None and any(
-            op == n.op_type for op in registry.supported()):
-        return f", supported at opset versions {registry.supported()[n.op_type]}"
+    if schema_version(n.op_type, og.opset, n.domain) is not None and any(
+            op == n.op_type for op in supported()):
+        return f", supported at opset versions {supported()[n.op_type]}"
     return ""
 
 
@@ -129,7 +129,7 @@ def convert(og: OGraph) -> Graph:
     check_supported(og)
     conv = Converter(og)
     for node in og.nodes:
-        registry.lookup(node.op_type, og.opset, node.domain)(node, conv)
+        lookup(node.op_type, og.opset, node.domain)(node, conv)
     input_shape = og.shape(og.input_name)
     out_name = conv.tensor(og.output_name)
     out_shape = og.shape(og.output_name)

@@ -8,7 +8,7 @@ import onnx
 
 from ..errors import EdgeDFAError
 from ..graph import Graph
-from . import registry
+from .registry import lookup
 from .ir import BATCH
 
 
@@ -72,7 +72,7 @@ def inspect_onnx(path) -> dict:
     for t in model.graph.initializer:
         shapes[t.name] = list(t.dims)
     for i, n in enumerate(model.graph.node):
-        supported = registry.lookup(n.op_type, opset, n.domain) is not None
+        supported = lookup(n.op_type, opset, n.domain) is not None
         entry = {"name": n.name or f"{n.op_type}_{i}", "op_type": n.op_type,
                  "inputs": [shapes.get(x) for x in n.input],
                  "outputs": [shapes.get(x) for x in n.output], "supported": supported}

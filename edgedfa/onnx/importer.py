@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from ..errors import EdgeDFAError
 from ..graph import Graph
-from . import ops  # noqa: F401  (fills the registry)
+from .ops import OP_MODULES  # noqa: F401  (importing them fills the registry)
 from .convert import convert
 from .ir import BATCH, OGraph, ONode
 from .passes import run_passes
