@@ -1,4 +1,4 @@
-"""Command line: thin wrappers over the library (see shared CONTRACT)."""
+"""Command line: parses arguments, calls library functions, prints (docs/ names the commands)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import sys
 import time
 
 from .errors import EdgeDFAError
-
-DATASETS = ("digits", "shifted-digits")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +23,9 @@ def _add_common(p):
 def build_parser() -> argparse.ArgumentParser:
     from .arch import ARCHS
     from .credit import ALGOS
+    from .data import BUILTIN
 
+    datasets = tuple(BUILTIN)
     ap = _Parser(prog="edgedfa", description="Fixed-point on-device training with direct feedback alignment.")
     _add_common(ap)
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", metavar="FILE.onnx", help="train the network an ONNX file defines")
     src.add_argument("--arch", choices=ARCHS, help="a built-in architecture (default: mlp)")
     t.add_argument("--data", metavar="FILE.npz", help="x_train, y_train, x_test, y_test (default: embedded digits)")
-    t.add_argument("--dataset", choices=DATASETS, help="a built-in dataset instead of --data (default: digits)")
+    t.add_argument("--dataset", choices=datasets, help="a built-in dataset instead of --data (default: digits)")
     t.add_argument("--algo", choices=ALGOS, help="credit assignment (default: sdfa)")
     t.add_argument("--feedback-sparsity", type=int, metavar="K", help="non-zeros per neuron for sdfa (default 1)")
     t.add_argument("--feedback-kind", choices=("dense", "sparse", "channel", "dilated"),
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy of a checkpoint")
     e.add_argument("checkpoint", metavar="CHECKPOINT")
     e.add_argument("--data", metavar="FILE.npz")
-    e.add_argument("--dataset", choices=DATASETS)
+    e.add_argument("--dataset", choices=datasets)
     e.add_argument("--json", metavar="FILE")
     _add_common(e)
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("emulate", help="run training steps through the FPGA datapath model")
     m.add_argument("checkpoint", metavar="CHECKPOINT")
     m.add_argument("--data", metavar="FILE.npz")
-    m.add_argument("--dataset", choices=DATASETS)
+    m.add_argument("--dataset", choices=datasets)
     m.add_argument("--steps", type=int, default=1)
     m.add_argument("--array", metavar="RxC", help="PE array shape (default from config, 16x16)")
     m.add_argument("--clock-mhz", type=float)
@@ -117,15 +117,10 @@ def main(argv=None) -> int:
 
 # --------------------------------------------------------------------------- train
 
-def _dataset(args, default_shape=None, recorded=None):
-    from . import data
+def _dataset(args, recorded=None):
+    from .data import select_dataset
 
-    if getattr(args, "data", None):
-        return data.load_npz(args.data)
-    name = getattr(args, "dataset", None) or recorded or "digits"
-    if name not in data.BUILTIN:
-        raise EdgeDFAError(f"dataset {name!r} is not built in; pass --data FILE.npz")
-    return data.BUILTIN[name]()
+    return select_dataset(args.data, args.dataset, recorded)
 
 
 def cmd_train(args) -> int:
@@ -234,10 +229,24 @@ def cmd_export(args) -> int:
 
 def cmd_emulate(args) -> int:
     try:
-        from hdl_models.emulate import emulate_cli
+        from hdl_models.hwconfig import hw_config
+
+        from .cosim import emulate, report_json, table
     except ImportError as exc:
         raise EdgeDFAError("the datapath model (hdl_models) is not available in this build") from exc
-    return emulate_cli(args)
+    from .checkpoint import read_checkpoint
+    from .config import load_config
+
+    table_cfg = load_config(args.config).get("hardware", {}) if args.config else {}
+    hw = hw_config(table_cfg, args.array, args.clock_mhz)
+    ck = read_checkpoint(args.checkpoint)
+    ds = _dataset(args, recorded=ck["meta"].get("dataset"))
+    report = emulate(args.checkpoint, ds.x_train, ds.y_train, args.steps, hw)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(report_json(report))
+    return 0
 
 
 def cmd_info(args) -> int:

@@ -77,6 +77,17 @@ def shifted_digits(canvas: int = 16, seed: int = 7) -> Dataset:
 
 BUILTIN = {"digits": digits, "shifted-digits": shifted_digits}
 
+
+def select_dataset(path: str | None = None, name: str | None = None, recorded: str | None = None) -> Dataset:
+    """The data a command names: a .npz file, else a built-in by name, else the one a run
+    recorded, else the digits."""
+    if path:
+        return load_npz(path)
+    name = name or recorded or "digits"
+    if name not in BUILTIN:
+        raise EdgeDFAError(f"dataset {name!r} is not built in; pass --data FILE.npz")
+    return BUILTIN[name]()
+
 HOLDOUT_SEED = 4242  # fixed: the documented validation split of a training split never changes
 
 
@@ -119,7 +130,7 @@ def load_npz(path: str) -> Dataset:
             raise EdgeDFAError(f"{path}: y_{part} has label {int(y.min())} < 0; labels are 0..C-1")
     n_tr = int(np.prod(arrays["x_train"].shape[1:]))
     n_te = int(np.prod(arrays["x_test"].shape[1:]))
-    if n_tr != n_te:  # shapes may differ: both are reshaped to the model input (CONTRACT)
+    if n_tr != n_te:  # shapes may differ: both are reshaped to the model input
         raise EdgeDFAError(f"{path}: x_train samples {arrays['x_train'].shape[1:]} have {n_tr} values but"
                            f" x_test samples {arrays['x_test'].shape[1:]} have {n_te}")
     if len(arrays["y_train"]) == 0:

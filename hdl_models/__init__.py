@@ -2,5 +2,5 @@
 
 An independent implementation of docs/datapath.md: it imports edgedfa's format and
 configuration types only, and computes every integer itself, so that comparing it with
-the engine (``hdl_models.emulate``) means something.
+the engine (the testbench ``edgedfa.cosim``, outside this package) means something.
 """

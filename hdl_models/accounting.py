@@ -113,3 +113,48 @@ class Ledger:
             r["first_start"] = min(r["first_start"], t.start)
             r["last_finish"] = max(r["last_finish"], t.finish)
         return list(rows.values())
+
+
+# ---------------------------------------------------------------- the report of a run
+FIGURES = ("cycles", "macs", "adds", "onchip_read_bytes", "onchip_write_bytes", "offchip_bytes",
+           "feedback_bytes", "prng_words", "lut_lookups", "state_bytes")
+
+
+def layer_rows(ledgers: list, hw) -> list:
+    """Figures per (layer, phase) summed over the steps' ledgers, phase by phase in program order."""
+    rows, order = {}, []
+    for led in ledgers:
+        for r in led.per_layer_phase():
+            key = (r["layer"], r["phase"])
+            if key not in rows:
+                rows[key] = {"layer": r["layer"], "phase": r["phase"], **{f: 0 for f in FIGURES}, "pe_busy": 0}
+                order.append(key)
+            agg = rows[key]
+            agg["cycles"] += r["busy_cycles"]
+            for f in FIGURES[1:]:
+                agg[f] += r[f]
+            agg["pe_busy"] += r["pe_busy"]
+    layers = []
+    for key in sorted(order, key=lambda k: (PHASES.index(k[1]), order.index(k))):
+        r = rows[key]
+        r["onchip_bytes"] = r["onchip_read_bytes"] + r["onchip_write_bytes"]
+        r["pe_utilization"] = r.pop("pe_busy") / (r["cycles"] * hw.rows * hw.cols) if r["cycles"] else 0.0
+        r["seconds_at_clock"] = r["cycles"] / (hw.clock_mhz * 1e6)
+        layers.append(r)
+    return layers
+
+
+def summarize(ledgers: list, hw) -> dict:
+    """Cycles (scheduled, units overlapped), totals, per-phase and per-layer figures of a run."""
+    cycles = sum(max((t.finish for t in led.tasks), default=0) for led in ledgers)
+    layers = layer_rows(ledgers, hw)
+    tot = {f: sum(r[f] for r in layers) for f in FIGURES[1:]}
+    busy = sum(t.cost.pe_busy for led in ledgers for t in led.tasks)
+    phase_tot = {p: {f: sum(r[f] for r in layers if r["phase"] == p) for f in FIGURES + ("onchip_bytes",)}
+                 for p in PHASES}
+    return {"cycles": int(cycles), "busy_cycles": int(sum(r["cycles"] for r in layers)),
+            "cycles_per_step": cycles / max(len(ledgers), 1), **{k: int(v) for k, v in tot.items()},
+            "onchip_bytes": int(tot["onchip_read_bytes"] + tot["onchip_write_bytes"]),
+            "clock_mhz": hw.clock_mhz, "seconds_at_clock": cycles / (hw.clock_mhz * 1e6),
+            "pe_utilization": busy / (cycles * (hw.rows * hw.cols)) if cycles else 0.0,
+            "phases": phase_tot, "layers": layers, "hardware": hw.as_dict()}

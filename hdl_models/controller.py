@@ -19,7 +19,7 @@ import numpy as np
 
 from edgedfa.errors import EdgeDFAError
 
-from .accounting import Cost, Ledger, nbytes
+from .accounting import Cost, Ledger, nbytes, summarize
 from .datapath import Accelerator, T, make_hw_layer
 from .error_projection_unit import Feedback, half_log2, value_bits
 from .hwconfig import HwConfig
@@ -27,21 +27,6 @@ from .prng_unit import PrngUnit
 from .requant_unit import narrow
 
 TRAINABLE_OPS = ("Dense", "Conv", "RNN", "GRU", "LSTM")
-
-
-def plan_dicts(plan) -> list:
-    """The engine's credit plan (edgedfa.credit.Plan, read as data) as plain dicts."""
-    out = []
-    for m in plan.modules:
-        fb = None
-        if m.feedback is not None:
-            f = m.feedback
-            fb = {"kind": f.kind, "values": f.values, "k": int(f.k), "bits": int(f.bits),
-                  "regenerate": bool(f.regenerate), "options": dict(f.options)}
-        out.append({"name": m.name, "nodes": list(m.nodes), "source": m.source, "feedback": fb,
-                    "target": getattr(m, "target", None), "error_from": getattr(m, "error_from", None),
-                    "layer_options": {k: dict(v) for k, v in getattr(m, "layer_options", {}).items()}})
-    return out
 
 
 GAIN_REFERENCE_SHIFT = 1  # §10.2: the units' reference, 2^(2*1) = 4
@@ -161,6 +146,12 @@ class Controller:
 
     def feedback_memory_bytes(self) -> int:
         return sum(-(-self.feedback[m].memory_bits() // 8) for m in self.stored)
+
+    def report(self, ledgers: list) -> dict:
+        """The run's figures (accounting.summarize) with feedback memory and buffer use."""
+        return {**summarize(ledgers, self.hw), "feedback_memory_bytes": self.feedback_memory_bytes(),
+                "buffers": {k: b.describe() for k, b in self.acc.buffers.items()},
+                "offchip_tensors": sorted(self.acc.offchip_tensors)}
 
     # ------------------------------------------------------------------ one step
     def step(self, xq: T, labels, step: int, lr_shift: int, trace: dict | None = None,

@@ -11,7 +11,7 @@ from edgedfa.graph import Graph, Node
 from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 from hdl_models.hwconfig import HwConfig
 
 

@@ -16,9 +16,10 @@ from edgedfa.graph import Graph, Node
 from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.controller import Controller, plan_dicts
+from edgedfa.cosim import plan_dicts
+from hdl_models.controller import Controller
 from hdl_models.datapath import T
-from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 from hdl_models.error_projection_unit import Feedback
 from hdl_models.hwconfig import HwConfig
 from hdl_models.requant_unit import from_float

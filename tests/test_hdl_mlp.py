@@ -12,7 +12,7 @@ from edgedfa.fixed import Overflow, Rounding
 from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 from hdl_models.hwconfig import HwConfig
 from hdl_models.mac_array import MacArray
 from hdl_models.requant_unit import requant, saturate

@@ -17,7 +17,7 @@ from edgedfa.graph import Graph, Node
 from edgedfa.numerics import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 from hdl_models.hwconfig import HwConfig
 
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}

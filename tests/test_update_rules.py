@@ -13,7 +13,7 @@ from edgedfa.numerics import Numerics
 from edgedfa.update import update_shift
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 from hdl_models.hwconfig import HwConfig
 
 

@@ -9,7 +9,6 @@ Best of ``repeat`` process-CPU-time measurements each (warm: one untimed step fi
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -17,14 +16,11 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from edgedfa import arch  # noqa: E402
-from edgedfa.api import make_trainer  # noqa: E402
+from edgedfa.cosim import CoSim  # noqa: E402
 from edgedfa.data import digits  # noqa: E402
-from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.model import IntModel  # noqa: E402
+from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.train import TrainConfig  # noqa: E402
-from hdl_models.controller import Controller, plan_dicts  # noqa: E402
-from hdl_models.datapath import T  # noqa: E402
-from hdl_models.requant_unit import from_float  # noqa: E402
 
 
 def best(fn, repeat):
@@ -49,12 +45,10 @@ def main():
     model.calibrate(x)
     cfg = TrainConfig(algo=a.algo, batch_size=32)
     xb, yb = x[:32], ds.y_train[:32]
-    trainer = make_trainer(copy.deepcopy(model), cfg)
-    xq = trainer.model.quantize_input(xb)
-    ctl = Controller(model, plan_dicts(trainer.plan))
-    xh = T(from_float(xb, model.in_fmt), model.in_fmt)
-    t_eng = best(lambda: trainer.step(xq, yb, 0, cfg.shift_at(0)), a.repeat)
-    t_hdl = best(lambda: ctl.step(xh, yb, 0, cfg.shift_at(0)), a.repeat)
+    sim = CoSim(model, cfg)
+    xq, xh = sim.engine_model.quantize_input(xb), sim.hdl_input(xb)
+    t_eng = best(lambda: sim.trainer.step(xq, yb, 0, cfg.shift_at(0)), a.repeat)
+    t_hdl = best(lambda: sim.ctl.step(xh, yb, 0, cfg.shift_at(0)), a.repeat)
     print(f"{a.arch} {a.algo}: engine {t_eng * 1e3:.2f} ms/step, hdl_models {t_hdl * 1e3:.2f} ms/step,"
           f" ratio {t_hdl / t_eng:.2f}x (limit 10x)")
 

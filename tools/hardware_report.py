@@ -23,7 +23,7 @@ from edgedfa.data import digits  # noqa: E402
 from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.model import IntModel  # noqa: E402
 from edgedfa.train import TrainConfig  # noqa: E402
-from hdl_models.emulate import emulate  # noqa: E402
+from edgedfa.cosim import emulate  # noqa: E402
 from hdl_models.hwconfig import HwConfig  # noqa: E402
 
 VARIANTS = {
