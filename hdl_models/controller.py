@@ -19,16 +19,15 @@ import numpy as np
 
 from edgedfa.errors import EdgeDFAError
 
+from .accelerator import Accelerator
 from .accounting import Cost, Ledger, nbytes, summarize
-from .datapath import Accelerator, T, make_hw_layer
 from .error_projection_unit import Feedback, half_log2, value_bits
 from .hwconfig import HwConfig
+from .layers import T, make_hw_layer
 from .prng_unit import PrngUnit
 from .requant_unit import narrow
 
 TRAINABLE_OPS = ("Dense", "Conv", "RNN", "GRU", "LSTM")
-
-
 GAIN_REFERENCE_SHIFT = 1  # §10.2: the units' reference, 2^(2*1) = 4
 
 

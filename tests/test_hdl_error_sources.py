@@ -18,7 +18,7 @@ from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
 from edgedfa.cosim import plan_dicts
 from hdl_models.controller import Controller
-from hdl_models.datapath import T
+from hdl_models.layers import T
 from edgedfa.cosim import emulate
 from hdl_models.error_projection_unit import Feedback
 from hdl_models.hwconfig import HwConfig

@@ -158,7 +158,7 @@ def test_builtin_recurrent_arch(kind):
 
 
 def test_mismatch_in_a_cell_is_reported(monkeypatch):
-    from hdl_models import datapath_recurrent as dr
+    from hdl_models.layers import recurrent as dr
 
     real = dr.GruHw.cell
 

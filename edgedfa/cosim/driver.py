@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from hdl_models.controller import Controller
-from hdl_models.datapath import T
+from hdl_models.layers import T
 from hdl_models.requant_unit import from_float
 
 from ..api import make_trainer

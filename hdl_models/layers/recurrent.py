@@ -31,10 +31,10 @@ import numpy as np
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, Overflow
 
-from . import activation_unit as act
-from .accounting import Cost, nbytes
-from .datapath import HW_LAYERS, HwLayer, T, acc_fmt
-from .requant_unit import narrow, requant, shift_round
+from .. import activation_unit as act
+from ..accounting import Cost, nbytes
+from ..requant_unit import narrow, requant, shift_round
+from .base import HwLayer, T, acc_fmt, register
 
 WIDE_BITS = 60  # ⊕ aligns to the finest fraction that keeps every term below 2^60 (§9.6)
 ERR_FRAC_MAX = 32  # N(v): errors finer than 2^-32 are requantized there (§9.7)
@@ -435,6 +435,7 @@ class RecurrentHw(HwLayer):
         raise NotImplementedError
 
 
+@register("RNN")
 class RnnHw(RecurrentHw):
     """h = f(X ⊕ Hg(all, h)), f in {tanh, sigmoid, relu}."""
 
@@ -463,6 +464,7 @@ class RnnHw(RecurrentHw):
         return dA, dA, carry_h, None
 
 
+@register("GRU")
 class GruHw(RecurrentHw):
     """Gates z, r, h; linear_before_reset 0: n = tanh(X_h ⊕ Hg(h, S(r ⊗ h))), 1: tanh(X_h ⊕ r ⊗ Hg(h, h))."""
 
@@ -531,6 +533,7 @@ class GruHw(RecurrentHw):
         return [(slice(0, 2 * H), hp, f), (slice(2 * H, 3 * H), np.stack([r["rh"].codes for r in recs]), f)]
 
 
+@register("LSTM")
 class LstmHw(RecurrentHw):
     """Gates i, o, f, c (no peepholes): c' = S(f ⊗ c ⊕ i ⊗ g, c_fmt), h' = S(o ⊗ tanh(c'), h_fmt)."""
 
@@ -575,6 +578,3 @@ class LstmHw(RecurrentHw):
         if dA is not None:
             carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=num.err_bits, what="R", out="err")
         return dA, dA, carry_h, otimes(dc, f)
-
-
-HW_LAYERS.update({"RNN": RnnHw, "GRU": GruHw, "LSTM": LstmHw})

@@ -1,5 +1,5 @@
-"""Merges and data movement on the accelerator (§7): Add, Concat, Transpose, Squeeze,
-Unsqueeze (Flatten/Reshape live in datapath.py).
+"""Data movement and merges on the accelerator (§7): Flatten, Reshape, Squeeze, Unsqueeze,
+Transpose, Add, Concat.
 
 - **Add**: the aligners left-shift every input to the finest fraction (exact), the adders
   sum them (numpy broadcasting = the address generator re-reading a broadcast operand), the
@@ -7,8 +7,9 @@ Unsqueeze (Flatten/Reshape live in datapath.py).
   unchanged to every input (summed over the axes an input was broadcast along).
 - **Concat**: each input requantized to ``out_fmt`` = ``ap_fixed<A, max I>`` and written
   at its offset; the error is split.
-- **Transpose / Squeeze / Unsqueeze**: the address generator reads the buffer in another
-  order; no unit works (free), the error goes back by the inverse rearrangement.
+- **Flatten / Reshape / Squeeze / Unsqueeze / Transpose**: the address generator reads the
+  buffer in another order; no unit works (free), the error goes back by the inverse
+  rearrangement.
 """
 
 from __future__ import annotations
@@ -17,11 +18,25 @@ import numpy as np
 
 from edgedfa.errors import EdgeDFAError
 
-from .accounting import Cost, nbytes
-from .datapath import HW_LAYERS, FlattenHw, HwLayer, T
-from .requant_unit import requant
+from ..accounting import Cost, nbytes
+from ..requant_unit import requant
+from .base import HwLayer, T, register
 
 
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+class FlattenHw(HwLayer):
+    """Data movement: the address generator reads the same buffer in another order (free)."""
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        return T(x.codes.reshape((x.codes.shape[0],) + tuple(np.atleast_1d(self.out_shape))), x.fmt), \
+            (x.codes.shape if train else None), Cost()
+
+    def backward(self, acc, cache, dy, need):
+        return [T(dy.codes.reshape(cache), dy.fmt)], {}, Cost(), Cost()
+
+
+@register("Add")
 class AddHw(HwLayer):
     def forward(self, acc, xs, train):
         f = max(x.fmt.frac_bits for x in xs)
@@ -52,6 +67,7 @@ class AddHw(HwLayer):
         return outs, {}, c, Cost()
 
 
+@register("Concat")
 class ConcatHw(HwLayer):
     def _axis(self):
         return int(self.attrs.get("axis", 1))
@@ -72,6 +88,7 @@ class ConcatHw(HwLayer):
         return [T(p, dy.fmt) for p in np.split(dy.codes, bounds, axis=ax)], {}, Cost(), Cost()
 
 
+@register("Transpose")
 class TransposeHw(HwLayer):
     def _perm(self, ndim):
         perm = [int(p) for p in self.attrs.get("perm", list(range(ndim))[::-1])]
@@ -85,7 +102,3 @@ class TransposeHw(HwLayer):
 
     def backward(self, acc, cache, dy, need):
         return [T(dy.codes.transpose(np.argsort(self._perm(dy.codes.ndim))), dy.fmt)], {}, Cost(), Cost()
-
-
-HW_LAYERS.update({"Add": AddHw, "Concat": ConcatHw, "Transpose": TransposeHw,
-                  "Squeeze": FlattenHw, "Unsqueeze": FlattenHw})

@@ -1,0 +1,81 @@
+"""Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks and the
+§9 ROM for tanh/sigmoid with their derivatives."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedfa.fixed import FixedFormat
+
+from .. import activation_unit as act
+from ..accounting import Cost, nbytes
+from ..requant_unit import narrow, shift_round
+from .base import HwLayer, T, register
+
+
+@register("Relu")
+class ReluHw(HwLayer):
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        y, mask = act.relu(x.codes)
+        c = Cost().use("act", acc.act.cycles(y.size))
+        acc.read(c, "act", y.size * nbytes(x.fmt.width))
+        acc.write(c, "act", y.size * nbytes(x.fmt.width))
+        return T(y, x.fmt), (mask if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        c = Cost().use("act", acc.act.cycles(dy.codes.size))
+        acc.read(c, "err", dy.codes.size * nbytes(dy.fmt.width))
+        acc.write(c, "err", dy.codes.size * nbytes(dy.fmt.width))
+        return [T(np.where(cache, dy.codes, 0), dy.fmt)], {}, c, Cost()
+
+
+@register("Clip")
+class ClipHw(ReluHw):
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        lo = act.quantize_bound(float(self.attrs.get("min", -np.inf)), x.fmt)
+        hi = act.quantize_bound(float(self.attrs.get("max", np.inf)), x.fmt)
+        y, mask = act.clip(x.codes, lo, hi)
+        return T(y, x.fmt), (mask if train else None), Cost().use("act", acc.act.cycles(y.size))
+
+
+@register("LeakyRelu")
+class LeakyReluHw(HwLayer):
+    ALPHA_FRAC = 16
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        self.alpha = act.quantize_bound(float(self.attrs.get("alpha", 0.01)), FixedFormat(self.ALPHA_FRAC + 1, 1))
+        y, mask = act.leaky(x.codes, self.alpha, self.ALPHA_FRAC, self.num.act_rounding)
+        return T(y, x.fmt), (mask if train else None), Cost().use("act", acc.act.cycles(y.size))
+
+    def backward(self, acc, cache, dy, need):
+        neg = shift_round(dy.codes * self.alpha, self.ALPHA_FRAC, self.num.err_rounding)
+        return [T(np.where(cache, dy.codes, neg), dy.fmt)], {}, Cost().use("act", acc.act.cycles(dy.codes.size)), Cost()
+
+
+@register("Tanh")
+class TanhHw(HwLayer):
+    """§9.2/§9.4 through the activation unit's ROM; output ap_fixed<act_bits,1>."""
+
+    func, deriv = staticmethod(act.tanh), staticmethod(act.tanh_deriv)
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        fmt = FixedFormat(self.num.act_bits, 1)
+        y = type(self).func(x.codes, x.fmt.frac_bits, fmt, self.num.act_rounding)
+        c = Cost().use("act", acc.act.cycles(y.size))
+        c.lut_lookups = int(y.size)
+        return T(y, fmt), (y if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        fmt = FixedFormat(self.num.act_bits, 1)
+        d, dfmt = type(self).deriv(cache, fmt)
+        codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + dfmt.frac_bits, self.num.err_bits, self.num.err_rounding)
+        return [T(codes, efmt)], {}, Cost().use("act", acc.act.cycles(codes.size)), Cost()
+
+
+@register("Sigmoid")
+class SigmoidHw(TanhHw):
+    func, deriv = staticmethod(act.sigmoid), staticmethod(act.sigmoid_deriv)
