@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 
 from .errors import EdgeDFAError
 from .feedback import FeedbackSpec
-from .graph import Graph
+from .graph import POOLS, RECURRENT, TRAINABLE, Graph
 
 ALGOS = ("bp", "dfa", "sdfa", "modular", "hybrid")
-POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
-RECURRENT_OPS = ("RNN", "GRU", "LSTM")
-MOVE_OPS = ("Flatten", "Reshape", "Squeeze")  # after a pooled map they begin the next module
+MODULE_STARTS = ("Flatten", "Reshape", "Squeeze")  # after a pooled map they begin the next module
 
 
 @dataclass
@@ -54,7 +52,7 @@ class Plan:
 
 
 def _is_trainable(node) -> bool:
-    return node.op in ("Dense", "Conv") + RECURRENT_OPS
+    return node.op in TRAINABLE
 
 
 def per_layer_modules(graph: Graph) -> list:
@@ -62,7 +60,7 @@ def per_layer_modules(graph: Graph) -> list:
     groups = []
     for node in graph.nodes:
         has_trainable = bool(groups) and any(_is_trainable(graph.node(n)) for n in groups[-1])
-        starts = _is_trainable(node) or (node.op in MOVE_OPS and bool(groups) and graph.node(groups[-1][-1]).op in POOL_OPS)
+        starts = _is_trainable(node) or (node.op in MODULE_STARTS and bool(groups) and graph.node(groups[-1][-1]).op in POOLS)
         if not groups or (starts and has_trainable):
             groups.append([])
         groups[-1].append(node.name)
@@ -76,13 +74,13 @@ def per_block_modules(graph: Graph) -> list:
         start = not groups
         if (node.op == "Conv" and not open_block) or closed:
             start = True  # a closed block's successors (flatten, head) begin the next module
-        if node.op in ("Dense",) + RECURRENT_OPS and groups and any(_is_trainable(graph.node(n)) for n in groups[-1]):
+        if node.op in ("Dense",) + RECURRENT and groups and any(_is_trainable(graph.node(n)) for n in groups[-1]):
             start = True
         if start:
             groups.append([])
         groups[-1].append(node.name)
-        closed = open_block and node.op in POOL_OPS
-        open_block = node.op == "Conv" or (open_block and node.op not in POOL_OPS)
+        closed = open_block and node.op in POOLS
+        open_block = node.op == "Conv" or (open_block and node.op not in POOLS)
     return groups
 
 
@@ -122,7 +120,7 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
             # one sign and drives it (docs/benchmarks.md): the block trains its kernels only
             module.layer_options = {n: {"frozen": ["B"]} for n in names
                                     if graph.node(n).op == "Conv" and "B" in graph.node(n).params}
-        rec = [n for n in names if graph.node(n).op in RECURRENT_OPS]
+        rec = [n for n in names if graph.node(n).op in RECURRENT]
         if rec and algo in ("dfa", "sdfa"):
             # per-step DFA (Nøkland): the error reaches every step's hidden state, no BPTT
             module.target = graph.node(rec[-1]).outputs[0]

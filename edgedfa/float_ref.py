@@ -14,18 +14,10 @@ import numpy as np
 
 from .errors import EdgeDFAError
 from .graph import Graph, Node
+from .registry import Registry
 
-OPS: dict = {}
-
-
-def op(name):
-    """Register the float implementation of canonical op ``name``."""
-    def decorate(fn):
-        if name in OPS:
-            raise EdgeDFAError(f"float op {name!r} registered twice")
-        OPS[name] = fn
-        return fn
-    return decorate
+OPS = Registry("float op")
+op = OPS.register  # the float implementation of canonical op(s)
 
 
 def prepare_input(graph: Graph, x) -> np.ndarray:
@@ -46,7 +38,7 @@ def run_float_all(graph: Graph, x) -> dict:
     """Every tensor of ``graph`` (float64) for input ``x``."""
     env = {graph.input_name: prepare_input(graph, x)}
     for node in graph.nodes:
-        fn = OPS.get(node.op)
+        fn = OPS.find(node.op)
         if fn is None:
             raise EdgeDFAError(f"graph {graph.name!r}: node {node.name!r} has op {node.op!r}, "
                                f"which the float reference does not know")
@@ -90,8 +82,11 @@ ACTIVATIONS = {
     "Tanh": np.tanh,
     "Sigmoid": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
 }
-for _name, _fn in ACTIVATIONS.items():
-    op(_name)(lambda node, x, _fn=_fn: _fn(x))
+
+
+@op(*ACTIVATIONS)
+def activation(node, x):
+    return ACTIVATIONS[node.op](x)
 
 
 @op("LeakyRelu")

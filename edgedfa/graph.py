@@ -15,6 +15,10 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
+
+``CANONICAL_OPS`` is the one list of them. Every op has an integer layer (edgedfa.layers), a
+float reference (edgedfa.float_ref), a hardware layer (hdl_models.layers) and both export
+paths (onnx/export_float.py, onnx/export_int.py); tests/test_ops.py holds them to it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import EdgeDFAError
+
+DENSE = ("Dense",)
+CONV = ("Conv",)
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip")
+POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
+MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")  # rearrange codes, no arithmetic
+MERGES = ("Add", "Concat")
+RECURRENT = ("RNN", "GRU", "LSTM")
+
+TRAINABLE = DENSE + CONV + RECURRENT
+CANONICAL_OPS = DENSE + CONV + ACTIVATIONS + POOLS + MOVES + MERGES + RECURRENT
 
 
 def producers(nodes) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
+from edgedfa.graph import TRAINABLE
 
 from .accelerator import Accelerator
 from .accounting import Cost, Ledger, nbytes, summarize
@@ -27,7 +28,6 @@ from .layers import T, make_hw_layer
 from .prng_unit import PrngUnit
 from .requant_unit import narrow
 
-TRAINABLE_OPS = ("Dense", "Conv", "RNN", "GRU", "LSTM")
 GAIN_REFERENCE_SHIFT = 1  # §10.2: the units' reference, 2^(2*1) = 4
 
 
@@ -116,7 +116,7 @@ class Controller:
         prod = {o: n for n, _, _, outs in self.nodes for o in outs}
         upstream = {self.input_name: False}
         for name, op, ins, outs in self.nodes:
-            up = op in TRAINABLE_OPS or any(upstream.get(i, False) for i in ins)
+            up = op in TRAINABLE or any(upstream.get(i, False) for i in ins)
             for o in outs:
                 upstream[o] = up
         sources = set(self.source.values()) - set(self.target.values())

@@ -14,9 +14,9 @@ from onnx import TensorProto
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, requantize
 from ..layers.pool import given_pads, window_counts
-from .export_graph import MOVES, Builder, emit_move, tensor_info, window_attrs
-
-SIMPLE = ("Relu", "Tanh", "Sigmoid")
+from ..graph import MERGES, MOVES, RECURRENT
+from ..registry import Registry
+from .export_graph import Builder, emit_move, tensor_info, window_attrs
 
 
 def tensor_formats(model) -> dict:
@@ -83,18 +83,7 @@ class FloatEmitter:
     def emit(self, node, layer):
         ins = [self.source(i) for i in node.inputs if i]
         outs = [self.target(o) if o else "" for o in node.outputs]
-        op = node.op
-        if op in MOVES:
-            emit_move(self.b, node, ins[0], outs[0], self.model.shapes[node.inputs[0]])
-        elif op == "Dense":
-            self.dense(node, layer, ins[0], outs[0])
-        elif op in ("RNN", "GRU", "LSTM"):
-            self.recurrent(node, layer, node.inputs[0], outs)
-        elif op in FLOAT_OPS:
-            FLOAT_OPS[op](self, node, layer, ins, outs[0])
-        else:
-            raise EdgeDFAError(f"node {node.name!r}: op {node.op!r} has no {self.kind} export;"
-                               f" supported: {', '.join(sorted(set(FLOAT_OPS) | set(MOVES)))}, Dense, RNN, GRU, LSTM")
+        FLOAT_OPS.get(node.op, f"node {node.name!r}: ")(self, node, layer, ins, outs)
 
     # ---------------------------------------------------------------- ops
     def dense(self, node, layer, x, out):
@@ -144,60 +133,79 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _simple(em, node, layer, ins, out):
-    em.b.node(node.op, ins, node.name, [out])
+FLOAT_OPS = Registry("op of the float/qdq export")
 
 
-def _leaky(em, node, layer, ins, out):
-    em.b.node("LeakyRelu", ins, node.name, [out], alpha=float(node.attrs.get("alpha", 0.01)))
+@FLOAT_OPS.register(*MOVES)
+def _move(em, node, layer, ins, outs):
+    emit_move(em.b, node, ins[0], outs[0], em.model.shapes[node.inputs[0]])
 
 
-def _clip(em, node, layer, ins, out):
+@FLOAT_OPS.register("Dense")
+def _dense(em, node, layer, ins, outs):
+    em.dense(node, layer, ins[0], outs[0])
+
+
+@FLOAT_OPS.register(*RECURRENT)
+def _recurrent(em, node, layer, ins, outs):
+    em.recurrent(node, layer, node.inputs[0], outs)
+
+
+@FLOAT_OPS.register("Relu", "Tanh", "Sigmoid", "GlobalAveragePool")
+def _simple(em, node, layer, ins, outs):
+    em.b.node(node.op, ins, node.name, outs[:1])
+
+
+@FLOAT_OPS.register("LeakyRelu")
+def _leaky(em, node, layer, ins, outs):
+    em.b.node("LeakyRelu", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.01)))
+
+
+@FLOAT_OPS.register("Clip")
+def _clip(em, node, layer, ins, outs):
     bounds = []
     for key in ("min", "max"):
         v = node.attrs.get(key)
         finite = v is not None and np.isfinite(float(v))
         bounds.append(em.b.const(np.float32(v), np.float32, f"{node.name}/{key}") if finite else "")
-    em.b.node("Clip", ins + bounds, node.name, [out])
+    em.b.node("Clip", ins + bounds, node.name, outs[:1])
 
 
-def _conv(em, node, layer, ins, out):
+@FLOAT_OPS.register("Conv")
+def _conv(em, node, layer, ins, outs):
     ins = ins + [em.param(node, layer, "W")]
     if "B" in layer.params:
         ins.append(em.bias(node, layer, node.inputs[0]))
-    em.b.node("Conv", ins, node.name, [out], group=layer.geo.groups, **window_attrs(layer.geo))
+    em.b.node("Conv", ins, node.name, outs[:1], group=layer.geo.groups, **window_attrs(layer.geo))
 
 
-def _pool(em, node, layer, ins, out):
+@FLOAT_OPS.register("MaxPool", "AveragePool")
+def _pool(em, node, layer, ins, outs):
     """Explicit pads from the engine's geometry (auto_pad and ceil_mode resolved, as it computes)."""
     attrs = window_attrs(layer.geo)
     if node.op == "MaxPool":
-        em.b.node("MaxPool", ins, node.name, [out], **attrs)
+        em.b.node("MaxPool", ins, node.name, outs[:1], **attrs)
         return
     if any(d != 1 for d in attrs.pop("dilations")):
         raise EdgeDFAError(f"node {node.name!r}: dilated AveragePool has no opset-17 ONNX form")
     include = int(node.attrs.get("count_include_pad", 0))
     extra = tuple(layer.geo.pads) != tuple(given_pads(node, layer.geo))
     if not (include and extra):
-        em.b.node("AveragePool", ins, node.name, [out], count_include_pad=include, **attrs)
+        em.b.node("AveragePool", ins, node.name, outs[:1], count_include_pad=include, **attrs)
         return
     # ceil_mode's extra end padding is never counted (datapath §8.5): rescale the padding-free mean
     inside = window_counts(layer.geo, layer.geo.pads, False)
     ratio = (inside / layer.counts).reshape((1, 1) + tuple(layer.geo.out_spatial()))
     mean = em.b.node("AveragePool", ins, f"{node.name}/mean", count_include_pad=0, **attrs)
-    em.b.node("Mul", [mean, em.b.const(ratio, np.float32, f"{node.name}/count_ratio")], node.name, [out])
+    em.b.node("Mul", [mean, em.b.const(ratio, np.float32, f"{node.name}/count_ratio")], node.name, outs[:1])
 
 
-def _merge(em, node, layer, ins, out):
+@FLOAT_OPS.register(*MERGES)
+def _merge(em, node, layer, ins, outs):
     if node.op == "Concat":
-        em.b.node("Concat", ins, node.name, [out], axis=int(node.attrs.get("axis", 1)))
+        em.b.node("Concat", ins, node.name, outs[:1], axis=int(node.attrs.get("axis", 1)))
     else:
-        em.b.node("Add" if len(ins) == 2 else "Sum", ins, node.name, [out])
-
-
-FLOAT_OPS = {"Relu": _simple, "Tanh": _simple, "Sigmoid": _simple, "LeakyRelu": _leaky,
-             "Clip": _clip, "Conv": _conv, "MaxPool": _pool, "AveragePool": _pool,
-             "GlobalAveragePool": _simple, "Add": _merge, "Concat": _merge}
+        em.b.node("Add" if len(ins) == 2 else "Sum", ins, node.name, outs[:1])
 
 
 # --------------------------------------------------------------------------- QDQ

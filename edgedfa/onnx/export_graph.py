@@ -72,9 +72,6 @@ def float_type(width: int):
 
 # --------------------------------------------------------------------------- data movement
 
-MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
-
-
 def emit_move(b: Builder, node, x: str, out: str, in_shape) -> str:
     """The ONNX op of a canonical data-movement node; ``in_shape`` is per sample."""
     a = node.attrs

@@ -18,7 +18,10 @@ from onnx import TensorProto, helper
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
-from .export_graph import MOVES, Builder, emit_move, float_type, tensor_info, window_attrs
+from ..graph import MOVES, RECURRENT
+from ..registry import Registry
+from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
+from .export_recurrent import emit_recurrent
 
 OPSET = 17
 INT8 = (-128, 127)
@@ -213,19 +216,7 @@ class IntEmitter:
         return self.b.graph(g.name or "edgedfa", inputs, outputs), OPSET
 
     def emit(self, node, layer, ins):
-        handler = INT_OPS.get(node.op)
-        if node.op in MOVES:
-            x, fmt = ins[0]
-            return [(emit_move(self.b, node, x, self.b.unique(f"{node.outputs[0]}/q"),
-                               self.model.shapes[node.inputs[0]]), fmt)]
-        if node.op in ("RNN", "GRU", "LSTM"):
-            from .export_recurrent import emit_recurrent
-
-            return emit_recurrent(self, node, layer, ins)
-        if handler is None:
-            raise EdgeDFAError(f"node {node.name!r}: op {node.op!r} has no int export; supported: "
-                               f"{', '.join(sorted(set(INT_OPS) | set(MOVES)))}")
-        return handler(self, node, layer, ins)
+        return INT_OPS.get(node.op, f"node {node.name!r}: ")(self, node, layer, ins)
 
     # ---------------------------------------------------------------- edges
     def quantize_input(self) -> str:
@@ -307,6 +298,20 @@ class IntEmitter:
 
 # --------------------------------------------------------------------------- layers
 
+INT_OPS = Registry("op of the int export")
+
+
+@INT_OPS.register(*MOVES)
+def _move(em: IntEmitter, node, layer, ins):
+    x, fmt = ins[0]
+    return [(emit_move(em.b, node, x, em.b.unique(f"{node.outputs[0]}/q"), em.model.shapes[node.inputs[0]]), fmt)]
+
+
+@INT_OPS.register(*RECURRENT)
+def _recurrent(em: IntEmitter, node, layer, ins):
+    return emit_recurrent(em, node, layer, ins)
+
+@INT_OPS.register("Dense")
 def _dense(em: IntEmitter, node, layer, ins):
     (x, xf), = ins
     W, num = layer.params["W"], layer.num
@@ -332,6 +337,7 @@ def im2col(em: IntEmitter, x: str, geo, channels: int, base: str) -> str:
     return o.op("Gather", [flat, o.k(np.stack(taps))], f"{base}/im2col", axis=2)
 
 
+@INT_OPS.register("Conv")
 def _conv(em: IntEmitter, node, layer, ins):
     (x, xf), = ins
     W, num, geo, o = layer.params["W"], layer.num, layer.geo, em.ops
@@ -372,6 +378,7 @@ def _conv_out(em, layer, acc, frac, base):
     return y, layer.out_fmt
 
 
+@INT_OPS.register("MaxPool")
 def _maxpool(em: IntEmitter, node, layer, ins):
     """MaxPool on int8 codes when they fit, else on float64 (every code < 2^53 is exact)."""
     (x, xf), = ins
@@ -382,6 +389,7 @@ def _maxpool(em: IntEmitter, node, layer, ins):
     return [(o.cast(y, TensorProto.INT64, f"{base}/codes"), xf)]
 
 
+@INT_OPS.register("AveragePool", "GlobalAveragePool")
 def _avgpool(em: IntEmitter, node, layer, ins):
     """Exact window sum times the integer reciprocal r_n, one requantization (datapath §8.5)."""
     (x, xf), = ins
@@ -399,17 +407,20 @@ def _avgpool(em: IntEmitter, node, layer, ins):
     return [(y, xf)]
 
 
+@INT_OPS.register("Relu")
 def _relu(em, node, layer, ins):
     (x, xf), = ins
     return [(em.ops.op("Max", [x, em.ops.k(0)], node.name), xf)]
 
 
+@INT_OPS.register("Clip")
 def _clip(em, node, layer, ins):
     (x, xf), = ins
     lo, hi = layer._bounds(xf)
     return [(em.ops.op("Clip", [x, em.ops.k(lo), em.ops.k(hi)], node.name), xf)]
 
 
+@INT_OPS.register("LeakyRelu")
 def _leaky(em, node, layer, ins):
     """x >= 0 ? x : round_shift(x * alpha_code, 16, act_rounding) (datapath §7)."""
     (x, xf), = ins
@@ -420,6 +431,7 @@ def _leaky(em, node, layer, ins):
     return [(o.op("Where", [keep, x, neg], base), xf)]
 
 
+@INT_OPS.register("Add")
 def _add(em, node, layer, ins):
     """Inputs aligned exactly to the finest fraction, summed, requantized to out_fmt."""
     o, base, num = em.ops, node.name, layer.num
@@ -433,6 +445,7 @@ def _add(em, node, layer, ins):
     return [(y, layer.out_fmt)]
 
 
+@INT_OPS.register("Concat")
 def _concat(em, node, layer, ins):
     o, base, num, fmt = em.ops, node.name, layer.num, layer.out_fmt
     parts = [o.requantize(x, f.frac_bits, fmt, num.act_rounding, num.act_overflow, f"{base}/in{i}")
@@ -440,13 +453,9 @@ def _concat(em, node, layer, ins):
     return [(o.op("Concat", parts, base, axis=int(node.attrs.get("axis", 1))), fmt)]
 
 
+@INT_OPS.register("Tanh", "Sigmoid")
 def _table(em, node, layer, ins):
     """Tanh / Sigmoid layers: the §9 table unit to ap_fixed<act_bits,1>."""
     (x, xf), = ins
     func = em.ops.tanh if node.op == "Tanh" else em.ops.sigmoid
     return [(func(x, xf.frac_bits, layer.out_fmt, layer.num.act_rounding, node.name), layer.out_fmt)]
-
-
-INT_OPS = {"Tanh": _table, "Sigmoid": _table, "Dense": _dense, "Conv": _conv, "MaxPool": _maxpool, "AveragePool": _avgpool,
-           "GlobalAveragePool": _avgpool, "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky,
-           "Add": _add, "Concat": _concat}

@@ -9,25 +9,16 @@ from __future__ import annotations
 import onnx.defs
 
 from ..errors import EdgeDFAError
+from ..registry import Registry
 
-_HANDLERS: dict = {}
+_HANDLERS = Registry("ONNX op handler")  # keys "<op type>-<schema version>"
 
 
 def register(op_type: str, *versions: int):
     """Register the decorated handler for ``op_type`` at each schema version given."""
     if not versions:
         raise EdgeDFAError(f"register({op_type!r}) needs at least one opset version")
-
-    def decorate(fn):
-        for v in versions:
-            key = (op_type, int(v))
-            if key in _HANDLERS:
-                raise EdgeDFAError(f"a handler for {op_type}-{v} is already registered "
-                                   f"({_HANDLERS[key].__name__})")
-            _HANDLERS[key] = fn
-        return fn
-
-    return decorate
+    return _HANDLERS.register(*(f"{op_type}-{int(v)}" for v in versions))
 
 
 def schema_version(op_type: str, opset: int, domain: str = "") -> int | None:
@@ -43,14 +34,15 @@ def schema_version(op_type: str, opset: int, domain: str = "") -> int | None:
 def lookup(op_type: str, opset: int, domain: str = ""):
     """The handler for ``op_type`` in a model of ``opset``, or None."""
     version = schema_version(op_type, opset, domain)
-    return None if version is None else _HANDLERS.get((op_type, version))
+    return None if version is None else _HANDLERS.find(f"{op_type}-{version}")
 
 
 def supported() -> dict:
     """Op type -> sorted schema versions with a handler."""
     out: dict = {}
-    for op, v in _HANDLERS:
-        out.setdefault(op, []).append(v)
+    for key in _HANDLERS.names():
+        op, v = key.rsplit("-", 1)
+        out.setdefault(op, []).append(int(v))
     return {op: sorted(vs) for op, vs in sorted(out.items())}
 
 
