@@ -42,7 +42,7 @@ def prepare(model, source: str, input_shape=None) -> OGraph:
     check_model(model, source)
     og = to_light(model, source, input_shape)
     og = run_passes(og)
-    og.nodes = _topological(og)
+    og.nodes = og.topological()
     if og.output_name in og.consts:
         og.fail(f"the output {og.output_name!r} is a constant: the graph ignores its input")
     return og
@@ -186,21 +186,6 @@ def _unique_names(nodes):
         if n.name in seen:
             n.name = f"{n.name}_{i}"
         seen.add(n.name)
-
-
-def _topological(og: OGraph) -> list:
-    ready = {og.input_name, ""} | set(og.consts)
-    pending, order = list(og.nodes), []
-    while pending:
-        progress = [n for n in pending if all(i in ready for i in n.inputs)]
-        if not progress:
-            og.fail(f"node {pending[0].name!r} reads a tensor that nothing writes "
-                    f"({[i for i in pending[0].inputs if i not in ready]})")
-        for n in progress:
-            order.append(n)
-            ready.update(o for o in n.outputs if o)
-        pending = [n for n in pending if n not in progress]
-    return order
 
 
 __all__ = ["load_graph", "load_graph_bytes", "load_model_proto", "prepare"]

@@ -170,6 +170,24 @@ class OGraph:
                 out[vi.name] = tuple(_dim(d) for d in t.shape.dim)
         return out
 
+    def topological(self, strict: bool = True) -> list:
+        """The nodes ordered so that every input is written first. A cycle or a read of a tensor
+        nothing writes fails (``strict``) or leaves those nodes last, in their order (a pass
+        that leaves the verdict to the importer)."""
+        ready = {self.input_name, ""} | set(self.consts)
+        pending, order = list(self.nodes), []
+        while pending:
+            progress = [n for n in pending if all(i in ready for i in n.inputs)]
+            if not progress:
+                if strict:
+                    self.fail(f"node {pending[0].name!r} reads a tensor that nothing writes "
+                              f"({[i for i in pending[0].inputs if i not in ready]})")
+                return order + pending
+            order += progress
+            ready.update(o for n in progress for o in n.outputs if o)
+            pending = [n for n in pending if n not in progress]
+        return order
+
     def fail(self, message: str, node: ONode | None = None):
         where = f"{self.source}: " + (f"{node.label()}: " if node is not None else "")
         raise EdgeDFAError(where + message)

@@ -74,19 +74,6 @@ def _upgrade_opset(og: OGraph):
     og.touch()
 
 
-def _topological(og: OGraph) -> list:
-    ready = {og.input_name, ""} | set(og.consts)
-    pending, order = list(og.nodes), []
-    while pending:
-        progress = [n for n in pending if all(i in ready for i in n.inputs)]
-        if not progress:  # a cycle or a dangling read: leave the order to the importer
-            return order + pending
-        order += progress
-        ready.update(o for n in progress for o in n.outputs if o)
-        pending = [n for n in pending if n not in progress]
-    return order
-
-
 class _Rewrite:
     """One sweep in topological order over the graph, with shapes as inferred before it."""
 
@@ -100,7 +87,7 @@ class _Rewrite:
         self.changed = False
 
     def run(self):
-        for node in _topological(self.og):
+        for node in self.og.topological(strict=False):
             node.inputs = [self.alias.get(i, i) for i in node.inputs]
             if _seq_first(node):
                 self.changed = True
