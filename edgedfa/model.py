@@ -13,9 +13,9 @@ from .layers import LayerSpec, layer_class
 from .numerics import Numerics
 
 
-# per-layer options that are not numerics: Conv's backward ("full" | "group") and its
-# backward_groups; a recurrent layer's bptt_steps
-LAYER_OPTIONS = ("backward", "backward_groups", "bptt_steps")
+# per-layer options that are not numerics: Conv's backward_mode ("full" | "group"; older
+# spelling "backward") and its backward_groups; a recurrent layer's bptt_steps
+LAYER_OPTIONS = ("backward_mode", "backward", "backward_groups", "bptt_steps")
 
 
 def _in_shapes(node: Node, shapes: dict):

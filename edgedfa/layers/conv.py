@@ -4,10 +4,11 @@ or error propagation through a group convolution), weight update side by side (Â
 Conventions are Dense's: a static calibrated output format, errors narrowed to
 ``err_bits`` with a per-batch exponent, gradients as wide accumulator QTensors.
 
-Options (node attrs, or ``LayerSpec.extra`` for a per-layer config override):
-``backward`` = ``"full"`` (true transposed convolution, default) or ``"group"`` with
-``backward_groups`` = G: dx uses only the block-diagonal part of W over G channel blocks
-(Han & Yoo 2020), so ``G / group`` times fewer MACs and no cross-block weight reads.
+Options (node attrs, ``LayerSpec.extra`` from ``[layers.<name>]``, or a plan's
+``layer_options``): ``backward_mode`` = ``"full"`` (true transposed convolution, default) or
+``"group"`` with ``backward_groups`` = G: dx uses only the block-diagonal part of W over G
+channel blocks (Han & Yoo 2020), so ``G / group`` times fewer MACs and no cross-block weight
+reads. Node attributes and ``[layers]`` also accept the older spelling ``backward``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from .base import Layer, register
 from .dense import calibrated_format, quantize_weight_and_bias
 
 BACKWARD_MODES = ("full", "group")
+
+
+def backward_options(*tables) -> tuple:
+    """(mode, groups) from option tables, later ones winning; ``backward`` is the older
+    spelling of ``backward_mode``."""
+    opts = {}
+    for t in tables:
+        t = dict(t)
+        if "backward" in t:
+            t.setdefault("backward_mode", t.pop("backward"))
+        opts.update(t)
+    return opts.get("backward_mode", "full"), opts.get("backward_groups")
 
 
 def conv_geometry(node, in_shape, w_shape) -> K.ConvGeometry:
@@ -87,8 +100,7 @@ class Conv(Layer):
         self.geo = conv_geometry(node, spec.in_shapes[0], np.shape(node.params["W"]))
         super().__init__(node, spec)
         quantize_weight_and_bias(self, node)
-        opts = {**node.attrs, **spec.extra}
-        self.configure_backward(opts.get("backward", "full"), opts.get("backward_groups"))
+        self.configure_backward(*backward_options(node.attrs, spec.extra))
 
     def configure_backward(self, mode="full", backward_groups=None) -> None:
         """Choose how dx is computed: "full" (BP) or "group" with ``backward_groups`` blocks."""
