@@ -1,4 +1,4 @@
-"""ONNX export (issue 7): bit-exact int graphs, float and QDQ files, reports, round trips.
+"""ONNX export: bit-exact int graphs, float and QDQ files, reports, round trips.
 
 Models are random canonical graphs (hypothesis, derandomized) or the built-in architectures
 with the last layer fitted by ridge regression (real classifiers, quick to make); inputs are

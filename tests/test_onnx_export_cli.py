@@ -1,4 +1,4 @@
-"""The CLI path of issue 7: train, then export; onnxruntime reproduces `edgedfa eval`'s logits."""
+"""The CLI path of the export: train, then export; onnxruntime reproduces `edgedfa eval`'s logits."""
 
 import json
 
