@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-import float_mlp
-from edgedfa import arch, data
+from edgedfa import arch, data, float_mlp
 from edgedfa.api import build_model, fit, make_trainer
 from edgedfa.checkpoint import load_checkpoint
 from edgedfa.credit import make_plan

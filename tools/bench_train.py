@@ -17,23 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
-from edgedfa import arch, data  # noqa: E402  (first: edgedfa pins BLAS to one thread)
+from edgedfa import arch, data, float_mlp  # noqa: E402  (first: edgedfa pins BLAS to one thread)
 import numpy as np  # noqa: E402,F401
 from edgedfa.api import build_model, fit  # noqa: E402
 from edgedfa.config import ARCH_DEFAULTS, ARCH_NUMERICS  # noqa: E402
 from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.train import TrainConfig, batch_order  # noqa: E402
-
-
-def dataset(name):
-    return data.BUILTIN[name]()
 
 
 def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=None, modules=None):
@@ -56,8 +48,6 @@ def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=N
 
 
 def run_float_mlp(seed, ds, epochs, lr):
-    import float_mlp
-
     g = arch.build("mlp", seed, ds.sample_shape, ds.n_classes)
     Ws = [n.params["W"] for n in g.nodes if n.op == "Dense"]
     Bs = [n.params["B"] for n in g.nodes if n.op == "Dense"]
@@ -88,7 +78,7 @@ def main():
         modules = load_config(args.config).get("modules")
         if not modules:
             ap.error(f"--config {args.config}: no [[modules]] plan in it")
-    ds = dataset(args.dataset)
+    ds = data.select_dataset(name=args.dataset)
     if args.holdout:
         ds = data.holdout(ds)
     rows = []

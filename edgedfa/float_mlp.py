@@ -1,4 +1,5 @@
-"""A float64 reference of the engine's MLP algorithms (BP and DFA), autograd-free."""
+"""A float64 reference of the engine's MLP algorithms (BP and DFA), autograd-free: the float
+baseline of the benchmarks and the tests' oracle for the integer MLP."""
 
 from __future__ import annotations
 
