@@ -94,6 +94,9 @@ def requant(x, f_src: int, dst: FixedFormat, rounding, overflow, rand=None) -> n
     return saturate(q, dst, overflow)
 
 
+MAX_TRACKER_LATENCY = 2  # |x| and lane max | running max + leading-one detector (rtl/max_tracker.v)
+
+
 def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     """Block-exponent narrowing (§7): keep the top ``err_width`` bits; (codes, FixedFormat).
 
@@ -109,12 +112,15 @@ def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
 class RequantUnit:
     """``lanes`` requantizers in parallel; counts elements processed."""
 
+    LATENCY = 2  # pipeline stages: align | round + overflow (rtl/requant_unit.v)
+
     def __init__(self, lanes: int = 16):
         self.lanes = int(lanes)
         self.elements = 0
 
     def cycles(self, n: int) -> int:
-        return -(-int(n) // self.lanes)
+        """One element per lane per cycle, plus the pipeline's fill once per task."""
+        return -(-int(n) // self.lanes) + self.LATENCY - 1 if n else 0
 
     def requant(self, x, f_src, dst, rounding, overflow, rand=None):
         self.elements += int(np.size(x))

@@ -1,0 +1,76 @@
+`timescale 1ns / 1ps
+// Shift and round (docs/datapath.md §2), split in two combinational halves so a unit can
+// put a pipeline register between them: sr_align (barrel shifter) and sr_round (+up).
+//
+// sr_align: x * 2^-s for a run-time signed s. A left shift (s < 0) is clamped to L_MAX
+// bits (a caller saturating to W bits passes W + 1: any non-zero value shifted further
+// overflows the same way, and wraps to 0), a right shift to 63. Outputs floor(x * 2^-s),
+// the top 32 bits of the dropped fraction, a sticky bit for the dropped bits below them,
+// and the random word's top min(s, 32) bits (STOCHASTIC: up = carry of frac + u).
+module sr_align #(
+    parameter IN_W = 32,
+    parameter SH_W = 8,
+    parameter L_MAX = 9
+) (
+    input  wire [IN_W-1:0]       x,
+    input  wire [SH_W-1:0]       s,
+    input  wire [31:0]           rword,
+    output wire [IN_W+L_MAX-1:0] q,
+    output wire [31:0]           frac,
+    output wire                  sticky,
+    output wire [31:0]           u,
+    output wire                  neg
+);
+    localparam VW = IN_W + L_MAX + 32;
+    localparam XE = IN_W > 32 ? IN_W : 32;
+    localparam [XE-1:0] ONE_XE = 1;
+    wire signed [15:0] se = {{(16 - SH_W){s[SH_W-1]}}, s};
+    wire signed [15:0] sc = (se < -L_MAX) ? -L_MAX : (se > 63) ? 16'sd63 : se;
+    wire [15:0] amt = sc + L_MAX;  // 0 .. L_MAX + 63
+    wire signed [VW-1:0] v = {x, {(L_MAX + 32){1'b0}}};
+    wire signed [VW-1:0] y = v >>> amt;
+    assign q = y[VW-1:32];
+    assign frac = y[31:0];
+    // dropped bits below the 32-bit window: the low s - 32 bits of x, sign-extended
+    wire [4:0] below = (sc > 32) ? sc - 16'sd32 : 5'd0;
+    wire [XE-1:0] xe = {{(XE - IN_W){x[IN_W-1]}}, x};
+    assign sticky = |(xe & ((ONE_XE << below) - ONE_XE));
+    wire [5:0] top = (sc <= 0) ? 6'd0 : (sc >= 32) ? 6'd32 : sc[5:0];
+    wire [63:0] keep = {32'hffffffff, 32'h0} >> top;  // top `top` bits of a 32-bit word
+    assign u = rword & keep[31:0];
+    assign neg = x[IN_W-1];
+endmodule
+
+// sr_round: q + up for the rounding mode (RND: an RND_* code, or MODE_PORT for `mode`).
+module sr_round #(
+    parameter QW = 41,
+    parameter RND = -1
+) (
+    input  wire [QW-1:0] q,
+    input  wire [31:0]   frac,
+    input  wire          sticky,
+    input  wire [31:0]   u,
+    input  wire          neg,
+    input  wire [2:0]    mode,
+    output wire [QW:0]   y
+);
+`include "edgedfa_modes.vh"
+    wire [2:0] m = (RND == MODE_PORT) ? mode : RND;
+    wire half = frac[31];                    // r >= h
+    wire rest = (|frac[30:0]) | sticky;      // r != h given half
+    wire carry = u > ~frac;                  // frac + u >= 2^32
+    reg up;
+    always @* begin
+        case (m)
+            RND_AP_TRN:         up = 1'b0;
+            RND_AP_TRN_ZERO:    up = neg & (half | rest);
+            RND_AP_RND:         up = half;
+            RND_AP_RND_ZERO:    up = half & (rest | neg);
+            RND_AP_RND_MIN_INF: up = half & rest;
+            RND_AP_RND_INF:     up = half & (rest | ~neg);
+            RND_AP_RND_CONV:    up = half & (rest | q[0]);
+            default:            up = carry;  // RND_STOCHASTIC
+        endcase
+    end
+    assign y = {q[QW-1], q} + {{QW{1'b0}}, up};
+endmodule
