@@ -41,6 +41,9 @@ def key_register(seed: int, stream: int, step: int) -> int:
 class PrngUnit:
     """``lanes`` hash lanes sharing one key register; counts words generated."""
 
+    LATENCY = 3  # mix32 pipeline: xorshift-multiply | xorshift-multiply | xorshift (rtl/prng_unit.v)
+    KEY_LATENCY = 10  # three mix32 passes on the key's own hash + the key register; overlaps the previous tensor
+
     def __init__(self, lanes: int = 16):
         self.lanes = int(lanes)
         self.words_generated = 0
@@ -55,7 +58,8 @@ class PrngUnit:
         return mix32(key ^ idx).astype(np.int64).reshape(shape)
 
     def cycles(self, n_words: int) -> int:
-        return -(-int(n_words) // self.lanes)
+        """One word per lane per cycle, plus the pipeline's fill once per task."""
+        return -(-int(n_words) // self.lanes) + self.LATENCY - 1 if n_words else 0
 
 
 def words(seed, stream, step, shape) -> np.ndarray:
