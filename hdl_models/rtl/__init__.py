@@ -25,6 +25,7 @@ _FILES = {
     "requant_unit": ("requant_unit.v", "shift_round.v", "ovf_sat.v"),
     "prng_unit": ("prng_unit.v",),
     "max_tracker": ("max_tracker.v",),
+    "mac_array": ("mac_array.v", "ovf_sat.v", "pipe_delay.v"),
 }
 
 
