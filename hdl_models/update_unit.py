@@ -27,6 +27,10 @@ def purpose_of(name: str, position: int) -> int:
 
 
 class UpdateUnit:
+    # hold g for the PRNG | align | round, subtract | overflow (rtl/update_unit.v; with
+    # momentum: align | round, decay | add | round, subtract | overflow)
+    LATENCY = 5
+
     def __init__(self, lanes: int = 16, prng: PrngUnit | None = None):
         self.lanes = int(lanes)
         self.prng = prng or PrngUnit(lanes)
@@ -61,4 +65,5 @@ class UpdateUnit:
         return new, int(np.count_nonzero(new != raw)), vel
 
     def cycles(self, n_params: int) -> int:
-        return -(-int(n_params) // self.lanes)
+        """One parameter per lane per cycle, plus the pipeline's fill once per tensor."""
+        return -(-int(n_params) // self.lanes) + self.LATENCY - 1 if n_params else 0

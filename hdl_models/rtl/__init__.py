@@ -26,6 +26,7 @@ _FILES = {
     "prng_unit": ("prng_unit.v",),
     "max_tracker": ("max_tracker.v",),
     "mac_array": ("mac_array.v", "ovf_sat.v", "pipe_delay.v"),
+    "update_unit": ("update_unit.v", "shift_round.v", "ovf_sat.v", "prng_unit.v", "pipe_delay.v"),
 }
 
 

@@ -42,16 +42,16 @@ module requant_unit #(
     generate
         for (i = 0; i < LANES; i = i + 1) begin : lane
             wire [QW-1:0] q;
-            wire [31:0] frac, u;
+            wire [31:0] frac, keep;
             wire sticky, neg;
             sr_align #(.IN_W(IN_W), .SH_W(SH_W), .L_MAX(L_MAX)) align (
-                .x(din[i*IN_W +: IN_W]), .s(shift), .rword(rword[i*32 +: 32]),
-                .q(q), .frac(frac), .sticky(sticky), .u(u), .neg(neg));
+                .x(din[i*IN_W +: IN_W]), .s(shift),
+                .q(q), .frac(frac), .sticky(sticky), .keep(keep), .neg(neg));
             reg [QW-1:0] q1;
             reg [31:0] frac1, u1;
             reg sticky1, neg1;
             always @(posedge clk) begin
-                q1 <= q; frac1 <= frac; u1 <= u; sticky1 <= sticky; neg1 <= neg;
+                q1 <= q; frac1 <= frac; u1 <= rword[i*32 +: 32] & keep; sticky1 <= sticky; neg1 <= neg;
             end
             wire [QW:0] y;
             sr_round #(.QW(QW), .RND(RND)) round (

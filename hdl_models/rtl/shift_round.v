@@ -6,7 +6,8 @@
 // bits (a caller saturating to W bits passes W + 1: any non-zero value shifted further
 // overflows the same way, and wraps to 0), a right shift to 63. Outputs floor(x * 2^-s),
 // the top 32 bits of the dropped fraction, a sticky bit for the dropped bits below them,
-// and the random word's top min(s, 32) bits (STOCHASTIC: up = carry of frac + u).
+// and `keep`, the mask of a 32-bit word's top min(s, 32) bits: STOCHASTIC rounds up on the
+// carry of frac + (word & keep).
 module sr_align #(
     parameter IN_W = 32,
     parameter SH_W = 8,
@@ -14,11 +15,10 @@ module sr_align #(
 ) (
     input  wire [IN_W-1:0]       x,
     input  wire [SH_W-1:0]       s,
-    input  wire [31:0]           rword,
     output wire [IN_W+L_MAX-1:0] q,
     output wire [31:0]           frac,
     output wire                  sticky,
-    output wire [31:0]           u,
+    output wire [31:0]           keep,
     output wire                  neg
 );
     localparam VW = IN_W + L_MAX + 32;
@@ -36,8 +36,8 @@ module sr_align #(
     wire [XE-1:0] xe = {{(XE - IN_W){x[IN_W-1]}}, x};
     assign sticky = |(xe & ((ONE_XE << below) - ONE_XE));
     wire [5:0] top = (sc <= 0) ? 6'd0 : (sc >= 32) ? 6'd32 : sc[5:0];
-    wire [63:0] keep = {32'hffffffff, 32'h0} >> top;  // top `top` bits of a 32-bit word
-    assign u = rword & keep[31:0];
+    wire [63:0] mask = {32'hffffffff, 32'h0} >> top;
+    assign keep = mask[31:0];
     assign neg = x[IN_W-1];
 endmodule
 
@@ -49,7 +49,7 @@ module sr_round #(
     input  wire [QW-1:0] q,
     input  wire [31:0]   frac,
     input  wire          sticky,
-    input  wire [31:0]   u,
+    input  wire [31:0]   u,       // the random word & keep (STOCHASTIC)
     input  wire          neg,
     input  wire [2:0]    mode,
     output wire [QW:0]   y

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from hdl_models import rtl
 
 TB_MODULE = "tb_vectors"
+TB_DIR = str(Path(__file__).resolve().parent)
 
 
 def missing_tools() -> str | None:
@@ -80,8 +81,9 @@ class Unit:
         prog, trace = self.dir / f"{tag}.json", self.dir / f"{tag}.trace.json"
         prog.write_text(json.dumps({"inputs": inputs, "idle": idle, "vectors": vectors, "outputs": outputs,
                                     "tail": tail, "memories": list(memories)}))
-        env = {"EDGEDFA_TB_PROGRAM": str(prog), "EDGEDFA_TB_TRACE": str(trace),
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+        env = {"EDGEDFA_TB_PROGRAM": str(prog), "EDGEDFA_TB_TRACE": str(trace)}
+        if TB_DIR not in sys.path:  # the runner hands the simulator this process's sys.path
+            sys.path.append(TB_DIR)
         xml = self.runner.test(test_module=TB_MODULE, hdl_toplevel=self.top, build_dir=self.dir,
                                test_dir=self.dir, extra_env=env, results_xml=str(self.dir / f"{tag}.xml"),
                                log_file=self.dir / f"{tag}.log")

@@ -18,26 +18,43 @@ pytestmark = pytest.mark.rtl
 SH_W = 8
 
 
+def carry_edge(x: int, s: int, d: int) -> int:
+    """A random word ``d`` away from the one whose top bits just carry x's dropped bits over
+    into the next code (STOCHASTIC's decision boundary), as a 32-bit word."""
+    if s <= 0:
+        return d & 0xFFFFFFFF
+    r = x & ((1 << s) - 1)
+    edge = ((1 << s) - r) << (32 - s) if s <= 32 else (1 << 32) - (r >> (s - 32))
+    return (edge + d) & 0xFFFFFFFF
+
+
 @st.composite
 def tensors(draw, in_w: int, out_w: int, lanes: int, roundings=tuple(Rounding), overflows=tuple(Overflow)):
-    """One tensor's requantization: shift, modes, codes (ties and range edges favoured), seed."""
-    s = draw(st.one_of(st.integers(-out_w - 3, in_w + 2), st.integers(-70, 62)))
+    """One tensor's requantization: shift, modes, codes (ties and range edges favoured), and
+    random words (from the PRNG, or at STOCHASTIC's carry boundary)."""
+    s = draw(st.one_of(st.integers(0, 4), st.integers(-out_w - 3, in_w + 2), st.integers(-70, 62)))
     lo, hi = -(1 << (in_w - 1)), (1 << (in_w - 1)) - 1
     # q + 1/2 (+-1 LSB) with q around the output range: the ties that rounding modes split
     tie = st.builds(lambda q, d: min(hi, max(lo, (q << max(s, 0)) + ((1 << (s - 1)) if s > 0 else 0) + d)),
                     st.integers(-(2 << out_w), 2 << out_w), st.integers(-1, 1))
     x = draw(st.lists(st.one_of(st.integers(lo, hi), tie, st.sampled_from([lo, hi, 0, -1])),
                       min_size=1, max_size=8 * lanes))
-    return dict(s=s, x=x, rounding=draw(st.sampled_from(roundings)), overflow=draw(st.sampled_from(overflows)),
-                f_dst=draw(st.integers(-8, out_w + 8)), seed=draw(st.integers(0, 2**32 - 1)),
+    seed = draw(st.integers(0, 2**32 - 1))
+    rand = [int(w) for w in words(seed, stream_of(1, 1), 0, len(x))]
+    step = 1 << max(0, 32 - s)  # one unit of the word's lowest bit that counts
+    for i, edge in enumerate(draw(st.lists(st.sampled_from([None, -step, -1, 0, step]), min_size=len(x),
+                                           max_size=len(x)))):
+        if edge is not None:
+            rand[i] = carry_edge(x[i], s, edge)
+    return dict(s=s, x=x, rand=rand, rounding=draw(st.sampled_from(roundings)),
+                overflow=draw(st.sampled_from(overflows)), f_dst=draw(st.integers(-8, out_w + 8)),
                 gap=draw(st.integers(0, 2)))
 
 
 def expected(ex: dict, out_w: int, signed: bool):
     """hdl_models' codes and saturation flags (code != the rounded value) for one tensor."""
     dst = FixedFormat.with_frac(out_w, ex["f_dst"], signed=signed)
-    x = np.array(ex["x"], dtype=np.int64)
-    rand = words(ex["seed"], stream_of(1, 1), 0, len(x))
+    x, rand = np.array(ex["x"], dtype=np.int64), np.array(ex["rand"], dtype=np.int64)
     codes = requant(x, ex["f_dst"] + ex["s"], dst, ex["rounding"], ex["overflow"], rand)
     if ex["s"] >= 0:
         exact = [int(v) for v in shift_round(x, ex["s"], ex["rounding"], rand)]
