@@ -224,5 +224,13 @@ class ErrorProjectionUnit:
             m = np.take(m, (np.arange(size) * f.grid[axis]) // size, axis=2 + axis)
         return m
 
+    # sparse (rtl/sparse_epu.v): a unit per lane; per group of lanes, fetch the index and the
+    # k values (k + 1 requests, the PRNG's or the table's latency), then batch * k adds;
+    # 2 more cycles: the start register and the error read before the last add
+    SPARSE_LATENCY = 2
+
     def adder_cycles(self, f: Feedback, batch: int) -> int:
+        if f.kind == "sparse":
+            groups = -(-f.n_target // self.lanes)
+            return groups * (f.k + 1 + PrngUnit.LATENCY + batch * f.k) + self.SPARSE_LATENCY
         return -(-batch * f.ops_per_sample() // self.lanes)

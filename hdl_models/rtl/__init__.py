@@ -27,6 +27,7 @@ _FILES = {
     "max_tracker": ("max_tracker.v",),
     "mac_array": ("mac_array.v", "ovf_sat.v", "pipe_delay.v"),
     "update_unit": ("update_unit.v", "shift_round.v", "ovf_sat.v", "prng_unit.v", "pipe_delay.v"),
+    "sparse_epu": ("sparse_epu.v", "prng_unit.v", "pipe_delay.v"),
 }
 
 
