@@ -32,7 +32,7 @@ _FILES = {
 
 
 def _codes(prefix: str, enum) -> dict:
-    found = dict(re.findall(rf"localparam\s+{prefix}_(\w+)\s*=\s*(\d+)\s*;", MODES_HEADER.read_text()))
+    found = dict(re.findall(rf"localparam\s+(?:integer\s+)?{prefix}_(\w+)\s*=\s*(\d+)\s*;", MODES_HEADER.read_text()))
     return {member: int(found[member.name]) for member in enum}
 
 
@@ -44,3 +44,16 @@ MODE_PORT = -1  # a mode parameter that reads the run-time port
 def sources(top: str) -> list:
     """The Verilog files that make up ``top``."""
     return [RTL_DIR / name for name in _FILES[top]]
+
+
+def yosys_read(top: str, params: dict) -> str:
+    """yosys commands that read ``top`` and set its parameters (32-bit integers: yosys's
+    chparam takes no minus sign, a sized two's complement constant gives -1 to an integer).
+
+    >>> yosys_read("max_tracker", {"IN_W": 16, "LANES": -1}).split("; ")[1]
+    "chparam -set IN_W 32'h00000010 -set LANES 32'hffffffff max_tracker"
+    """
+    files = " ".join(str(p) for p in sources(top))
+    values = " ".join(f"-set {k} 32'h{int(v) & 0xFFFFFFFF:08x}" for k, v in params.items())
+    return f"read_verilog -I {RTL_DIR} {files}; chparam {values} {top}" if params else \
+        f"read_verilog -I {RTL_DIR} {files}"

@@ -8,10 +8,10 @@
 // down; the run-time overflow mode with the flags, so back-to-back GEMMs may differ): a
 // systolic output-stationary PE. LATENCY 1.
 module mac_pe #(
-    parameter A_W = 8,
-    parameter B_W = 8,
-    parameter ACC_W = 24,
-    parameter OVF = 0
+    parameter integer A_W = 8,
+    parameter integer B_W = 8,
+    parameter integer ACC_W = 24,
+    parameter integer OVF = 0
 ) (
     input  wire             clk,
     input  wire             rst,
@@ -32,8 +32,8 @@ module mac_pe #(
     output reg  [ACC_W-1:0] res,
     output reg              res_valid
 );
-    localparam P_W = A_W + B_W;
-    localparam S_W = (ACC_W > P_W ? ACC_W : P_W) + 1;
+    localparam integer P_W = A_W + B_W;
+    localparam integer S_W = (ACC_W > P_W ? ACC_W : P_W) + 1;
     reg [ACC_W-1:0] acc;
     wire signed [P_W-1:0] prod = $signed(a_in) * $signed(b_in);
     wire [ACC_W-1:0] init_q;  // the initial value in range (AP_SAT_SYM moves the most negative code)
@@ -65,12 +65,12 @@ endmodule
 // column) is read with `first`. Tiles follow each other without a gap: a GEMM of T tiles
 // of K steps takes T*K + ROWS + COLS - 2 cycles from its first input to its last result.
 module mac_array #(
-    parameter ROWS = 2,
-    parameter COLS = 2,
-    parameter A_W = 8,
-    parameter B_W = 8,
-    parameter ACC_W = 24,
-    parameter OVF = 0
+    parameter integer ROWS = 2,
+    parameter integer COLS = 2,
+    parameter integer A_W = 8,
+    parameter integer B_W = 8,
+    parameter integer ACC_W = 24,
+    parameter integer OVF = 0
 ) (
     input  wire                        clk,
     input  wire                        rst,
@@ -84,8 +84,8 @@ module mac_array #(
     output wire [ROWS*COLS*ACC_W-1:0]  res,        // PE (r, c) at (r*COLS + c)*ACC_W
     output wire [ROWS*COLS-1:0]        res_valid
 );
-    localparam F_W = A_W + 5;  // a, overflow mode, valid, first, last travel together
-    localparam G_W = B_W + ACC_W;  // b and init travel together
+    localparam integer F_W = A_W + 5;  // a, overflow mode, valid, first, last travel together
+    localparam integer G_W = B_W + ACC_W;  // b and init travel together
     wire [F_W-1:0] west [0:ROWS-1][0:COLS];
     wire [G_W-1:0] north [0:ROWS][0:COLS-1];
     genvar r, c;

@@ -6,10 +6,10 @@
 // requant unit's `sat`: how many codes hit the rails). Pipeline: |x| and the lane
 // maximum | running maximum and count; results final LATENCY 2 cycles after the last input.
 module max_tracker #(
-    parameter LANES = 1,
-    parameter IN_W = 32,
-    parameter CNT_W = 24,
-    parameter BL_W = 7  // holds IN_W
+    parameter integer LANES = 1,
+    parameter integer IN_W = 32,
+    parameter integer CNT_W = 24,
+    parameter integer BL_W = 7  // holds IN_W
 ) (
     input  wire                  clk,
     input  wire                  rst,

@@ -3,10 +3,10 @@
 // Combinational. `hit` is 1 when the code differs from the value (clamped, zeroed or
 // wrapped), what a saturation counter counts. MODE: an OVF_* code, or MODE_PORT for `mode`.
 module ovf_sat #(
-    parameter IN_W = 16,
-    parameter OUT_W = 8,
-    parameter OUT_SIGNED = 1,
-    parameter MODE = -1
+    parameter integer IN_W = 16,
+    parameter integer OUT_W = 8,
+    parameter integer OUT_SIGNED = 1,
+    parameter integer MODE = -1
 ) (
     input  wire [IN_W-1:0]  v,      // two's complement
     input  wire [1:0]       mode,
@@ -14,7 +14,7 @@ module ovf_sat #(
     output wire             hit
 );
 `include "edgedfa_modes.vh"
-    localparam W = (IN_W > OUT_W ? IN_W : OUT_W) + 2;
+    localparam integer W = (IN_W > OUT_W ? IN_W : OUT_W) + 2;
     localparam [W-1:0] ONE = 1;
     localparam signed [W-1:0] HI = OUT_SIGNED ? (ONE << (OUT_W - 1)) - ONE : (ONE << OUT_W) - ONE;
     localparam signed [W-1:0] LO = OUT_SIGNED ? -(ONE << (OUT_W - 1)) : {W{1'b0}};

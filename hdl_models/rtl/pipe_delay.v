@@ -1,8 +1,8 @@
 `timescale 1ns / 1ps
 // A W-bit value delayed by N register stages (N = 0: a wire). Skews and pipeline alignment.
 module pipe_delay #(
-    parameter W = 1,
-    parameter N = 1
+    parameter integer W = 1,
+    parameter integer N = 1
 ) (
     input  wire         clk,
     input  wire [W-1:0] d,

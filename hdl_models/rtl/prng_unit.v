@@ -22,7 +22,7 @@ endmodule
 // the current one stream), and LANES hash lanes: word(idx + j) = mix32(key ^ (idx + j))
 // on lane j. LATENCY 3 from `idx_valid` to `word_valid`, LANES words per cycle.
 module prng_unit #(
-    parameter LANES = 1
+    parameter integer LANES = 1
 ) (
     input  wire                clk,
     input  wire                rst,

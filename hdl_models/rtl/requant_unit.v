@@ -7,13 +7,13 @@
 // (STOCHASTIC). `sat`: the lane's code differs from the rounded value.
 // Pipeline: align | round + overflow. LATENCY 2, one element per lane per cycle.
 module requant_unit #(
-    parameter LANES = 1,
-    parameter IN_W = 32,
-    parameter OUT_W = 8,
-    parameter OUT_SIGNED = 1,
-    parameter SH_W = 8,
-    parameter RND = -1,
-    parameter OVF = -1
+    parameter integer LANES = 1,
+    parameter integer IN_W = 32,
+    parameter integer OUT_W = 8,
+    parameter integer OUT_SIGNED = 1,
+    parameter integer SH_W = 8,
+    parameter integer RND = -1,
+    parameter integer OVF = -1
 ) (
     input  wire                   clk,
     input  wire                   rst,
@@ -27,8 +27,8 @@ module requant_unit #(
     output reg  [LANES*OUT_W-1:0] dout,
     output reg  [LANES-1:0]       sat
 );
-    localparam L_MAX = OUT_W + 1;
-    localparam QW = IN_W + L_MAX;
+    localparam integer L_MAX = OUT_W + 1;
+    localparam integer QW = IN_W + L_MAX;
     reg v1;
     reg [2:0] rnd1;
     reg [1:0] ovf1;

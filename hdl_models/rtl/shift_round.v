@@ -9,9 +9,9 @@
 // and `keep`, the mask of a 32-bit word's top min(s, 32) bits: STOCHASTIC rounds up on the
 // carry of frac + (word & keep).
 module sr_align #(
-    parameter IN_W = 32,
-    parameter SH_W = 8,
-    parameter L_MAX = 9
+    parameter integer IN_W = 32,
+    parameter integer SH_W = 8,
+    parameter integer L_MAX = 9
 ) (
     input  wire [IN_W-1:0]       x,
     input  wire [SH_W-1:0]       s,
@@ -21,8 +21,8 @@ module sr_align #(
     output wire [31:0]           keep,
     output wire                  neg
 );
-    localparam VW = IN_W + L_MAX + 32;
-    localparam XE = IN_W > 32 ? IN_W : 32;
+    localparam integer VW = IN_W + L_MAX + 32;
+    localparam integer XE = IN_W > 32 ? IN_W : 32;
     localparam [XE-1:0] ONE_XE = 1;
     wire signed [15:0] se = {{(16 - SH_W){s[SH_W-1]}}, s};
     wire signed [15:0] sc = (se < -L_MAX) ? -L_MAX : (se > 63) ? 16'sd63 : se;
@@ -43,8 +43,8 @@ endmodule
 
 // sr_round: q + up for the rounding mode (RND: an RND_* code, or MODE_PORT for `mode`).
 module sr_round #(
-    parameter QW = 41,
-    parameter RND = -1
+    parameter integer QW = 41,
+    parameter integer RND = -1
 ) (
     input  wire [QW-1:0] q,
     input  wire [31:0]   frac,

@@ -14,19 +14,19 @@
 // A projection takes ceil(n_target/LANES) * (k + 4 + B*k) + 1 cycles from `start` to its
 // last result (hdl_models ErrorProjectionUnit.adder_cycles).
 module sparse_epu #(
-    parameter LANES = 2,
-    parameter E_W = 8,      // error codes
-    parameter VALUES = 0,   // 0 binary, 1 ternary, 2 uniform
-    parameter VB = 8,       // uniform value bits
-    parameter K_MAX = 4,
-    parameter C_W = 8,      // source elements per sample < 2^C_W
-    parameter N_W = 16,     // target units per sample < 2^N_W
-    parameter BB_W = 6,     // batch < 2^BB_W
-    parameter A_W = 16,     // error and feedback memory addresses
-    parameter REGEN = 1,
-    parameter W_W = E_W + VB + 3, // wide results: E_W + value bits + ceil(log2 K_MAX)
-    parameter VV = VALUES == 2 ? VB : 2,     // (derived) signed value register bits
-    parameter FB_W = C_W > VV ? C_W : VV     // (derived) feedback table word
+    parameter integer LANES = 2,
+    parameter integer E_W = 8,      // error codes
+    parameter integer VALUES = 0,   // 0 binary, 1 ternary, 2 uniform
+    parameter integer VB = 8,       // uniform value bits
+    parameter integer K_MAX = 4,
+    parameter integer C_W = 8,      // source elements per sample < 2^C_W
+    parameter integer N_W = 16,     // target units per sample < 2^N_W
+    parameter integer BB_W = 6,     // batch < 2^BB_W
+    parameter integer A_W = 16,     // error and feedback memory addresses
+    parameter integer REGEN = 1,
+    parameter integer W_W = E_W + VB + 3, // wide results: E_W + value bits + ceil(log2 K_MAX)
+    parameter integer VV = VALUES == 2 ? VB : 2,     // (derived) signed value register bits
+    parameter integer FB_W = C_W > VV ? C_W : VV     // (derived) feedback table word
 ) (
     input  wire                  clk,
     input  wire                  rst,
@@ -50,7 +50,7 @@ module sparse_epu #(
     output reg  [N_W-1:0]        out_i0,    // lane l holds unit out_i0 + l
     output reg  [LANES*W_W-1:0]  out_wide
 );
-    localparam S_IDLE = 2'd0, S_FETCH = 2'd1, S_ACC = 2'd2;
+    localparam integer S_IDLE = 2'd0, S_FETCH = 2'd1, S_ACC = 2'd2;
 
     reg [1:0] state;
     reg [N_W-1:0] n_r, i0;          // targets, first unit of the group

@@ -12,15 +12,15 @@
 // difference (the model's saturation count). LATENCY 5 (the PRNG's 3 stages are hidden:
 // its words meet the data at the rounding stage), one parameter per lane per cycle.
 module update_unit #(
-    parameter LANES = 1,
-    parameter G_W = 32,
-    parameter P_W = 8,
-    parameter V_W = 48,
-    parameter SH_W = 8,
-    parameter M_W = 5,
-    parameter RND = -1,
-    parameter OVF = -1,
-    parameter MOMENTUM = 0
+    parameter integer LANES = 1,
+    parameter integer G_W = 32,
+    parameter integer P_W = 8,
+    parameter integer V_W = 48,
+    parameter integer SH_W = 8,
+    parameter integer M_W = 5,
+    parameter integer RND = -1,
+    parameter integer OVF = -1,
+    parameter integer MOMENTUM = 0
 ) (
     input  wire                 clk,
     input  wire                 rst,
@@ -44,10 +44,10 @@ module update_unit #(
     output reg  [LANES-1:0]     sat
 );
 `include "edgedfa_modes.vh"
-    localparam NEEDS_WORDS = (RND == MODE_PORT) || (RND == RND_STOCHASTIC);
-    localparam L_P = P_W + 1;                       // left shifts beyond this saturate alike
-    localparam L_V = V_W;  // momentum term: any left shift by V_W is 0 modulo 2^V_W
-    localparam CFG_W = SH_W + M_W + 5;
+    localparam integer NEEDS_WORDS = (RND == MODE_PORT) || (RND == RND_STOCHASTIC);
+    localparam integer L_P = P_W + 1;                       // left shifts beyond this saturate alike
+    localparam integer L_V = V_W;  // momentum term: any left shift by V_W is 0 modulo 2^V_W
+    localparam integer CFG_W = SH_W + M_W + 5;
 
     // random words, 3 cycles after the index: they meet the data at the rounding stage (4)
     wire [LANES*32-1:0] words;
@@ -63,7 +63,7 @@ module update_unit #(
     endgenerate
 
     // valid and configuration travel with the data: stage k reads cfg_k
-    localparam C_OVF = 0, C_RND = 2, C_MOM = 5, C_SH = 5 + M_W;
+    localparam integer C_OVF = 0, C_RND = 2, C_MOM = 5, C_SH = 5 + M_W;
     wire [CFG_W-1:0] cfg1, cfg3, cfg4;
     pipe_delay #(.W(CFG_W), .N(1)) d1 (.clk(clk), .d({shift, mom_shift, rnd_mode, ovf_mode}), .q(cfg1));
     pipe_delay #(.W(CFG_W), .N(2)) d3 (.clk(clk), .d(cfg1), .q(cfg3));
@@ -74,7 +74,7 @@ module update_unit #(
     wire [M_W-1:0] mom1 = cfg1[C_MOM +: M_W];
     wire [2:0] rnd3 = cfg3[C_RND +: 3];
     wire [1:0] ovf4 = cfg4[C_OVF +: 2];
-    localparam D_W = (V_W + 1 > G_W + L_P + 1 ? V_W + 1 : G_W + L_P + 1);  // delta
+    localparam integer D_W = (V_W + 1 > G_W + L_P + 1 ? V_W + 1 : G_W + L_P + 1);  // delta
 
     genvar i;
     generate

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,9 +25,9 @@ TB_DIR = str(Path(__file__).resolve().parent)
 
 def missing_tools() -> str | None:
     """Why the RTL tests cannot run here, or None."""
-    for exe in ("iverilog", "vvp"):
+    for exe, package in (("iverilog", "iverilog"), ("vvp", "iverilog"), ("yosys", "yosys")):
         if shutil.which(exe) is None:
-            return f"{exe} not found (apt-get install iverilog)"
+            return f"{exe} not found (apt-get install {package})"
     try:
         import cocotb_tools.runner  # noqa: F401
     except ImportError:
@@ -58,18 +59,27 @@ def lanes_of(flat, lanes: int, fill=0) -> list:
 
 
 class Unit:
-    """One compiled parameter set of one top module."""
+    """One compiled parameter set of one top module: its RTL, or (``netlist``) the gate-level
+    netlist yosys synthesizes from it, simulated through the same ports."""
 
-    def __init__(self, top: str, params: dict, workdir: Path):
+    def __init__(self, top: str, params: dict, workdir: Path, netlist: bool = False):
         from cocotb_tools.runner import get_runner
 
         self.top, self.params = top, dict(params)
-        key = hashlib.sha1(json.dumps([top, sorted(self.params.items())]).encode()).hexdigest()[:10]
-        self.dir = Path(workdir) / f"{top}-{key}"
+        key = hashlib.sha1(json.dumps([top, sorted(self.params.items()), netlist]).encode()).hexdigest()[:10]
+        self.dir = Path(workdir) / f"{top}-{'netlist-' if netlist else ''}{key}"
         self.runner = get_runner("icarus")
-        self.runner.build(sources=[str(p) for p in rtl.sources(top)], includes=[str(rtl.RTL_DIR)],
-                          hdl_toplevel=top, parameters=self.params, build_dir=self.dir,
-                          timescale=("1ns", "1ps"), build_args=["-Wall"], log_file=self.dir / "build.log")
+        if netlist:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            gates = self.dir / "netlist.v"
+            subprocess.run(["yosys", "-q", "-p", f"{rtl.yosys_read(top, self.params)}; synth -flatten -top {top}; "
+                            f"opt_clean -purge; rename -top {top}; write_verilog -noattr {gates}"], check=True, stdout=subprocess.DEVNULL)
+            sources, params = [str(gates)], {}
+        else:
+            sources, params = [str(p) for p in rtl.sources(top)], self.params
+        self.runner.build(sources=sources, includes=[str(rtl.RTL_DIR)], hdl_toplevel=top, parameters=params,
+                          build_dir=self.dir, timescale=("1ns", "1ps"), build_args=["-Wall"],
+                          log_file=self.dir / "build.log")
         self.runs = 0
 
     def run(self, inputs: list, idle: list, vectors: list, outputs: list, tail: int = 8,
@@ -96,16 +106,20 @@ class Unit:
 
 
 class Units:
-    """Compiles each (top, parameters) once per test session."""
+    """Compiles each (top, parameters) once per test session; ``netlist`` units are yosys's
+    gate-level netlists of the same parameter sets."""
 
-    def __init__(self, workdir: Path):
-        self.workdir, self.cache = Path(workdir), {}
+    def __init__(self, workdir: Path, netlist: bool = False):
+        self.workdir, self.cache, self.netlist = Path(workdir), {}, netlist
 
     def get(self, top: str, **params) -> Unit:
         key = (top, tuple(sorted(params.items())))
         if key not in self.cache:
-            self.cache[key] = Unit(top, params, self.workdir)
+            self.cache[key] = Unit(top, params, self.workdir, self.netlist)
         return self.cache[key]
+
+    def netlists(self) -> "Units":
+        return Units(self.workdir, netlist=True)
 
 
 def stream_trace(valid: list, latency: int) -> list:
