@@ -91,11 +91,15 @@ module mac_array #(
     genvar r, c;
     generate
         for (r = 0; r < ROWS; r = r + 1) begin : row_skew
-            pipe_delay #(.W(F_W), .N(r)) skew (.clk(clk), .q(west[r][0]),
-                .d({a_col[r*A_W +: A_W], ovf_mode, in_valid & ~rst, first, last}));
+            wire valid_r;
+            wire [F_W-1:0] data_r;
+            pipe_delay #(.W(F_W), .N(r)) skew (.clk(clk), .rst(rst), .q(data_r),
+                .d({a_col[r*A_W +: A_W], ovf_mode, 1'b0, first, last}));
+            pipe_delay #(.W(1), .N(r), .RESET(1)) skew_valid (.clk(clk), .rst(rst), .d(in_valid), .q(valid_r));
+            assign west[r][0] = {data_r[F_W-1:3], valid_r, data_r[1:0]};
         end
         for (c = 0; c < COLS; c = c + 1) begin : col_skew
-            pipe_delay #(.W(G_W), .N(c)) skew (.clk(clk), .q(north[0][c]),
+            pipe_delay #(.W(G_W), .N(c)) skew (.clk(clk), .rst(rst), .q(north[0][c]),
                 .d({b_row[c*B_W +: B_W], init_row[c*ACC_W +: ACC_W]}));
         end
         for (r = 0; r < ROWS; r = r + 1) begin : pe_row

@@ -134,7 +134,7 @@ module sparse_epu #(
             end else begin : stored
                 always @(posedge clk)
                     fb_addr[l*A_W +: A_W] <= fb_base_r + unit * (k_r + 4'd1) + r;
-                pipe_delay #(.W(FB_W), .N(2)) align (.clk(clk), .d(fb_data[l*FB_W +: FB_W]), .q(table_word));
+                pipe_delay #(.W(FB_W), .N(2)) align (.clk(clk), .rst(rst), .d(fb_data[l*FB_W +: FB_W]), .q(table_word));
                 assign word = 32'd0;
             end
             // j0 = (word * C) >> 32, and the value codes (§10.1)

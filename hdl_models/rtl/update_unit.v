@@ -65,9 +65,9 @@ module update_unit #(
     // valid and configuration travel with the data: stage k reads cfg_k
     localparam integer C_OVF = 0, C_RND = 2, C_MOM = 5, C_SH = 5 + M_W;
     wire [CFG_W-1:0] cfg1, cfg3, cfg4;
-    pipe_delay #(.W(CFG_W), .N(1)) d1 (.clk(clk), .d({shift, mom_shift, rnd_mode, ovf_mode}), .q(cfg1));
-    pipe_delay #(.W(CFG_W), .N(2)) d3 (.clk(clk), .d(cfg1), .q(cfg3));
-    pipe_delay #(.W(CFG_W), .N(1)) d4 (.clk(clk), .d(cfg3), .q(cfg4));
+    pipe_delay #(.W(CFG_W), .N(1)) d1 (.clk(clk), .rst(rst), .d({shift, mom_shift, rnd_mode, ovf_mode}), .q(cfg1));
+    pipe_delay #(.W(CFG_W), .N(2)) d3 (.clk(clk), .rst(rst), .d(cfg1), .q(cfg3));
+    pipe_delay #(.W(CFG_W), .N(1)) d4 (.clk(clk), .rst(rst), .d(cfg3), .q(cfg4));
     reg [4:0] valid;
     always @(posedge clk) valid <= rst ? 5'd0 : {valid[3:0], in_valid};
     assign out_valid = valid[4];
@@ -81,13 +81,13 @@ module update_unit #(
         for (i = 0; i < LANES; i = i + 1) begin : lane
             wire [G_W-1:0] g0 = g[i*G_W +: G_W];
             wire [P_W-1:0] p3;  // the parameter, waiting for its delta at stage 4
-            pipe_delay #(.W(P_W), .N(3)) dp (.clk(clk), .d(p[i*P_W +: P_W]), .q(p3));
+            pipe_delay #(.W(P_W), .N(3)) dp (.clk(clk), .rst(rst), .d(p[i*P_W +: P_W]), .q(p3));
             wire [31:0] u3 = words[i*32 +: 32];
             wire [D_W-1:0] delta3;  // round(...) as it enters the subtractor
             if (MOMENTUM == 0) begin : plain
                 // stages 1-2 hold g while the PRNG works; 3 aligns; 4 rounds and subtracts
                 wire [G_W+SH_W-1:0] gs2;
-                pipe_delay #(.W(G_W + SH_W), .N(2)) dg (.clk(clk), .d({g0, shift}), .q(gs2));
+                pipe_delay #(.W(G_W + SH_W), .N(2)) dg (.clk(clk), .rst(rst), .d({g0, shift}), .q(gs2));
                 wire [G_W+L_P-1:0] q;
                 wire [31:0] frac, keep;
                 wire sticky, neg;
@@ -141,7 +141,7 @@ module update_unit #(
                 sr_round #(.QW(V_W + 1), .RND(RND)) round (
                     .q(vq), .frac(vfrac), .sticky(vsticky), .u(u3 & vkeep), .neg(vneg), .mode(rnd3), .y(vy));
                 assign delta3 = $signed(vy);
-                pipe_delay #(.W(V_W), .N(2)) dv (.clk(clk), .d(vel3), .q(v_next[i*V_W +: V_W]));
+                pipe_delay #(.W(V_W), .N(2)) dv (.clk(clk), .rst(rst), .d(vel3), .q(v_next[i*V_W +: V_W]));
             end
             // stage 4: the exact difference; stage 5: overflow into P_W bits
             reg [D_W:0] raw4;

@@ -43,7 +43,13 @@ def pack(values, width: int) -> int:
     return bus
 
 
-def unpack(bus: int, width: int, lanes: int, signed: bool = True) -> list:
+def unpack(bus, width: int, lanes: int, signed: bool = True) -> list:
+    """Lane values of a bus read by tb_vectors: an integer, or a bit string (MSB first) with
+    X/Z bits, whose unknown lanes come back as None."""
+    if isinstance(bus, str):
+        bits = bus[::-1]
+        return [None if set(lane) - {"0", "1"} else unpack(int(lane[::-1], 2), width, 1, signed)[0]
+                for lane in (bits[i * width:(i + 1) * width] for i in range(lanes))]
     out = []
     for lane in range(lanes):
         v = (int(bus) >> (lane * width)) & ((1 << width) - 1)

@@ -18,16 +18,18 @@ from cocotb.types import LogicArray
 
 
 def _read(handle):
+    """An integer, or the bits as a string (MSB first) when some are X or Z."""
     v = handle.value
     if isinstance(v, LogicArray):
-        return v.to_unsigned() if v.is_resolvable else None
+        return v.to_unsigned() if v.is_resolvable else str(v)
     s = str(v)
-    return int(s) if s in ("0", "1") else None
+    return int(s) if s in ("0", "1") else s
 
 
 def _answer(dut, mem):
     """Data for every lane's registered address (unknown addresses read as 0)."""
-    addr = _read(getattr(dut, mem["addr"])) or 0
+    addr = _read(getattr(dut, mem["addr"]))
+    addr = addr if isinstance(addr, int) else 0
     aw, dw, words = mem["addr_w"], mem["data_w"], mem["words"]
     data = 0
     for lane in range(mem["lanes"]):

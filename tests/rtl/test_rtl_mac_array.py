@@ -82,7 +82,7 @@ def check_array(units, p: dict, cases: list) -> None:
     bad = []
     for c, row in enumerate(trace):
         valid = unpack(row["res_valid"], 1, n_pe, signed=False)
-        regs = unpack(row["res"] or 0, p["ACC_W"], n_pe)
+        regs = unpack(row["res"], p["ACC_W"], n_pe)
         want = due.get(c, {})
         for pe in range(n_pe):
             if valid[pe] != int(pe in want):

@@ -47,7 +47,7 @@ def test_prng_words_bit_exact(units):
             spans.append((first, t, n))
     trace = prog.run(unit, ["key_ready", "key", "word_valid", "words"])
     for row in trace:
-        row["words"] = unpack(row["words"] or 0, 32, LANES, signed=False)
+        row["words"] = unpack(row["words"], 32, LANES, signed=False)
     for t, want in sent.items():
         trace[t + PrngUnit.LATENCY - 1]["words"] = trace[t + PrngUnit.LATENCY - 1]["words"][:len(want["words"])]
     bad = check_pipeline(trace, "word_valid", sent, PrngUnit.LATENCY)

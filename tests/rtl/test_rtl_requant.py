@@ -84,8 +84,8 @@ def simulate(units, params: dict, cases: list):
         spans.append((first, t, len(ex["x"])))
     trace = prog.run(unit, ["out_valid", "dout", "sat"])
     for row in trace:  # unpack the buses lane by lane
-        row["dout"] = unpack(row["dout"] or 0, out_w, lanes, signed)
-        row["sat"] = unpack(row["sat"] or 0, 1, lanes, False)
+        row["dout"] = unpack(row["dout"], out_w, lanes, signed)
+        row["sat"] = unpack(row["sat"], 1, lanes, False)
     for t, want in sent.items():
         for port, (vals, live) in want.items():
             want[port] = vals

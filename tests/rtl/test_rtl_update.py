@@ -55,7 +55,7 @@ def model_update(ex: dict, p: dict):
     return UpdateUnit(p["LANES"]).apply(
         np.array(ex["p"], dtype=np.int64), fmt, np.array(ex["g"], dtype=np.int64), ex["f_g"], ex["lr"],
         ex["rounding"], ex["overflow"], ex["seed"], ex["layer"], ex["purpose"], ex["step"],
-        momentum_shift=ex.get("m"), velocity=vel)
+        norm_bits=ex.get("norm_bits"), lr_base=ex.get("lr_base"), momentum_shift=ex.get("m"), velocity=vel)
 
 
 def check_updates(units, p: dict, cases: list) -> None:
@@ -86,9 +86,9 @@ def check_updates(units, p: dict, cases: list) -> None:
         tensors_sent.append((cycles, n_sat, len(ex["p"])))
     trace = prog.run(unit, ["out_valid", "p_next", "v_next", "sat"])
     for row in trace:
-        row["p_next"] = unpack(row["p_next"] or 0, p["P_W"], lanes)
-        row["v_next"] = unpack(row["v_next"] or 0, p["V_W"], lanes)
-        row["sat"] = unpack(row["sat"] or 0, 1, lanes, signed=False)
+        row["p_next"] = unpack(row["p_next"], p["P_W"], lanes)
+        row["v_next"] = unpack(row["v_next"], p["V_W"], lanes)
+        row["sat"] = unpack(row["sat"], 1, lanes, signed=False)
     out = {t: t + UpdateUnit.LATENCY - 1 for t in sent}
     for t, want in sent.items():
         for port in ("p_next", "v_next"):
