@@ -148,7 +148,9 @@ def replay_gemm(units, calls) -> int:
             init = init[:1].copy()
         return dict(a=a, b=b, init=init, overflow=Overflow.parse(c["acc_overflow"]), gap=0)
 
-    key = lambda c: (c["self"].rows, c["self"].cols, c["a_width"], c["b_width"], c["acc_width"])  # noqa: E731
+    # binary feedback is 1 bit in the model's traffic count but +-1 needs 2 signed bits in a PE
+    key = lambda c: (c["self"].rows, c["self"].cols, max(c["a_width"], _bits(c["a"])),  # noqa: E731
+                     max(c["b_width"], _bits(c["b"])), c["acc_width"])
     for (rows, cols, a_w, b_w, acc_w), group in _groups(calls, key).items():
         cases = [case(c) for c in group]
         for c, g in zip(group, cases):
@@ -160,9 +162,8 @@ def replay_gemm(units, calls) -> int:
 
 def replay_project(units, calls) -> int:
     cases = []
-    for c in calls:
+    for c in (c for c in calls if c["f"].kind == "sparse"):  # dense / channel: replayed as GEMMs
         f, e = c["f"], np.asarray(c["e"], dtype=np.int64).reshape(len(c["e"]), -1)
-        assert f.kind == "sparse", f"projection kind {f.kind!r} has no RTL unit (sparse only)"
         cases.append((c["stored"] is None, dict(fb=f.fb, layer=f.index, seed=f.seed, c=f.n_classes,
                                                 n_target=f.n_target, batch=len(e), e=e, f_e=int(c["f_e"]), gap=0)))
     for regen, group in _groups(cases, lambda t: t[0]).items():
@@ -173,7 +174,7 @@ def replay_project(units, calls) -> int:
                      K_MAX=max(4, max(ex["fb"].get("k", 1) for ex in same)), C_W=12, N_W=16, BB_W=8, A_W=20,
                      REGEN=int(regen))
             epu.check_projections(units, p, same)
-    return sum(np.size(c["e"]) for c in calls)
+    return sum(np.size(c["e"]) for c in calls if c["f"].kind == "sparse")
 
 
 def replay_update(units, calls) -> int:
