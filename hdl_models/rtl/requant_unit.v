@@ -43,19 +43,19 @@ module requant_unit #(
         for (i = 0; i < LANES; i = i + 1) begin : lane
             wire [QW-1:0] q;
             wire [31:0] frac, keep;
-            wire sticky, neg;
+            wire half, rest, neg;
             sr_align #(.IN_W(IN_W), .SH_W(SH_W), .L_MAX(L_MAX)) align (
                 .x(din[i*IN_W +: IN_W]), .s(shift),
-                .q(q), .frac(frac), .sticky(sticky), .keep(keep), .neg(neg));
+                .q(q), .half(half), .rest(rest), .frac(frac), .keep(keep), .neg(neg));
             reg [QW-1:0] q1;
             reg [31:0] frac1, u1;
-            reg sticky1, neg1;
+            reg half1, rest1, neg1;
             always @(posedge clk) begin
-                q1 <= q; frac1 <= frac; u1 <= rword[i*32 +: 32] & keep; sticky1 <= sticky; neg1 <= neg;
+                q1 <= q; half1 <= half; rest1 <= rest; frac1 <= frac; u1 <= rword[i*32 +: 32] & keep; neg1 <= neg;
             end
             wire [QW:0] y;
             sr_round #(.QW(QW), .RND(RND)) round (
-                .q(q1), .frac(frac1), .sticky(sticky1), .u(u1), .neg(neg1), .mode(rnd1), .y(y));
+                .q(q1), .half(half1), .rest(rest1), .frac(frac1), .u(u1), .neg(neg1), .mode(rnd1), .y(y));
             wire [OUT_W-1:0] code;
             wire hit;
             ovf_sat #(.IN_W(QW + 1), .OUT_W(OUT_W), .OUT_SIGNED(OUT_SIGNED), .MODE(OVF)) ovf (

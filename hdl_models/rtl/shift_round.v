@@ -5,9 +5,10 @@
 // sr_align: x * 2^-s for a run-time signed s. A left shift (s < 0) is clamped to L_MAX
 // bits (a caller saturating to W bits passes W + 1: any non-zero value shifted further
 // overflows the same way, and wraps to 0), a right shift to 63. Outputs floor(x * 2^-s),
-// the top 32 bits of the dropped fraction, a sticky bit for the dropped bits below them,
-// and `keep`, the mask of a 32-bit word's top min(s, 32) bits: STOCHASTIC rounds up on the
-// carry of frac + (word & keep).
+// `half` (the dropped residual r >= 2^(s-1)) and `rest` (r has bits below the half), all the
+// deterministic modes need; for STOCHASTIC the top 32 bits of the dropped fraction and
+// `keep`, the mask of a 32-bit word's top min(s, 32) bits: it rounds up on the carry of
+// frac + (word & keep).
 module sr_align #(
     parameter integer IN_W = 32,
     parameter integer SH_W = 8,
@@ -16,8 +17,9 @@ module sr_align #(
     input  wire [IN_W-1:0]       x,
     input  wire [SH_W-1:0]       s,
     output wire [IN_W+L_MAX-1:0] q,
+    output wire                  half,
+    output wire                  rest,
     output wire [31:0]           frac,
-    output wire                  sticky,
     output wire [31:0]           keep,
     output wire                  neg
 );
@@ -34,7 +36,9 @@ module sr_align #(
     // dropped bits below the 32-bit window: the low s - 32 bits of x, sign-extended
     wire [4:0] below = (sc > 32) ? sc - 16'sd32 : 5'd0;
     wire [XE-1:0] xe = {{(XE - IN_W){x[IN_W-1]}}, x};
-    assign sticky = |(xe & ((ONE_XE << below) - ONE_XE));
+    wire sticky = |(xe & ((ONE_XE << below) - ONE_XE));
+    assign half = frac[31];
+    assign rest = (|frac[30:0]) | sticky;
     wire [5:0] top = (sc <= 0) ? 6'd0 : (sc >= 32) ? 6'd32 : sc[5:0];
     wire [63:0] mask = {32'hffffffff, 32'h0} >> top;
     assign keep = mask[31:0];
@@ -47,8 +51,9 @@ module sr_round #(
     parameter integer RND = -1
 ) (
     input  wire [QW-1:0] q,
-    input  wire [31:0]   frac,
-    input  wire          sticky,
+    input  wire          half,
+    input  wire          rest,
+    input  wire [31:0]   frac,    // STOCHASTIC only
     input  wire [31:0]   u,       // the random word & keep (STOCHASTIC)
     input  wire          neg,
     input  wire [2:0]    mode,
@@ -56,8 +61,6 @@ module sr_round #(
 );
 `include "edgedfa_modes.vh"
     wire [2:0] m = (RND == MODE_PORT) ? mode : RND;
-    wire half = frac[31];                    // r >= h
-    wire rest = (|frac[30:0]) | sticky;      // r != h given half
     wire carry = u > ~frac;                  // frac + u >= 2^32
     reg up;
     always @* begin

@@ -58,7 +58,7 @@ module sparse_epu #(
     reg [3:0] k_r, m;               // taps, current tap
     reg [BB_W-1:0] b_r, b;          // batch, current sample
     reg [3:0] r;                    // fetch cycle: requests 0..k issue, arrivals 3..k+3
-    reg [A_W-1:0] e_base_r, fb_base_r;
+    reg [A_W-1:0] e_base_r;
     reg [31:0] key_idx_r, key_val_r;
     reg [A_W-1:0] bbase;            // e_base + b * C
     wire last_tap = (m == k_r - 4'd1);
@@ -72,7 +72,7 @@ module sparse_epu #(
         end else case (state)
             S_IDLE: if (start) begin
                 n_r <= n_target; c_r <= n_src; k_r <= k; b_r <= batch;
-                e_base_r <= e_base; fb_base_r <= fb_base; key_idx_r <= key_idx; key_val_r <= key_val;
+                e_base_r <= e_base; key_idx_r <= key_idx; key_val_r <= key_val;
                 i0 <= {N_W{1'b0}}; r <= 4'd0; state <= S_FETCH;
             end
             S_FETCH: begin
@@ -132,8 +132,12 @@ module sparse_epu #(
                 assign table_word = {FB_W{1'b0}};
                 always @(posedge clk) fb_addr[l*A_W +: A_W] <= {A_W{1'b0}};
             end else begin : stored
-                always @(posedge clk)
-                    fb_addr[l*A_W +: A_W] <= fb_base_r + unit * (k_r + 4'd1) + r;
+                reg [A_W-1:0] tbase;  // the unit's first table word: fb_base + unit * (k + 1)
+                always @(posedge clk) begin
+                    if (state == S_IDLE) tbase <= fb_base + l * (k + 4'd1);
+                    else if (state == S_ACC && last_tap && last_b) tbase <= tbase + LANES * (k_r + 4'd1);
+                    fb_addr[l*A_W +: A_W] <= tbase + r;
+                end
                 pipe_delay #(.W(FB_W), .N(2)) align (.clk(clk), .rst(rst), .d(fb_data[l*FB_W +: FB_W]), .q(table_word));
                 assign word = 32'd0;
             end

@@ -90,19 +90,20 @@ module update_unit #(
                 pipe_delay #(.W(G_W + SH_W), .N(2)) dg (.clk(clk), .rst(rst), .d({g0, shift}), .q(gs2));
                 wire [G_W+L_P-1:0] q;
                 wire [31:0] frac, keep;
-                wire sticky, neg;
+                wire half, rest, neg;
                 sr_align #(.IN_W(G_W), .SH_W(SH_W), .L_MAX(L_P)) align (
                     .x(gs2[G_W+SH_W-1:SH_W]), .s(gs2[SH_W-1:0]),
-                    .q(q), .frac(frac), .sticky(sticky), .keep(keep), .neg(neg));
+                    .q(q), .half(half), .rest(rest), .frac(frac), .keep(keep), .neg(neg));
                 reg [G_W+L_P-1:0] q3;
                 reg [31:0] frac3, keep3;
-                reg sticky3, neg3;
+                reg half3, rest3, neg3;
                 always @(posedge clk) begin
-                    q3 <= q; frac3 <= frac; keep3 <= keep; sticky3 <= sticky; neg3 <= neg;
+                    q3 <= q; half3 <= half; rest3 <= rest; frac3 <= frac; keep3 <= keep; neg3 <= neg;
                 end
                 wire [G_W+L_P:0] y;
                 sr_round #(.QW(G_W + L_P), .RND(RND)) round (
-                    .q(q3), .frac(frac3), .sticky(sticky3), .u(u3 & keep3), .neg(neg3), .mode(rnd3), .y(y));
+                    .q(q3), .half(half3), .rest(rest3), .frac(frac3), .u(u3 & keep3), .neg(neg3), .mode(rnd3),
+                    .y(y));
                 assign delta3 = $signed(y);
                 assign v_next = {LANES*V_W{1'b0}};
             end else begin : momentum
@@ -110,19 +111,19 @@ module update_unit #(
                 wire signed [SH_W:0] sm = $signed(shift) - 16;
                 wire [G_W+L_V-1:0] q;
                 wire [31:0] frac, keep;
-                wire sticky, neg;
+                wire half, rest, neg;
                 sr_align #(.IN_W(G_W), .SH_W(SH_W + 1), .L_MAX(L_V)) align (
-                    .x(g0), .s(sm), .q(q), .frac(frac), .sticky(sticky), .keep(keep), .neg(neg));
+                    .x(g0), .s(sm), .q(q), .half(half), .rest(rest), .frac(frac), .keep(keep), .neg(neg));
                 reg [G_W+L_V-1:0] q1;
-                reg [31:0] frac1;
-                reg sticky1, neg1;
+                reg half1, rest1, neg1;
                 reg [V_W-1:0] v1;
                 always @(posedge clk) begin
-                    q1 <= q; frac1 <= frac; sticky1 <= sticky; neg1 <= neg; v1 <= v[i*V_W +: V_W];
+                    q1 <= q; half1 <= half; rest1 <= rest; neg1 <= neg; v1 <= v[i*V_W +: V_W];
                 end
                 wire [G_W+L_V:0] term;
                 sr_round #(.QW(G_W + L_V), .RND(RND_AP_RND_CONV)) conv (
-                    .q(q1), .frac(frac1), .sticky(sticky1), .u(32'd0), .neg(neg1), .mode(3'd0), .y(term));
+                    .q(q1), .half(half1), .rest(rest1), .frac(32'd0), .u(32'd0), .neg(neg1), .mode(3'd0),
+                    .y(term));
                 wire signed [V_W-1:0] v1s = v1;
                 wire [V_W-1:0] decay = v1s >>> mom1;  // arithmetic: a separate signed expression
                 reg [V_W-1:0] term2, decayed2, vel3;
@@ -134,12 +135,13 @@ module update_unit #(
                 // stage 4: round(vel * 2^-16) with the stage's mode and word
                 wire [V_W:0] vq;
                 wire [31:0] vfrac, vkeep;
-                wire vsticky, vneg;
+                wire vhalf, vrest, vneg;
                 sr_align #(.IN_W(V_W), .SH_W(6), .L_MAX(1)) align16 (
-                    .x(vel3), .s(6'd16), .q(vq), .frac(vfrac), .sticky(vsticky), .keep(vkeep), .neg(vneg));
+                    .x(vel3), .s(6'd16), .q(vq), .half(vhalf), .rest(vrest), .frac(vfrac), .keep(vkeep), .neg(vneg));
                 wire [V_W+1:0] vy;
                 sr_round #(.QW(V_W + 1), .RND(RND)) round (
-                    .q(vq), .frac(vfrac), .sticky(vsticky), .u(u3 & vkeep), .neg(vneg), .mode(rnd3), .y(vy));
+                    .q(vq), .half(vhalf), .rest(vrest), .frac(vfrac), .u(u3 & vkeep), .neg(vneg), .mode(rnd3),
+                    .y(vy));
                 assign delta3 = $signed(vy);
                 pipe_delay #(.W(V_W), .N(2)) dv (.clk(clk), .rst(rst), .d(vel3), .q(v_next[i*V_W +: V_W]));
             end
