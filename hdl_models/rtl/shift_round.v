@@ -24,8 +24,6 @@ module sr_align #(
     output wire                  neg
 );
     localparam integer VW = IN_W + L_MAX + 32;
-    localparam integer XE = IN_W > 32 ? IN_W : 32;
-    localparam [XE-1:0] ONE_XE = 1;
     wire signed [15:0] se = {{(16 - SH_W){s[SH_W-1]}}, s};
     wire signed [15:0] sc = (se < -L_MAX) ? -L_MAX : (se > 63) ? 16'sd63 : se;
     wire [15:0] amt = sc + L_MAX;  // 0 .. L_MAX + 63
@@ -33,12 +31,13 @@ module sr_align #(
     wire signed [VW-1:0] y = v >>> amt;
     assign q = y[VW-1:32];
     assign frac = y[31:0];
-    // dropped bits below the 32-bit window: the low s - 32 bits of x, sign-extended
-    wire [4:0] below = (sc > 32) ? sc - 16'sd32 : 5'd0;
-    wire [XE-1:0] xe = {{(XE - IN_W){x[IN_W-1]}}, x};
-    wire sticky = |(xe & ((ONE_XE << below) - ONE_XE));
-    assign half = frac[31];
-    assign rest = (|frac[30:0]) | sticky;
+    // half and rest straight from x (sign-extended), not from the shifted fraction: a bit
+    // select and a masked OR, so the deterministic modes need no fraction shifter
+    wire [15:0] hb = sc - 16'sd1;  // the half's bit position when s >= 1
+    assign half = (sc <= 0) ? 1'b0 : (hb >= IN_W) ? x[IN_W-1] : x[hb];
+    wire [15:0] nb = (sc <= 1) ? 16'd0 : (hb > IN_W) ? IN_W : hb;  // x's bits below the half
+    wire [IN_W:0] below = ({{IN_W{1'b0}}, 1'b1} << nb) - 1'b1;
+    assign rest = |(x & below[IN_W-1:0]);  // past IN_W the sign bits repeat x[IN_W-1]
     wire [5:0] top = (sc <= 0) ? 6'd0 : (sc >= 32) ? 6'd32 : sc[5:0];
     wire [63:0] mask = {32'hffffffff, 32'h0} >> top;
     assign keep = mask[31:0];

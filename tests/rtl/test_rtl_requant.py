@@ -32,7 +32,10 @@ def carry_edge(x: int, s: int, d: int) -> int:
 def tensors(draw, in_w: int, out_w: int, lanes: int, roundings=tuple(Rounding), overflows=tuple(Overflow)):
     """One tensor's requantization: shift, modes, codes (ties and range edges favoured), and
     random words (from the PRNG, or at STOCHASTIC's carry boundary)."""
-    s = draw(st.one_of(st.integers(0, 4), st.integers(-out_w - 3, in_w + 2), st.integers(-70, 62)))
+    # small shifts, shifts around the formats, shifts past the input's width (only sign bits
+    # left), anything the port takes
+    s = draw(st.one_of(st.integers(0, 4), st.integers(-out_w - 3, in_w + 2), st.integers(in_w - 2, 62),
+                       st.integers(-70, 62)))
     lo, hi = -(1 << (in_w - 1)), (1 << (in_w - 1)) - 1
     # q + 1/2 (+-1 LSB) with q around the output range: the ties that rounding modes split
     tie = st.builds(lambda q, d: min(hi, max(lo, (q << max(s, 0)) + ((1 << (s - 1)) if s > 0 else 0) + d)),
