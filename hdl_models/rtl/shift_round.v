@@ -36,8 +36,13 @@ module sr_align #(
     wire [15:0] hb = sc - 16'sd1;  // the half's bit position when s >= 1
     assign half = (sc <= 0) ? 1'b0 : (hb >= IN_W) ? x[IN_W-1] : x[hb];
     wire [15:0] nb = (sc <= 1) ? 16'd0 : (hb > IN_W) ? IN_W : hb;  // x's bits below the half
-    wire [IN_W:0] below = ({{IN_W{1'b0}}, 1'b1} << nb) - 1'b1;
-    assign rest = |(x & below[IN_W-1:0]);  // past IN_W the sign bits repeat x[IN_W-1]
+    reg [15:0] tz;  // trailing zeros of x (IN_W for 0): rest = some bit below the half is set
+    integer i;
+    always @* begin
+        tz = IN_W;
+        for (i = IN_W - 1; i >= 0; i = i - 1) if (x[i]) tz = i;
+    end
+    assign rest = tz < nb;  // past IN_W the sign bits repeat x[IN_W-1]
     wire [5:0] top = (sc <= 0) ? 6'd0 : (sc >= 32) ? 6'd32 : sc[5:0];
     wire [63:0] mask = {32'hffffffff, 32'h0} >> top;
     assign keep = mask[31:0];
