@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import test_rtl_mac_array as mac
+import test_rtl_max_tracker as tracker
 import test_rtl_requant as requant
 import test_rtl_sparse_epu as epu
 import test_rtl_update as update
@@ -39,3 +40,7 @@ def test_update_netlist(gates):
 def test_sparse_epu_netlist(gates):
     p = dict(LANES=2, E_W=6, VALUES=epu.KIND["ternary"], VB=6, K_MAX=4, C_W=6, N_W=12, BB_W=4, A_W=14, REGEN=1)
     epu.check_projections(gates, p, examples(epu.projections(2, 4, 6, "ternary", 6), "netlist sparse epu"))
+
+
+def test_max_tracker_netlist(gates):
+    tracker.check_tracker(gates, examples(tracker.tracked_tensors(), "netlist max tracker"))

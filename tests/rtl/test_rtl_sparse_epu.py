@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, examples, pack, unpack
+from cosim import Stream, examples, unpack
 from hdl_models.error_projection_unit import ErrorProjectionUnit, Feedback
 from hdl_models.mac_array import MacArray
 from hdl_models.prng_unit import P_FB_INDEX, P_FB_VALUE, PrngUnit, key_register, stream_of
@@ -79,8 +79,9 @@ def check_projections(units, p: dict, cases: list) -> None:
     if not p["REGEN"]:
         memories.append(dict(addr="fb_addr", data="fb_data", lanes=lanes, addr_w=p["A_W"], data_w=fb_w,
                              words=fb_mem))
-    trace = prog.run(unit, ["out_valid", "out_lane", "out_b", "out_i0", "out_wide", "busy"], memories=memories)
-    got = [(row["out_b"], row["out_i0"], row["out_lane"], unpack(row["out_wide"], w_w, lanes)[:bin(row["out_lane"]).count("1")])
+    trace = prog.run(unit, ["out_valid", "out_lane", "out_b", "out_i0", "out_wide"], memories=memories)
+    got = [(row["out_b"], row["out_i0"], row["out_lane"],
+            unpack(row["out_wide"], w_w, lanes)[:bin(row["out_lane"]).count("1")])
            for row in trace if row["out_valid"] == 1]
     bad = [f"result {n}: (b, i0, lanes, wide) = {g}, expected {w}" for n, (g, w) in enumerate(zip(got, want)) if g != w]
     assert not bad and len(got) == len(want), "\n".join(bad[:8]) + f"\n{len(got)} results for {len(want)}"
