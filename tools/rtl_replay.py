@@ -22,12 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "rtl")]
 
-from cosim import Units, missing_tools  # noqa: E402
-from replay import REPLAYS, recording  # noqa: E402
+from rtlsim import Units, missing_tools  # noqa: E402
+from replay import REPLAYS, emulate, recording  # noqa: E402
 
 from edgedfa.api import read_checkpoint  # noqa: E402
 from edgedfa.cli import _dataset  # noqa: E402
-from hdl_models.emulate import emulate  # noqa: E402
 from hdl_models.hwconfig import hw_config  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cosim import Units, missing_tools
+from rtlsim import Units, missing_tools
 
 collect_ignore = ["tb_vectors.py"]  # a cocotb module: it runs inside the simulator only
 

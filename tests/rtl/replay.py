@@ -1,6 +1,6 @@
 """One training step of ``edgedfa emulate`` replayed through the RTL units.
 
-``recording()`` wraps the hdl_models units while a step runs and keeps every call's inputs
+``recording()`` wraps the hdl_models units while ``emulate`` runs a step and keeps every call's inputs
 and outputs: requantizations, block-exponent narrowings, GEMMs, error projections and
 parameter updates. ``replay()`` drives the same inputs through the RTL (the per-unit
 testbenches' check functions, which compare every output with hdl_models cycle by cycle),
@@ -20,7 +20,7 @@ import test_rtl_mac_array as mac
 import test_rtl_requant as rq
 import test_rtl_sparse_epu as epu
 import test_rtl_update as upd
-from cosim import Stream, lanes_of, pack
+from rtlsim import Stream, lanes_of, pack
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 from hdl_models import requant_unit
 from hdl_models.error_projection_unit import ErrorProjectionUnit
@@ -28,6 +28,11 @@ from hdl_models.mac_array import MacArray
 from hdl_models.requant_unit import MAX_TRACKER_LATENCY
 from hdl_models.rtl import MODE_PORT
 from hdl_models.update_unit import UpdateUnit
+
+try:  # the emulation harness: in edgedfa.cosim once it moves out of hdl_models
+    from edgedfa.cosim import emulate
+except ImportError:
+    from hdl_models.emulate import emulate
 
 LANES = 4
 SH_W = 8
@@ -203,6 +208,8 @@ def replay_update(units, calls) -> int:
         upd.check_updates(units, dict(LANES=LANES, G_W=g_w, P_W=p_w, MOMENTUM=int(momentum)), group)
     return sum(len(ex["p"]) for _, ex in cases)
 
+
+__all__ = ["REPLAYS", "emulate", "recording", "replay"]
 
 REPLAYS = {"requant": replay_requant, "narrow": replay_narrow, "gemm": replay_gemm, "project": replay_project,
            "update": replay_update}

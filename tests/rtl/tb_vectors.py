@@ -4,7 +4,7 @@ The program (JSON, path in EDGEDFA_TB_PROGRAM) names the input ports and gives t
 per cycle; the outputs named are sampled after every rising edge (ReadOnly) and written to
 EDGEDFA_TB_TRACE. ``memories`` are synchronous-read RAMs the testbench plays: the address
 a unit registers at edge t is answered on the data port before edge t + 1. The checking
-(against hdl_models) happens in the pytest that wrote the program (tests/rtl/cosim.py).
+(against hdl_models) happens in the pytest that wrote the program (tests/rtl/rtlsim.py).
 Not collected by pytest: it only runs inside the simulator.
 """
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, examples, pack, unpack
+from rtlsim import Stream, examples, pack, unpack
 from edgedfa.fixed import Overflow
 from hdl_models.mac_array import MacArray
 from hdl_models.rtl import MODE_PORT, OVERFLOW_CODE

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, check_pipeline, examples, lanes_of, pack
+from rtlsim import Stream, check_pipeline, examples, lanes_of, pack
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 from hdl_models.requant_unit import MAX_TRACKER_LATENCY, narrow, saturate
 

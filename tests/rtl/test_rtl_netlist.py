@@ -11,7 +11,7 @@ import test_rtl_max_tracker as tracker
 import test_rtl_requant as requant
 import test_rtl_sparse_epu as epu
 import test_rtl_update as update
-from cosim import examples
+from rtlsim import examples
 from hdl_models.rtl import MODE_PORT
 
 pytestmark = pytest.mark.rtl

@@ -11,9 +11,8 @@ from edgedfa import arch
 from edgedfa.layers.base import Numerics
 from edgedfa.model import IntModel
 from edgedfa.train import TrainConfig
-from hdl_models.emulate import emulate
 from hdl_models.hwconfig import HwConfig
-from replay import recording, replay
+from replay import emulate, recording, replay
 
 pytestmark = pytest.mark.rtl
 

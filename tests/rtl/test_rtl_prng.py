@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, check_pipeline, examples, lanes_of, unpack
+from rtlsim import Stream, check_pipeline, examples, lanes_of, unpack
 from hdl_models.prng_unit import PrngUnit, key_register, mix32, stream_of
 
 pytestmark = pytest.mark.rtl

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, check_pipeline, examples, first_valid, lanes_of, pack, unpack
+from rtlsim import Stream, check_pipeline, examples, first_valid, lanes_of, pack, unpack
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 from hdl_models.prng_unit import stream_of, words
 from hdl_models.requant_unit import RequantUnit, requant, shift_round

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, examples, unpack
+from rtlsim import Stream, examples, unpack
 from hdl_models.error_projection_unit import ErrorProjectionUnit, Feedback
 from hdl_models.mac_array import MacArray
 from hdl_models.prng_unit import P_FB_INDEX, P_FB_VALUE, PrngUnit, key_register, stream_of

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from cosim import Stream, check_pipeline, examples, first_valid, lanes_of, pack, unpack
+from rtlsim import Stream, check_pipeline, examples, first_valid, lanes_of, pack, unpack
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 from hdl_models.prng_unit import PrngUnit, stream_of
 from hdl_models.rtl import MODE_PORT, OVERFLOW_CODE, ROUNDING_CODE
