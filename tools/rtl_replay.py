@@ -14,6 +14,7 @@ array's shape changes the cycle counts, never the integers).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -25,8 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "rtl")]
 from rtlsim import Units, missing_tools  # noqa: E402
 from replay import REPLAYS, emulate, recording  # noqa: E402
 
-from edgedfa.api import read_checkpoint  # noqa: E402
-from edgedfa.cli import _dataset  # noqa: E402
+from edgedfa.checkpoint import read_checkpoint  # noqa: E402
+from edgedfa.data import select_dataset  # noqa: E402
 from hdl_models.hwconfig import hw_config  # noqa: E402
 
 
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
     if reason:
         print(f"rtl_replay: {reason}", file=sys.stderr)
         return 2
-    ds = _dataset(args, recorded=read_checkpoint(args.checkpoint)["meta"].get("dataset"))
+    ck = read_checkpoint(args.checkpoint)
+    ds = select_dataset(args.data, recorded=json.loads(ck["graph_json"])["meta"].get("dataset"))
     with recording() as calls:
         report = emulate(args.checkpoint, ds.x_train, ds.y_train, args.steps, hw_config(None, args.array))
     print(f"emulate: hdl_models vs engine bit_exact = {report['bit_exact']}")

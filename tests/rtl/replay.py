@@ -29,10 +29,7 @@ from hdl_models.requant_unit import MAX_TRACKER_LATENCY
 from hdl_models.rtl import MODE_PORT
 from hdl_models.update_unit import UpdateUnit
 
-try:  # the emulation harness: in edgedfa.cosim once it moves out of hdl_models
-    from edgedfa.cosim import emulate
-except ImportError:
-    from hdl_models.emulate import emulate
+from edgedfa.cosim import emulate
 
 LANES = 4
 SH_W = 8
