@@ -1,7 +1,9 @@
 """Integer GEMM with an explicit accumulator width and overflow mode.
 
-Backends: ``reference`` (numpy int64, one step per k), ``fast`` (exact BLAS under a
-checked bound, numba otherwise). Both give identical bits; ``fast`` is the default.
+Backends: ``reference`` (numpy int64, one step per k), ``fast`` (the int8 dot-product
+units, or exact BLAS, under a checked bound; numba otherwise), ``int8`` (as ``fast``, the
+int8 units at any size: tests, small products). All give identical bits; ``fast`` is the
+default.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ..errors import EdgeDFAError
 from ..fixed import MAX_WIDTH, Overflow
 from . import reference
 
-BACKENDS = ("reference", "fast")
+BACKENDS = ("reference", "fast", "int8")
 _default = {"name": "fast"}
 
 
@@ -32,10 +34,6 @@ def _broadcasts_to(shape, target) -> bool:
         return np.broadcast_shapes(shape, target) == tuple(target)
     except ValueError:
         return False
-
-
-def _max_abs(x) -> int:
-    return max(abs(int(x.max())), abs(int(x.min())))
 
 
 def gemm(a, b, acc_bits: int = 32, overflow=Overflow.AP_WRAP, init=None, backend=None):
@@ -59,15 +57,11 @@ def gemm(a, b, acc_bits: int = 32, overflow=Overflow.AP_WRAP, init=None, backend
     out_shape = (a.shape[0], b.shape[1])
     if init is not None and not _broadcasts_to(np.shape(init), out_shape):
         raise EdgeDFAError(f"gemm: init of shape {np.shape(init)} does not fit the output {out_shape}")
-    if a.size and b.size:
-        pmax = _max_abs(a) * _max_abs(b)  # Python ints: exact at the 62-bit boundary
-        if pmax >= 1 << 62:
-            raise EdgeDFAError("gemm: a single product exceeds 62 bits; narrow the operand formats")
     name = backend or _default["name"]
     if name == "reference":
         return reference.gemm(a, b, acc_bits, overflow, init)
-    if name == "fast":
+    if name in ("fast", "int8"):
         from . import fast
 
-        return fast.gemm(a, b, acc_bits, overflow, init)
+        return fast.gemm(a, b, acc_bits, overflow, init, min_macs=0 if name == "int8" else None)
     raise EdgeDFAError(f"unknown kernel backend {name!r}; expected one of {', '.join(BACKENDS)}")

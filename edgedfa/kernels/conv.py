@@ -5,15 +5,19 @@ A 1-d convolution is run as a 2-d one of height 1. Accumulation orders are those
 docs/datapath.md §8; every backend gives identical bits:
 
 - ``reference``: direct loops over the reduction index, numpy over the rest (slow, obvious);
-- ``fast``: im2col + ``kernels.gemm`` (exact BLAS under a checked bound, numba otherwise);
+- ``fast``: 8-bit codes on the int8 dot-product units (``conv_int8.py``) where a bound
+  proves it exact and the product is large enough to pay for the call; otherwise im2col +
+  ``kernels.gemm`` (exact BLAS under a checked bound, numba otherwise), or the direct numba
+  loops when a group has a single input channel (first layer, depthwise);
+- ``int8``: as ``fast``, the int8 route at any size (tests; small products);
 - ``numba``: direct loops compiled with numba (measured against ``fast`` in benchmarks.md);
-  ``fast`` uses them when a group has a single input channel (first layer, depthwise);
 - ``im2col`` / ``im2col-reference``: im2col + the fast / reference GEMM, always.
 
 A zero product added to an accumulator is a no-op under every overflow mode (the register
 is always in range after a step), so padded taps may be skipped or multiplied by zero.
 Geometry lives in ``geometry.py``, patches in ``im2col.py``, the backends in
-``conv_reference.py``, ``conv_gemm.py`` and ``conv_numba.py``; this module is their public face.
+``conv_reference.py``, ``conv_gemm.py``, ``conv_numba.py`` and ``conv_int8.py``; this module
+is their public face.
 """
 
 from __future__ import annotations
@@ -22,34 +26,32 @@ import numpy as np
 
 from ..errors import EdgeDFAError
 from ..fixed import Overflow
-from . import conv_gemm, conv_numba, conv_reference, default_backend
+from . import conv_gemm, conv_int8, conv_numba, conv_reference, default_backend, int8
 from .geometry import ConvGeometry, check_shapes, conv_macs, from4d, make_geometry, to4d
 from .im2col import col2im, im2col, pad4, patches, tap_slice, transposed_im2col
 
-CONV_BACKENDS = ("reference", "fast", "numba", "im2col", "im2col-reference")
+CONV_BACKENDS = ("reference", "fast", "int8", "numba", "im2col", "im2col-reference")
 
 __all__ = ["CONV_BACKENDS", "ConvGeometry", "block_diagonal", "col2im", "conv_forward", "conv_input_grad",
            "conv_macs", "conv_weight_grad", "from4d", "im2col", "make_geometry", "pad4", "patches", "tap_slice",
            "to4d", "transposed_im2col"]
 
 
-def _backend(backend, channels_per_group=None):
-    """Backend name; ``fast`` runs the direct numba loops when a group has one input channel
-    (first layers, depthwise), where they beat im2col + GEMM (docs/benchmarks.md)."""
+def _run(op: str, backend, channels_per_group: int, *args):
+    """``op`` of the backend named ``backend`` (im2col names run the GEMM backend of that name)."""
     name = backend or default_backend()
-    if name == "fast" and channels_per_group == 1:
-        return "numba"
-    return name
-
-
-def _run(op: str, name: str, *args):
-    """``op`` of the backend ``name`` (im2col names run the GEMM backend of that name)."""
+    if name in ("fast", "int8"):
+        out = getattr(conv_int8, op)(*args, min_macs=0 if name == "int8" else int8.MIN_MACS)
+        if out is not None:
+            return out
+        # direct loops beat im2col + GEMM when a group has one input channel (docs/benchmarks.md)
+        name = "numba" if channels_per_group == 1 else "im2col"
     if name == "reference":
         return getattr(conv_reference, op)(*args)
     if name == "numba":
         return getattr(conv_numba, op)(*args)
-    backend = {"im2col-reference": "reference", "im2col": "fast"}.get(name, name)
-    return getattr(conv_gemm, op)(*args, backend)
+    gemm_backend = {"im2col-reference": "reference", "im2col": "fast"}.get(name, name)
+    return getattr(conv_gemm, op)(*args, gemm_backend)
 
 
 def conv_forward(x, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_WRAP, init=None,
@@ -59,7 +61,7 @@ def conv_forward(x, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_WRAP
     x4, w4 = to4d(x, geo), to4d(w, geo)
     check_shapes(x4, w4, geo)
     init = None if init is None else np.asarray(init, dtype=np.int64).reshape(-1)
-    y = _run("forward", _backend(backend, w4.shape[1]), x4, w4, geo, acc_bits, overflow, init)
+    y = _run("forward", backend, w4.shape[1], x4, w4, geo, acc_bits, overflow, init)
     return from4d(y, geo)
 
 
@@ -71,7 +73,7 @@ def conv_weight_grad(x, dy, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP
     cout = dy4.shape[1]
     w_shape = (cout, x4.shape[1] // geo.groups) + geo.kernel
     check_shapes(x4, np.zeros(w_shape, np.int8), geo)
-    dw = _run("weight_grad", _backend(backend, w_shape[1]), x4, dy4, geo, acc_bits, overflow)
+    dw = _run("weight_grad", backend, w_shape[1], x4, dy4, geo, acc_bits, overflow)
     return dw[:, :, 0, :] if geo.ndim == 1 else dw
 
 
@@ -85,7 +87,7 @@ def conv_input_grad(dy, w, geo: ConvGeometry, acc_bits=32, overflow=Overflow.AP_
     check_shapes(np.zeros((1, cin) + tuple(geo.in_hw), np.int8), w4, geo)
     if tuple(dy4.shape[2:]) != geo.out_hw or dy4.shape[1] != w4.shape[0]:
         raise EdgeDFAError(f"conv backward: error {dy4.shape} does not match output (B, {w4.shape[0]}, {geo.out_hw})")
-    dx = _run("input_grad", _backend(backend, w4.shape[1]), dy4, w4, geo, acc_bits, overflow)
+    dx = _run("input_grad", backend, w4.shape[1], dy4, w4, geo, acc_bits, overflow)
     return from4d(dx, geo)
 
 

@@ -1,8 +1,9 @@
 """Fast integer GEMM, bit-identical to kernels.reference.
 
-Exact float BLAS while every partial sum is provably below 2**24 (float32) or 2**53
-(float64), wrapped once at the end under AP_WRAP; a numba loop with the reference's
-per-step overflow otherwise.
+The fastest exact path the operands allow: 8-bit codes on the int8 dot-product units
+(``int8.py``); exact float BLAS while every partial sum is provably below 2**24 (float32)
+or 2**53 (float64); each wrapped once at the end under AP_WRAP when the sum may leave the
+accumulator; a numba loop with the reference's per-step overflow otherwise.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import numba
 import numpy as np
 
 from ..fixed import Overflow, acc_limits, acc_step
-from .acc import max_abs, register_mode, step
+from . import int8
+from .acc import check_products, max_abs, register_mode, step
 
 
 @numba.njit(cache=True, parallel=True)
@@ -47,11 +49,17 @@ def exact_float(a, b, init, dtype):
     return out.astype(np.int64)
 
 
-def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
-    """Same contract as reference.gemm; picks the fastest exact path."""
+def gemm(a, b, acc_bits: int, overflow: Overflow, init=None, min_macs=None):
+    """Same contract as reference.gemm; picks the fastest exact path (the int8 units from
+    ``min_macs`` multiply-adds up, default ``int8.MIN_MACS``)."""
     overflow = Overflow.parse(overflow)
+    out = int8.gemm(np.asarray(a), np.asarray(b), acc_bits, overflow, init,
+                    int8.MIN_MACS if min_macs is None else min_macs)
+    if out is not None:  # 8-bit codes: no product comes near 62 bits
+        return out
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
+    check_products(a, b)
     _, hi = acc_limits(acc_bits)
     bound = partial_sum_bound(a, b, init)
     if bound <= hi or overflow is Overflow.AP_WRAP:
