@@ -79,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", metavar="FILE")
     _add_common(m)
 
+    bn = sub.add_parser("bench", help="training and kernel speed, against PyTorch float32 when installed")
+    bn.add_argument("--workloads", nargs="+", metavar="NAME", help="training workloads (default: all; see --list)")
+    bn.add_argument("--algos", nargs="+", choices=ALGOS, metavar="ALGO",
+                    help="algorithms of the engine columns (default: bp dfa sdfa hybrid)")
+    bn.add_argument("--only", nargs="+", metavar="SECTION",
+                    help="sections to run: train, gemm, emulate, cold-start (default: all)")
+    bn.add_argument("--repeats", type=int, metavar="N", help="timed repeats per figure, median reported (default 5)")
+    bn.add_argument("--seconds", type=float, metavar="S", help="length of one timed repeat (default 0.4)")
+    bn.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (two small workloads)")
+    bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch column even when it is installed")
+    bn.add_argument("--no-int8-route", action="store_true",
+                    help="train without the int8 dot-product route (the kernels as before it; same bits)")
+    bn.add_argument("--json", metavar="FILE", default="bench.json", help="report as JSON (default bench.json)")
+    bn.add_argument("--markdown", metavar="FILE", default="bench.md",
+                    help="tables for docs/benchmarks.md (default bench.md)")
+    bn.add_argument("--list", action="store_true", help="name the workloads and exit")
+    _add_common(bn)
+
     i = sub.add_parser("info", help="describe an ONNX file or a checkpoint")
     i.add_argument("path", metavar="FILE.onnx|CHECKPOINT")
     _add_common(i)
@@ -94,7 +112,7 @@ def main(argv=None) -> int:
             build_parser().print_help()
             return 0
         return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-                "emulate": cmd_emulate, "info": cmd_info}[args.command](args)
+                "emulate": cmd_emulate, "info": cmd_info, "bench": cmd_bench}[args.command](args)
     except EdgeDFAError as exc:
         if debug:
             raise
@@ -246,6 +264,20 @@ def cmd_emulate(args) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             fh.write(report_json(report))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run as bench
+
+    if args.list:
+        print(bench.describe_workloads())
+        return 0
+    opts = bench.options(args.workloads, args.algos, args.only, args.repeats, args.seconds, not args.no_torch,
+                         args.quick, not args.no_int8_route)
+    report = bench.run(opts, progress=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True),
+                       command=" ".join(["edgedfa", *sys.argv[1:]]))
+    print(bench.write(report, args.json, args.markdown), end="")
     return 0
 
 

@@ -33,6 +33,7 @@ LAYERS = [
     ("library", ["edgedfa.api"]),
     ("hardware", ["hdl_models", "hdl_models.*"]),
     ("testbench", ["edgedfa.cosim", "edgedfa.cosim.*"]),
+    ("benchmarks", ["edgedfa.bench", "edgedfa.bench.*"]),
     ("interface", ["edgedfa.cli", "edgedfa"]),
 ]
 

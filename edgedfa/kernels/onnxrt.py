@@ -35,7 +35,8 @@ def enable(on: bool = True) -> None:
     _state["enabled"] = bool(on)
 
 
-def _new_session(n_threads: int):
+def new_session(n_threads: int, model: bytes | None = None):
+    """An onnxruntime CPU session of ``model`` (default: this backend's MatMulInteger graph)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -45,7 +46,7 @@ def _new_session(n_threads: int):
     opts.log_severity_level = 3
     if n_threads > 1:  # idle workers sleep instead of spinning on a shared machine
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    model = resources.files(__package__).joinpath(MODEL).read_bytes()
+    model = model or resources.files(__package__).joinpath(MODEL).read_bytes()
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
@@ -65,7 +66,7 @@ def _session():
     n = _state["threads"]
     if n not in _sessions:
         try:
-            session = _new_session(n)
+            session = new_session(n)
             reason = _probe(session)
         except Exception as exc:  # no onnxruntime, or one without this op: other paths remain
             session, reason = None, f"onnxruntime unavailable ({type(exc).__name__}: {exc})"

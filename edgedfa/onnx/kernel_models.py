@@ -19,14 +19,15 @@ OPSET = 17
 KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "kernels")
 
 
-def matmul_u8s8():
-    """MatMulInteger of uint8 A (zero point 128) by int8 B into int32."""
+def matmul_u8s8(zero_point: bool = True):
+    """MatMulInteger of uint8 A (zero point 128, or none: the plain op, the benchmarks'
+    baseline) by int8 B into int32."""
     a = helper.make_tensor_value_info("A", TensorProto.UINT8, ["M", "K"])
     b = helper.make_tensor_value_info("B", TensorProto.INT8, ["K", "N"])
     y = helper.make_tensor_value_info("Y", TensorProto.INT32, ["M", "N"])
-    zero = helper.make_tensor("a_zero_point", TensorProto.UINT8, [], [128])
-    node = helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"], name="matmul")
-    graph = helper.make_graph([node], "matmul_u8s8", [a, b], [y], [zero])
+    zero = [helper.make_tensor("a_zero_point", TensorProto.UINT8, [], [128])] if zero_point else []
+    node = helper.make_node("MatMulInteger", ["A", "B"] + [z.name for z in zero], ["Y"], name="matmul")
+    graph = helper.make_graph([node], "matmul_u8s8", [a, b], [y], zero)
     return make_model(graph, OPSET, {})
 
 

@@ -1,0 +1,102 @@
+"""Training throughput of a workload: the engine under each algorithm against PyTorch
+float32 BP (interleaved repeats, best of 1 and 2 threads), the engine's allocations in a
+step, and ``edgedfa emulate``'s time per step."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from ..errors import EdgeDFAError
+from . import timing, torch_ref
+from .workloads import Workload, dataset, engine, graph
+
+
+def step_allocation(eng, step: int) -> int:
+    """Peak bytes allocated on the Python heap (numpy arrays included) during one step."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        eng.step(step)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def emulate_row(eng, ds, steps: int = 2) -> dict:
+    """``edgedfa emulate``: seconds per step through hdl_models, and whether it matched."""
+    from ..cosim.run import emulate
+
+    n = steps * eng.batch
+    try:
+        rep = emulate(eng.model, ds.x_train[:n], ds.y_train[:n], steps, None, train_cfg=eng.settings.train,
+                      modules=eng.settings.modules, compare_engine=True)
+    except EdgeDFAError as exc:
+        return {"error": str(exc)}
+    return {"seconds_per_step": rep["seconds_hdl"] / rep["steps"], "bit_exact": bool(rep["bit_exact"]),
+            "steps": rep["steps"]}
+
+
+def _engines(w: Workload, algos, ds) -> tuple:
+    """({algo: Engine}, {algo: error}) for the algorithms that build on this workload."""
+    engines, errors = {}, {}
+    for algo in algos:
+        try:
+            engines[algo] = engine(w, algo, ds)
+        except EdgeDFAError as exc:
+            errors[algo] = {"error": str(exc)}
+    return engines, errors
+
+
+def _torch_sides(w, ds, batch) -> tuple:
+    """(PyTorch sides, None) or ({}, why there are none)."""
+    if torch_ref.version() is None:
+        return {}, "not installed"
+    try:
+        g = graph(w, ds)
+        return torch_ref.sides(g, ds.x_train.reshape((len(ds.x_train),) + tuple(g.input_shape)), ds.y_train,
+                               batch), None
+    except EdgeDFAError as exc:
+        return {}, str(exc)
+
+
+def _measure(engines: dict, torch_sides: dict, repeats: int, target: float) -> tuple:
+    """(engine rows by algorithm, the PyTorch row or None), from one interleaved run."""
+    sides = {a: timing.Side(e.step) for a, e in engines.items()} | torch_sides
+    threads = torch_ref.thread_count() if torch_sides else None
+    try:
+        t = timing.interleaved(sides, repeats, target)
+    finally:
+        if threads:
+            torch_ref.set_thread_count(threads)
+    batch = next(iter(engines.values())).batch
+    rows = {a: timing.throughput(t[a], batch) for a in engines}
+    if not torch_sides:
+        return rows, None
+    best = min(torch_sides, key=lambda s: t[s]["seconds"])
+    for a in engines:
+        rows[a]["ratio_to_torch"] = timing.speedup(t[a], t[best])
+    torch_row = dict(timing.throughput(t[best], batch), threads=int(best.split("-")[1]),
+                     per_threads={s.split("-")[1]: timing.throughput(t[s], batch) for s in torch_sides})
+    return rows, torch_row
+
+
+def workload_row(w: Workload, algos, repeats: int, target: float, with_torch: bool, with_emulate: bool) -> dict:
+    """Every figure of one workload."""
+    ds = dataset(w)
+    row = {"workload": w.name, "title": w.title, "data": ds.name}
+    engines, errors = _engines(w, algos, ds)
+    if not engines:
+        return dict(row, engine=errors, torch={"error": "no engine ran"})
+    batch = next(iter(engines.values())).batch
+    torch_sides, why = _torch_sides(w, ds, batch) if with_torch else ({}, "not measured")
+    rows, torch_row = _measure(engines, torch_sides, repeats, target)
+    for algo, eng in engines.items():
+        rows[algo]["step_peak_alloc_bytes"] = step_allocation(eng, 10**6)
+    row.update(batch=batch, engine={a: rows.get(a) or errors[a] for a in algos}, torch=torch_row or {"error": why})
+    if with_emulate:
+        algo, eng = next(iter(engines.items()))
+        em = emulate_row(eng, ds)
+        step = rows[algo]["step_seconds"]
+        row["emulate"] = dict(em, algo=algo, engine_seconds_per_step=step,
+                              ratio=em["seconds_per_step"] / step if "seconds_per_step" in em else None)
+    return row
