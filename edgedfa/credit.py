@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import EdgeDFAError
-from .feedback import FeedbackSpec
+from .feedback import VALUE_KINDS, FeedbackSpec, projector_kinds
 from .graph import POOLS, RECURRENT, TRAINABLE, Graph
+from .model import LayerOptions
+from .schema import check_table, names, setting
 
 ALGOS = ("bp", "dfa", "sdfa", "modular", "hybrid")
 MODULE_STARTS = ("Flatten", "Reshape", "Squeeze")  # after a pooled map they begin the next module
@@ -130,12 +132,10 @@ def make_plan(graph: Graph, algo: str, k: int = 1, values: str = "uniform",
 
 
 def _feedback_spec(table, where: str) -> FeedbackSpec:
-    f = dict(table or {})
-    try:
-        return FeedbackSpec(f.pop("kind", "dense"), f.pop("values", "uniform"), int(f.pop("k", 1)),
-                            int(f.pop("bits", 8)), bool(f.pop("regenerate", True)), tuple(sorted(f.items())))
-    except (TypeError, ValueError) as exc:
-        raise EdgeDFAError(f"{where}: bad feedback settings ({exc})") from exc
+    f = check_table(FeedbackSettings, table or {}, where)
+    base = {k: f.pop(k) for k in ("kind", "values", "k", "bits", "regenerate") if k in f}
+    options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in f.items() if v is not None))
+    return FeedbackSpec(**base, options=options)
 
 
 def _split_inside(graph: Graph, entry: dict, nodes: list, name: str, where: str) -> list:
@@ -151,9 +151,49 @@ def _split_inside(graph: Graph, entry: dict, nodes: list, name: str, where: str)
     return [Module(f"{name}.{j}", g, "dfa", fb, None, {}, out_t) for j, g in enumerate(groups[:-1])] + [groups[-1]]
 
 
-LAYER_OPTION_KEYS = frozenset({"bptt_steps", "frozen", "backward_mode", "backward_groups"})
-MODULE_KEYS = frozenset({"name", "nodes", "source", "feedback", "target", "layer_options", "error_from",
-                         "inside", "inside_feedback"})
+@dataclass
+class FeedbackSettings:
+    """Keys of a module's ``feedback`` and ``inside_feedback`` tables."""
+
+    kind: str = setting("dense", "projector kind (channel and dilated apply to conv maps)", choices=projector_kinds)
+    values: str = setting("uniform", "values of the feedback matrix", choices=VALUE_KINDS)
+    k: int = setting(1, "non-zeros per target unit (sparse); taps (dilated)", lo=1, hi=1 << 16)
+    bits: int = setting(8, "width of uniform values", lo=2, hi=16)
+    regenerate: bool = setting(True, "regenerate the matrix from the PRNG instead of storing it (same bits)")
+    gain_shift: int | None = setting(None, "extra 2^-s on the projection", lo=0, hi=62,
+                                     none="the conv-map gain rule of docs/datapath.md")
+    taps: int | None = setting(None, "dilated: taps over the source channels", lo=1, hi=1 << 16, none="k")
+    dilation: int | None = setting(None, "dilated: channel distance between taps", lo=1, hi=1 << 16,
+                                   none="source channels // taps")
+    grid: object = setting(None, "dilated: coarse cells per spatial axis of the target (one error per cell)",
+                           words='"full" (a cell per position), a count, or a list of counts (default: one cell)')
+
+
+@dataclass
+class PlanLayerOptions(LayerOptions):
+    """Keys of a module's ``layer_options.<layer>`` tables."""
+
+    frozen: list[str] = setting(factory=list, doc="parameters never updated, e.g. [\"B\"]")
+
+
+@dataclass
+class ModuleSettings:
+    """Keys of one ``[[modules]]`` entry (docs/algorithms.md)."""
+
+    nodes: list[str] = setting(factory=list, doc="the module's layers (graph order)")
+    name: str | None = setting(None, "module name", none="m<index>")
+    source: str = setting("dfa", "where the module's error comes from: the true output error, BP from the"
+                          " modules above, or DFA (a fixed random projection)", choices=("output", "bp", "dfa"))
+    feedback: dict = setting(factory=dict, doc="the DFA projector (keys: [modules.feedback])")
+    target: str | None = setting(None, "tensor that receives the feedback", none="the module's output")
+    error_from: str | None = setting(None, "DFA: the tensor whose error is projected", none="the output error")
+    inside: str = setting("bp", "errors inside the module: BP, or DFA per trainable layer", choices=("bp", "dfa"))
+    inside_feedback: dict = setting(factory=dict, doc="the projector of inside = \"dfa\" (keys: [modules.feedback])")
+    layer_options: dict = setting(factory=dict, doc="layer name -> options (keys: [modules.layer_options])")
+
+
+LAYER_OPTION_KEYS = frozenset(names(PlanLayerOptions))
+MODULE_KEYS = frozenset(names(ModuleSettings))
 
 
 def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") -> Plan:
@@ -169,6 +209,7 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
         unknown = sorted(set(entry) - MODULE_KEYS)
         if unknown:
             raise EdgeDFAError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(MODULE_KEYS)}")
+        check_table(ModuleSettings, {k: v for k, v in entry.items() if k != "nodes"}, where)
         nodes = entry.get("nodes")
         if not nodes or not isinstance(nodes, list):
             raise EdgeDFAError(f"{where}: 'nodes' must be a non-empty list of layer names")
@@ -192,6 +233,7 @@ def plan_from_config(graph: Graph, table: list, default_algo: str = "custom") ->
             if bad:
                 raise EdgeDFAError(f"{where}: layer_options.{n}: unknown option(s) {bad}; "
                                    f"known options are {sorted(LAYER_OPTION_KEYS)}")
+            check_table(PlanLayerOptions, {k: x for k, x in v.items() if k != "frozen"}, f"{where}: layer_options.{n}")
         name = entry.get("name", f"m{i}")
         subs = _split_inside(graph, entry, nodes, name, where) if inside == "dfa" else [nodes]
         modules.extend(subs[:-1])

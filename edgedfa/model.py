@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,12 +11,25 @@ from .errors import EdgeDFAError
 from .fixed import FixedFormat, QTensor, dequantize, int_bits_for, quantize
 from .graph import Graph, Node
 from .layers import LayerSpec, layer_class
+from .layers.conv import BACKWARD_MODES
 from .numerics import Numerics
+from .schema import names, setting
 
 
-# per-layer options that are not numerics: Conv's backward_mode ("full" | "group"; older
-# spelling "backward") and its backward_groups; a recurrent layer's bptt_steps
-LAYER_OPTIONS = ("backward_mode", "backward", "backward_groups", "bptt_steps")
+@dataclass
+class LayerOptions:
+    """Per-layer settings of ``[layers.<name>]`` that are not numerics."""
+
+    backward_mode: str = setting("full", "Conv: the input error by the full transposed convolution, or by its"
+                                 " block-diagonal part over backward_groups channel blocks", choices=BACKWARD_MODES)
+    backward_groups: int | None = setting(None, "Conv: channel blocks of backward_mode = \"group\"", lo=1,
+                                          hi=1 << 16, none="no blocks")
+    bptt_steps: int | None = setting(None, "recurrent: steps an error travels back in time (0: none)", lo=0,
+                                     hi=1 << 20, none="full BPTT")
+
+
+LAYER_OPTION_ALIASES = {"backward": "backward_mode"}  # the older spelling
+LAYER_OPTIONS = tuple(names(LayerOptions)) + tuple(LAYER_OPTION_ALIASES)
 
 
 def _in_shapes(node: Node, shapes: dict):
@@ -217,6 +231,7 @@ def graph_to_json(graph: Graph) -> str:
 def graph_from_json(text: str, params: dict) -> Graph:
     """Inverse of graph_to_json; ``params`` maps node name -> {param: float array}."""
     d = json.loads(text)
+    _check_graph_json(d)
     nodes = []
     for n in d["nodes"]:
         p = params.get(n["name"], {})
@@ -224,3 +239,22 @@ def graph_from_json(text: str, params: dict) -> Graph:
             p.setdefault(k, np.zeros(shape))
         nodes.append(Node(n["name"], n["op"], n["inputs"], n["outputs"], n["attrs"], p))
     return Graph(d["name"], d["input_name"], tuple(d["input_shape"]), d["output_name"], nodes, d["meta"])
+
+
+def _check_graph_json(d) -> None:
+    """The stored structure has the shape graph_to_json writes (a damaged file: EdgeDFAError)."""
+    def names(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    def dims(v, low):
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v)
+
+    ok = (isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("input_name"), str)
+          and isinstance(d.get("output_name"), str) and dims(d.get("input_shape"), 1)
+          and isinstance(d.get("meta", {}), dict) and isinstance(d.get("nodes"), list))
+    for n in d.get("nodes", []) if ok else ():
+        ok = ok and isinstance(n, dict) and isinstance(n.get("name"), str) and isinstance(n.get("op"), str) \
+            and names(n.get("inputs")) and names(n.get("outputs")) and isinstance(n.get("attrs"), dict) \
+            and isinstance(n.get("param_shapes"), dict) and all(dims(v, 0) for v in n["param_shapes"].values())
+    if not ok:
+        raise EdgeDFAError("the stored graph structure is damaged")

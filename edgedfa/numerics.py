@@ -3,54 +3,51 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from numbers import Integral
 
 from .errors import EdgeDFAError
-from .fixed import Overflow, Rounding
+from .fixed import MAX_WIDTH, Overflow, Rounding
+from .schema import check_value, entry, setting
+
+WORD_BITS_MAX = 24  # weights, activations, errors: the widest word the layers are specified for
 
 
 @dataclass(frozen=True)
 class Numerics:
     """Word widths, rounding and overflow for one layer (defaults from ``--bits``)."""
 
-    weight_bits: int = 8
-    act_bits: int = 8
-    err_bits: int = 8
-    bias_bits: int = 16
-    acc_bits: int = 32
-    acc_overflow: Overflow = Overflow.AP_SAT
-    act_rounding: Rounding = Rounding.AP_RND
-    act_overflow: Overflow = Overflow.AP_SAT
-    err_rounding: Rounding = Rounding.AP_RND
-    update_rounding: Rounding = Rounding.STOCHASTIC
-    weight_overflow: Overflow = Overflow.AP_SAT
-    weight_headroom: int = 1  # spare integer bits above the initial |w| max
-    weight_int_bits: int | None = None  # fixed I of the weight format (None: from init)
-    act_int_bits: int | None = None  # fixed I of the activation format (None: calibrate)
-    momentum_shift: int | None = None  # momentum 1 - 2^-m (None: plain SGD)
-    logit_headroom: int = 3  # extra integer bits of the output layer's format
-    update_norm_bits: int | None = None  # normalized update: largest step 2^(m-1)..2^m-1 LSBs
+    weight_bits: int = setting(8, "word width of weights", lo=2, hi=WORD_BITS_MAX)
+    act_bits: int = setting(8, "word width of activations (and of the input)", lo=2, hi=WORD_BITS_MAX)
+    err_bits: int = setting(8, "word width of errors (dynamic exponent per batch)", lo=2, hi=WORD_BITS_MAX)
+    bias_bits: int = setting(16, "word width of biases", lo=2, hi=MAX_WIDTH)
+    acc_bits: int = setting(32, "accumulator register width; at least weight_bits + act_bits"
+                            " and err_bits + weight_bits", lo=2, hi=MAX_WIDTH)
+    acc_overflow: Overflow = setting(Overflow.AP_SAT, "accumulator overflow mode")
+    act_rounding: Rounding = setting(Rounding.AP_RND, "rounding of activations")
+    act_overflow: Overflow = setting(Overflow.AP_SAT, "overflow mode of activations")
+    err_rounding: Rounding = setting(Rounding.AP_RND, "rounding of errors")
+    update_rounding: Rounding = setting(Rounding.STOCHASTIC, "rounding of weight updates")
+    weight_overflow: Overflow = setting(Overflow.AP_SAT, "overflow mode of weights")
+    weight_headroom: int = setting(1, "spare integer bits above the initial |w| max", lo=0, hi=16)
+    weight_int_bits: int | None = setting(None, "integer bits I of the weight format", lo=-16, hi=24,
+                                          none="from the initial weights and weight_headroom")
+    act_int_bits: int | None = setting(None, "integer bits I of the activation format", lo=-16, hi=24,
+                                       none="calibrated from the training data")
+    momentum_shift: int | None = setting(None, "momentum 1 - 2^-m", lo=1, hi=16, none="plain SGD")
+    logit_headroom: int = setting(3, "extra integer bits of the output layer's format", lo=0, hi=16)
+    update_norm_bits: int | None = setting(None, "normalized update: the largest step of a tensor has"
+                                           " this many bits (2^(m-1)..2^m-1 LSBs)", lo=1, hi=WORD_BITS_MAX,
+                                           none="plain lr-scaled SGD")
 
     @classmethod
     def from_bits(cls, bits: int, **kw) -> "Numerics":
-        if not 2 <= int(bits) <= 24:
-            raise EdgeDFAError(f"--bits {bits}: supported word widths are 2..24")
-        b = int(bits)
-        return cls(weight_bits=b, act_bits=b, err_bits=b, bias_bits=min(2 * b, 32), **kw)
+        """Weights, activations and errors of ``bits`` bits, biases of twice as many (up to 32)."""
+        spec = entry(cls, "weight_bits").spec
+        if isinstance(bits, bool) or not isinstance(bits, Integral) or not spec.lo <= bits <= spec.hi:
+            raise EdgeDFAError(f"--bits {bits!r}: supported word widths are {spec.lo:g}..{spec.hi:g}")
+        bits = int(bits)
+        return cls(weight_bits=bits, act_bits=bits, err_bits=bits, bias_bits=min(2 * bits, 32), **kw)
 
     def with_overrides(self, overrides: dict, where: str = "config") -> "Numerics":
         """Copy with keys from a config table; unknown keys or bad values name the key."""
-        kw = {}
-        for key, val in overrides.items():
-            if key not in self.__dataclass_fields__:
-                valid = ", ".join(self.__dataclass_fields__)
-                raise EdgeDFAError(f"{where}: unknown key {key!r}; expected one of {valid}")
-            cur = getattr(self, key)
-            if isinstance(cur, Rounding):
-                val = Rounding.parse(val)
-            elif isinstance(cur, Overflow):
-                val = Overflow.parse(val)
-            elif not isinstance(val, int) or isinstance(val, bool):
-                if not (val is None and (key.endswith("int_bits") or key in ("momentum_shift", "update_norm_bits"))):
-                    raise EdgeDFAError(f"{where}: {key} must be an integer, got {val!r}")
-            kw[key] = val
-        return replace(self, **kw)
+        return replace(self, **{k: check_value(Numerics, k, v, where) for k, v in overrides.items()})

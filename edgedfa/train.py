@@ -3,33 +3,44 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .credit import Plan
+from .credit import ALGOS, Plan
 from .errors import EdgeDFAError
-from .feedback import make_projector, map_gain_shift
+from .feedback import VALUE_KINDS, make_projector, map_gain_shift, projector_kinds
 from .fixed import QTensor, align_add, narrow_dynamic
 from .loss import output_error
 from .model import IntModel
 from .prng import PURPOSE_SHUFFLE, stream_id, words
+from .schema import setting
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a run (all integers: the learning rate is 2^-lr_shift)."""
 
-    algo: str = "sdfa"
-    epochs: int = 30
-    batch_size: int = 32
-    lr_shift: int = 5
-    lr_decay_epochs: list = field(default_factory=list)  # +1 to lr_shift at each
-    feedback_sparsity: int = 1
-    feedback_values: str = "uniform"
-    feedback_kind: str | None = None  # None: the preset's choice (docs/algorithms.md)
-    feedback_regenerate: bool = True
-    seed: int = 0
+    algo: str = setting("sdfa", "credit assignment (docs/algorithms.md)", choices=ALGOS, flag="--algo")
+    epochs: int = setting(30, "epochs in all (a resumed run trains up to this total)", lo=1, hi=1_000_000,
+                          resume=True, flag="--epochs", metavar="N")
+    batch_size: int = setting(32, "samples per training step", lo=1, hi=1 << 20, flag="--batch-size",
+                              metavar="B")
+    lr_shift: int = setting(5, "learning rate 2^-lr_shift", lo=0, hi=30, resume=True, flag="--lr-shift",
+                            metavar="S")
+    lr_decay_epochs: list[int] = setting(factory=list, doc="epochs at which lr_shift grows by one", lo=1,
+                                         hi=1_000_000, increasing=True, resume=True)
+    feedback_sparsity: int = setting(1, "non-zeros per neuron of sparse feedback (sdfa)", lo=1, hi=1 << 16,
+                                     flag="--feedback-sparsity", metavar="K")
+    feedback_values: str = setting("uniform", "values of the feedback matrices", choices=VALUE_KINDS,
+                                   flag="--feedback-values")
+    feedback_kind: str | None = setting(None, "feedback projector of the DFA modules (channel and dilated"
+                                        " apply to conv maps)", choices=projector_kinds,
+                                        none="the algorithm's choice", flag="--feedback-kind")
+    feedback_regenerate: bool = setting(True, "regenerate feedback matrices from the PRNG instead of"
+                                        " storing them (same bits)", flag="--stored-feedback", const=False)
+    seed: int = setting(0, "seed of the initial weights, the sample order and every random stream", lo=0,
+                        hi=(1 << 32) - 1, flag="--seed", metavar="S")
 
     def shift_at(self, epoch: int) -> int:
         """Learning-rate shift in ``epoch`` plus log2 of the batch (updates use the batch sum)."""
@@ -61,6 +72,19 @@ class Trainer:
             layer.lr_base = cfg.shift_at(0)  # normalized updates scale by the schedule's decay only
         self._needs = self._error_needed()
         self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
+
+    def state_arrays(self) -> dict:
+        """The trainer's own state as named arrays (checkpointed beside the model's)."""
+        return {f"trainer/saturation/{layer}/{p}": np.array(n, dtype=np.int64)
+                for layer, counts in self.saturation.items() for p, n in counts.items()}
+
+    def load_state(self, arrays: dict) -> None:
+        """Restore what ``state_arrays`` wrote (missing entries keep their start values)."""
+        for key, arr in arrays.items():
+            if key.startswith("trainer/saturation/"):
+                layer, p = key[len("trainer/saturation/"):].rsplit("/", 1)
+                if layer in self.saturation and p in self.saturation[layer]:
+                    self.saturation[layer][p] = int(arr)
 
     def _is_map(self, module) -> bool:
         return any(self.nodes[n][0].op == "Conv" for n in module.nodes)

@@ -11,23 +11,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from edgedfa.errors import EdgeDFAError
+from edgedfa.schema import FLAG, check_value, setting
+
+ARRAY_MAX = 4096
 
 
 @dataclass
 class HwConfig:
-    rows: int = 16
-    cols: int = 16
-    pe_width: int = 8  # operand bits a PE multiplies in one pass
-    clock_mhz: float = 200.0
-    weight_buffer_kib: int = 256
-    act_buffer_kib: int = 128
-    err_buffer_kib: int = 64
-    feedback_buffer_kib: int = 64
-    buffer_width_bits: int = 128
-    buffer_banks: int = 4
-    dram_bytes_per_cycle: float = 8.0
-    lanes: int = 16  # requant, activation, update, error-projection adders, PRNG lanes
-    overlap: bool = True  # let independent units run concurrently
+    rows: int = setting(16, "PE array rows", lo=1, hi=ARRAY_MAX)
+    cols: int = setting(16, "PE array columns", lo=1, hi=ARRAY_MAX)
+    pe_width: int = setting(8, "operand bits a PE multiplies in one pass", lo=1, hi=64)
+    clock_mhz: float = setting(200.0, "clock frequency (MHz)", lo=1e-3, hi=1e6, flag="--clock-mhz", metavar="F")
+    weight_buffer_kib: int = setting(256, "on-chip weight buffer (KiB)", lo=1, hi=1 << 30)
+    act_buffer_kib: int = setting(128, "on-chip activation buffer (KiB)", lo=1, hi=1 << 30)
+    err_buffer_kib: int = setting(64, "on-chip error buffer (KiB)", lo=1, hi=1 << 30)
+    feedback_buffer_kib: int = setting(64, "on-chip feedback buffer (KiB)", lo=1, hi=1 << 30)
+    buffer_width_bits: int = setting(128, "bits a buffer bank reads or writes per cycle", lo=8, hi=1 << 16)
+    buffer_banks: int = setting(4, "banks per buffer", lo=1, hi=1024)
+    dram_bytes_per_cycle: float = setting(8.0, "off-chip (DRAM) bytes per cycle", lo=1e-3, hi=1e6)
+    lanes: int = setting(16, "lanes of the requant, activation, update, error-projection and PRNG units",
+                         lo=1, hi=1 << 16)
+    overlap: bool = setting(True, "let independent units run concurrently")
 
     @property
     def array(self) -> str:
@@ -39,38 +43,41 @@ class HwConfig:
         return d
 
 
+@dataclass
+class HwArray:
+    """``array = "RxC"`` in ``[hardware]``: rows and columns at once."""
+
+    array: str | None = setting(None, "PE array shape RxC, e.g. \"16x16\" (sets rows and cols)", none="rows x cols",
+                                flag="--array", metavar="RxC")
+
+
 def parse_array(text: str) -> tuple:
     try:
         r, c = str(text).lower().split("x")
         r, c = int(r), int(c)
     except ValueError:
         raise EdgeDFAError(f"--array {text!r}: expected RxC, e.g. 16x16") from None
-    if not (1 <= r <= 4096 and 1 <= c <= 4096):
-        raise EdgeDFAError(f"--array {text!r}: rows and columns must be in 1..4096")
+    if not (1 <= r <= ARRAY_MAX and 1 <= c <= ARRAY_MAX):
+        raise EdgeDFAError(f"--array {text!r}: rows and columns must be in 1..{ARRAY_MAX}")
     return r, c
 
 
-def hw_config(table: dict | None = None, array: str | None = None, clock_mhz: float | None = None) -> HwConfig:
+def hw_config(table: dict | None = None, array: str | None = None, clock_mhz: float | None = None,
+              where: str = "config [hardware]") -> HwConfig:
     """Defaults < ``[hardware]`` table < command-line flags; unknown keys name the key."""
     cfg = HwConfig()
-    names = {f.name: f.type for f in fields(HwConfig)}
+    if not isinstance(table or {}, dict):
+        raise EdgeDFAError(f"{where}: expected a table of settings")
     for key, val in dict(table or {}).items():
         if key == "array":
-            cfg.rows, cfg.cols = parse_array(val)
+            cfg.rows, cfg.cols = parse_array(check_value(HwArray, key, val, where))
             continue
-        if key not in names:
-            raise EdgeDFAError(f"config [hardware]: unknown key {key!r}; expected array or one of {', '.join(names)}")
-        cur = getattr(cfg, key)
-        if isinstance(cur, bool):
-            if not isinstance(val, bool):
-                raise EdgeDFAError(f"config [hardware]: {key} must be true or false")
-        elif not isinstance(val, (int, float)) or isinstance(val, bool) or val <= 0:
-            raise EdgeDFAError(f"config [hardware]: {key} must be a positive number, got {val!r}")
-        setattr(cfg, key, type(cur)(val))
+        if key not in {f.name for f in fields(HwConfig)}:
+            raise EdgeDFAError(f"{where}: unknown key {key!r}; expected array or one of"
+                               f" {', '.join(f.name for f in fields(HwConfig))}")
+        setattr(cfg, key, check_value(HwConfig, key, val, where))
     if array:
         cfg.rows, cfg.cols = parse_array(array)
     if clock_mhz is not None:
-        if not clock_mhz > 0:
-            raise EdgeDFAError(f"--clock-mhz {clock_mhz}: must be positive")
-        cfg.clock_mhz = float(clock_mhz)
+        cfg.clock_mhz = check_value(HwConfig, "clock_mhz", clock_mhz, FLAG)
     return cfg

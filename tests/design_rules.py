@@ -20,7 +20,8 @@ PACKAGES = ("edgedfa", "hdl_models")
 # module must be placed here (test_every_module_has_a_layer), and that placement is the
 # decision to make on purpose.
 LAYERS = [
-    ("foundation", ["edgedfa.errors", "edgedfa.version", "edgedfa.registry", "edgedfa.prng"]),
+    ("foundation", ["edgedfa.errors", "edgedfa.version", "edgedfa.registry", "edgedfa.prng", "edgedfa.schema",
+                    "edgedfa.progress"]),
     ("numbers", ["edgedfa.fixed", "edgedfa.numerics", "edgedfa.wide", "edgedfa.lut"]),
     ("graph", ["edgedfa.graph", "edgedfa.float_ref", "edgedfa.float_mlp", "edgedfa.data", "edgedfa.arch"]),
     ("kernels", ["edgedfa.kernels", "edgedfa.kernels.*"]),
@@ -28,22 +29,23 @@ LAYERS = [
                 "edgedfa.layers", "edgedfa.layers.*"]),
     ("model", ["edgedfa.model", "edgedfa.credit"]),
     ("training", ["edgedfa.train"]),
-    ("state", ["edgedfa.checkpoint", "edgedfa.config"]),
+    ("state", ["edgedfa.checkpoint", "edgedfa.config", "edgedfa.rundir"]),
     ("onnx", ["edgedfa.onnx", "edgedfa.onnx.*"]),
     ("library", ["edgedfa.api"]),
     ("hardware", ["hdl_models", "hdl_models.*"]),
     ("testbench", ["edgedfa.cosim", "edgedfa.cosim.*"]),
     ("benchmarks", ["edgedfa.bench", "edgedfa.bench.*"]),
-    ("interface", ["edgedfa.cli", "edgedfa"]),
+    ("interface", ["edgedfa.session", "edgedfa.configdoc", "edgedfa.cli", "edgedfa"]),
 ]
 
-# hdl_models computes every integer itself: from edgedfa it takes types, op names and the
-# registration mechanism, never arithmetic (kernels, layers, train, credit, model, ...).
+# hdl_models computes every integer itself: from edgedfa it takes types, op names, the
+# registration mechanism and the settings schema, never arithmetic (kernels, layers, train, credit, model, ...).
 HDL_MAY_IMPORT = {
     "edgedfa.errors": {"EdgeDFAError"},
     "edgedfa.fixed": {"FixedFormat", "Rounding", "Overflow"},
     "edgedfa.numerics": {"Numerics"},
     "edgedfa.registry": {"Registry"},
+    "edgedfa.schema": {"setting", "check_value", "FLAG"},
     "edgedfa.graph": {"CANONICAL_OPS", "DENSE", "CONV", "ACTIVATIONS", "POOLS", "MOVES", "MERGES",
                       "RECURRENT", "TRAINABLE"},
 }

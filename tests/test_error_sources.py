@@ -184,7 +184,7 @@ def test_inside_dfa_splits_a_module_into_feedback_fed_layers():
     ({"inside": "sideways"}, "inside"),
     ({"eror_from": "conv4_out"}, "unknown key.*eror_from"),
     ({"error_from": "conv4_out", "source": "bp"}, "needs source"),
-    ({"inside": "dfa", "inside_feedback": {"kind": "dense", "k": "x"}}, "bad feedback"),
+    ({"inside": "dfa", "inside_feedback": {"kind": "dense", "k": "x"}}, "inside_feedback: k = 'x'"),
 ])
 def test_bad_error_sources_name_the_module_and_tensor(entry, match):
     model, _, _ = _cnn()

@@ -7,11 +7,11 @@ maps; ``gain`` the default gain rule for conv maps. Importing the package regist
 
 from . import dense, dilated  # noqa: F401  (each registers its kinds)
 from .base import (VALUE_KINDS, FeedbackSpec, Projector, as_shape, feedback_values, half_log2, make_projector,
-                   register_projector, value_bits, value_frac)
+                   projector_kinds, register_projector, value_bits, value_frac)
 from .dense import ChannelProjector, DenseProjector, SparseProjector
 from .dilated import DilatedProjector
 from .gain import GAIN_REFERENCE_SHIFT, map_gain_shift
 
 __all__ = ["VALUE_KINDS", "FeedbackSpec", "Projector", "as_shape", "feedback_values", "half_log2", "make_projector",
-           "register_projector", "value_bits", "value_frac", "ChannelProjector", "DenseProjector",
+           "projector_kinds", "register_projector", "value_bits", "value_frac", "ChannelProjector", "DenseProjector",
            "SparseProjector", "DilatedProjector", "GAIN_REFERENCE_SHIFT", "map_gain_shift"]

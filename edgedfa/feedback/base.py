@@ -72,6 +72,11 @@ _PROJECTORS = Registry("feedback kind", "kind")
 register_projector = _PROJECTORS.register
 
 
+def projector_kinds() -> tuple:
+    """The registered feedback kinds."""
+    return tuple(_PROJECTORS.names())
+
+
 def make_projector(spec: FeedbackSpec, layer_index: int, seed: int, target_shape, source_shape):
     """A projector from an error shaped ``source_shape`` (per sample; an int C means the
     output error's C classes) to ``target_shape`` (every kind is registered by ``edgedfa.feedback``)."""
