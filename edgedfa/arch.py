@@ -96,6 +96,9 @@ def build(arch: str, seed: int = 0, sample_shape=None, n_classes: int = 10) -> G
             if side * side != n:
                 raise EdgeDFAError(f"--arch cnn needs square images; samples have {n} values")
             shape = (1, side, side)
+        if min(shape[1:]) < 4:
+            raise EdgeDFAError(f"--arch cnn needs images of at least 4x4 (two 2x2 poolings); samples shaped {shape}"
+                               " are read as (channels, height, width)")
         return cnn(seed, shape, n_classes=n_classes)
     if arch in GATES:
         if sample_shape and len(sample_shape) == 2:

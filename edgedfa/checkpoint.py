@@ -18,6 +18,7 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
+from .data import read_npz
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, dequantize
 from .model import IntModel, graph_from_json, graph_to_json
@@ -45,7 +46,10 @@ def numerics_from_dict(d: dict) -> Numerics:
 
 def train_config_from_meta(meta: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in meta["train"].items() if k in names})
+    try:
+        return TrainConfig(**{k: v for k, v in meta["train"].items() if k in names})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise EdgeDFAError(f"checkpoint: corrupt training settings ({exc})") from exc
 
 
 def new_model(graph, meta: dict, backend=None) -> IntModel:
@@ -58,30 +62,50 @@ def new_model(graph, meta: dict, backend=None) -> IntModel:
 
 # --------------------------------------------------------------------------- writing
 
-def checkpoint_arrays(model: IntModel, plan, cfg: TrainConfig, progress: dict, modules_table=None) -> dict:
-    """Everything needed to resume bit-exactly and to export."""
+def checkpoint_arrays(model: IntModel, plan, cfg: TrainConfig, progress: dict, modules_table=None,
+                      trainer=None, run: dict | None = None) -> dict:
+    """Everything needed to resume bit-exactly and to export: the model's integer state, the
+    trainer's (``trainer.state_arrays()``), the configuration, the progress and ``run`` (the
+    run's settings document, data fingerprint, version, ...)."""
     meta = {"format": "edgedfa-checkpoint", "version": 1, "formats": model.formats(),
             "numerics": numerics_to_dict(model.numerics), "layer_numerics": model.layer_numerics,
-            "seed": model.seed, "train": asdict(cfg), "plan": plan.describe(), "progress": progress}
+            "seed": model.seed, "train": asdict(cfg), "plan": plan.describe(), "progress": progress,
+            **(run or {})}
     arrays = dict(model.state_arrays())
-    arrays["meta_json"] = np.array(json.dumps(meta))
+    if trainer is not None:
+        arrays.update(trainer.state_arrays())
+    arrays["meta_json"] = np.array(json.dumps(meta, default=_json_default))
     arrays["graph_json"] = np.array(graph_to_json(model.graph))
     if modules_table:
         arrays["modules_json"] = np.array(json.dumps(modules_table))
     return arrays
 
 
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return _plain(v) if isinstance(v, enum.Enum) else str(v)
+
+
 def _atomic(path: str, prefix: str, suffix: str, write) -> None:
-    """``write(tmp)`` a file next to ``path``, then rename it into place: never half-written."""
+    """``write(tmp)`` a file next to ``path``, then rename it into place: never half-written.
+    The file gets the mode the umask gives new files (mkstemp alone would make it 0600)."""
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_savez(path: str, **arrays) -> None:
@@ -101,10 +125,10 @@ def atomic_write(path: str, data, prefix: str = ".tmp-", suffix: str = "") -> No
 
 
 def save_checkpoint(out_dir: str, model: IntModel, plan, cfg: TrainConfig, progress: dict,
-                    modules_table=None) -> str:
-    """``out_dir/checkpoint.npz``; returns its path."""
-    path = os.path.join(out_dir, FILE)
-    atomic_savez(path, **checkpoint_arrays(model, plan, cfg, progress, modules_table))
+                    modules_table=None, trainer=None, run: dict | None = None, name: str = FILE) -> str:
+    """``out_dir/checkpoint.npz`` (or ``name``); returns its path."""
+    path = os.path.join(out_dir, name)
+    atomic_savez(path, **checkpoint_arrays(model, plan, cfg, progress, modules_table, trainer, run))
     return path
 
 
@@ -116,21 +140,75 @@ def read_checkpoint(path: str) -> dict:
         path = os.path.join(path, FILE)
     if not os.path.exists(path):
         raise EdgeDFAError(f"{path}: no such checkpoint")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:
-        raise EdgeDFAError(f"{path}: not a readable checkpoint ({exc})") from exc
+    arrays = read_npz(path, "checkpoint")
     for key in ("meta_json", "graph_json"):
         if key not in arrays:
             raise EdgeDFAError(f"{path}: not an edgedfa checkpoint (no {key})")
     try:
         meta = json.loads(str(arrays.pop("meta_json")))
-    except json.JSONDecodeError as exc:
+        graph_json = str(arrays.pop("graph_json"))
+        modules = json.loads(str(arrays.pop("modules_json"))) if "modules_json" in arrays else None
+    except (json.JSONDecodeError, ValueError) as exc:
         raise EdgeDFAError(f"{path}: corrupt checkpoint metadata ({exc})") from exc
-    return {"path": path, "meta": meta, "graph_json": str(arrays.pop("graph_json")),
-            "modules": json.loads(str(arrays.pop("modules_json"))) if "modules_json" in arrays else None,
-            "arrays": arrays}
+    if not isinstance(meta, dict) or meta.get("format") != "edgedfa-checkpoint":
+        raise EdgeDFAError(f"{path}: not an edgedfa checkpoint (metadata format {_field(meta, 'format')!r})")
+    bad = _check_meta(meta) or ([] if modules is None or isinstance(modules, list) else ["modules_json"])
+    if bad:
+        raise EdgeDFAError(f"{path}: corrupt checkpoint metadata ({', '.join(bad)} of the wrong kind)")
+    return {"path": path, "meta": meta, "graph_json": graph_json, "modules": modules, "arrays": arrays}
+
+
+# what each piece of the metadata is: a type, or a table of its own pieces
+_COUNT = ("count",)
+META_SHAPE = {"formats": dict, "numerics": dict, "layer_numerics": dict, "seed": _COUNT, "train": dict, "plan": list,
+              "run": (dict, type(None)),
+              "progress": {"epoch": _COUNT, "step": _COUNT, "batch": _COUNT, "samples": _COUNT, "seconds": float,
+                           "history": list, "changes": list, "partial": (dict, type(None)), "best": (dict, type(None)),
+                           "saturation": dict}}
+PARTIAL_SHAPE = {"correct": _COUNT, "seen": _COUNT, "loss_sum": float, "seconds": float}
+
+
+def _check_meta(meta: dict, shape: dict = META_SHAPE, prefix: str = "") -> list:
+    """Names of metadata entries of the wrong kind (missing optional ones are fine)."""
+    bad = []
+    for key, kind in shape.items():
+        if key not in meta:
+            if key in ("formats", "numerics", "seed", "train", "progress"):
+                bad.append(prefix + key)
+            continue
+        v = meta[key]
+        if isinstance(kind, dict):
+            bad += [prefix + key] if not isinstance(v, dict) else _check_meta(v, kind, f"{prefix}{key}.")
+        elif not _is(v, kind):
+            bad.append(prefix + key)
+    partial = meta.get("partial") if prefix == "progress." else None
+    if isinstance(partial, dict):
+        bad += [f"progress.partial.{k}" for k, kind in PARTIAL_SHAPE.items() if not _is(partial.get(k), kind)]
+    history = meta.get("history", []) if prefix == "progress." else []
+    if isinstance(history, list) and any(not isinstance(h, dict) for h in history):
+        bad.append("progress.history")
+    return bad
+
+
+def _is(v, kind) -> bool:
+    if kind is _COUNT:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if kind is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, kind)
+
+
+def graph_meta(ck: dict) -> dict:
+    """The graph's metadata in a checkpoint read by ``read_checkpoint`` (arch, dataset), or {}."""
+    try:
+        meta = json.loads(ck["graph_json"]).get("meta", {})
+    except (ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _field(meta, key):
+    return meta.get(key) if isinstance(meta, dict) else None
 
 
 def _float_params(arrays: dict, formats: dict) -> dict:
@@ -145,12 +223,30 @@ def _float_params(arrays: dict, formats: dict) -> dict:
 
 
 def model_from_checkpoint(ck: dict, backend=None) -> IntModel:
+    """The model a checkpoint holds; a checkpoint whose pieces do not fit together is an
+    EdgeDFAError naming the file, never a crash deep inside."""
     meta, arrays = ck["meta"], ck["arrays"]
-    graph = graph_from_json(ck["graph_json"], _float_params(arrays, meta["formats"]))
-    model = new_model(graph, meta, backend)
-    model.load_state(arrays, meta["formats"])
+    try:
+        _check_param_arrays(json.loads(ck["graph_json"]), arrays)
+        graph = graph_from_json(ck["graph_json"], _float_params(arrays, meta["formats"]))
+        model = new_model(graph, meta, backend)
+        model.load_state(arrays, meta["formats"])
+    except EdgeDFAError as exc:
+        raise EdgeDFAError(f"{ck['path']}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        raise EdgeDFAError(f"{ck['path']}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
     model.checkpoint_meta = meta
     return model
+
+
+def _check_param_arrays(graph: dict, arrays: dict) -> None:
+    """Every parameter the graph names is stored, with the shape the graph gives it."""
+    for node in graph["nodes"]:
+        for pname, shape in node["param_shapes"].items():
+            key = f"param/{node['name']}/{pname}"
+            if key not in arrays or list(arrays[key].shape) != list(shape):
+                have = list(arrays[key].shape) if key in arrays else "nothing"
+                raise EdgeDFAError(f"parameter {key} has shape {have}, the graph says {list(shape)}")
 
 
 def load_checkpoint(path: str, backend=None) -> IntModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +29,7 @@ class Dataset:
 
     @property
     def n_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+        return int(max(y.max() for y in (self.y_train, self.y_test) if len(y))) + 1
 
     @property
     def sample_shape(self) -> tuple:
@@ -50,7 +51,7 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int):
         n_test = int(round(len(idx) * test_fraction))
         test.extend(order[:n_test])
         train.extend(order[n_test:])
-    return np.sort(np.array(train)), np.sort(np.array(test))
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(test, dtype=np.int64))
 
 
 def digits(shape=(64,)) -> Dataset:
@@ -83,11 +84,14 @@ def select_dataset(path: str | None = None, name: str | None = None, recorded: s
     recorded, else the digits."""
     if path:
         return load_npz(path)
+    if not name and recorded and os.path.isabs(str(recorded)):  # a run trained on a file
+        return load_npz(str(recorded))
     name = name or recorded or "digits"
     if name not in BUILTIN:
         raise EdgeDFAError(f"dataset {name!r} is not built in; pass --data FILE.npz")
     return BUILTIN[name]()
 
+MAX_CLASSES = 1 << 16  # a label beyond this is a mistake, not a class: the output layer would not fit
 HOLDOUT_SEED = 4242  # fixed: the documented validation split of a training split never changes
 
 
@@ -100,15 +104,37 @@ def holdout(ds: Dataset, fraction: float = 0.2, seed: int = HOLDOUT_SEED) -> Dat
     return Dataset(f"{ds.name}-holdout", ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
 
 
-def load_npz(path: str) -> Dataset:
-    """A user dataset: x_train, y_train, x_test, y_test; validated with errors naming the key."""
+def read_npz(path: str, what: str = ".npz file") -> dict:
+    """The arrays of an .npz archive; EdgeDFAError when the file is none (never unpickles)."""
     if not os.path.exists(path):
         raise EdgeDFAError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise EdgeDFAError(f"{path}: is a directory, not a {what}")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise EdgeDFAError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if magic != b"PK\x03\x04":
+        raise EdgeDFAError(f"{path}: not a readable {what} (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as exc:  # zip/npy format errors of every kind
-        raise EdgeDFAError(f"{path}: not a readable .npz file ({exc})") from exc
+            return {k: z[k] for k in z.files}
+    except MemoryError as exc:
+        raise EdgeDFAError(f"{path}: an array of the archive does not fit in memory") from exc
+    except Exception as exc:  # zip/npy format errors of every kind; object arrays (pickles)
+        reason = "it holds Python objects, which are never loaded" if "pickle" in str(exc) else exc
+        raise EdgeDFAError(f"{path}: not a readable {what} ({reason})") from exc
+
+
+def load_npz(path: str) -> Dataset:
+    """A user dataset: x_train, y_train, x_test, y_test; validated with errors naming the key."""
+    return from_arrays(read_npz(path, "dataset (.npz)"), os.path.basename(path), path)
+
+
+def from_arrays(arrays: dict, name: str, path: str = "data") -> Dataset:
+    """A Dataset from the four arrays, each checked (``path`` names them in errors)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise EdgeDFAError(f"{path}: missing key(s) {', '.join(missing)} (has {', '.join(sorted(arrays)) or 'none'})")
@@ -128,6 +154,9 @@ def load_npz(path: str) -> Dataset:
                 raise EdgeDFAError(f"{path}: y_{part} must hold integer class labels, got dtype {y.dtype}")
         if len(y) and y.min() < 0:
             raise EdgeDFAError(f"{path}: y_{part} has label {int(y.min())} < 0; labels are 0..C-1")
+        if len(y) and y.max() >= MAX_CLASSES:
+            raise EdgeDFAError(f"{path}: y_{part} has label {y.max():g}; labels are 0..C-1 with at most"
+                               f" {MAX_CLASSES} classes")
     n_tr = int(np.prod(arrays["x_train"].shape[1:]))
     n_te = int(np.prod(arrays["x_test"].shape[1:]))
     if n_tr != n_te:  # shapes may differ: both are reshaped to the model input
@@ -135,8 +164,42 @@ def load_npz(path: str) -> Dataset:
                            f" x_test samples {arrays['x_test'].shape[1:]} have {n_te}")
     if len(arrays["y_train"]) == 0:
         raise EdgeDFAError(f"{path}: x_train is empty")
-    return Dataset(os.path.basename(path), arrays["x_train"].astype(np.float64), arrays["y_train"].astype(np.int64),
+    return Dataset(name, arrays["x_train"].astype(np.float64), arrays["y_train"].astype(np.int64),
                    arrays["x_test"].astype(np.float64), arrays["y_test"].astype(np.int64))
+
+
+def fingerprint(ds: Dataset) -> dict:
+    """What identifies a dataset: shapes, classes and a hash of every value and label."""
+    h = hashlib.sha256()
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        a = np.ascontiguousarray(getattr(ds, key))
+        h.update(f"{key}{a.shape}{a.dtype.str}".encode())
+        h.update(a.tobytes())
+    return {"name": ds.name, "x_train": list(ds.x_train.shape), "x_test": list(ds.x_test.shape),
+            "classes": ds.n_classes, "sha256": h.hexdigest()}
+
+
+def fingerprint_differences(old: dict, new: dict) -> list:
+    """What differs between two fingerprints, in words (shapes and classes before the hash)."""
+    out = [f"{k} {_shape(new.get(k))} (the run's: {_shape(old.get(k))})"
+           for k in ("x_train", "x_test", "classes") if old.get(k) != new.get(k)]
+    if not out and old.get("sha256") != new.get("sha256"):
+        out.append("the values differ (same shapes and classes, another content hash)")
+    return out
+
+
+def _shape(v) -> str:
+    return f"({', '.join(map(str, v))})" if isinstance(v, list) else str(v)
+
+
+def label_gaps(ds: Dataset) -> str | None:
+    """Words on labels that do not run 0..C-1 without a gap, or None."""
+    present = np.unique(np.concatenate([ds.y_train, ds.y_test]))
+    missing = ds.n_classes - len(present)
+    if missing == 0:
+        return None
+    return (f"labels are not 0..C-1 without gaps: {len(present)} distinct labels, largest {ds.n_classes - 1};"
+            f" the model gets {ds.n_classes} outputs, {missing} of them for labels that never occur")
 
 
 def check_labels(ds: Dataset, n_classes: int, where: str) -> None:
