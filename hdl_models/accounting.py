@@ -120,23 +120,39 @@ FIGURES = ("cycles", "macs", "adds", "onchip_read_bytes", "onchip_write_bytes", 
            "feedback_bytes", "prng_words", "lut_lookups", "state_bytes")
 
 
-def layer_rows(ledgers: list, hw) -> list:
-    """Figures per (layer, phase) summed over the steps' ledgers, phase by phase in program order."""
-    rows, order = {}, []
-    for led in ledgers:
+class Totals:
+    """Running sums of the steps' ledgers: all the run's report needs, without keeping a ledger
+    per step (a run of a million steps stays small)."""
+
+    def __init__(self, ledgers=()):
+        self.steps, self.cycles, self.pe_busy = 0, 0, 0
+        self.rows, self.order = {}, []
+        for led in ledgers:
+            self.add(led)
+
+    def add(self, led: Ledger) -> None:
+        """Fold one step's (scheduled) ledger in."""
+        self.steps += 1
+        self.cycles += max((t.finish for t in led.tasks), default=0)
+        self.pe_busy += sum(t.cost.pe_busy for t in led.tasks)
         for r in led.per_layer_phase():
             key = (r["layer"], r["phase"])
-            if key not in rows:
-                rows[key] = {"layer": r["layer"], "phase": r["phase"], **{f: 0 for f in FIGURES}, "pe_busy": 0}
-                order.append(key)
-            agg = rows[key]
+            if key not in self.rows:
+                self.rows[key] = {"layer": r["layer"], "phase": r["phase"], **{f: 0 for f in FIGURES}, "pe_busy": 0}
+                self.order.append(key)
+            agg = self.rows[key]
             agg["cycles"] += r["busy_cycles"]
             for f in FIGURES[1:]:
                 agg[f] += r[f]
             agg["pe_busy"] += r["pe_busy"]
+
+
+def layer_rows(totals, hw) -> list:
+    """Figures per (layer, phase) summed over the steps, phase by phase in program order."""
+    totals = totals if isinstance(totals, Totals) else Totals(totals)
     layers = []
-    for key in sorted(order, key=lambda k: (PHASES.index(k[1]), order.index(k))):
-        r = rows[key]
+    for key in sorted(totals.order, key=lambda k: (PHASES.index(k[1]), totals.order.index(k))):
+        r = dict(totals.rows[key])
         r["onchip_bytes"] = r["onchip_read_bytes"] + r["onchip_write_bytes"]
         r["pe_utilization"] = r.pop("pe_busy") / (r["cycles"] * hw.rows * hw.cols) if r["cycles"] else 0.0
         r["seconds_at_clock"] = r["cycles"] / (hw.clock_mhz * 1e6)
@@ -144,16 +160,17 @@ def layer_rows(ledgers: list, hw) -> list:
     return layers
 
 
-def summarize(ledgers: list, hw) -> dict:
-    """Cycles (scheduled, units overlapped), totals, per-phase and per-layer figures of a run."""
-    cycles = sum(max((t.finish for t in led.tasks), default=0) for led in ledgers)
-    layers = layer_rows(ledgers, hw)
+def summarize(ledgers, hw) -> dict:
+    """Cycles (scheduled, units overlapped), totals, per-phase and per-layer figures of a run
+    (``ledgers``: the steps' Ledgers, or their Totals)."""
+    totals = ledgers if isinstance(ledgers, Totals) else Totals(ledgers)
+    cycles, busy = totals.cycles, totals.pe_busy
+    layers = layer_rows(totals, hw)
     tot = {f: sum(r[f] for r in layers) for f in FIGURES[1:]}
-    busy = sum(t.cost.pe_busy for led in ledgers for t in led.tasks)
     phase_tot = {p: {f: sum(r[f] for r in layers if r["phase"] == p) for f in FIGURES + ("onchip_bytes",)}
                  for p in PHASES}
     return {"cycles": int(cycles), "busy_cycles": int(sum(r["cycles"] for r in layers)),
-            "cycles_per_step": cycles / max(len(ledgers), 1), **{k: int(v) for k, v in tot.items()},
+            "cycles_per_step": cycles / max(totals.steps, 1), **{k: int(v) for k, v in tot.items()},
             "onchip_bytes": int(tot["onchip_read_bytes"] + tot["onchip_write_bytes"]),
             "clock_mhz": hw.clock_mhz, "seconds_at_clock": cycles / (hw.clock_mhz * 1e6),
             "pe_utilization": busy / (cycles * (hw.rows * hw.cols)) if cycles else 0.0,

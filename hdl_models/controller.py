@@ -146,7 +146,7 @@ class Controller:
     def feedback_memory_bytes(self) -> int:
         return sum(-(-self.feedback[m].memory_bits() // 8) for m in self.stored)
 
-    def report(self, ledgers: list) -> dict:
+    def report(self, ledgers) -> dict:
         """The run's figures (accounting.summarize) with feedback memory and buffer use."""
         return {**summarize(ledgers, self.hw), "feedback_memory_bytes": self.feedback_memory_bytes(),
                 "buffers": {k: b.describe() for k, b in self.acc.buffers.items()},

@@ -14,10 +14,12 @@ import time
 
 import numpy as np
 
+from hdl_models.accounting import Totals
 from hdl_models.hwconfig import HwConfig, hw_config
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint, train_config_from_meta
 from ..errors import EdgeDFAError
+from ..progress import Progress, Rate, bar
 from ..train import TrainConfig
 from .driver import CoSim
 from .scoreboard import compare
@@ -39,20 +41,23 @@ def _load(model_or_path, train_cfg, modules):
 
 
 def _batches(model, x, y, batch: int, steps: int):
-    """The float input and labels of every step (file order, wrapping when short)."""
+    """The float input and labels of every step (file order, wrapping when short), one at a time."""
     if steps < 1:
         raise EdgeDFAError(f"--steps {steps}: must be >= 1")
     x = model.reshape_input(x, "emulate data")
     y = np.asarray(y).astype(np.int64)
     if len(x) < batch:
         raise EdgeDFAError(f"emulate: {len(x)} samples, fewer than one batch of {batch}")
-    starts = [(s * batch) % max(len(x) - batch + 1, 1) for s in range(steps)]
-    return [(x[lo:lo + batch], y[lo:lo + batch]) for lo in starts]
+    span = max(len(x) - batch + 1, 1)
+    return ((x[lo:lo + batch], y[lo:lo + batch]) for lo in ((s * batch) % span for s in range(steps)))
 
 
 def emulate(model_or_path, x, y, steps: int = 1, hw: HwConfig | dict | None = None, *,
-            train_cfg=None, modules=None, compare_engine: bool = True) -> dict:
-    """Run ``steps`` training steps through hdl_models and the engine; the report dict."""
+            train_cfg=None, modules=None, compare_engine: bool = True, quiet: bool = True) -> dict:
+    """Run ``steps`` training steps through hdl_models and the engine; the report dict.
+
+    Each step's integers are compared as soon as both sides have made them and then dropped,
+    and its costs are folded into running totals: memory does not grow with ``steps``."""
     model, cfg, modules, step0, epoch = _load(model_or_path, train_cfg, modules)
     hw = hw if isinstance(hw, HwConfig) else hw_config(hw)
     if model.in_fmt is None:
@@ -60,30 +65,54 @@ def emulate(model_or_path, x, y, steps: int = 1, hw: HwConfig | dict | None = No
     batches = _batches(model, x, y, int(cfg.batch_size), int(steps))
     sim = CoSim(model, cfg, modules, hw)
     lr_shift = cfg.shift_at(epoch)
-    hdl_trace, eng_trace, prefix = {}, {}, [""]
+    eng_trace, prefix = {}, [""]
     if compare_engine:
         sim.monitor(eng_trace, prefix)
-    ledgers, t_hdl, t_eng = [], 0.0, 0.0
+    totals, seconds = Totals(), {"hdl": 0.0, "engine": 0.0}
+    verdict = {"bit_exact": True, "checked": 0, "first_mismatch": None} if compare_engine else \
+        {"bit_exact": None, "checked": 0, "first_mismatch": None}
+    pbar, rate = Progress(quiet), Rate(int(steps), "steps")
     for s, (xb, yb) in enumerate(batches):
         prefix[0] = f"{s}/"
-        t0 = time.perf_counter()
-        sub = {}
-        ledgers.append(sim.hdl_step(xb, yb, step0 + s, lr_shift, sub))
-        hdl_trace.update({f"{s}/{k}": v for k, v in sub.items()})
-        t_hdl += time.perf_counter() - t0
+        hdl = _timed(seconds, "hdl", lambda: _hdl_step(sim, xb, yb, step0 + s, lr_shift, totals, s))
         if compare_engine:
-            t0 = time.perf_counter()
-            eng_trace[f"{s}/fwd/input"], eng_trace[f"{s}/error/e"] = sim.engine_step(xb, yb, step0 + s, lr_shift)
-            t_eng += time.perf_counter() - t0
-            eng_trace.update(_parameters(sim.engine_model, s))
-    report = sim.ctl.report(ledgers)
-    report.update({"steps": len(batches), "batch_size": int(cfg.batch_size), "algo": cfg.algo, "first_step": step0,
-                   "lr_shift": lr_shift, "plan": sim.ctl.modules, "seconds_hdl": t_hdl, "seconds_engine": t_eng})
-    if compare_engine:
-        report.update(compare(hdl_trace, eng_trace))
-    else:
-        report.update({"bit_exact": None, "checked": 0, "first_mismatch": None})
+            _timed(seconds, "engine", lambda: _engine_step(sim, eng_trace, xb, yb, step0 + s, lr_shift, s))
+            _score(verdict, hdl, eng_trace)
+            eng_trace.clear()
+        pbar.update(f"emulate step {s + 1}/{steps} {bar((s + 1) / steps)} {rate.text(s + 1)}", final=s + 1 == steps)
+    report = sim.ctl.report(totals)
+    report.update({"steps": totals.steps, "batch_size": int(cfg.batch_size), "algo": cfg.algo, "first_step": step0,
+                   "lr_shift": lr_shift, "plan": sim.ctl.modules, "seconds_hdl": seconds["hdl"],
+                   "seconds_engine": seconds["engine"], **verdict})
     return report
+
+
+def _timed(seconds: dict, key: str, work):
+    t0 = time.perf_counter()
+    out = work()
+    seconds[key] += time.perf_counter() - t0
+    return out
+
+
+def _hdl_step(sim, xb, yb, step, lr_shift, totals, s) -> dict:
+    """One accelerator step; its trace under the step's prefix (its costs go to ``totals``)."""
+    sub = {}
+    totals.add(sim.hdl_step(xb, yb, step, lr_shift, sub))
+    return {f"{s}/{k}": v for k, v in sub.items()}
+
+
+def _engine_step(sim, trace, xb, yb, step, lr_shift, s) -> None:
+    trace[f"{s}/fwd/input"], trace[f"{s}/error/e"] = sim.engine_step(xb, yb, step, lr_shift)
+    trace.update(_parameters(sim.engine_model, s))
+
+
+def _score(verdict: dict, hdl: dict, eng: dict) -> None:
+    """Compare one step (until the first mismatch of the run: it is the one reported)."""
+    if verdict["first_mismatch"] is not None:
+        return
+    r = compare(hdl, eng)
+    verdict.update(checked=verdict["checked"] + r["checked"], bit_exact=r["bit_exact"],
+                   first_mismatch=r["first_mismatch"])
 
 
 def _parameters(model, s: int) -> dict:
