@@ -1,14 +1,23 @@
-"""Command line: parses arguments, calls library functions, prints (docs/ names the commands)."""
+"""Command line: parses arguments, calls library functions, prints (docs/ names the commands).
+
+The flags that set a run's settings are made from the settings' own declarations (a field
+declared with ``flag="--name"`` in ``edgedfa.schema`` terms), so the flag, its help, its type
+and the config key never disagree.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
-import time
 
 from .errors import EdgeDFAError
+from .version import __version__
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a run stopped by Ctrl-C
+BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (e.g. `| head`)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,63 +29,104 @@ def _add_common(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
+def _sections():
+    from . import session  # noqa: F401  (fills in the [hardware] section)
+    from .config import SECTIONS
+
+    return SECTIONS
+
+
+def _add_settings(p, section: str, only=None, group=None):
+    """One flag per setting of ``section`` that names one (``only``: these settings only)."""
+    from .schema import entries
+
+    for cls in _sections()[section].classes:
+        for e in entries(cls):
+            s = e.spec
+            if not s.flag or (only is not None and e.name not in only):
+                continue
+            default = s.none if e.default is None else e.default
+            kw = {"dest": e.name, "default": None, "help": f"{s.doc} (default: {_word(default)})"}
+            if e.kind is bool:
+                kw.update(action="store_const", const=True if s.const is None else s.const)
+            else:
+                kw["metavar"] = s.metavar
+                if s.options():
+                    kw["choices"] = s.options()
+                else:
+                    kw["type"] = {int: int, float: float}.get(e.kind, str)
+            (group or p).add_argument(s.flag, **kw)
+
+
+def _word(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]" if v else "none"
+    return str(getattr(v, "name", v))
+
+
+def flag_settings(args, sections=("model", "data", "numerics", "train")) -> dict:
+    """The settings document the flags given on the command line make."""
+    from .schema import entries
+
+    doc = {}
+    for name in sections:
+        for cls in _sections()[name].classes:
+            for e in entries(cls):
+                if e.spec.flag and getattr(args, e.name, None) is not None:
+                    doc.setdefault(name, {})[e.name] = getattr(args, e.name)
+    return doc
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .arch import ARCHS
     from .credit import ALGOS
-    from .data import BUILTIN
 
-    datasets = tuple(BUILTIN)
     ap = _Parser(prog="edgedfa", description="Fixed-point on-device training with direct feedback alignment.")
+    ap.add_argument("--version", action="version", version=f"edgedfa {__version__}")
     _add_common(ap)
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model in integer arithmetic")
-    src = t.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="FILE.onnx", help="train the network an ONNX file defines")
-    src.add_argument("--arch", choices=ARCHS, help="a built-in architecture (default: mlp)")
-    t.add_argument("--data", metavar="FILE.npz", help="x_train, y_train, x_test, y_test (default: embedded digits)")
-    t.add_argument("--dataset", choices=datasets, help="a built-in dataset instead of --data (default: digits)")
-    t.add_argument("--algo", choices=ALGOS, help="credit assignment (default: sdfa)")
-    t.add_argument("--feedback-sparsity", type=int, metavar="K", help="non-zeros per neuron for sdfa (default 1)")
-    t.add_argument("--feedback-kind", choices=("dense", "sparse", "channel", "dilated"),
-                   help="feedback projector for DFA modules (channel/dilated apply to conv maps)")
-    t.add_argument("--feedback-values", choices=("uniform", "binary", "ternary"), help="feedback value kind")
-    t.add_argument("--stored-feedback", action="store_true",
-                   help="keep feedback matrices in memory instead of regenerating them (same bits)")
-    t.add_argument("--bits", type=int, metavar="N", help="word width of weights, activations, errors (default 8)")
-    t.add_argument("--config", metavar="FILE.toml", help="formats, rounding, per-layer settings, modules, hardware")
-    t.add_argument("--epochs", type=int, metavar="N")
-    t.add_argument("--batch-size", type=int, metavar="B")
-    t.add_argument("--lr-shift", type=int, metavar="S", help="learning rate 2^-S (default from the config)")
-    t.add_argument("--seed", type=int, metavar="S")
+    t = sub.add_parser("train", help="train a model in integer arithmetic",
+                       description="Train a model in integer arithmetic. Every flag below that sets a"
+                       " setting has a --config key of the same name (docs/config.md).")
+    _add_settings(t, "model", group=t.add_mutually_exclusive_group())
+    _add_settings(t, "data")
+    _add_settings(t, "numerics")
+    _add_settings(t, "train")
+    t.add_argument("--config", metavar="FILE.toml", help="settings of every kind (docs/config.md); flags win")
     t.add_argument("--backend", choices=("fast", "reference"), help="integer kernel backend (same bits)")
-    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
-    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR bit-exactly")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/<timestamp>)")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR bit-exactly, up to --epochs in all")
+    t.add_argument("--force", action="store_true", help="train into a non-empty --out (a run there is replaced)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as TOML (what the run's config.toml holds) and stop")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
     _add_common(t)
 
     e = sub.add_parser("eval", help="accuracy of a checkpoint")
     e.add_argument("checkpoint", metavar="CHECKPOINT")
-    e.add_argument("--data", metavar="FILE.npz")
-    e.add_argument("--dataset", choices=datasets)
-    e.add_argument("--json", metavar="FILE")
+    _add_settings(e, "data", only=("path", "dataset"))
+    e.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress line")
     _add_common(e)
 
     x = sub.add_parser("export", help="write a checkpoint as ONNX")
     x.add_argument("checkpoint", metavar="CHECKPOINT")
     x.add_argument("--format", choices=("float", "qdq", "int"), required=True)
     x.add_argument("-o", "--output", metavar="FILE.onnx", required=True)
+    x.add_argument("--force", action="store_true", help="replace an existing ONNX file")
     _add_common(x)
 
     m = sub.add_parser("emulate", help="run training steps through the FPGA datapath model")
     m.add_argument("checkpoint", metavar="CHECKPOINT")
-    m.add_argument("--data", metavar="FILE.npz")
-    m.add_argument("--dataset", choices=datasets)
-    m.add_argument("--steps", type=int, default=1)
-    m.add_argument("--array", metavar="RxC", help="PE array shape (default from config, 16x16)")
-    m.add_argument("--clock-mhz", type=float)
-    m.add_argument("--config", metavar="FILE.toml")
-    m.add_argument("--json", metavar="FILE")
+    _add_settings(m, "data", only=("path", "dataset"))
+    m.add_argument("--steps", type=int, default=1, help="training steps (default 1)")
+    _add_settings(m, "hardware")
+    m.add_argument("--config", metavar="FILE.toml", help="its [hardware] section sets the accelerator")
+    m.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    m.add_argument("--quiet", action="store_true", help="no progress line")
     _add_common(m)
 
     bn = sub.add_parser("bench", help="training and kernel speed, against PyTorch float32 when installed")
@@ -97,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--list", action="store_true", help="name the workloads and exit")
     _add_common(bn)
 
-    i = sub.add_parser("info", help="describe an ONNX file or a checkpoint")
-    i.add_argument("path", metavar="FILE.onnx|CHECKPOINT")
+    i = sub.add_parser("info", help="describe an ONNX file, a checkpoint or a built-in architecture")
+    i.add_argument("path", metavar="FILE.onnx|CHECKPOINT", nargs="?")
+    i.add_argument("--arch", choices=ARCHS, help="preview a built-in architecture instead of a file")
+    _add_settings(i, "numerics")
+    _add_settings(i, "data", only=("dataset",))
     _add_common(i)
     return ap
 
@@ -107,138 +160,179 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
-        if not args.command:
-            build_parser().print_help()
-            return 0
-        return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-                "emulate": cmd_emulate, "info": cmd_info, "bench": cmd_bench}[args.command](args)
+        return _run(argv)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:
+        _quiet_stdout()
+        return BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("edgedfa: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except EdgeDFAError as exc:
         if debug:
             raise
-        print(f"edgedfa: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edgedfa: error: interrupted", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except (OSError, MemoryError) as exc:
         if debug:
             raise
-        print(f"edgedfa: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc) or type(exc).__name__)
     except Exception as exc:  # a bug: still one line, with the way to see more
         if debug:
             raise
-        print(f"edgedfa: error: internal error {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
-        return 2
+        return _error(f"internal error {type(exc).__name__}: {exc} (rerun with --debug)")
+
+
+def _run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)
+    if not args.command:
+        build_parser().print_help()
+        return 0
+    return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export,
+            "emulate": cmd_emulate, "info": cmd_info, "bench": cmd_bench}[args.command](args)
+
+
+def _error(text: str) -> int:
+    print(f"edgedfa: error: {' '.join(text.split())}", file=sys.stderr)
+    return 2
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the exit flush says nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class _Warnings:
+    """Each warning once, on stderr."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def __call__(self, text: str) -> None:
+        if text not in self.seen:
+            self.seen.add(text)
+            print(f"edgedfa: warning: {text}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- train
 
+def cmd_train(args) -> int:
+    from . import session
+
+    warn = _Warnings()
+    if args.path and args.dataset:
+        warn(f"--dataset {args.dataset} does not apply: --data {args.path} gives the data")
+    req = session.Request(flag_settings(args), args.config, args.out, args.resume, args.force, args.quiet,
+                          args.backend, command=args.argv, warn=warn)
+    if args.print_config:
+        sys.stdout.write(session.print_config(req))
+        return 0
+    with _StopOnSignal() as stop:
+        req.should_stop = stop
+        try:
+            outcome = session.train(req)
+        except session.Interrupted:
+            print("edgedfa: interrupted before training started; nothing was saved", file=sys.stderr)
+            return INTERRUPTED
+    return _report(outcome, session)
+
+
+def _report(outcome, session) -> int:
+    lines = session.describe_outcome(outcome)
+    if outcome.status == "interrupted":
+        for line in lines:
+            print(f"edgedfa: {line}", file=sys.stderr)
+        return INTERRUPTED
+    if outcome.status == "done":
+        m = outcome.metrics
+        acc = "n/a (no test samples)" if m["test_accuracy"] is None else f"{m['test_accuracy']:.4f}"
+        print(f"test accuracy {acc}  (train {m['train_accuracy']:.4f}, algo {m['algo']},"
+              f" {m['samples_per_second'] or 0:.0f} samples/s) -> {outcome.out}")
+        if m.get("best_epoch") is not None:
+            test = "n/a" if m["best_test_accuracy"] is None else f"{m['best_test_accuracy']:.4f}"
+            print(f"best epoch {m['best_epoch']} by validation accuracy {m['best_val_accuracy']:.4f}"
+                  f" (its test accuracy {test}) -> {os.path.join(outcome.out, 'best.npz')}")
+    for line in lines:
+        print(line)
+    return 0
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the run to stop after its current batch; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nedgedfa: {signal.Signals(signum).name}: stopping after this batch (again to stop at once)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# --------------------------------------------------------------------------- eval / export / emulate / info
+
 def _dataset(args, recorded=None):
     from .data import select_dataset
 
-    return select_dataset(args.data, args.dataset, recorded)
+    return select_dataset(args.path, args.dataset, recorded)
 
-
-def cmd_train(args) -> int:
-    from .config import load_config
-    from .api import build_model, fit, load_onnx
-
-    if args.resume:
-        return _resume(args)
-    cfg_file = load_config(args.config) if args.config else None
-    from .config import resolve_run
-
-    run = resolve_run(cfg_file, args)
-    ds = _dataset(args)
-    if args.model:
-        model = load_onnx(args.model, numerics=run.numerics, seed=run.train.seed,
-                          layer_numerics=run.layer_numerics, backend=args.backend)
-    else:
-        from .arch import build
-
-        graph = build(args.arch or "mlp", run.train.seed, ds.sample_shape, ds.n_classes)
-        model = build_model(graph, run.numerics, run.train.seed, run.layer_numerics, args.backend)
-    model.graph.meta["dataset"] = ds.name if not args.data else os.path.abspath(args.data)
-    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    _check_out_dir(out)
-    metrics = fit(model, ds, run.train, out, args.quiet, run.modules)
-    _finish(out, model, metrics)
-    return 0
-
-
-def _check_out_dir(out):
-    if os.path.exists(os.path.join(out, "checkpoint.npz")):
-        raise EdgeDFAError(f"--out {out}: already holds a run; use --resume {out} or another --out")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise EdgeDFAError(f"--out {out}: cannot create ({exc.strerror})") from exc
-
-
-def _finish(out, model, metrics):
-    note = ""
-    try:
-        from .onnx.export import export_model
-
-        export_model(model, "float", os.path.join(out, "model.onnx"))
-    except ImportError:
-        note = " (model.onnx not written: ONNX export is not available in this build)"
-    acc = metrics["test_accuracy"]
-    print(f"test accuracy {acc:.4f}  (train {metrics['train_accuracy']:.4f}, algo {metrics['algo']},"
-          f" {metrics['samples_per_second']:.0f} samples/s) -> {out}{note}")
-
-
-def _resume(args) -> int:
-    from .api import fit
-    from .checkpoint import model_from_checkpoint, read_checkpoint, train_config_from_meta
-    from dataclasses import replace
-
-    ck = read_checkpoint(args.resume)
-    model = model_from_checkpoint(ck, args.backend)
-    cfg = train_config_from_meta(ck["meta"])
-    fixed = {"algo": args.algo, "bits": args.bits, "model": args.model, "arch": args.arch, "seed": args.seed,
-             "batch_size": args.batch_size, "config": args.config, "feedback_sparsity": args.feedback_sparsity}
-    clash = [k for k, v in fixed.items() if v is not None and (k not in cfg.__dataclass_fields__ or getattr(cfg, k) != v)]
-    if clash:
-        raise EdgeDFAError(f"--resume {args.resume}: cannot change {', '.join('--' + c.replace('_', '-') for c in clash)} of a run")
-    if args.epochs is not None:
-        cfg = replace(cfg, epochs=args.epochs)
-    recorded = model.graph.meta.get("dataset")
-    if not args.data and recorded and os.path.isabs(str(recorded)):
-        args.data = recorded
-    ds = _dataset(args, recorded=None if args.data else recorded)
-    progress = ck["meta"]["progress"]
-    out = args.out or os.path.dirname(ck["path"])
-    metrics = fit(model, ds, cfg, out, args.quiet, ck["modules"], start=progress)
-    _finish(out, model, metrics)
-    return 0
-
-
-# --------------------------------------------------------------------------- eval / info
 
 def cmd_eval(args) -> int:
     from .api import evaluate
     from .checkpoint import load_checkpoint
+    from .rundir import check_output_file
 
-    model = load_checkpoint(args.checkpoint)
-    ds = _dataset(args, recorded=model.graph.meta.get("dataset") if not args.data else None)
-    res = evaluate(model, ds)
-    print(f"test accuracy {res['test_accuracy']:.4f}  train accuracy {res['train_accuracy']:.4f}  ({ds.name})")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
+        check_output_file(args.json, "--json", "json")
+    model = load_checkpoint(args.checkpoint)
+    ds = _dataset(args, recorded=model.graph.meta.get("dataset") if not args.path else None)
+    res = evaluate(model, ds, quiet=args.quiet)
+    test = "n/a" if res["test_accuracy"] is None else f"{res['test_accuracy']:.4f}"
+    print(f"test accuracy {test}  train accuracy {res['train_accuracy']:.4f}  ({ds.name})")
+    if args.json:
+        _write_json(args.json, json.dumps(res, indent=2))
     return 0
+
+
+def _write_json(path: str, text: str) -> None:
+    from .checkpoint import atomic_write
+
+    atomic_write(path, text)
 
 
 def cmd_export(args) -> int:
     from .checkpoint import load_checkpoint
+    from .rundir import check_output_file
 
     try:
         from .onnx.export import export_model
     except ImportError as exc:
         raise EdgeDFAError("ONNX export is not available in this build") from exc
+    check_output_file(args.output, "-o", "onnx", args.force)
     model = load_checkpoint(args.checkpoint)
     report = export_model(model, args.format, args.output)
     print(f"wrote {args.output} ({args.format})" + (f": {report}" if report else ""))
@@ -252,18 +346,22 @@ def cmd_emulate(args) -> int:
         from .cosim import emulate, report_json, table
     except ImportError as exc:
         raise EdgeDFAError("the datapath model (hdl_models) is not available in this build") from exc
-    from .checkpoint import read_checkpoint
+    from .checkpoint import graph_meta, read_checkpoint
     from .config import load_config
+    from .rundir import check_output_file
 
+    if args.steps < 1:
+        raise EdgeDFAError(f"--steps {args.steps}: must be >= 1")
+    if args.json:
+        check_output_file(args.json, "--json", "json")
     table_cfg = load_config(args.config).get("hardware", {}) if args.config else {}
     hw = hw_config(table_cfg, args.array, args.clock_mhz)
     ck = read_checkpoint(args.checkpoint)
-    ds = _dataset(args, recorded=ck["meta"].get("dataset"))
-    report = emulate(args.checkpoint, ds.x_train, ds.y_train, args.steps, hw)
+    ds = _dataset(args, recorded=graph_meta(ck).get("dataset") if not args.path else None)
+    report = emulate(ck["path"], ds.x_train, ds.y_train, args.steps, hw, quiet=args.quiet)
     print(table(report))
     if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(report_json(report))
+        _write_json(args.json, report_json(report))
     return 0
 
 
@@ -276,43 +374,47 @@ def cmd_bench(args) -> int:
     opts = bench.options(args.workloads, args.algos, args.only, args.repeats, args.seconds, not args.no_torch,
                          args.quick, not args.no_int8_route)
     report = bench.run(opts, progress=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True),
-                       command=" ".join(["edgedfa", *sys.argv[1:]]))
+                       command=" ".join(["edgedfa", *args.argv]))
     print(bench.write(report, args.json, args.markdown), end="")
     return 0
 
 
 def cmd_info(args) -> int:
-    path = args.path
-    if path.endswith(".onnx"):
-        return _info_onnx(path)
+    from .api import describe_arch
+
+    if args.arch:
+        if args.path:
+            raise EdgeDFAError("info: give a file or --arch, not both")
+        print(describe_arch(args.arch, args.bits or 8, args.dataset or "digits"))
+        return 0
+    if not args.path:
+        raise EdgeDFAError("info: give an ONNX file, a checkpoint, or --arch NAME")
+    if args.path.endswith(".onnx"):
+        return _info_onnx(args.path, args.bits or 8)
     from .checkpoint import load_checkpoint
 
-    model = load_checkpoint(path)
+    model = load_checkpoint(args.path)
     meta = model.checkpoint_meta
-    print(f"checkpoint {path}: {model.graph.meta.get('arch', model.graph.name)}, algo {meta['train']['algo']},"
-          f" epoch {meta['progress']['epoch']}, step {meta['progress']['step']}, seed {meta['seed']}")
+    progress = meta.get("progress", {})
+    print(f"checkpoint {args.path}: {model.graph.meta.get('arch', model.graph.name)}, algo {meta['train']['algo']},"
+          f" epoch {progress.get('epoch')}, step {progress.get('step')}, seed {meta['seed']}")
     for name, f in model.formats().items():
         print(f"  {name}: {f}")
     return 0
 
 
-def _info_onnx(path) -> int:
-    """Layers and shapes, the integer formats at the default 8 bits, or every unsupported op."""
-    from .onnx.describe import describe, describe_onnx, inspect_onnx
-    from .numerics import Numerics
-    from .model import IntModel
+def _info_onnx(path, bits: int) -> int:
+    """An edgedfa export as it was exported; another file's layers, shapes and integer formats
+    at ``--bits``; or every unsupported op."""
+    from .onnx.describe import describe_export, describe_import
 
-    report = inspect_onnx(path)
-    if not report["ok"]:
-        print(describe_onnx(path))
-        raise EdgeDFAError(report["error"])
-    print(describe(report["graph"]))
-    model = IntModel(report["graph"], Numerics.from_bits(8), 0)
-    print("integer formats at --bits 8 (activation formats are calibrated from the training data):")
-    for layer in model.layers:
-        fmts = ", ".join(f"{k} {v}" for k, v in layer.param_formats().items())
-        if fmts:
-            print(f"  {layer.name}: {fmts}")
+    text = describe_export(path)
+    if text is None:
+        text, error = describe_import(path, bits)
+        if error:
+            print(text)
+            raise EdgeDFAError(error)
+    print(text)
     return 0
 
 

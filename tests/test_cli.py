@@ -6,23 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from edgedfa import cli
+from cli_helpers import run, write_npz
 from edgedfa.checkpoint import load_checkpoint
 from edgedfa.data import digits
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def write_npz(path, **over):
-    d = digits()
-    arrays = {"x_train": d.x_train[:300], "y_train": d.y_train[:300], "x_test": d.x_test[:100], "y_test": d.y_test[:100]}
-    arrays.update(over)
-    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
 
 
 def test_train_writes_contract_outputs(tmp_path, capsys):

@@ -4,7 +4,6 @@ train, and the built-in architectures on the embedded digits, each built the way
 
 from __future__ import annotations
 
-from argparse import Namespace
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +84,8 @@ class Engine:
 
 def engine(w: Workload, algo: str, ds: Dataset, seed: int = 0) -> Engine:
     """The workload as ``edgedfa train --arch A --algo ALGO [--batch-size B]`` builds it."""
-    run = resolve_run(None, Namespace(arch=w.arch, algo=algo, batch_size=w.batch, seed=seed))
+    train = {"algo": algo, "seed": seed, **({"batch_size": w.batch} if w.batch else {})}
+    run = resolve_run({"model": {"arch": w.arch}, "train": train})
     model = build_model(graph(w, ds, seed), run.numerics, seed, run.layer_numerics)
     x = model.reshape_input(ds.x_train, "x_train")
     batch = run.train.batch_size

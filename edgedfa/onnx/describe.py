@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import onnx
@@ -92,15 +93,50 @@ def _dims(vi):
 
 def describe_onnx(path) -> str:
     """Text for ``edgedfa info FILE.onnx``: the imported graph, or why it cannot be."""
+    text, error = describe_import(path)
+    return text if error is None else f"{os.fspath(path)}: cannot be imported\n  {error}\n{text}"
+
+
+def describe_import(path, bits: int = 8) -> tuple:
+    """(text, error): the imported graph with its integer formats at ``bits``; or, when the file
+    cannot be imported, its ONNX nodes with the ops that have no handler marked, and why."""
+    from ..model import IntModel
+    from ..numerics import Numerics
+
     report = inspect_onnx(path)
-    if report["ok"]:
-        return describe(report["graph"])
-    lines = [f"{os.fspath(path)}: cannot be imported", f"  {report['error']}"]
-    if report["nodes"]:
-        lines.append(f"  ONNX nodes (opset {report['opset']}); '!' marks ops without a "
-                     "handler (shape ops may still fold away):")
+    if not report["ok"]:
+        lines = [f"{os.fspath(path)}: ONNX nodes (opset {report['opset']}); '!' marks ops without a handler"
+                 " (shape ops may still fold away):"] if report["nodes"] else [f"{os.fspath(path)}: no nodes read"]
         for e in report["nodes"]:
             mark = " " if e["supported"] else "!"
-            lines.append(f"  {mark} {e['name']:<28} {e['op_type']:<18} "
-                         f"{e['inputs']} -> {e['outputs']}")
+            lines.append(f"  {mark} {e['name']:<28} {e['op_type']:<18} {e['inputs']} -> {e['outputs']}")
+        return "\n".join(lines), report["error"]
+    model = IntModel(report["graph"], Numerics.from_bits(bits), 0)
+    lines = [describe(report["graph"]),
+             f"integer formats at --bits {bits} (activation formats are calibrated from the training data):"]
+    for layer in model.layers:
+        fmts = ", ".join(f"{k} {v}" for k, v in layer.param_formats().items())
+        if fmts:
+            lines.append(f"  {layer.name}: {fmts}")
+    return "\n".join(lines), None
+
+
+def describe_export(path) -> str | None:
+    """Text for an ONNX file edgedfa exported (any format): how it was exported, the model's
+    layers and its integer formats, from the file's metadata; None for other files."""
+    from ..model import graph_from_json
+    from .export import read_metadata
+    from .importer import read_model
+
+    meta = read_metadata(read_model(os.fspath(path)))
+    if "format" not in meta or "graph" not in meta:
+        return None
+    try:
+        graph = graph_from_json(meta["graph"], {})
+        formats = json.loads(meta.get("formats", "{}"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdgeDFAError(f"{os.fspath(path)}: corrupt edgedfa export metadata ({exc})") from exc
+    lines = [f"{os.fspath(path)}: edgedfa {meta.get('version', '?')} export, format {meta['format']}",
+             f"  {meta.get('report', '')}", describe(graph), "integer formats of the exported model:"]
+    lines += [f"  {name}: {f}" for name, f in formats.items()]
     return "\n".join(lines)

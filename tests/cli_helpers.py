@@ -1,0 +1,45 @@
+"""Shared helpers of the command-line tests: run `edgedfa` in-process, small data files."""
+
+import hashlib
+import os
+
+import numpy as np
+
+from edgedfa import cli
+from edgedfa.data import digits
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of ``edgedfa *argv``."""
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def write_npz(path, n_train=300, n_test=100, **over):
+    """A small slice of the digits as an .npz (``over`` replaces or, with None, drops arrays)."""
+    d = digits()
+    arrays = {"x_train": d.x_train[:n_train], "y_train": d.y_train[:n_train], "x_test": d.x_test[:n_test],
+              "y_test": d.y_test[:n_test]}
+    arrays.update(over)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def tree_digest(path) -> dict:
+    """name -> sha256 of every file below ``path`` (mode included): to show nothing changed."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, path)] = (hashlib.sha256(fh.read()).hexdigest(), os.stat(p).st_mode)
+    return out
+
+
+def same_state(a, b) -> list:
+    """Names of the integer state arrays (model and trainer) that differ between two checkpoints."""
+    from edgedfa.checkpoint import read_checkpoint
+
+    x, y = read_checkpoint(str(a))["arrays"], read_checkpoint(str(b))["arrays"]
+    return sorted(k for k in set(x) | set(y) if k not in x or k not in y or not np.array_equal(x[k], y[k]))
