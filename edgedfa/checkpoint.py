@@ -23,6 +23,7 @@ from .errors import EdgeDFAError
 from .fixed import FixedFormat, dequantize
 from .model import IntModel, graph_from_json, graph_to_json
 from .numerics import Numerics
+from .schema import check_value
 from .train import TrainConfig
 
 FILE = "checkpoint.npz"
@@ -45,11 +46,16 @@ def numerics_from_dict(d: dict) -> Numerics:
 
 
 def train_config_from_meta(meta: dict) -> TrainConfig:
+    """The stored training settings, each checked as a config file's would be (``algo`` may
+    also name a plan that came from [[modules]])."""
     names = {f.name for f in fields(TrainConfig)}
-    try:
-        return TrainConfig(**{k: v for k, v in meta["train"].items() if k in names})
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise EdgeDFAError(f"checkpoint: corrupt training settings ({exc})") from exc
+    kw = {}
+    for k, v in meta["train"].items():
+        if k == "algo" and isinstance(v, str):
+            kw[k] = v
+        elif k in names:
+            kw[k] = check_value(TrainConfig, k, v, "checkpoint [train]")
+    return TrainConfig(**kw)
 
 
 def new_model(graph, meta: dict, backend=None) -> IntModel:
@@ -154,7 +160,7 @@ def read_checkpoint(path: str) -> dict:
         raise EdgeDFAError(f"{path}: not an edgedfa checkpoint (metadata format {_field(meta, 'format')!r})")
     bad = _check_meta(meta) or ([] if modules is None or isinstance(modules, list) else ["modules_json"])
     if bad:
-        raise EdgeDFAError(f"{path}: corrupt checkpoint metadata ({', '.join(bad)} of the wrong kind)")
+        raise EdgeDFAError(f"{path}: corrupt checkpoint metadata ({', '.join(bad)} missing or of the wrong kind)")
     return {"path": path, "meta": meta, "graph_json": graph_json, "modules": modules, "arrays": arrays}
 
 
@@ -165,6 +171,7 @@ META_SHAPE = {"formats": dict, "numerics": dict, "layer_numerics": dict, "seed":
               "progress": {"epoch": _COUNT, "step": _COUNT, "batch": _COUNT, "samples": _COUNT, "seconds": float,
                            "history": list, "changes": list, "partial": (dict, type(None)), "best": (dict, type(None)),
                            "saturation": dict}}
+REQUIRED = ("formats", "numerics", "seed", "train", "progress", "progress.epoch", "progress.step")
 PARTIAL_SHAPE = {"correct": _COUNT, "seen": _COUNT, "loss_sum": float, "seconds": float}
 
 
@@ -173,7 +180,7 @@ def _check_meta(meta: dict, shape: dict = META_SHAPE, prefix: str = "") -> list:
     bad = []
     for key, kind in shape.items():
         if key not in meta:
-            if key in ("formats", "numerics", "seed", "train", "progress"):
+            if prefix + key in REQUIRED:
                 bad.append(prefix + key)
             continue
         v = meta[key]

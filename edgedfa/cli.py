@@ -396,8 +396,9 @@ def cmd_info(args) -> int:
     model = load_checkpoint(args.path)
     meta = model.checkpoint_meta
     progress = meta.get("progress", {})
-    print(f"checkpoint {args.path}: {model.graph.meta.get('arch', model.graph.name)}, algo {meta['train']['algo']},"
-          f" epoch {progress.get('epoch')}, step {progress.get('step')}, seed {meta['seed']}")
+    print(f"checkpoint {args.path}: {model.graph.meta.get('arch', model.graph.name)},"
+          f" algo {meta['train'].get('algo', '?')}, epoch {progress.get('epoch')}, step {progress.get('step')},"
+          f" seed {meta['seed']}")
     for name, f in model.formats().items():
         print(f"  {name}: {f}")
     return 0

@@ -31,6 +31,7 @@ defaults < config file < flags (and, on resume, the run's record < config file <
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field, fields
 
@@ -283,6 +284,8 @@ def resolve_run(doc: dict | None, where: str = "config") -> RunSettings:
         raise EdgeDFAError(f"{where} [model]: arch and onnx exclude each other (--arch or --model)")
     data = _build(DataSource, "data", doc.get("data", {}))
     data.dataset = None if data.path else (data.dataset or "digits")  # a file wins over a name
+    data.path = os.path.abspath(data.path) if data.path else None  # the record works from any directory
+    model.onnx = os.path.abspath(model.onnx) if model.onnx else None
     kind = "model" if model.onnx else (model.arch or "mlp")
     if not model.onnx:
         model.arch = kind

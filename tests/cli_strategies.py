@@ -173,7 +173,11 @@ def checkpoint_mutations(draw):
                                                         "numerics.weight_bits", "formats.dense1",
                                                         "run.settings", "progress.partial"]), _wrong_value()),
         st.tuples(st.just("graph"), st.sampled_from(["nodes", "input_shape", "output_name", "meta"]), _wrong_value()),
-    ), min_size=1, max_size=3))
+        st.tuples(st.just("meta_del"), st.sampled_from(["train.algo", "train.batch_size", "progress.epoch",
+                                                        "progress.history", "formats.input", "formats.dense1",
+                                                        "numerics.weight_bits", "run.settings", "run.data", "seed",
+                                                        "plan", "progress.step", "run.settings.train"])),
+    ), min_size=1, max_size=2))
 
 
 def is_finite_number(v) -> bool:

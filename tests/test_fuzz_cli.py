@@ -96,9 +96,13 @@ class Example:
 
     def __call__(self, argv):
         argv = [os.path.join(self.dir, self.paths[a]) if a in self.paths else a for a in argv]
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = cli.main(argv)
+        out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+        os.chdir(self.dir)  # relative paths (and the default runs/) land in the example's directory
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                code = cli.main(argv)
+        finally:
+            os.chdir(here)
         self.check(argv, code, out.getvalue(), err.getvalue())
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -202,7 +206,7 @@ def _edit(arrays, m) -> None:
         arrays.pop(m[1], None)
     elif kind == "reshape" and m[1] in arrays:
         arrays[m[1]] = arrays[m[1]].reshape(-1)[:-1] if arrays[m[1]].size > 1 else arrays[m[1]].astype(float)
-    elif kind in ("meta", "meta_sub", "graph"):
+    elif kind in ("meta", "meta_sub", "meta_del", "graph"):
         key = "graph_json" if kind == "graph" else "meta_json"
         if key not in arrays:
             return
@@ -211,6 +215,26 @@ def _edit(arrays, m) -> None:
         target = doc
         for p in path[:-1]:
             target = target.get(p) if isinstance(target, dict) else None
-        if isinstance(target, dict):
+        if isinstance(target, dict) and kind == "meta_del":
+            target.pop(path[-1], None)
+        elif isinstance(target, dict):
             target[path[-1]] = m[2]
         arrays[key] = np.array(json.dumps(doc, default=str))
+
+
+META_PATHS = ("format", "formats", "formats.input", "formats.dense1", "numerics", "numerics.weight_bits",
+              "layer_numerics", "seed", "train", "train.algo", "train.batch_size", "train.epochs", "plan", "progress",
+              "progress.epoch", "progress.step", "progress.batch", "progress.history", "progress.partial", "run",
+              "run.settings", "run.settings.train", "run.settings.model", "run.data", "run.data.sha256")
+COMMANDS = (["info", "@CK"], ["eval", "@CK", "--data", "@DATA"], ["emulate", "@CK", "--data", "@DATA"],
+            ["export", "@CK", "--format", "int", "-o", "@NEW"], ["train", "--resume", "@RUN", "--epochs", "2"])
+
+
+@pytest.mark.parametrize("path", META_PATHS)
+def test_every_single_piece_of_metadata_removed(pristine, path):
+    """Each piece of a checkpoint's metadata taken away, under every command that reads it."""
+    for argv in COMMANDS:
+        ex = Example(pristine)
+        damage(ex.path("run/checkpoint.npz"), [("meta_del", path)])
+        ex.run_digest = tree_digest(ex.path("run"))
+        ex(argv)

@@ -168,3 +168,22 @@ def test_the_readme_python_runs(tmp_path, monkeypatch):
     for code in blocks:
         code = code.replace('epochs=5', 'epochs=1').replace('"--epochs", "5"', '"--epochs", "1"')
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_holdout_keeps_the_best_epoch_by_validation_accuracy(tmp_path, capsys):
+    from cli_helpers import same_state
+
+    data = write_npz(tmp_path / "d.npz")  # 300 training samples: 225 to train on, 75 held out
+    out, short = tmp_path / "r", tmp_path / "short"
+    common = ["train", "--data", data, "--holdout", "0.25", "--algo", "dfa", "--quiet"]
+    code, stdout, err = run(capsys, *common, "--epochs", 4, "--out", out)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    vals = [h["val_accuracy"] for h in m["history"]]
+    best = vals.index(max(vals)) + 1
+    assert m["best_epoch"] == best and m["best_val_accuracy"] == max(vals)
+    assert m["best_test_accuracy"] == m["history"][best - 1]["test_accuracy"]
+    assert f"best epoch {best} by validation accuracy" in stdout
+    assert m["steps"] == 4 * 8  # 225 samples in batches of 32: the held-out ones never train
+    assert run(capsys, *common, "--epochs", best, "--out", short)[0] == 0
+    assert same_state(short / "checkpoint.npz", out / "best.npz") == []
