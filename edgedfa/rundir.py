@@ -127,7 +127,6 @@ class RunDir:
     def __init__(self, path: str, fd, created: bool):
         self.path, self.fd, self.created = path, fd, created
         self.written: list = []
-        self.saved = False  # a checkpoint of this run is on disk: never take it away
 
     @classmethod
     def claim(cls, path: str, new: bool = True, force: bool = False, created: bool = False) -> "RunDir":
@@ -169,12 +168,11 @@ class RunDir:
     def abandon(self) -> None:
         """A run that failed before its first checkpoint: remove what it wrote, and the
         directory when this run made it; then release it."""
-        if not self.saved:
-            for path in self.written:
-                if os.path.exists(path):
-                    os.unlink(path)
-            if self.created and os.path.isdir(self.path) and not os.listdir(self.path):
-                os.rmdir(self.path)
+        for path in self.written:
+            if os.path.exists(path):
+                os.unlink(path)
+        if self.created and os.path.isdir(self.path) and not os.listdir(self.path):
+            os.rmdir(self.path)
         self.release()
 
 

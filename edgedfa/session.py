@@ -19,7 +19,7 @@ from hdl_models.hwconfig import HwArray, HwConfig, hw_config
 
 from . import config as C
 from .api import BEST, build_model, fit, load_onnx
-from .checkpoint import FILE, model_from_checkpoint, read_checkpoint
+from .checkpoint import FILE, atomic_write, model_from_checkpoint, read_checkpoint
 from .checkpoint import graph_meta as checkpoint_graph_meta
 from .data import (Dataset, fingerprint, fingerprint_differences, holdout, label_gaps, select_dataset)
 from .errors import EdgeDFAError
@@ -173,7 +173,7 @@ def _new(req: Request) -> Outcome:
     out = req.out or default_run_dir()
     rd = RunDir.claim(out, new=True, force=req.force, created=not req.out)
     with _Owned(rd, req):
-        _atomic_text(rd.file(CONFIG), C.toml_dumps(run.doc, _HEADER))
+        atomic_write(rd.file(CONFIG), C.toml_dumps(run.doc, _HEADER))
         meta = _run_meta(req, run, fp)
         return _fit(req, rd, model, data, val, run, meta)
 
@@ -201,7 +201,8 @@ def _run_meta(req: Request, run: C.RunSettings, fp: dict, before: dict | None = 
     """What metrics.json and the checkpoint record about the run besides the training."""
     now = {"version": __version__, "command": _command(req),
            "start_time": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-    earlier = list((before or {}).get("invocations", []))
+    earlier = (before or {}).get("invocations")
+    earlier = earlier if isinstance(earlier, list) else []
     return {**now, "data": fp, "invocations": earlier + [now], "settings": run.doc}
 
 
@@ -223,18 +224,13 @@ class _Owned:
         return self.rd
 
     def __exit__(self, kind, exc, tb):
-        saved = os.path.exists(os.path.join(self.rd.path, FILE)) and os.path.join(self.rd.path, FILE) in self.rd.written
+        checkpoint = os.path.join(self.rd.path, FILE)
+        saved = checkpoint in self.rd.written and os.path.exists(checkpoint)  # by this run: keep it all
         if kind is not None and not saved:
             self.rd.abandon()
         else:
             self.rd.release()
         return False
-
-
-def _atomic_text(path: str, text: str) -> None:
-    from .checkpoint import atomic_write
-
-    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------- resuming
@@ -295,7 +291,7 @@ def _resume(req: Request) -> Outcome:
                 "settings": {k: [old, new] for k, old, new in changeable}}]
         meta = _run_meta(req, run, fp, ck["meta"].get("run"))
         outcome = _fit(req, rd, model, data, val, run, meta, start, ck["arrays"])
-        _atomic_text(rd.file(CONFIG), C.toml_dumps(run.doc, _HEADER))
+        atomic_write(rd.file(CONFIG), C.toml_dumps(run.doc, _HEADER))
         return outcome
 
 
