@@ -282,7 +282,7 @@ def test_training_steps_are_identical_on_every_backend(kind, algo):
 
     graph = arch.cnn(0, (1, 8, 8), channels=(8, 16)) if kind == "cnn" else arch.recurrent("gru", 0, 8, 8, hidden=32)
     ref = _steps(graph, "reference", algo)
-    runs = [_steps(graph, "fast", algo), _steps(graph, "fast", algo, n_threads=2)]
+    runs = [_steps(graph, "fast", algo), _steps(graph, "int8", algo), _steps(graph, "int8", algo, n_threads=2)]
     onnxrt.enable(False)
     try:
         runs.append(_steps(graph, "fast", algo))

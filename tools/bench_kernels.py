@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 
 from edgedfa.fixed import Overflow, acc_limits  # noqa: E402
-from edgedfa.kernels import fast, gemm  # noqa: E402
+from edgedfa.kernels import fast, gemm, int8, onnxrt  # noqa: E402
 
 # (name, M, K, N): batch 64 on the 8x8 digits; im2col GEMMs of a 16c3-p2-32c3 CNN; one
 # larger MLP layer (784 inputs) to show where BLAS pays off.
@@ -61,7 +61,11 @@ CONFIGS = [
 
 
 def fast_path(a, b, acc_bits, overflow) -> str:
-    """Which exact path kernels.fast takes (mirrors its bound check)."""
+    """Which exact path kernels.fast takes (mirrors its bound checks)."""
+    if a.size * b.shape[1] >= int8.MIN_MACS and onnxrt.available():
+        (a8, amax), (b8, bmax) = int8.narrow(a, 128), int8.narrow(b, 0)
+        if a8 is not None and b8 is not None and int8.exact_route(a.shape[1], amax, bmax, 0, acc_bits, overflow):
+            return "int8 route (MatMulInteger)"
     bound = fast.partial_sum_bound(a, b)
     fits = bound <= acc_limits(acc_bits)[1]
     if fits or overflow is Overflow.AP_WRAP:

@@ -59,9 +59,10 @@ def gemm(a, b, acc_bits: int, overflow: Overflow, init=None, min_macs=None):
         return out
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    check_products(a, b)
+    amax, bmax = max_abs(a), max_abs(b)
+    check_products(amax, bmax)
     _, hi = acc_limits(acc_bits)
-    bound = partial_sum_bound(a, b, init)
+    bound = a.shape[1] * amax * bmax + (max_abs(np.asarray(init)) if init is not None else 0)
     if bound <= hi or overflow is Overflow.AP_WRAP:
         # in range every overflow mode is the identity; AP_WRAP is arithmetic modulo 2**A,
         # so the exact sum wrapped once equals the per-step wrap (docs/datapath.md §4)

@@ -17,7 +17,7 @@ from ..fixed import Overflow, acc_limits, acc_step
 from . import onnxrt
 from .acc import max_abs
 
-MIN_MACS = 1 << 15  # below this many multiply-adds a call's overhead beats the int8 units
+MIN_MACS = 1 << 18  # below this many multiply-adds the float path is faster (tools/bench_int8_options.py)
 INT32_MAX = (1 << 31) - 1
 LIMIT = 128  # max|code| an int8 operand can hold; its codes are -128..127
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..fixed import Overflow, acc_step
-from .acc import check_products
+from .acc import check_products, max_abs
 
 
 def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
@@ -13,7 +13,7 @@ def gemm(a, b, acc_bits: int, overflow: Overflow, init=None):
     overflow = Overflow.parse(overflow)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    check_products(a, b)
+    check_products(max_abs(a), max_abs(b))
     m, n = a.shape[0], b.shape[1]
     acc = np.zeros((m, n), dtype=np.int64)
     if init is not None:
