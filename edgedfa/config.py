@@ -160,22 +160,26 @@ def spec_entry(section: str, key: str):
 def load_config(path: str) -> dict:
     """A config file as a checked settings document (unknown sections or keys, bad values: the
     error names the file, the section and the key)."""
+    return check_doc(read_toml(path), path)
+
+
+def read_toml(path: str, what: str = "config file") -> dict:
+    """A TOML file as a dict; a file that is missing, unreadable or not TOML is one error naming it."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
     except FileNotFoundError as exc:
-        raise EdgeDFAError(f"{path}: no such config file") from exc
+        raise EdgeDFAError(f"{path}: no such {what}") from exc
     except IsADirectoryError as exc:
-        raise EdgeDFAError(f"{path}: is a directory, not a config file") from exc
+        raise EdgeDFAError(f"{path}: is a directory, not a {what}") from exc
     except OSError as exc:
-        raise EdgeDFAError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
+        raise EdgeDFAError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
     try:
-        doc = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise EdgeDFAError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise EdgeDFAError(f"{path}: not valid TOML ({exc})") from exc
-    return check_doc(doc, path)
 
 
 def check_doc(doc: dict, where: str) -> dict:
