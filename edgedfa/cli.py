@@ -153,7 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(i, "numerics")
     _add_settings(i, "data", only=("dataset",))
     _add_common(i)
+    _add_sweep(sub)
     return ap
+
+
+def _add_sweep(sub):
+    w = sub.add_parser("sweep", help="train and emulate a grid or a search of configurations",
+                       description="Runs every trial of SPEC.toml (docs/sweeps.md) that DIR does not hold yet,"
+                                   " one line per finished trial in DIR/results.jsonl. Rerunning the same command"
+                                   " resumes.")
+    w.add_argument("spec", metavar="SPEC.toml")
+    w.add_argument("-o", "--output", metavar="DIR", required=True, help="sweep directory (rerun to resume)")
+    where = w.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the trials on this Dask cluster")
+    where.add_argument("--dask-local", type=int, metavar="N", help="start a Dask LocalCluster of N workers")
+    where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core)")
+    w.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    _add_common(w)
 
 
 def main(argv=None) -> int:
@@ -189,8 +205,8 @@ def _run(argv) -> int:
     if not args.command:
         build_parser().print_help()
         return 0
-    return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export,
-            "emulate": cmd_emulate, "info": cmd_info, "bench": cmd_bench}[args.command](args)
+    return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "emulate": cmd_emulate,
+            "info": cmd_info, "bench": cmd_bench, "sweep": cmd_sweep}[args.command](args)
 
 
 def _error(text: str) -> int:
@@ -417,6 +433,27 @@ def _info_onnx(path, bits: int) -> int:
             raise EdgeDFAError(error)
     print(text)
     return 0
+
+
+# --------------------------------------------------------------------------- report / sweep
+
+def cmd_sweep(args) -> int:
+    from .sweep.executors import make_executor
+    from .sweep.run import ERRORS, run_sweep
+
+    executor = make_executor(args.scheduler, args.dask_local, args.workers)
+    result = run_sweep(args.spec, args.output, executor, log=_quiet if args.quiet else print)
+    print(f"{result.ran} trial(s) run, {result.reused} already done, {len(result.failed)} failed,"
+          f" of {result.planned}, in {result.seconds:.1f} s on {result.executor} -> {args.output}")
+    if result.failed:
+        raise EdgeDFAError(f"{len(result.failed)} trial(s) failed, the first: {result.failed[0][0]}:"
+                           f" {result.failed[0][1]} (all in {os.path.join(args.output, ERRORS)};"
+                           f" rerun the command to retry them)")
+    return 0
+
+
+def _quiet(_line):
+    pass
 
 
 if __name__ == "__main__":

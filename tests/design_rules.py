@@ -35,7 +35,9 @@ LAYERS = [
     ("hardware", ["hdl_models", "hdl_models.*"]),
     ("testbench", ["edgedfa.cosim", "edgedfa.cosim.*"]),
     ("benchmarks", ["edgedfa.bench", "edgedfa.bench.*"]),
-    ("interface", ["edgedfa.session", "edgedfa.configdoc", "edgedfa.cli", "edgedfa"]),
+    ("session", ["edgedfa.session"]),
+    ("studies", ["edgedfa.sweep", "edgedfa.sweep.*", "edgedfa.report", "edgedfa.report.*"]),
+    ("interface", ["edgedfa.configdoc", "edgedfa.cli", "edgedfa"]),
 ]
 
 # hdl_models computes every integer itself: from edgedfa it takes types, op names, the

@@ -1,0 +1,124 @@
+"""One trial, on a worker: train in a private temporary directory, emulate a few steps, and
+return the figures with the run directory's files (the driver writes them, so workers need
+no disk shared with it and a killed worker leaves nothing half-written behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+from ..api import build_model, fit, load_onnx
+from ..config import resolve_run
+from ..data import select_dataset
+from ..errors import EdgeDFAError
+from .spec import file_sha256
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def pin_threads() -> None:
+    """One thread per engine: a sweep runs one engine per core."""
+    for var in THREAD_VARS:
+        os.environ[var] = "1"
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def run_trial(trial: dict) -> dict:
+    """Train (and emulate) one planned trial; its figures, timing and run-directory files."""
+    pin_threads()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgedfa-trial-") as tmp:
+        model, ds, run = build(trial)
+        metrics = fit(model, ds, run.train, tmp, quiet=True, modules_table=run.modules)
+        figures = train_figures(metrics, model)
+        if trial["emulate_steps"]:
+            figures.update(emulate_figures(emulate_run(tmp, ds, trial["emulate_steps"], run.hardware), figures))
+        with open(os.path.join(tmp, "trial.json"), "w") as fh:
+            json.dump(trial, fh, indent=2)
+        files = {}
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as fh:
+                files[name] = fh.read()
+    timing = {"seconds": time.perf_counter() - t0, "samples_per_second": metrics.get("samples_per_second"),
+              "worker": worker_name(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {"fingerprint": trial["fingerprint"], "figures": figures, "timing": timing, "files": files}
+
+
+def build(trial: dict):
+    """The trial's untrained model, its data and its resolved settings."""
+    where = f"trial {trial['label']!r}"
+    run = resolve_run({**trial["config"], "_path": where}, SimpleNamespace(model=trial["model"], arch=trial["arch"]))
+    for key in ("model", "data"):
+        if trial[key] and file_sha256(trial[key]) != trial[f"{key}_sha256"]:
+            raise EdgeDFAError(f"{where}: {trial[key]} on this worker differs from the file the sweep planned with")
+    ds = select_dataset(trial["data"], trial["dataset"])
+    seed = run.train.seed
+    if trial["model"]:
+        model = load_onnx(trial["model"], numerics=run.numerics, seed=seed, layer_numerics=run.layer_numerics)
+    else:
+        from ..arch import build as build_graph
+
+        model = build_model(build_graph(trial["arch"], seed, ds.sample_shape, ds.n_classes), run.numerics, seed,
+                            run.layer_numerics)
+    model.graph.meta["dataset"] = trial["dataset"] or trial["data"]
+    return model, ds, run
+
+
+def train_figures(metrics: dict, model) -> dict:
+    """Accuracy, loss and the weights' size and saturation of a trained model."""
+    last = metrics["history"][-1] if metrics["history"] else {}
+    val = [k for k in last if "val" in k and "acc" in k]
+    params = [t for layer in model.layers if layer.trainable for t in layer.params.values()]
+    sat = [e for layer in metrics.get("saturation", {}).values() for e in layer.values()]
+    return {"test_accuracy": metrics["test_accuracy"], "train_accuracy": metrics["train_accuracy"],
+            "val_accuracy": last[val[0]] if val else None, "loss": last.get("loss"),
+            "epochs": len(metrics["history"]), "steps": metrics.get("steps"),
+            "params": sum(int(t.codes.size) for t in params),
+            "weight_memory_bits": sum(int(t.codes.size) * t.fmt.width for t in params),
+            "max_fraction_at_limit": max((e.get("fraction_at_limit", 0.0) for e in sat), default=None),
+            "clipped_updates": sum(int(e.get("clipped_updates", 0)) for e in sat) if sat else None}
+
+
+def emulate_run(run_dir: str, ds, steps: int, hardware: dict) -> dict:
+    """``edgedfa emulate`` on the trained checkpoint; its report also lands in emulate.json."""
+    from hdl_models.hwconfig import hw_config
+
+    from ..cosim import emulate, report_json
+
+    report = emulate(os.path.join(run_dir, "checkpoint.npz"), ds.x_train, ds.y_train, steps, hw_config(hardware))
+    with open(os.path.join(run_dir, "emulate.json"), "w") as fh:
+        fh.write(report_json(report))
+    return report
+
+
+def emulate_figures(rep: dict, train: dict) -> dict:
+    """Per-step hardware figures and the on-chip memory footprint in bits."""
+    steps = rep["steps"]
+    act = sum(rep["buffers"].get(b, {}).get("peak_bytes", 0) for b in ("act", "err")) * 8
+    fb = int(rep.get("feedback_memory_bytes", 0)) * 8
+    return {"cycles_per_step": rep["cycles"] / steps, "macs_per_step": rep["macs"] / steps,
+            "offchip_bytes_per_step": rep["offchip_bytes"] / steps, "onchip_bytes_per_step": rep["onchip_bytes"] / steps,
+            "bytes_per_step": (rep["offchip_bytes"] + rep["onchip_bytes"]) / steps,
+            "us_per_step_at_clock": rep["seconds_at_clock"] * 1e6 / steps, "pe_utilization": rep["pe_utilization"],
+            "feedback_memory_bits": fb, "activation_memory_bits": act,
+            "memory_bits": train["weight_memory_bits"] + fb + act, "bit_exact": rep["bit_exact"],
+            "array": rep["hardware"]["array"], "clock_mhz": rep["clock_mhz"]}
+
+
+def worker_name() -> str:
+    """The Dask worker's address, or host:pid."""
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker
+
+            return get_worker().address
+        except ValueError:  # not inside a Dask worker
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"

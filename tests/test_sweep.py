@@ -1,0 +1,233 @@
+"""A small sweep (2 algorithms x 2 bit widths x 2 seeds, MLP, 2 epochs on the digits) on the
+local process pool and on a real Dask LocalCluster: identical rows, each trial once, a
+killed worker's trial rerun, a restart that skips finished trials, the CLI."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edgedfa import cli
+from edgedfa.sweep.executors import LocalPool
+from edgedfa.sweep.results import RESULTS, TIMING, read_rows
+from edgedfa.sweep.run import run_sweep
+
+SPEC = """\
+[sweep]
+seeds = [0, 1]
+emulate_steps = 1
+
+[base]
+arch = "mlp"
+dataset = "digits"
+[base.train]
+epochs = 2
+batch_size = 64
+
+[axes]
+"train.algo" = ["bp", "sdfa"]
+"numerics.bits" = [4, 8]
+"""
+N_TRIALS = 8
+
+
+def comparable(rows):
+    """Rows without how they ran (time, worker), by fingerprint."""
+    return {r["fingerprint"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+def quiet(_line):
+    pass
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "small.toml"
+    path.write_text(SPEC)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local(spec, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("local") / "sweep")
+    result = run_sweep(spec, out, LocalPool(2), log=quiet)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+def test_the_local_pool_runs_every_trial_once(local):
+    out, result = local
+    rows = read_rows(os.path.join(out, RESULTS))
+    assert result.ran == result.planned == N_TRIALS and not result.failed and result.reused == 0
+    assert len(rows) == N_TRIALS and len({r["fingerprint"] for r in rows}) == N_TRIALS
+    assert len({r["worker"] for r in rows}) == 2  # both processes worked
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["bit_exact"] is True
+        assert r["cycles_per_step"] > 0 and r["bytes_per_step"] > 0 and r["weight_memory_bits"] > 0
+        run_dir = os.path.join(out, r["run_dir"])
+        assert {"checkpoint.npz", "metrics.json", "emulate.json", "trial.json"} <= set(os.listdir(run_dir))
+        assert json.load(open(os.path.join(run_dir, "trial.json")))["fingerprint"] == r["fingerprint"]
+    by = {(r["point"]["train.algo"], r["point"]["numerics.bits"]): r for r in rows}
+    assert by[("bp", 4)]["weight_memory_bits"] * 2 == by[("bp", 8)]["weight_memory_bits"]  # same weights, half the bits
+    header = open(os.path.join(out, "results.csv")).readline().strip().split(",")
+    assert header[:4] == ["fingerprint", "label", "train.algo", "numerics.bits"]
+
+
+def test_the_same_sweep_on_a_dask_cluster_gives_identical_rows(local, spec, dask_cluster, tmp_path):
+    from edgedfa.sweep.executors import DaskCluster
+
+    cluster, _ = dask_cluster
+    out = str(tmp_path / "dask")
+    result = run_sweep(spec, out, DaskCluster(cluster.scheduler_address), log=quiet)
+    assert result.ran == N_TRIALS and not result.failed
+    rows = read_rows(os.path.join(out, RESULTS))
+    assert all(r["worker"].startswith("tcp://") for r in rows)
+    assert comparable(rows) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+
+
+def test_a_killed_dask_worker_gets_its_trial_rerun(local, spec, dask_cluster, tmp_path):
+    from edgedfa.sweep.executors import DaskCluster
+
+    cluster, client = dask_cluster
+    pids = client.run(os.getpid)
+    out, done = str(tmp_path / "killed"), {}
+    sweep = threading.Thread(target=lambda: done.setdefault(
+        "result", run_sweep(spec, out, DaskCluster(cluster.scheduler_address), log=quiet)))
+    sweep.start()
+    victim, keys = _first_busy_worker(client)
+    time.sleep(0.3)  # into the trial
+    os.kill(pids[victim], signal.SIGKILL)
+    sweep.join(timeout=300)
+    rows = read_rows(os.path.join(out, RESULTS))
+    assert done["result"].ran == N_TRIALS and not done["result"].failed
+    assert comparable(rows) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+    rerun = [r for r in rows if any(r["fingerprint"] in k for k in keys)]
+    assert rerun and all(r["worker"] != victim for r in rerun)  # finished elsewhere
+    assert victim not in client.scheduler_info(n_workers=-1)["workers"]
+
+
+def _first_busy_worker(client, timeout=120):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        busy = {w: keys for w, keys in client.processing().items() if keys}
+        if busy:
+            return next(iter(busy.items()))
+        time.sleep(0.01)
+    raise AssertionError("no trial started on the cluster")
+
+
+def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
+    pool, out, done = LocalPool(2), str(tmp_path / "killed-pool"), {}
+    sweep = threading.Thread(target=lambda: done.setdefault("result", run_sweep(spec, out, pool, log=quiet)))
+    sweep.start()
+    t0 = time.monotonic()
+    while not pool.pids() and time.monotonic() - t0 < 120:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.kill(pool.pids()[0], signal.SIGKILL)
+    sweep.join(timeout=300)
+    assert done["result"].ran == N_TRIALS and not done["result"].failed
+    assert comparable(read_rows(os.path.join(out, RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+
+
+def test_a_restart_runs_only_the_missing_trials(local, spec, tmp_path):
+    out = str(tmp_path / "restart")
+    shutil.copytree(local[0], out)
+    path = os.path.join(out, RESULTS)
+    lines = open(path).read().splitlines(keepends=True)
+    with open(path, "w") as fh:  # three trials lost, the last one torn mid-write
+        fh.writelines(lines[:5])
+        fh.write(lines[5][:40])
+    result = run_sweep(spec, out, LocalPool(2), log=quiet)
+    assert (result.reused, result.ran) == (5, 3)
+    rows = read_rows(path)
+    assert len(rows) == N_TRIALS and comparable(rows) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+    assert run_sweep(spec, out, LocalPool(1), log=quiet).ran == 0
+
+
+def test_a_sweep_dir_of_another_spec_is_refused(local, tmp_path):
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.replace("epochs = 2", "epochs = 3"))
+    with pytest.raises(Exception, match="holds a sweep of another spec"):
+        run_sweep(str(other), local[0], LocalPool(1), log=quiet)
+
+
+def test_the_cli_sweep_stops_on_sigterm_and_a_rerun_finishes(local, spec, tmp_path):
+    out = tmp_path / "cli"
+    argv = [sys.executable, "-m", "edgedfa.cli", "sweep", spec, "-o", str(out), "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not (out / RESULTS).exists() or not (out / RESULTS).stat().st_size:
+        assert proc.poll() is None and time.monotonic() - t0 < 120
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and err.strip().splitlines()[-1].startswith("edgedfa: error:")
+    assert "Traceback" not in err
+    first = len(read_rows(str(out / RESULTS)))
+    assert 1 <= first < N_TRIALS
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{N_TRIALS - first} trial(s) run, {first} already done" in done.stdout
+    assert comparable(read_rows(str(out / RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+
+
+def test_the_cli_names_failed_trials(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SPEC.replace('"numerics.bits" = [4, 8]', '"layers.nosuch.weight_bits" = [4]')
+                   .replace("seeds = [0, 1]", "seeds = [0]"))
+    code = cli.main(["sweep", str(bad), "-o", str(tmp_path / "bad"), "--workers", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 trial(s) failed" in err and "nosuch" in err and len(err.strip().splitlines()) == 1
+    assert len(read_rows(str(tmp_path / "bad" / "errors.jsonl"))) == 2
+
+
+OPTUNA_SPEC = """\
+[sweep]
+method = "optuna"
+trials = 4
+batch = 2
+sampler_seed = 3
+emulate_steps = 0
+objective = "max test_accuracy"
+constraints = ["weight_memory_bits <= 400000"]
+
+[base.train]
+epochs = 1
+batch_size = 128
+
+[axes]
+"numerics.bits" = [4, 6, 8]
+"train.lr_shift" = { low = 3, high = 6 }
+"""
+
+
+def test_an_optuna_search_is_replayed_on_restart(tmp_path):
+    pytest.importorskip("optuna")
+    spec = tmp_path / "optuna.toml"
+    spec.write_text(OPTUNA_SPEC)
+    out = tmp_path / "search"
+    first = run_sweep(str(spec), str(out), LocalPool(2), log=quiet)
+    rows = read_rows(str(out / RESULTS))
+    assert first.ran == 4 and len({r["fingerprint"] for r in rows}) == 4
+    assert all(r["point"]["numerics.bits"] in (4, 6, 8) and 3 <= r["point"]["train.lr_shift"] <= 6 for r in rows)
+    lines = (out / RESULTS).read_text().splitlines(keepends=True)
+    (out / RESULTS).write_text("".join(lines[:2]))  # the second round is lost
+    again = run_sweep(str(spec), str(out), LocalPool(2), log=quiet)
+    assert (again.reused, again.ran) == (2, 2)  # the same asks: the lost trials, nothing new
+    assert comparable(read_rows(str(out / RESULTS))) == comparable(rows)
