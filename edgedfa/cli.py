@@ -153,21 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(i, "numerics")
     _add_settings(i, "data", only=("dataset",))
     _add_common(i)
+    _add_report(sub)
     _add_sweep(sub)
     return ap
+
+
+def _add_report(sub):
+    r = sub.add_parser("report", help="plots and a summary of runs, or the Pareto report of a sweep",
+                       description="Curves, per-layer statistics, saturation and emulation plots (PNG and SVG) and"
+                                   " summary.md of one or several run directories; for a sweep directory, Pareto"
+                                   " plots, configurations.csv and summary.md. Plots need the plot extra:"
+                                   ' pip install "edgedfa[plot]".')
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directories, or one sweep directory")
+    r.add_argument("-o", "--output", metavar="DIR", required=True, help="directory for the plots and the summary")
+    _add_common(r)
 
 
 def _add_sweep(sub):
     w = sub.add_parser("sweep", help="train and emulate a grid or a search of configurations",
                        description="Runs every trial of SPEC.toml (docs/sweeps.md) that DIR does not hold yet,"
-                                   " one line per finished trial in DIR/results.jsonl. Rerunning the same command"
-                                   " resumes.")
+                                   " one line per finished trial in DIR/results.jsonl, then writes the Pareto"
+                                   " report to DIR/report. Rerunning the same command resumes.")
     w.add_argument("spec", metavar="SPEC.toml")
     w.add_argument("-o", "--output", metavar="DIR", required=True, help="sweep directory (rerun to resume)")
     where = w.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the trials on this Dask cluster")
     where.add_argument("--dask-local", type=int, metavar="N", help="start a Dask LocalCluster of N workers")
     where.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: one per core)")
+    w.add_argument("--no-report", action="store_true", help="do not write DIR/report")
     w.add_argument("--quiet", action="store_true", help="no line per finished trial")
     _add_common(w)
 
@@ -206,7 +219,7 @@ def _run(argv) -> int:
         build_parser().print_help()
         return 0
     return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "emulate": cmd_emulate,
-            "info": cmd_info, "bench": cmd_bench, "sweep": cmd_sweep}[args.command](args)
+            "info": cmd_info, "bench": cmd_bench, "report": cmd_report, "sweep": cmd_sweep}[args.command](args)
 
 
 def _error(text: str) -> int:
@@ -437,6 +450,14 @@ def _info_onnx(path, bits: int) -> int:
 
 # --------------------------------------------------------------------------- report / sweep
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    result = write_report(args.runs, args.output)
+    print(f"wrote {result['summary']} and the plots beside it")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from .sweep.executors import make_executor
     from .sweep.run import ERRORS, run_sweep
@@ -445,6 +466,11 @@ def cmd_sweep(args) -> int:
     result = run_sweep(args.spec, args.output, executor, log=_quiet if args.quiet else print)
     print(f"{result.ran} trial(s) run, {result.reused} already done, {len(result.failed)} failed,"
           f" of {result.planned}, in {result.seconds:.1f} s on {result.executor} -> {args.output}")
+    if not args.no_report and result.rows:
+        from .report import write_report
+
+        report = write_report([args.output], os.path.join(args.output, "report"), require_plots=False)
+        print(report["note"] or f"report: {report['summary']}")
     if result.failed:
         raise EdgeDFAError(f"{len(result.failed)} trial(s) failed, the first: {result.failed[0][0]}:"
                            f" {result.failed[0][1]} (all in {os.path.join(args.output, ERRORS)};"

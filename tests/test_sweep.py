@@ -169,7 +169,7 @@ def test_a_sweep_dir_of_another_spec_is_refused(local, tmp_path):
 
 def test_the_cli_sweep_stops_on_sigterm_and_a_rerun_finishes(local, spec, tmp_path):
     out = tmp_path / "cli"
-    argv = [sys.executable, "-m", "edgedfa.cli", "sweep", spec, "-o", str(out), "--workers", "2"]
+    argv = [sys.executable, "-m", "edgedfa.cli", "sweep", spec, "-o", str(out), "--workers", "2", "--no-report"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     while not (out / RESULTS).exists() or not (out / RESULTS).stat().st_size:
@@ -187,7 +187,8 @@ def test_the_cli_sweep_stops_on_sigterm_and_a_rerun_finishes(local, spec, tmp_pa
     assert comparable(read_rows(str(out / RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
 
 
-def test_the_cli_names_failed_trials(tmp_path, capsys):
+def test_the_cli_writes_the_report_and_names_failed_trials(local, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     bad = tmp_path / "bad.toml"
     bad.write_text(SPEC.replace('"numerics.bits" = [4, 8]', '"layers.nosuch.weight_bits" = [4]')
                    .replace("seeds = [0, 1]", "seeds = [0]"))
@@ -195,6 +196,10 @@ def test_the_cli_names_failed_trials(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "2 trial(s) failed" in err and "nosuch" in err and len(err.strip().splitlines()) == 1
     assert len(read_rows(str(tmp_path / "bad" / "errors.jsonl"))) == 2
+    code = cli.main(["report", local[0], "-o", str(tmp_path / "rep")])
+    assert code == 0 and (tmp_path / "rep" / "summary.md").exists()
+    assert {"pareto-cycles.png", "pareto-bytes.svg", "pareto-weight-memory.png", "configurations.csv"} <= set(
+        os.listdir(tmp_path / "rep"))
 
 
 OPTUNA_SPEC = """\
