@@ -23,8 +23,9 @@ SPEC = """\
 seeds = [0, 1]
 emulate_steps = 1
 
-[base]
+[base.model]
 arch = "mlp"
+[base.data]
 dataset = "digits"
 [base.train]
 epochs = 2
@@ -80,7 +81,8 @@ def test_the_local_pool_runs_every_trial_once(local):
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["bit_exact"] is True
         assert r["cycles_per_step"] > 0 and r["bytes_per_step"] > 0 and r["weight_memory_bits"] > 0
         run_dir = os.path.join(out, r["run_dir"])
-        assert {"checkpoint.npz", "metrics.json", "emulate.json", "trial.json"} <= set(os.listdir(run_dir))
+        assert {"checkpoint.npz", "metrics.json", "config.toml", "model.onnx", "emulate.json", "trial.json"} <= set(
+            os.listdir(run_dir))
         assert json.load(open(os.path.join(run_dir, "trial.json")))["fingerprint"] == r["fingerprint"]
     by = {(r["point"]["train.algo"], r["point"]["numerics.bits"]): r for r in rows}
     assert by[("bp", 4)]["weight_memory_bits"] * 2 == by[("bp", 8)]["weight_memory_bits"]  # same weights, half the bits
@@ -177,7 +179,7 @@ def test_the_cli_sweep_stops_on_sigterm_and_a_rerun_finishes(local, spec, tmp_pa
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and err.strip().splitlines()[-1].startswith("edgedfa: error:")
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "edgedfa: interrupted"
     assert "Traceback" not in err
     first = len(read_rows(str(out / RESULTS)))
     assert 1 <= first < N_TRIALS

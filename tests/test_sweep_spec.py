@@ -21,7 +21,7 @@ def spec_file(tmp_path, text, name="spec.toml"):
 GRID = """
     [sweep]
     seeds = 2
-    [base]
+    [base.model]
     arch = "mlp"
     [base.train]
     epochs = 1
@@ -38,14 +38,18 @@ def test_a_grid_crosses_axes_and_seeds_first_axis_slowest(tmp_path):
         ("bp", 4, 0), ("bp", 4, 1), ("bp", 8, 0), ("bp", 8, 1),
         ("sdfa", 4, 0), ("sdfa", 4, 1), ("sdfa", 8, 0), ("sdfa", 8, 1)]
     t = trials[5]
-    assert t["config"] == {"train": {"epochs": 1, "algo": "sdfa", "seed": 1}, "numerics": {"bits": 4}}
-    assert t["label"] == "algo=sdfa bits=4" and t["arch"] == "mlp" and t["dataset"] == "digits"
+    assert t["settings"] == {"model": {"arch": "mlp"}, "train": {"epochs": 1, "algo": "sdfa", "seed": 1},
+                             "numerics": {"bits": 4}}
+    assert t["label"] == "algo=sdfa bits=4" and t["files"] == {}
     assert len({t["fingerprint"] for t in trials}) == 8
 
 
 def test_fingerprints_follow_what_decides_the_figures(tmp_path):
     spec = load_spec(spec_file(tmp_path, GRID))
     a = plan(spec, grid_points(spec))
+    defaults = load_spec(spec_file(tmp_path, GRID.replace('arch = "mlp"', 'arch = "mlp"\n    [base.data]\n'
+                                                         '    dataset = "digits"'), "d.toml"))
+    assert [t["fingerprint"] for t in plan(defaults, grid_points(defaults))] == [t["fingerprint"] for t in a]
     again = plan(load_spec(spec_file(tmp_path, GRID.replace("numerics.bits", '"numerics.bits"'), "b.toml")),
                  grid_points(spec))
     assert [t["fingerprint"] for t in a] == [t["fingerprint"] for t in again]  # same settings, other file
@@ -56,7 +60,7 @@ def test_fingerprints_follow_what_decides_the_figures(tmp_path):
 def test_named_tables_set_several_settings_together(tmp_path):
     spec = load_spec(spec_file(tmp_path, """
         [axes]
-        arch = ["mlp", "cnn"]
+        "model.arch" = ["mlp", "cnn"]
         algorithm = [{ name = "bp", "train.algo" = "bp" },
                      { name = "sdfa k=4", train = { algo = "sdfa", feedback_sparsity = 4 } },
                      { "train.algo" = "hybrid" }]
@@ -64,24 +68,30 @@ def test_named_tables_set_several_settings_together(tmp_path):
     trials = plan(spec, grid_points(spec))
     assert [t["label"] for t in trials] == ["mlp bp", "mlp sdfa k=4", "mlp algo=hybrid",
                                             "cnn bp", "cnn sdfa k=4", "cnn algo=hybrid"]
-    assert trials[4]["arch"] == "cnn" and trials[4]["config"]["train"] == {"algo": "sdfa", "feedback_sparsity": 4,
-                                                                           "seed": 0}
+    assert trials[4]["settings"] == {"model": {"arch": "cnn"}, "train": {"algo": "sdfa", "feedback_sparsity": 4,
+                                                                        "seed": 0}}
 
 
 def test_paths_are_relative_to_the_spec_and_hashed(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.npz").write_bytes(b"not really an npz")
-    spec = load_spec(spec_file(tmp_path, '[base]\ndata = "d/x.npz"\n'))
+    spec = load_spec(spec_file(tmp_path, '[base.data]\npath = "d/x.npz"\n'))
     (t,) = plan(spec, grid_points(spec))
-    assert t["data"] == str(tmp_path / "d" / "x.npz") and len(t["data_sha256"]) == 64
+    assert t["settings"]["data"]["path"] == str(tmp_path / "d" / "x.npz")
+    assert len(t["files"]["data.path"]) == 64
+    (tmp_path / "d" / "x.npz").write_bytes(b"other bytes")
+    other = load_spec(spec_file(tmp_path, '[base.data]\npath = "d/x.npz"\n', "b.toml"))
+    assert plan(other, grid_points(other))[0]["fingerprint"] != t["fingerprint"]  # the contents count
 
 
 @pytest.mark.parametrize("text, words", [
     ("[sweeps]\n", "unknown section(s) ['sweeps']"),
-    ("[base]\nepochs = 3\n", "[base]: unknown key 'epochs'"),
+    ("[base]\nepochs = 3\n", "[base]: unknown key(s) ['epochs']"),
+    ("[base.train]\neppochs = 3\n", "[base] [train]: unknown key 'eppochs'"),
     ("[axes]\n\"train.algo\" = []\n", "[axes] train.algo: expected a non-empty list"),
     ("[axes]\n\"train.algo\" = [\"bp\", \"bp\"]\n", "must be distinct"),
     ("[axes]\nbits = [4, 8]\n", "'bits' is not a setting"),
+    ("[axes]\n\"layers.weight_bits\" = [4, 8]\n", "'layers.weight_bits' is not a setting"),
     ("[axes]\n\"train.lr_shift\" = { low = 3, high = 6 }\n", "need method = \"random\" or \"optuna\""),
     ("[axes]\na = [{ \"train.algo\" = \"bp\" }]\nb = [{ \"train.algo\" = \"dfa\" }]\n",
      "'train.algo' is set by both 'a' and 'b'"),
@@ -89,10 +99,11 @@ def test_paths_are_relative_to_the_spec_and_hashed(tmp_path):
     ("[sweep]\nobjective = \"max accuracy\"\n", "'accuracy' is not a figure of a trial"),
     ("[sweep]\nconstraints = [\"weight_memory_bits < 9\"]\n", "expected \"FIELD <= NUMBER\""),
     ("[sweep]\nseeds = [1, 1]\n", "seeds must be"),
-    ("[base]\narch = \"mlp\"\nmodel = \"m.onnx\"\n", "both arch and model"),
-    ("[axes]\n\"train.epochs\" = [1, -1]\n", "trial 'epochs=-1': epochs = -1: must be an integer >= 0"),
-    ("[axes]\n\"hardware.array\" = [\"8x8\", \"8by8\"]\n", "--array '8by8'"),
+    ("[base.model]\narch = \"mlp\"\nonnx = \"m.onnx\"\n", "arch and onnx exclude each other"),
+    ("[axes]\n\"train.epochs\" = [1, -1]\n", "[axes] train.epochs [train]: epochs = -1"),
+    ("[axes]\n\"hardware.array\" = [\"8x8\", \"8by8\"]\n", "8by8"),
     ("[axes]\n\"numerics.weight_bitz\" = [4]\n", "unknown key 'weight_bitz'"),
+    ("[axes]\n\"model.arch\" = [\"mlp\", \"resnet\"]\n", "resnet"),
 ])
 def test_bad_specs_are_one_error_naming_the_key(tmp_path, text, words):
     path = spec_file(tmp_path, text)

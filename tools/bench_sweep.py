@@ -26,7 +26,7 @@ SPEC = """\
 seeds = [0, 1, 2, 3]
 emulate_steps = 1
 
-[base]
+[base.model]
 arch = "mlp"
 [base.train]
 epochs = {epochs}

@@ -146,7 +146,7 @@ class _Sweep:
         row = {"fingerprint": fp, "label": trial["label"], "point": trial["point"], "seed": trial["seed"],
                **{k: result["figures"].get(k) for k in FIGURES}, "run_dir": run_dir,
                **{k: result["timing"].get(k) for k in TIMING},
-               "source": {k: trial[k] for k in ("arch", "model", "dataset", "data")}, "config": trial["config"]}
+               "config": trial["settings"]}
         append_row(os.path.join(self.out, RESULTS), row)
         self.done[fp] = row
         self.result.ran += 1

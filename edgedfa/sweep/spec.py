@@ -11,15 +11,16 @@ objective = "max test_accuracy"                  # optuna; also the report's fir
 constraints = ["weight_memory_bits <= 200000"]   # optuna and the report
 batch = 4                    # optuna: configurations asked per round
 
-[base]                       # what every trial starts from
-arch = "mlp"                 # or model = "net.onnx"
-dataset = "digits"           # or data = "my.npz" (paths relative to the spec file)
+[base]                       # what every trial starts from: a settings document (docs/config.md)
 config = "base.toml"         # optional: a --config file, under the tables below
-[base.train]                 # any --config section: numerics, layers, train, modules, hardware
+[base.model]
+arch = "mlp"                 # or onnx = "net.onnx" (paths relative to the spec file)
+[base.train]                 # any section: model, data, numerics, layers, train, modules, hardware
 epochs = 5
 
-[axes]                       # a key is a setting: "section.key", "layers.NAME.key", arch, data, ...
-"train.algo" = ["bp", "sdfa"]               # a list: every value (grid) or a choice (random, optuna)
+[axes]                       # a key is a setting: "section.key" or "layers.NAME.key"
+"model.arch" = ["mlp", "cnn"]               # a list: every value (grid) or a choice (random, optuna)
+"train.algo" = ["bp", "sdfa"]
 "numerics.bits" = [4, 8]
 "train.lr_shift" = { low = 3, high = 6 }    # a range (random and optuna): integers when both are
 algorithm = [                               # a list of tables: settings that go together, named
@@ -28,10 +29,12 @@ algorithm = [                               # a list of tables: settings that go
 ]
 ```
 
-A trial is one configuration (a point: one value per axis) with one seed. It is planned as
-a plain dict (picklable, JSON-ready) whose ``fingerprint`` names it: a hash of everything
-that decides its figures (the merged configuration, the seed, the model and data contents,
-the emulated steps), so a restarted sweep recognises what it has already run.
+A trial is one configuration (a point: one value per axis) with one seed: a settings
+document, checked and resolved as ``edgedfa train`` resolves one before anything runs. It is
+planned as a plain dict (picklable, JSON-ready) whose ``fingerprint`` names it: a hash of
+everything that decides its figures (the effective settings with every default, the model
+and data files' contents, the emulated steps), so a restarted sweep recognises what it has
+already run.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
-from ..config import SECTIONS, load_config, read_toml, resolve_run
+from .. import config as C
+from .. import session  # noqa: F401  (declares the [hardware] keys the trials are checked against)
 from ..errors import EdgeDFAError
 from .results import FIGURES
 
-SOURCE_KEYS = ("arch", "model", "dataset", "data")
+FILE_KEYS = ("model.onnx", "data.path")  # relative to the spec file; a trial hashes their contents
+BARE_KEYS = ("model.arch", "model.onnx", "data.dataset", "data.path")  # a label shows their value alone
 METHODS = ("grid", "random", "optuna")
 SWEEP_KEYS = ("seeds", "emulate_steps", "method", "trials", "sampler_seed", "objective", "constraints", "batch")
 RANGE_KEYS = {"low", "high", "log"}
@@ -117,8 +121,7 @@ class Constraint:
 @dataclass
 class Spec:
     path: str
-    source: dict  # arch / model / dataset / data (paths absolute)
-    config: dict  # the --config tables every trial starts from
+    base: dict  # the settings document every trial starts from (paths absolute)
     axes: list
     seeds: list
     emulate_steps: int = 1
@@ -136,7 +139,7 @@ class Spec:
 
 def load_spec(path: str) -> Spec:
     """Parse and check a spec file; errors name the file and the key."""
-    return parse_spec(read_toml(path, "sweep spec"), path)
+    return parse_spec(C.read_toml(path, "sweep spec"), path)
 
 
 def parse_spec(raw: dict, path: str = "spec") -> Spec:
@@ -145,12 +148,12 @@ def parse_spec(raw: dict, path: str = "spec") -> Spec:
     if unknown:
         raise EdgeDFAError(f"{path}: unknown section(s) {unknown}; expected sweep, base, axes")
     where = os.path.dirname(os.path.abspath(path))
-    source, config = _base(_table(raw, "base", path), where, path)
+    base = _base(_table(raw, "base", path), where, path)
     axes = _axes(_table(raw, "axes", path), where, path)
-    spec = Spec(path, source, config, axes, seeds=[0])
+    spec = Spec(path, base, axes, seeds=[0])
     _sweep_options(spec, _table(raw, "sweep", path))
     options = {k: v for k, v in raw.get("sweep", {}).items() if k != "trials"}  # more trials extend a search
-    spec.digest = _digest({"source": source, "config": config, "sweep": options,
+    spec.digest = _digest({"base": base, "sweep": options,
                            "axes": [(a.name, a.choices, a.labels, a.low, a.high, a.log) for a in axes]})
     return spec
 
@@ -162,34 +165,24 @@ def _table(raw: dict, name: str, path: str) -> dict:
     return t
 
 
-def _base(base: dict, where: str, path: str) -> tuple:
-    source, config = {}, {}
-    for key, val in base.items():
-        if key in SOURCE_KEYS:
-            source[key] = _resolve_path(key, val, where)
-        elif key == "config":
-            cfg = load_config(_resolve_path(key, val, where))
-            config = _merge(config, {k: v for k, v in cfg.items() if k in SECTIONS})
-        elif key in SECTIONS:
-            config = _merge(config, {key: val})
-        else:
-            raise EdgeDFAError(f"{path} [base]: unknown key {key!r}; expected one of "
-                               f"{', '.join(SOURCE_KEYS + ('config',) + SECTIONS)}")
-    return source, config
+def _base(base: dict, where: str, path: str) -> dict:
+    """The base settings document: a config file (``config``) under the sections given."""
+    bad = sorted(set(base) - set(C.SECTIONS) - {"config"})
+    if bad:
+        raise EdgeDFAError(f"{path} [base]: unknown key(s) {bad}; expected config or a section: "
+                           f"{', '.join(C.SECTIONS)}")
+    file_doc = C.load_config(_resolve_path("config", base["config"], where)) if "config" in base else {}
+    tables = {k: v for k, v in base.items() if k != "config"}
+    for name in ("model", "data"):
+        for key, val in list(tables.get(name, {}).items()) if isinstance(tables.get(name), dict) else []:
+            tables[name][key] = _resolve_path(f"{name}.{key}", val, where)
+    return C.merge(file_doc, C.check_doc(tables, f"{path} [base]"))
 
 
 def _resolve_path(key: str, val, where: str):
-    if key in ("model", "data", "config") and isinstance(val, str):
+    if key in FILE_KEYS + ("config",) and isinstance(val, str) and val.lower() != "none":
         return os.path.normpath(os.path.join(where, val))
     return val
-
-
-def _merge(a: dict, b: dict) -> dict:
-    """``b`` over ``a``, tables merged key by key, anything else replaced."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -205,12 +198,12 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 
 
 def _check_path(setting: str, where: str) -> None:
-    root = setting.split(".")[0]
-    if root in SOURCE_KEYS and setting != root:
-        raise EdgeDFAError(f"{where}: {setting!r}: {root} takes a value, not sub-keys")
-    if root not in SOURCE_KEYS and (root not in SECTIONS or "." not in setting and root != "modules"):
-        raise EdgeDFAError(f"{where}: {setting!r} is not a setting; use one of {', '.join(SOURCE_KEYS)} or "
-                           f"SECTION.KEY with SECTION one of {', '.join(SECTIONS)}")
+    parts = setting.split(".")
+    shape = C.SECTIONS[parts[0]].shape if parts[0] in C.SECTIONS else None
+    need = {"table": 2, "per_layer": 3, "list": 1}.get(shape)
+    if need is None or len(parts) != need:
+        raise EdgeDFAError(f"{where}: {setting!r} is not a setting; use SECTION.KEY (SECTION one of"
+                           f" {', '.join(C.SECTIONS)}), layers.NAME.KEY or modules")
 
 
 def _axes(table: dict, where: str, path: str) -> list:
@@ -347,26 +340,22 @@ def plan(spec: Spec, points: list) -> list:
 
 
 def make_trial(spec: Spec, point: dict, seed: int) -> dict:
-    """One trial as a plain dict, its settings checked now rather than on a worker."""
-    settings = {}
-    for axis in spec.axes:
-        settings.update(axis.settings(point[axis.name]))
-    source = dict(spec.source)
-    config = copy.deepcopy(spec.config)
-    for key, val in settings.items():
-        if key in SOURCE_KEYS:
-            source[key] = val
-        else:
-            config = _merge(config, _nest(key, val))
-    config = _merge(config, {"train": {"seed": seed}})
+    """One trial as a plain dict, its settings checked and resolved now rather than on a worker."""
     label = point_label(spec, point)
-    source = _check_source(source, f"{spec.path}: trial {label!r}")
-    _check_config(config, source, f"{spec.path}: trial {label!r}")
-    trial = {"label": label, "point": dict(point), "seed": seed, **source, "config": config,
+    where = f"{spec.path}: trial {label!r}"
+    try:
+        doc = spec.base
+        for axis in spec.axes:
+            for key, val in axis.settings(point[axis.name]).items():
+                doc = C.merge(doc, C.check_doc(_nest(key, val), f"{spec.path} [axes] {axis.name}"))
+        doc = C.merge(doc, {"train": {"seed": seed}})
+        effective = C.resolve_run(doc, where).doc
+    except EdgeDFAError as exc:  # some checks do not say where: name the spec and the trial
+        raise EdgeDFAError(str(exc) if spec.path in str(exc) else f"{where}: {exc}") from None
+    files = {key: _file_hash(spec, _get(effective, key)) for key in FILE_KEYS if _get(effective, key)}
+    trial = {"label": label, "point": dict(point), "seed": seed, "settings": doc, "files": files,
              "emulate_steps": spec.emulate_steps}
-    for key in ("model", "data"):
-        trial[f"{key}_sha256"] = _file_hash(spec, source[key]) if source.get(key) else None
-    trial["fingerprint"] = fingerprint(trial)
+    trial["fingerprint"] = fingerprint(effective, files, spec.emulate_steps)
     return trial
 
 
@@ -377,42 +366,20 @@ def _nest(path: str, val) -> dict:
     return out
 
 
+def _get(doc: dict, path: str):
+    section, key = path.split(".")
+    v = doc.get(section, {}).get(key)
+    return None if v is None or (isinstance(v, str) and v.lower() == "none") else v
+
+
 def point_label(spec: Spec, point: dict) -> str:
     """A configuration's name in tables and plots: its axis values, briefly."""
     parts = []
     for axis in spec.axes:
         v = point[axis.name]
-        v = f"{v:.4g}" if isinstance(v, float) else v
-        parts.append(str(v) if axis.named or axis.name in SOURCE_KEYS else f"{short_name(axis.name)}={v}")
+        v = f"{v:.4g}" if isinstance(v, float) else os.path.basename(v) if axis.name in FILE_KEYS else v
+        parts.append(str(v) if axis.named or axis.name in BARE_KEYS else f"{short_name(axis.name)}={v}")
     return " ".join(parts) or "base"
-
-
-def _check_source(source: dict, where: str) -> dict:
-    if source.get("arch") and source.get("model"):
-        raise EdgeDFAError(f"{where}: both arch and model are set; a trial trains one of them")
-    if source.get("dataset") and source.get("data"):
-        raise EdgeDFAError(f"{where}: both dataset and data are set; a trial trains on one of them")
-    from ..arch import ARCHS
-    from ..data import BUILTIN
-
-    if not source.get("model") and source.setdefault("arch", "mlp") not in ARCHS:
-        raise EdgeDFAError(f"{where}: arch {source['arch']!r}; expected one of {', '.join(ARCHS)}")
-    if not source.get("data") and source.setdefault("dataset", "digits") not in BUILTIN:
-        raise EdgeDFAError(f"{where}: dataset {source['dataset']!r}; expected one of {', '.join(BUILTIN)}")
-    return {k: source.get(k) for k in SOURCE_KEYS}
-
-
-def _check_config(config: dict, source: dict, where: str) -> None:
-    from hdl_models.hwconfig import hw_config
-
-    bad = sorted(set(config) - set(SECTIONS))
-    if bad:
-        raise EdgeDFAError(f"{where}: unknown config section(s) {bad}; expected {', '.join(SECTIONS)}")
-    try:
-        resolve_run({**config, "_path": "config"}, SimpleNamespace(model=source.get("model"), arch=source.get("arch")))
-        hw_config(config.get("hardware"))
-    except EdgeDFAError as exc:
-        raise EdgeDFAError(f"{where}: {exc}") from None
 
 
 def _file_hash(spec: Spec, path: str) -> str:
@@ -429,10 +396,14 @@ def file_sha256(path: str) -> str:
         raise EdgeDFAError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def fingerprint(trial: dict) -> str:
-    """What decides a trial's figures, hashed: settings, seed, model and data contents."""
-    keys = ("arch", "model_sha256", "dataset", "data_sha256", "config", "emulate_steps")
-    return _digest({k: trial.get(k) for k in keys})[:16]
+def fingerprint(effective: dict, files: dict, emulate_steps: int) -> str:
+    """What decides a trial's figures, hashed: every setting (defaults included), the files'
+    contents in place of their paths, the emulated steps."""
+    doc = copy.deepcopy(effective)
+    for key, digest in files.items():
+        section, name = key.split(".")
+        doc[section][name] = f"sha256:{digest}"
+    return _digest({"settings": doc, "emulate_steps": emulate_steps})[:16]
 
 
 def _digest(obj) -> str:

@@ -10,11 +10,8 @@ import socket
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
-from ..api import build_model, fit, load_onnx
-from ..config import resolve_run
-from ..data import select_dataset
+from .. import session
 from ..errors import EdgeDFAError
 from .spec import file_sha256
 
@@ -51,41 +48,35 @@ def run_trial(trial: dict) -> dict:
     """Train (and emulate) one planned trial; its figures, timing and run-directory files."""
     prepare_worker()
     t0 = time.perf_counter()
+    check_files(trial)
     with tempfile.TemporaryDirectory(prefix="edgedfa-trial-") as tmp:
-        model, ds, run = build(trial)
-        metrics = fit(model, ds, run.train, tmp, quiet=True, modules_table=run.modules)
-        figures = train_figures(metrics, model)
+        out = os.path.join(tmp, "run")
+        req = session.Request(settings=trial["settings"], out=out, quiet=True)
+        outcome = session.train(req)
+        figures = train_figures(outcome.metrics, outcome.model)
         if trial["emulate_steps"]:
-            figures.update(emulate_figures(emulate_run(tmp, ds, trial["emulate_steps"], run.hardware), figures))
-        with open(os.path.join(tmp, "trial.json"), "w") as fh:
+            report = emulate_run(out, req, trial["emulate_steps"])
+            figures.update(emulate_figures(report, figures))
+        with open(os.path.join(out, "trial.json"), "w") as fh:
             json.dump(trial, fh, indent=2)
         files = {}
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as fh:
-                files[name] = fh.read()
-    timing = {"seconds": time.perf_counter() - t0, "samples_per_second": metrics.get("samples_per_second"),
+        for name in sorted(os.listdir(out)):
+            if os.path.isfile(os.path.join(out, name)):
+                with open(os.path.join(out, name), "rb") as fh:
+                    files[name] = fh.read()
+    timing = {"seconds": time.perf_counter() - t0, "samples_per_second": outcome.metrics.get("samples_per_second"),
               "worker": worker_name(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return {"fingerprint": trial["fingerprint"], "figures": figures, "timing": timing, "files": files}
 
 
-def build(trial: dict):
-    """The trial's untrained model, its data and its resolved settings."""
-    where = f"trial {trial['label']!r}"
-    run = resolve_run({**trial["config"], "_path": where}, SimpleNamespace(model=trial["model"], arch=trial["arch"]))
-    for key in ("model", "data"):
-        if trial[key] and file_sha256(trial[key]) != trial[f"{key}_sha256"]:
-            raise EdgeDFAError(f"{where}: {trial[key]} on this worker differs from the file the sweep planned with")
-    ds = select_dataset(trial["data"], trial["dataset"])
-    seed = run.train.seed
-    if trial["model"]:
-        model = load_onnx(trial["model"], numerics=run.numerics, seed=seed, layer_numerics=run.layer_numerics)
-    else:
-        from ..arch import build as build_graph
-
-        model = build_model(build_graph(trial["arch"], seed, ds.sample_shape, ds.n_classes), run.numerics, seed,
-                            run.layer_numerics)
-    model.graph.meta["dataset"] = trial["dataset"] or trial["data"]
-    return model, ds, run
+def check_files(trial: dict) -> None:
+    """The model and data files this worker reads are those the sweep was planned with."""
+    for key, digest in trial.get("files", {}).items():
+        section, name = key.split(".")
+        path = trial["settings"][section][name]
+        if file_sha256(path) != digest:
+            raise EdgeDFAError(f"trial {trial['label']!r}: {path} on this worker differs from the file the sweep"
+                               " was planned with")
 
 
 def train_figures(metrics: dict, model) -> dict:
@@ -103,13 +94,17 @@ def train_figures(metrics: dict, model) -> dict:
             "clipped_updates": sum(int(e.get("clipped_updates", 0)) for e in sat) if sat else None}
 
 
-def emulate_run(run_dir: str, ds, steps: int, hardware: dict) -> dict:
-    """``edgedfa emulate`` on the trained checkpoint; its report also lands in emulate.json."""
+def emulate_run(run_dir: str, req, steps: int) -> dict:
+    """``edgedfa emulate`` on the trained checkpoint with the run's [hardware], on its training
+    data; the report also lands in emulate.json."""
     from hdl_models.hwconfig import hw_config
 
     from ..cosim import emulate, report_json
 
-    report = emulate(os.path.join(run_dir, "checkpoint.npz"), ds.x_train, ds.y_train, steps, hw_config(hardware))
+    run = session.settings(req)
+    data, _, _ = session.load_data(req, run)
+    report = emulate(os.path.join(run_dir, "checkpoint.npz"), data.x_train, data.y_train, steps,
+                     hw_config(run.hardware))
     with open(os.path.join(run_dir, "emulate.json"), "w") as fh:
         fh.write(report_json(report))
     return report
