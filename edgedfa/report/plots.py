@@ -13,7 +13,6 @@ from .runs import emulation_layers
 
 INSTALL = 'plots need matplotlib: pip install "edgedfa[plot]"'
 SPLIT_STYLE = {"train": "-", "validation": "--", "test": ":"}
-MARKERS = "osD^v<>PX*h"
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "edgedfa", "svg.fonttype": "none"}
 
@@ -26,7 +25,7 @@ def available() -> bool:
     return True
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -34,7 +33,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig, stem: str) -> list:
+def save(fig, stem: str) -> list:
     import matplotlib
 
     files = [stem + ".png", stem + ".svg"]
@@ -44,7 +43,7 @@ def _save(fig, stem: str) -> list:
     return files
 
 
-def _styled(draw):
+def styled(draw):
     """Run a drawing function under the report's style."""
     def wrapped(*args, **kwargs):
         try:
@@ -57,14 +56,14 @@ def _styled(draw):
     return wrapped
 
 
-def _colors(n: int) -> list:
+def colors(n: int) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _eng(ax, axis: str = "x") -> None:
+def eng_axis(ax, axis: str = "x") -> None:
     from matplotlib.ticker import EngFormatter
 
     getattr(ax, f"{axis}axis").set_major_formatter(EngFormatter(sep=""))
@@ -72,16 +71,16 @@ def _eng(ax, axis: str = "x") -> None:
 
 # --------------------------------------------------------------------------- runs
 
-@_styled
+@styled
 def plot_curves(curves: list, stem: str) -> dict:
     """Accuracy and loss per epoch of every run on one chart (colour: run, line: split)."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     ax_acc, ax_loss = fig.subplots(1, 2)
     runs = list(dict.fromkeys(c.run for c in curves))
-    color = dict(zip(runs, _colors(len(runs))))
+    color = dict(zip(runs, colors(len(runs))))
     drawn = {"accuracy": 0, "loss": 0}
     for c in curves:
         ax = ax_acc if c.kind == "accuracy" else ax_loss
@@ -101,10 +100,10 @@ def plot_curves(curves: list, stem: str) -> dict:
         ax_loss.text(0.5, 0.5, "no loss in the history", ha="center", va="center", transform=ax_loss.transAxes)
     fig.legend(handles=handles, loc="outside right upper", title=runs[0] if len(runs) == 1 else "line / run")
     fig.suptitle("Training curves" if len(runs) == 1 else f"Training curves of {len(runs)} runs")
-    return {"accuracy_curves": drawn["accuracy"], "loss_curves": drawn["loss"], "files": _save(fig, stem)}
+    return {"accuracy_curves": drawn["accuracy"], "loss_curves": drawn["loss"], "files": save(fig, stem)}
 
 
-@_styled
+@styled
 def plot_layer_stats(stats: dict, run: str, stem: str) -> dict:
     """One panel per per-layer statistic over epochs, one line per tensor."""
     from matplotlib.lines import Line2D
@@ -113,10 +112,10 @@ def plot_layer_stats(stats: dict, run: str, stem: str) -> dict:
     names = sorted(stats)
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
-    fig = _figure(4.2 * cols + 1.8, 3.0 * rows)
+    fig = new_figure(4.2 * cols + 1.8, 3.0 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     tensors = list(dict.fromkeys(t for s in names for t in stats[s]))
-    color = dict(zip(tensors, _colors(len(tensors))))
+    color = dict(zip(tensors, colors(len(tensors))))
     lines = 0
     for ax, stat in zip(axes, names):
         for tensor, (xs, ys) in stats[stat].items():
@@ -129,13 +128,13 @@ def plot_layer_stats(stats: dict, run: str, stem: str) -> dict:
     fig.legend(handles=[Line2D([], [], color=color[t], label=t) for t in tensors], loc="outside right upper",
                title="tensor")
     fig.suptitle(f"{run}: per-layer statistics per epoch")
-    return {"panels": len(names), "lines": lines, "files": _save(fig, stem)}
+    return {"panels": len(names), "lines": lines, "files": save(fig, stem)}
 
 
-@_styled
+@styled
 def plot_saturation(rows: list, run: str, stem: str) -> dict:
     """Final share of codes at a format limit and count of clipped updates, per tensor."""
-    fig = _figure(9, 0.9 + 0.28 * max(len(rows), 3))
+    fig = new_figure(9, 0.9 + 0.28 * max(len(rows), 3))
     ax_frac, ax_clip = fig.subplots(1, 2, sharey=True)
     names = [r[0] for r in rows]
     ys = list(range(len(rows)))
@@ -149,19 +148,19 @@ def plot_saturation(rows: list, run: str, stem: str) -> dict:
     ax_frac.invert_yaxis()
     ax_frac.set(xlabel="codes at the format's limit (%)", title="Saturated at the end of training")
     ax_clip.set(xlabel="updates clipped at the limit (count, whole run)", title="Clipped updates")
-    _eng(ax_clip)
+    eng_axis(ax_clip)
     fig.suptitle(f"{run}: saturation per tensor")
-    return {"bars": 2 * len(rows), "tensors": len(rows), "files": _save(fig, stem)}
+    return {"bars": 2 * len(rows), "tensors": len(rows), "files": save(fig, stem)}
 
 
-@_styled
+@styled
 def plot_emulation(report: dict, run: str, stem: str) -> dict:
     """Cycles, MACs and bytes moved per layer and phase, per training step."""
     layers, phases, cells = emulation_layers(report)
     steps = max(1, report.get("steps", 1))
-    fig = _figure(13, 1.2 + 0.32 * max(len(layers), 3))
+    fig = new_figure(13, 1.2 + 0.32 * max(len(layers), 3))
     panels = fig.subplots(1, 3, sharey=True)
-    color = dict(zip(phases, _colors(len(phases))))
+    color = dict(zip(phases, colors(len(phases))))
     ys = list(range(len(layers)))
     bars = 0
     for ax, key, label in zip(panels, ("cycles", "macs", "bytes"),
@@ -174,14 +173,14 @@ def plot_emulation(report: dict, run: str, stem: str) -> dict:
             left = [a + b for a, b in zip(left, vals)]
             bars += len(layers)
         ax.set(xlabel=label)
-        _eng(ax)
+        eng_axis(ax)
     panels[0].set_yticks(ys, layers)
     panels[0].invert_yaxis()
     panels[0].legend(title="phase", loc="lower right")
     hw = report.get("hardware", {})
     fig.suptitle(f"{run}: emulated per layer ({hw.get('array', '?')} array at {report.get('clock_mhz', 0):g} MHz, "
                  f"{report.get('cycles_per_step', 0):,.0f} cycles per step scheduled, batch {report.get('batch_size')})")
-    return {"layers": len(layers), "phases": len(phases), "bars": bars, "files": _save(fig, stem)}
+    return {"layers": len(layers), "phases": len(phases), "bars": bars, "files": save(fig, stem)}
 
 
 def _cell(row, key: str) -> float:
@@ -190,85 +189,6 @@ def _cell(row, key: str) -> float:
     if key == "bytes":
         return row.get("onchip_bytes", 0) + row.get("offchip_bytes", 0)
     return row.get(key, 0)
-
-
-# --------------------------------------------------------------------------- sweeps
-
-@_styled
-def plot_pareto(points: list, x_label: str, title: str, stem: str, encode: dict) -> dict:
-    """Accuracy against a cost, one point per configuration (mean over seeds, bars: min..max),
-    the Pareto front joined and its points labelled."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    fig = _figure(9.5, 5.6)
-    ax = fig.subplots()
-    color_axis, marker_axis = encode.get("color"), encode.get("marker")
-    color = dict(zip(encode.get("color_values", []), _colors(len(encode.get("color_values", [])))))
-    marker = dict(zip(encode.get("marker_values", []), MARKERS))
-    fill_axis, fill_values = encode.get("fill"), encode.get("fill_values", [])
-    for p in points:
-        c = color.get(p["point"].get(color_axis), "0.4")
-        m = marker.get(p["point"].get(marker_axis), "o")
-        hollow = fill_axis is not None and p["point"].get(fill_axis) == fill_values[-1]
-        ax.errorbar(p["x"], 100 * p["y"], yerr=[[100 * (p["y"] - p["y_min"])], [100 * (p["y_max"] - p["y"])]],
-                    fmt=m, color=c, mfc="white" if hollow else c, ms=8 if p["front"] else 6,
-                    mec="black" if p["front"] else c, mew=1.2 if p["front"] else 1.0,
-                    alpha=1.0 if p["front"] else 0.8, capsize=2, elinewidth=0.8)
-    front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
-    if front:
-        ax.step([p["x"] for p in front], [100 * p["y"] for p in front], where="post", color="black", lw=1, ls="--",
-                zorder=0)
-    labels = _label_front(ax, front, points)
-    if _spread(points) > 20:
-        ax.set_xscale("log")
-    else:
-        _eng(ax)
-    ax.set(xlabel=x_label, ylabel="test accuracy (%)", title=title)
-    ax.text(0.01, 0.01, "points: one configuration, mean over its seeds; bars: min..max over seeds",
-            transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
-    handles = _section(f"{color_axis} (colour)", [Patch(color=color[v], label=f"{v}") for v in color])
-    handles += _section(f"{marker_axis} (marker)", [Line2D([], [], ls="", marker=marker[v], color="0.4", label=f"{v}")
-                                                   for v in marker])
-    handles += _section(f"{fill_axis} (fill)", [Line2D([], [], ls="", marker="o", color="0.4",
-                                                       mfc="white" if i else "0.4", label=f"{v}")
-                                                for i, v in enumerate(fill_values)])
-    handles += _section("", [Line2D([], [], color="black", ls="--", marker="o", mfc="none", mec="black",
-                                    label="Pareto front")])
-    legend = fig.legend(handles=handles, loc="outside right upper")
-    heads = {h.get_label() for h in handles if not isinstance(h, Patch) and h.get_linestyle() == "None"
-             and h.get_marker() in (None, "None", "")}
-    for text in legend.get_texts():
-        if text.get_text() in heads:
-            text.set_fontweight("bold")
-    return {"points": len(points), "front": len(front), "labels": labels, "files": _save(fig, stem)}
-
-
-def _section(title: str, handles: list) -> list:
-    """Legend entries under a heading (an entry with no symbol)."""
-    from matplotlib.lines import Line2D
-
-    if not handles:
-        return []
-    head = [Line2D([], [], ls="", label=title)] if title else [Line2D([], [], ls="", label=" ")]
-    return head + handles
-
-
-def _spread(points: list) -> float:
-    xs = [p["x"] for p in points if p["x"] and p["x"] > 0]
-    return max(xs) / min(xs) if xs else 1.0
-
-
-def _label_front(ax, front: list, points: list) -> list:
-    """Label each front point, alternating above and below so neighbours do not collide."""
-    out = []
-    for i, p in enumerate(front):
-        dy = 10 if i % 2 == 0 else -14
-        ax.annotate(p["label"], (p["x"], 100 * p["y"]), xytext=(6, dy), textcoords="offset points", fontsize=7,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "0.7", "alpha": 0.85},
-                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.6})
-        out.append(p["label"])
-    return out
 
 
 def stem(out_dir: str, name: str) -> str:

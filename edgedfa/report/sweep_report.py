@@ -17,6 +17,7 @@ from ..sweep.results import FIGURES, RESULTS, read_rows
 from ..sweep.spec import parse_constraint, parse_objective
 from . import markdown as md
 from . import plots
+from .pareto_plot import MARKERS, plot_pareto
 
 ACCURACY = "test_accuracy"
 NEAR_BEST = 0.01  # "as good as the best": within one accuracy point
@@ -48,7 +49,7 @@ def sweep_report(sweep_dir: str, out_dir: str, draw: bool = True) -> dict:
         if draw and pts:
             data = [{"x": c[field], "y": c[ACCURACY], "y_min": c["acc_min"], "y_max": c["acc_max"],
                      "front": c["front"][field], "label": c["label"], "point": c["point"]} for c in pts]
-            out["plots"][field] = plots.plot_pareto(data, x_label, title, plots.stem(out_dir, name), encode)
+            out["plots"][field] = plot_pareto(data, x_label, title, plots.stem(out_dir, name), encode)
     write_configurations(configs, os.path.join(out_dir, "configurations.csv"))
     objective, constraints = spec_goal(sweep_dir)
     text = summary_markdown(sweep_dir, rows, configs, out, out_dir, objective, constraints)
@@ -96,7 +97,7 @@ def encoding(configs: list) -> dict:
                 values[axis].append(v)
     varying = sorted((a for a in values if len(values[a]) > 1), key=lambda a: -len(values[a]))
     color = next((a for a in varying if len(values[a]) <= 10), None)
-    marker = next((a for a in varying if a != color and len(values[a]) <= len(plots.MARKERS)), None)
+    marker = next((a for a in varying if a != color and len(values[a]) <= len(MARKERS)), None)
     fill = next((a for a in varying if a not in (color, marker) and len(values[a]) == 2), None)
     return {"color": color, "color_values": values.get(color, []), "marker": marker,
             "marker_values": values.get(marker, []), "fill": fill, "fill_values": values.get(fill, [])}
