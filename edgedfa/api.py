@@ -17,6 +17,7 @@ from .loss import cross_entropy
 from .model import IntModel
 from .numerics import Numerics
 from .progress import Progress, Rate, bar
+from .scaling import epoch_report
 from .train import TrainConfig, Trainer, batch_order
 
 BEST = "best.npz"  # the checkpoint of the epoch with the best validation accuracy
@@ -82,6 +83,7 @@ class _Loop:
         if model.in_fmt is None:
             model.calibrate(self.x_train[: max(cfg.batch_size * 8, 256)])
         self.trainer = make_trainer(model, cfg, modules_table)
+        self.cfg = self.trainer.cfg  # every default resolved for the model's numerics
         if start and "saturation" in start:  # checkpoints before the trainer kept its own arrays
             self.trainer.saturation = start["saturation"]
         self.trainer.load_state(state or {})
@@ -139,7 +141,8 @@ class _Loop:
         p, part, model = self.p, self.p["partial"], self.model
         entry = {"epoch": epoch + 1, "train_accuracy": accuracy(model, self.x_train, self.data.y_train),
                  "test_accuracy": accuracy(model, self.x_test, self.data.y_test),
-                 "loss": part["loss_sum"] / max(part["seen"], 1), "seconds": part["seconds"]}
+                 "loss": part["loss_sum"] / max(part["seen"], 1), "seconds": part["seconds"],
+                 "scaling": epoch_report(model.layers), "formats": model.formats()}
         if self.val is not None:
             entry["val_accuracy"] = accuracy(model, self.x_val, self.val.y_test)
         changed = {k: v for c in p["changes"] if c["epoch"] == epoch for k, v in c["settings"].items()}
@@ -172,7 +175,9 @@ class _Loop:
         out = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
                "history": hist, "samples_per_second": p["samples"] / p["seconds"] if p["seconds"] else None,
                "algo": trainer.plan.algo, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-               "lr_shift": cfg.lr_shift, "formats": model.formats(), "saturation": _saturation_report(model, trainer),
+               "lr_shift": cfg.lr_shift, "update_rule": model.numerics.rule, "scaling_policy": model.numerics.scaling,
+               "formats": model.formats(), "saturation": _saturation_report(model, trainer),
+               "scaling": last.get("scaling", {}),
                "plan": trainer.plan.describe(), "dataset": self.data.name,
                "arch": model.graph.meta.get("arch", model.graph.name), "steps": p["step"]}
         if self.val is not None:

@@ -22,7 +22,7 @@ from .data import read_npz
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, dequantize
 from .model import IntModel, graph_from_json, graph_to_json
-from .numerics import Numerics
+from .numerics import Numerics, legacy_fields
 from .schema import check_value
 from .train import TrainConfig
 
@@ -41,8 +41,10 @@ def _plain(v):
 
 
 def numerics_from_dict(d: dict) -> Numerics:
+    """Stored numerics; a field the writer did not know keeps the meaning it had then."""
     names = {f.name for f in fields(Numerics)}
-    return Numerics().with_overrides({k: v for k, v in d.items() if k in names}, "checkpoint numerics")
+    stored = {**legacy_fields(d), **{k: v for k, v in d.items() if k in names}}
+    return Numerics().with_overrides(stored, "checkpoint numerics")
 
 
 def train_config_from_meta(meta: dict) -> TrainConfig:

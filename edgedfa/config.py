@@ -49,28 +49,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# Defaults per architecture, measured in docs/benchmarks.md.
-ARCH_DEFAULTS = {
-    "mlp": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [21]},
-    "cnn": {"epochs": 40, "lr_shift": 5, "lr_decay_epochs": [28]},
-    "rnn": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
-    "gru": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
-    "lstm": {"epochs": 30, "lr_shift": 4, "lr_decay_epochs": [20]},
-    "model": {"epochs": 20, "lr_shift": 5, "lr_decay_epochs": []},
-}
-
-
-# Numerics defaults per architecture (overridden by [numerics] and --bits): conv nets and
-# recurrent nets need more weight range than their initial values show, and BPTT's small
-# gradients need normalized updates (datapath §12; measured in benchmarks.md).
-ARCH_NUMERICS = {
-    "cnn": {"weight_headroom": 2, "momentum_shift": 3},  # momentum 7/8: lr_shift 5 (4 collapses DFA)
-    "rnn": {"weight_int_bits": 1, "update_norm_bits": 2},
-    "gru": {"weight_int_bits": 1, "update_norm_bits": 2},
-    "lstm": {"weight_int_bits": 1, "update_norm_bits": 2, "momentum_shift": 3},  # momentum: LSTM only
-}
-
-
 # --------------------------------------------------------------------------- the sections
 
 @dataclass
@@ -296,14 +274,14 @@ def resolve_run(doc: dict | None, where: str = "config") -> RunSettings:
     table = doc.get("numerics", {})
     bits = _value("numerics", table, "bits")
     base = Numerics.from_bits(bits)
-    num_kw = {**ARCH_NUMERICS.get(kind, {}), **{k: v for k, v in table.items() if k != "bits"}}
+    num_kw = {k: v for k, v in table.items() if k != "bits"}  # the same defaults for every graph (§13)
     numerics = base.with_overrides(num_kw, f"{where} [numerics]")
     check_widths(numerics, f"{_in(where)}[numerics]" + ("" if "bits" not in table else f" (bits = {bits})"))
     layers = doc.get("layers", {})
     for name, sub in layers.items():
         nums = {k: v for k, v in sub.items() if spec_entry("layers", k)[0] is Numerics}
         check_widths(numerics.with_overrides(nums, f"{where} [layers.{name}]"), f"{_in(where)}[layers.{name}]")
-    train = _build(TrainConfig, "train", doc.get("train", {}), ARCH_DEFAULTS.get(kind, {}))
+    train = _build(TrainConfig, "train", doc.get("train", {}))
     hardware = doc.get("hardware", {})
     effective = {"model": _plain_fields(model), "data": _plain_fields(data),
                  "numerics": {"bits": bits, **_plain_fields(numerics)}, "layers": layers,

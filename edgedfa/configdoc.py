@@ -10,7 +10,7 @@ import enum
 import sys
 
 from . import session  # noqa: F401  (fills in the [hardware] section)
-from .config import ARCH_DEFAULTS, ARCH_NUMERICS, SECTIONS
+from .config import SECTIONS
 from .schema import NONE, allowed, entries, plain
 
 INTRO = """# Configuration reference
@@ -39,7 +39,6 @@ def render() -> str:
         parts.append(_section(name, section))
         for key, classes in section.subtables.items():
             parts.append(_table(f"`[[{name}]]` `{key}`", "Keys of the nested table.", classes, section))
-    parts.append(_arch_defaults())
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -93,21 +92,6 @@ def _resume(e, section) -> str:
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _arch_defaults() -> str:
-    lines = ["## Defaults of the built-in architectures", "",
-             "Beneath the file and the flags, each architecture (`[model] arch`; `model` is any ONNX file) starts"
-             " from these values instead of the defaults above:", "",
-             "| architecture | [train] | [numerics] |", "|---|---|---|"]
-    for arch, train in ARCH_DEFAULTS.items():
-        num = ARCH_NUMERICS.get(arch, {})
-        lines.append(f"| `{arch}` | {_pairs(train)} | {_pairs(num) or '(the defaults)'} |")
-    return "\n".join(lines) + "\n"
-
-
-def _pairs(d: dict) -> str:
-    return ", ".join(f"`{k} = {v}`" for k, v in d.items())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from importlib import resources
 import numpy as np
 
 from .errors import EdgeDFAError
-from .prng import PURPOSE_SHUFFLE, stream_id, words
+from .prng import PURPOSE_AUX, PURPOSE_SHUFFLE, stream_id, words
 
 DIGITS_SPLIT_SEED = 20161  # fixed: the documented train/test split never changes
 DIGITS_TEST_FRACTION = 0.2
@@ -76,7 +76,86 @@ def shifted_digits(canvas: int = 16, seed: int = 7) -> Dataset:
     return Dataset("shifted-digits", out[0], base.y_train, out[1], base.y_test)
 
 
-BUILTIN = {"digits": digits, "shifted-digits": shifted_digits}
+def _standardized(ds: Dataset, name: str, per_feature: bool, shape=None) -> Dataset:
+    """Zero mean, unit variance from the training split's statistics (per input feature,
+    constant features left at 0, or one pair for every value), optionally reshaped."""
+    axis = 0 if per_feature else None
+    mu, sd = ds.x_train.mean(axis=axis), ds.x_train.std(axis=axis)
+    sd = np.where(sd > 0, sd, 1.0)
+    shape = ds.x_train.shape[1:] if shape is None else shape
+    f = lambda x: ((x - mu) / sd).reshape((-1,) + tuple(shape))  # noqa: E731
+    return Dataset(name, f(ds.x_train), ds.y_train, f(ds.x_test), ds.y_test)
+
+
+def digits_std() -> Dataset:
+    """The digits with every pixel standardized (rare pixels reach about +-20)."""
+    return _standardized(digits(), "digits-std", per_feature=True)
+
+
+def digits_seq() -> Dataset:
+    """The digits read pixel by pixel: 64 steps of one standardized value."""
+    return _standardized(digits(), "digits-seq", per_feature=False, shape=(64, 1))
+
+
+SIGNAL_SEED = 1729
+SIGNAL_CLASSES = ("sine", "square", "triangle", "sawtooth", "chirp", "pulses")
+
+
+def _uniform(seed: int, draw: int, shape) -> np.ndarray:
+    """Uniform (0, 1) values from the datapath PRNG (stream 0/aux, one step per draw)."""
+    return (words(seed, stream_id(0, PURPOSE_AUX), draw, shape).astype(np.float64) + 0.5) / 2.0**32
+
+
+def _normal(seed: int, draw: int, shape) -> np.ndarray:
+    """Standard normal values by Box-Muller from two uniform draws."""
+    u1, u2 = _uniform(seed, 2 * draw, shape), _uniform(seed, 2 * draw + 1, shape)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def _waveform(kind: int, t, f, phase):
+    """One period-``1/f`` waveform of class ``kind`` at times ``t`` (in windows)."""
+    ph = (f * t + phase) % 1.0
+    if kind == 0:
+        return np.sin(2 * np.pi * ph)
+    if kind == 1:
+        return np.where(ph < 0.5, 1.0, -1.0)
+    if kind == 2:
+        return 4.0 * np.abs(ph - 0.5) - 1.0
+    if kind == 3:
+        return 2.0 * ph - 1.0
+    if kind == 4:  # the frequency sweeps from f/2 to 3f/2 over the window
+        return np.sin(2 * np.pi * (0.5 * f * t + 0.5 * f * t * t + phase))
+    d = np.minimum(ph, 1.0 - ph) / f  # narrow Gaussian pulses, f per window
+    return 2.0 * np.exp(-0.5 * (d * f / 0.08) ** 2) - 0.5
+
+
+def signal(n_train: int = 3000, n_test: int = 1000, length: int = 128, seed: int = SIGNAL_SEED) -> Dataset:
+    """Six noisy waveforms to tell apart: 1-D signals of ``length`` samples, standardized.
+
+    Sample i has class i mod 6 (sine, square, triangle, sawtooth, chirp, pulse train);
+    f ~ U(2, 8) periods per window, phase ~ U(0, 1), amplitude a ~ U(0.5, 2), offset ~
+    N(0, 0.5^2), white noise of standard deviation a * U(0.1, 0.5);
+    x[k] = offset + a * wave(k / length) + noise[k]. Stratified 3000/1000 split, then one
+    mean and standard deviation from the training split for every value. Every random
+    number comes from the datapath PRNG, so the data never change between releases.
+    """
+    n = n_train + n_test
+    y = np.arange(n) % len(SIGNAL_CLASSES)
+    u = _uniform(seed, 0, (n, 4))
+    f, phase, amp = 2.0 + 6.0 * u[:, 0], u[:, 1], 0.5 + 1.5 * u[:, 2]
+    sigma = amp * (0.1 + 0.4 * u[:, 3])
+    t = np.arange(length) / length
+    x = np.empty((n, length))
+    for c in range(len(SIGNAL_CLASSES)):
+        m = y == c
+        x[m] = _waveform(c, t[None, :], f[m, None], phase[m, None])
+    x = 0.5 * _normal(seed, 1, n)[:, None] + amp[:, None] * x + sigma[:, None] * _normal(seed, 2, (n, length))
+    tr, te = stratified_split(y, n_test / n, seed)
+    return _standardized(Dataset("signal", x[tr], y[tr], x[te], y[te]), "signal", per_feature=False)
+
+
+BUILTIN = {"digits": digits, "shifted-digits": shifted_digits, "digits-std": digits_std,
+           "digits-seq": digits_seq, "signal": signal}
 
 
 def select_dataset(path: str | None = None, name: str | None = None, recorded: str | None = None) -> Dataset:

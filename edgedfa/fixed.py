@@ -449,7 +449,15 @@ def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
     shift = max(0, bit_length(maxabs) - (bits - 1))
     out_fmt = FixedFormat.with_frac(bits, fmt.frac_bits - shift)
     q = round_shift(codes, shift, rounding, rng, step)
-    return QTensor(apply_overflow(q, out_fmt, Overflow.AP_SAT), out_fmt)
+    sat = apply_overflow(q, out_fmt, Overflow.AP_SAT)
+    if NARROW_TALLIES:
+        NARROW_TALLIES[-1](codes.size, np.count_nonzero(sat != q), np.count_nonzero((sat == 0) & (codes != 0)))
+    return QTensor(sat, out_fmt)
+
+
+# Statistics of the narrowings under way (scaling.tallying pushes a counter while a layer's
+# errors are computed): values seen, clipped at a rail, rounded to zero. Reporting only.
+NARROW_TALLIES: list = []
 
 
 def align_add(a: QTensor, b: QTensor, bits: int = 40) -> QTensor:

@@ -13,6 +13,7 @@ from .graph import Graph, Node
 from .layers import LayerSpec, layer_class
 from .layers.conv import BACKWARD_MODES
 from .numerics import Numerics
+from .scaling import remember_floors
 from .schema import names, setting
 
 
@@ -67,6 +68,7 @@ class IntModel:
             for name, shp in zip(node.outputs, outs):
                 if name:
                     shapes[name] = tuple(shp)
+            remember_floors(layer)
             self.layers.append(layer)
         self.shapes = shapes
         if graph.output_name not in shapes:

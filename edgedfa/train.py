@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -14,7 +14,9 @@ from .fixed import QTensor, align_add, narrow_dynamic
 from .loss import output_error
 from .model import IntModel
 from .prng import PURPOSE_SHUFFLE, stream_id, words
+from .scaling import manage_outputs, refresh_formats, tallying
 from .schema import setting
+from .update import default_lr_shift
 
 
 @dataclass
@@ -26,8 +28,9 @@ class TrainConfig:
                           resume=True, flag="--epochs", metavar="N")
     batch_size: int = setting(32, "samples per training step", lo=1, hi=1 << 20, flag="--batch-size",
                               metavar="B")
-    lr_shift: int = setting(5, "learning rate 2^-lr_shift", lo=0, hi=30, resume=True, flag="--lr-shift",
-                            metavar="S")
+    lr_shift: int | None = setting(None, "learning rate 2^-lr_shift (Adam: the step of every parameter;"
+                                   " SGD: of the batch-mean gradient)", lo=0, hi=30, resume=True,
+                                   flag="--lr-shift", metavar="S", none="9 for Adam, 5 for SGD")
     lr_decay_epochs: list[int] = setting(factory=list, doc="epochs at which lr_shift grows by one", lo=1,
                                          hi=1_000_000, increasing=True, resume=True)
     feedback_sparsity: int = setting(1, "non-zeros per neuron of sparse feedback (sdfa)", lo=1, hi=1 << 16,
@@ -43,15 +46,25 @@ class TrainConfig:
                         hi=(1 << 32) - 1, flag="--seed", metavar="S")
 
     def shift_at(self, epoch: int) -> int:
-        """Learning-rate shift in ``epoch`` plus log2 of the batch (updates use the batch sum)."""
+        """Learning-rate shift in ``epoch`` plus log2 of the batch (SGD updates use the batch
+        sum; Adam takes the decays only, its step does not depend on the gradient's scale)."""
+        if self.lr_shift is None:
+            raise EdgeDFAError("TrainConfig.lr_shift is unresolved: use resolved(numerics)")
         decay = sum(1 for e in self.lr_decay_epochs if epoch >= e)
         return self.lr_shift + decay + int(round(math.log2(max(self.batch_size, 1))))
+
+    def resolved(self, numerics) -> "TrainConfig":
+        """This configuration with every default filled in for the model's numerics."""
+        if self.lr_shift is not None:
+            return self
+        return replace(self, lr_shift=default_lr_shift(numerics))
 
 
 class Trainer:
     """Runs one training step at a time over an IntModel and a Plan."""
 
     def __init__(self, model: IntModel, plan: Plan, cfg: TrainConfig):
+        cfg = cfg.resolved(model.numerics)
         self.model, self.plan, self.cfg = model, plan, cfg
         self.nodes = {n.name: (n, l) for n, l in zip(model.graph.nodes, model.layers)}
         self.projectors, self._sources = {}, {}
@@ -70,6 +83,7 @@ class Trainer:
                 self._sources[m.name] = source
         for layer in model.layers:
             layer.lr_base = cfg.shift_at(0)  # normalized updates scale by the schedule's decay only
+            layer.lr_shift0 = cfg.lr_shift  # Adam's step: the base shift plus the decays
         self._needs = self._error_needed()
         self.saturation = {l.name: {k: 0 for k in l.params} for l in model.layers if l.trainable}
 
@@ -124,23 +138,34 @@ class Trainer:
                 target, proj = self.projectors[mod.name]
                 src = errors.get(self._sources[mod.name])
                 if src is not None:  # None: no error reached the source tensor (nothing to learn)
-                    errors[target] = proj.project(src, layer.num.err_bits, layer.num.err_rounding)
+                    with tallying(layer, "feedback"):
+                        errors[target] = proj.project(src, layer.num.err_bits, layer.num.err_rounding)
             dys = [errors.get(o) for o in node.outputs]
             if all(d is None for d in dys):
                 continue
             need = [self._needs[(node.name, t)] for t in node.inputs if t]
             dy = dys if getattr(layer, "n_outputs", 1) > 1 else dys[0]
-            dxs, g = layer.backward(caches[node.name], dy, need)
+            with tallying(layer, "error"):
+                dxs, g = layer.backward(caches[node.name], dy, need)
             if g:
                 grads[node.name] = g
             for t, dx in zip([t for t in node.inputs if t], dxs):
                 if dx is not None and need[[u for u in node.inputs if u].index(t)]:
-                    self._accumulate(errors, t, dx, layer.num)
+                    with tallying(layer, "error"):
+                        self._accumulate(errors, t, dx, layer.num)
         for name, g in grads.items():
             clipped = self.nodes[name][1].weight_update(g, step, lr_shift)
             for k, v in clipped.items():
                 self.saturation[name][k] += v
+        self.manage_formats()
         return logits, e
+
+    def manage_formats(self) -> None:
+        """§13 after the updates: output exponents move by this step's peaks, in node order;
+        layers that keep their input's format follow."""
+        for layer in self.model.layers:
+            manage_outputs(layer)
+        refresh_formats(self.model)
 
     @staticmethod
     def _accumulate(errors, t, dx, num):

@@ -9,6 +9,7 @@ from .accounting import Cost, nbytes
 from .buffers import Buffer
 from .dram import Dram
 from .error_projection_unit import ErrorProjectionUnit
+from .exponent_unit import ExponentUnit
 from .hwconfig import HwConfig
 from .mac_array import GemmStats, MacArray
 from .prng_unit import PrngUnit
@@ -29,6 +30,7 @@ class Accelerator:
         self.requant = RequantUnit(hw.lanes)
         self.act = act.ActivationUnit(hw.lanes)
         self.update = UpdateUnit(hw.lanes, self.prng)
+        self.exponent = ExponentUnit(hw.lanes)
         self.epu = ErrorProjectionUnit(self.array, self.prng, hw.lanes)
         self.softmax = SoftmaxUnit(hw.lanes)
         mk = lambda name, kib: Buffer(name, kib * KIB, hw.buffer_width_bits, hw.buffer_banks)  # noqa: E731

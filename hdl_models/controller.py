@@ -154,7 +154,7 @@ class Controller:
 
     # ------------------------------------------------------------------ one step
     def step(self, xq: T, labels, step: int, lr_shift: int, trace: dict | None = None,
-             lr_base: int | None = None):
+             lr_base: int | None = None, lr0: int | None = None):
         """One training step through the units; returns (logits T, output error T, Ledger)."""
         acc, hw = self.acc, self.hw
         rec = (lambda k, v: trace.__setitem__(k, v)) if trace is not None else (lambda k, v: None)
@@ -220,10 +220,15 @@ class Controller:
                     rec(f"dx/{name}/{t}", dx)
         for name, *_ in self.nodes:
             if name in grads:
-                cost = self.layers[name].apply_update(acc, grads[name], step, lr_shift, lr_base)
+                cost = self.layers[name].apply_update(acc, grads[name], step, lr_shift, lr_base, lr0)
                 led.task(name, "update", "apply", cost, [gtask[name], dxtask[name]])
                 for p, t in self.layers[name].params.items():
                     rec(f"param/{name}/{p}", t)
+        for name, *_ in self.nodes:  # §13: the exponent unit moves the output formats
+            layer = self.layers[name]
+            layer.manage_outputs(acc)
+            for key, fmt in layer.managed().items():
+                rec(f"fmt/{name}/{key}", T(np.zeros(0, np.int64), fmt))
         led.schedule()
         return logits, e, led
 

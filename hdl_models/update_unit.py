@@ -64,6 +64,70 @@ class UpdateUnit:
         new = saturate(raw, p_fmt, weight_overflow)
         return new, int(np.count_nonzero(new != raw)), vel
 
+    def adam(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr: int, rounding,
+             weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num, moments: dict):
+        """§12 Adam through the moment registers: (new codes, number saturated). ``moments``
+        holds ``m``, ``v`` as (codes, fraction bits) and is updated in place; ``lr`` is the
+        learning-rate shift with the schedule's decays."""
+        g_c, g_f = top_bits(g, f_g, num.moment_bits)
+        warm = leading_one(step + 1) - 1  # the first 2^k steps average like a running mean
+        m = moving(moments.get("m"), (g_c, g_f), min(num.beta1_shift, warm), num.moment_bits)
+        v = moving(moments.get("v"), (g_c * g_c, 2 * g_f), min(num.beta2_shift, warm), num.moment_bits)
+        moments["m"], moments["v"] = m, v
+        # sqrt(v) ~ 2^e: a leading-one detector per lane on v, halved (e = floor((lod - F_v) / 2))
+        lod = np.frexp(v[0].astype(np.float64))[1].astype(np.int64)  # exact: |v| < 2^53
+        e = np.floor_divide(lod - v[1], 2)
+        s = np.clip(lr + m[1] + e - p_fmt.frac_bits, -16, 62)
+        rand = None
+        if Rounding.parse(rounding) is Rounding.STOCHASTIC:
+            rand = self.prng.words(seed, stream_of(layer_index, purpose), step, np.shape(m[0]))
+        delta = np.where(v[0] > 0, lane_shift(m[0], s, rounding, rand), 0)
+        raw = np.asarray(p, dtype=np.int64) - delta
+        new = saturate(raw, p_fmt, weight_overflow)
+        return new, int(np.count_nonzero(new != raw))
+
     def cycles(self, n_params: int) -> int:
         """One parameter per lane per cycle, plus the pipeline's fill once per tensor."""
         return -(-int(n_params) // self.lanes) + self.LATENCY - 1 if n_params else 0
+
+
+def leading_one(n: int) -> int:
+    return int(n).bit_length()
+
+
+def top_bits(x, frac: int, width: int) -> tuple:
+    """(codes, frac): ``width`` bits of a wide register kept under its max (to nearest even)."""
+    x = np.asarray(x, dtype=np.int64)
+    top = int(np.max(np.abs(x))) if x.size else 0
+    d = max(0, leading_one(top) - (width - 1))
+    lim = (1 << (width - 1)) - 1
+    return np.minimum(np.maximum(shift_round(x, d, Rounding.AP_RND_CONV), -lim - 1), lim), frac - d
+
+
+def moving(old, new: tuple, k: int, width: int) -> tuple:
+    """Moment register update old + (new - old) · 2^-k, exact then ``width`` bits kept."""
+    n_c, n_f = new
+    if old is None or not np.any(old[0]):
+        old = (np.zeros_like(n_c), n_f)
+    o_c, o_f = old
+    f = max(o_f, n_f)
+    o_al = np.asarray(o_c, dtype=np.int64) << (f - o_f)
+    n_al = np.asarray(n_c, dtype=np.int64) << (f - n_f)
+    return top_bits(o_al + shift_round(n_al - o_al, k, Rounding.AP_RND_CONV), f, width)
+
+
+def lane_shift(x, s, rounding, rand=None) -> np.ndarray:
+    """Each lane's own barrel shift: round(x_i · 2^-s_i) (§2), stochastic from word i."""
+    x, s = np.asarray(x, dtype=np.int64), np.asarray(s, dtype=np.int64)
+    right = np.clip(s, 1, 62)
+    q, r = x >> right, x & ((np.int64(1) << right) - 1)
+    rounding = Rounding.parse(rounding)
+    if rounding is Rounding.STOCHASTIC:
+        w = np.asarray(rand, dtype=np.int64)
+        u = np.where(right <= 32, w >> np.clip(32 - right, 0, 32), w << np.clip(right - 32, 0, 30))
+        up = (r + u) >> right
+    else:
+        from .requant_unit import _up
+
+        up = _up(q, r, np.int64(1) << (right - 1), x, rounding).astype(np.int64)
+    return np.where(s <= 0, x << np.clip(-s, 0, 62), q + up)

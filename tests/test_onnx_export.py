@@ -295,7 +295,7 @@ def test_int_export_is_exact_in_the_onnx_reference_evaluator_too(bits):
     """Plain integer ops (every Scan over axis 0): onnx.reference runs the file bit-exactly as well."""
     from onnx.reference import ReferenceEvaluator
 
-    model, x, _ = _trained("cnn", bits)
+    model, x, _ = _trained("cnn", bits, acc_bits=32)  # 16 x 16-bit products overflow 32 bits: Scan
     proto, report = build_proto(model, "int")
     assert ("Scan" in report) == (bits == 16)
     got = ReferenceEvaluator(proto).run(None, {"input": x[:20].astype(np.float32)})[0]
@@ -445,14 +445,14 @@ def test_qdq_is_bit_exact_for_convergent_rounding():
         assert np.array_equal(ort_run(proto, x), model.run(x))
 
 
-def _trained(kind, bits, seed=1):
+def _trained(kind, bits, seed=1, **num):
     """A classifier on the digits: random features, last layer fitted by ridge regression."""
     ds = BUILTIN["digits"]()
     graph = {"mlp": lambda: arch.mlp(seed, hidden=(128,)), "cnn": lambda: arch.cnn(seed, channels=(8, 16)),
              "gru": lambda: arch.recurrent("gru", seed, hidden=32)}[kind]()
     shape = (-1,) + graph.input_shape
     ridge_head(graph, ds.x_train.reshape(shape), ds.y_train, 10)
-    model = IntModel(graph, Numerics.from_bits(bits), seed)
+    model = IntModel(graph, Numerics.from_bits(bits, **num), seed)
     model.calibrate(f32(ds.x_train[:256]).reshape(shape))
     return model, f32(ds.x_test).reshape(shape), ds.y_test
 

@@ -56,7 +56,7 @@ def test_integer_forward_within_format_bound():
 
 
 def test_bp_step_direction_matches_float():
-    m = small_model(bits=16)
+    m = small_model(bits=16, update_rule="sgd")  # SGD's step is the gradient's direction
     Ws, Bs = float_weights(m)
     _, deltas, x, y = one_step(m, "bp")
     xq = dequantize(m.quantize_input(x).codes, m.in_fmt)
@@ -82,8 +82,23 @@ def test_bp_gradients_match_float(bits, bound):
         assert cosine(seen[n]["B"].value(), gb) >= bound
 
 
-def test_dfa_step_direction_matches_float_dfa():
+def test_adam_first_step_is_the_gradient_sign_at_the_learning_rate():
+    """Adam's first step: m = g, v = g^2, so each parameter moves by lr * g / 2^k with 2^k the
+    power of two nearest |g|: the gradient's sign, at 2^-0.5..2^0.5 of the learning rate."""
     m = small_model(bits=16)
+    Ws, Bs = float_weights(m)
+    tr, deltas, x, y = one_step(m, "bp")
+    lr = 2.0 ** -(tr.cfg.lr_shift + 10 - tr.cfg.shift_at(0))  # one_step's shift 10: its decays from the base
+    xq = dequantize(m.quantize_input(x).codes, m.in_fmt)
+    for (gw, _), d in zip(float_mlp.gradients(Ws, Bs, xq, y), deltas):
+        big = np.abs(gw) > 0.01 * np.abs(gw).max()  # the 16-bit moments keep these exactly enough
+        assert (np.sign(-d[big]) == np.sign(gw[big])).mean() >= 0.99
+        ratio = np.abs(d[big]) / lr
+        assert np.median(ratio) > 0.5 and (ratio <= 2 ** 0.5 + 2 ** -8).all()
+
+
+def test_dfa_step_direction_matches_float_dfa():
+    m = small_model(bits=16, update_rule="sgd")
     Ws, Bs = float_weights(m)
     tr, deltas, x, y = one_step(m, "dfa")
     fbs = []

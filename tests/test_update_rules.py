@@ -34,7 +34,7 @@ def test_normalized_update_bounds_the_step():
     before = {n: l.params["W"].codes.copy() for n, l in zip([n.name for n in model.graph.nodes], model.layers)
               if l.trainable}
     tr = make_trainer(model, TrainConfig(algo="bp"))
-    tr.step(model.quantize_input(ds.x_train[:32]), ds.y_train[:32], 0, TrainConfig().shift_at(0))
+    tr.step(model.quantize_input(ds.x_train[:32]), ds.y_train[:32], 0, tr.cfg.shift_at(0))
     for name, w0 in before.items():
         step = np.abs(model.layer(name).params["W"].codes - w0)
         assert 0 < step.max() <= 4  # largest update: 2 bits before stochastic rounding

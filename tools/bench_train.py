@@ -23,18 +23,17 @@ import time
 from edgedfa import arch, data, float_mlp  # noqa: E402  (first: edgedfa pins BLAS to one thread)
 import numpy as np  # noqa: E402,F401
 from edgedfa.api import build_model, fit  # noqa: E402
-from edgedfa.config import ARCH_DEFAULTS, ARCH_NUMERICS  # noqa: E402
 from edgedfa.numerics import Numerics  # noqa: E402
 from edgedfa.train import TrainConfig, batch_order  # noqa: E402
 
 
 def run_int(arch_name, algo, bits, seed, ds, epochs=None, lr_shift=None, extra=None, modules=None):
     g = arch.build(arch_name, seed, ds.sample_shape, ds.n_classes)
-    kw = {**ARCH_NUMERICS.get(arch_name, {}), **(extra or {})}
+    kw = dict(extra or {})
     if bits >= 12:
         kw.setdefault("acc_bits", 48)
     model = build_model(g, Numerics.from_bits(bits, **kw), seed)
-    d = dict(ARCH_DEFAULTS[arch_name])
+    d = {}
     if epochs:
         d["epochs"] = epochs
         d["lr_decay_epochs"] = [int(epochs * 0.7)]

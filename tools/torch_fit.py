@@ -11,8 +11,10 @@ import torch  # noqa: E402
 
 
 def fit_and_score(net, opt, x, y, xt, y_test, seed, epochs, decay=(), batch=32):
-    """Train ``net`` in place; (test accuracy, training samples per second)."""
+    """Train ``net`` in place (train mode), score it in eval mode (BatchNorm's running
+    statistics); (test accuracy, training samples per second)."""
     t0 = time.perf_counter()
+    net.train()
     for ep in range(epochs):
         if ep in decay:
             for grp in opt.param_groups:
@@ -24,6 +26,7 @@ def fit_and_score(net, opt, x, y, xt, y_test, seed, epochs, decay=(), batch=32):
             torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
             opt.step()
     secs = time.perf_counter() - t0
+    net.eval()
     with torch.no_grad():
         acc = float((net(xt).argmax(1).numpy() == y_test).mean())
     return acc, len(x) * epochs / secs

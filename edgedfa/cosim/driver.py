@@ -32,9 +32,10 @@ class CoSim:
     (``ctl``, its own copies of the parameters) under the same credit plan."""
 
     def __init__(self, model, cfg, modules=None, hw=None):
-        self.model, self.cfg = model, cfg
+        self.model = model
         self.engine_model = copy.deepcopy(model)
         self.trainer = make_trainer(self.engine_model, cfg, modules)
+        self.cfg = self.trainer.cfg  # every default resolved for the model's numerics
         self.ctl = Controller(model, plan_dicts(self.trainer.plan), hw)
 
     def hdl_input(self, xb) -> T:
@@ -43,7 +44,8 @@ class CoSim:
 
     def hdl_step(self, xb, yb, step: int, lr_shift: int, trace: dict | None = None):
         """One training step on the accelerator; its Ledger."""
-        _, _, ledger = self.ctl.step(self.hdl_input(xb), yb, step, lr_shift, trace, self.cfg.shift_at(0))
+        _, _, ledger = self.ctl.step(self.hdl_input(xb), yb, step, lr_shift, trace, self.cfg.shift_at(0),
+                                     self.cfg.lr_shift)
         return ledger
 
     def engine_step(self, xb, yb, step: int, lr_shift: int):

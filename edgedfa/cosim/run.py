@@ -19,6 +19,7 @@ from hdl_models.hwconfig import HwConfig, hw_config
 
 from ..checkpoint import model_from_checkpoint, read_checkpoint, train_config_from_meta
 from ..errors import EdgeDFAError
+from ..fixed import QTensor
 from ..progress import Progress, Rate, bar
 from ..train import TrainConfig
 from .driver import CoSim
@@ -64,6 +65,7 @@ def emulate(model_or_path, x, y, steps: int = 1, hw: HwConfig | dict | None = No
         raise EdgeDFAError("emulate: the model is not calibrated (no input format)")
     batches = _batches(model, x, y, int(cfg.batch_size), int(steps))
     sim = CoSim(model, cfg, modules, hw)
+    cfg = sim.cfg
     lr_shift = cfg.shift_at(epoch)
     eng_trace, prefix = {}, [""]
     if compare_engine:
@@ -116,9 +118,14 @@ def _score(verdict: dict, hdl: dict, eng: dict) -> None:
 
 
 def _parameters(model, s: int) -> dict:
-    """A snapshot of the trained parameters after step ``s`` (they change in place)."""
-    return {f"{s}/param/{layer.name}/{p}": type(t)(np.array(t.codes), t.fmt)
+    """A snapshot of the trained parameters and of the managed formats after step ``s``
+    (they change in place)."""
+    snap = {f"{s}/param/{layer.name}/{p}": type(t)(np.array(t.codes), t.fmt)
             for layer in model.layers if layer.trainable for p, t in layer.params.items()}
+    for layer in model.layers:
+        for key, fmt in layer.managed_formats().items():
+            snap[f"{s}/fmt/{layer.name}/{key}"] = QTensor(np.zeros(0, np.int64), fmt)
+    return snap
 
 
 # ---------------------------------------------------------------- printing

@@ -49,7 +49,11 @@ class Layer:
         self.params: dict = {}  # name -> QTensor (integer state, trained)
         self.state: dict = {}  # extra integer optimizer state (e.g. momentum), checkpointed
         self.lr_base: int | None = None  # the run's epoch-0 learning-rate shift (set by the trainer)
+        self.lr_shift0: int | None = None  # the run's base shift, without the batch term (Adam)
         self.out_fmt: FixedFormat | None = None
+        self.peaks: dict = {}  # this step's largest wide values by managed format (§13)
+        self.tally: dict = {}  # per tensor: [values seen, clipped at a rail, rounded to zero]
+        self.moves: dict = {}  # per managed format: exponent changes since the last report
         self.out_shape = self.infer_shape()
 
     # ---- structure
@@ -67,6 +71,19 @@ class Layer:
     def calibrate(self, xs: list) -> None:
         """Choose ``out_fmt`` from a calibration batch (layers that change scale)."""
         self.out_fmt = xs[0].fmt
+
+    # ---- formats that move while training (§13)
+    def managed_formats(self) -> dict:
+        """The static formats this layer chooses itself and the exponent unit moves."""
+        return {"out": self.out_fmt} if self.changes_scale and self.num.adaptive else {}
+
+    def set_managed_format(self, key: str, fmt: FixedFormat) -> None:
+        self.out_fmt = fmt
+
+    def refresh_format(self, in_fmts: list) -> None:
+        """A layer that does not change scale keeps its input's format, whatever it became."""
+        if not self.changes_scale and in_fmts and in_fmts[0] is not None:
+            self.out_fmt = in_fmts[0]
 
     # ---- backward
     def backward(self, cache, dy: QTensor, need_dx: list):

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import QTensor, acc_format, narrow_dynamic, requantize
 from ..kernels import conv as K
+from ..scaling import observe
 from ..update import update_params
 from .base import Layer, register
 from .dense import calibrated_format, quantize_weight_and_bias
@@ -128,6 +129,8 @@ class Conv(Layer):
             raise EdgeDFAError(f"node {self.name!r} (Conv): forward before calibrate (no output format)")
         acc = conv_linear(x, self.params["W"], self.params.get("B"), self.geo, self.num, self.backend)
         y = requantize(acc.codes, acc.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            observe(self, "out", acc, self.out_fmt, y)
         return QTensor(y, self.out_fmt), x
 
     def calibrate(self, xs):

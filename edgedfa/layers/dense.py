@@ -6,6 +6,7 @@ import numpy as np
 
 from ..kernels import gemm
 from ..fixed import FixedFormat, QTensor, acc_format, int_bits_for, narrow_dynamic, quantize, requantize
+from ..scaling import observe
 from ..update import update_params
 from .base import Layer, register
 
@@ -80,8 +81,11 @@ class Dense(Layer):
         x = xs[0]
         y, acc = linear_forward(self._flat(x), self.params["W"], self.params.get("B"), self.num,
                                 self.out_fmt, self.backend)
+        if not train:
+            return QTensor(y.codes.reshape(x.codes.shape[:-1] + (-1,)), y.fmt), None
+        observe(self, "out", acc, y.fmt, y.codes)
         y = QTensor(y.codes.reshape(x.codes.shape[:-1] + (-1,)), y.fmt)
-        return y, ((x, inside_range(acc, y.fmt).reshape(y.codes.shape)) if train else None)
+        return y, (x, inside_range(acc, y.fmt).reshape(y.codes.shape))
 
     def calibrate(self, xs):
         _, acc = linear_forward(self._flat(xs[0]), self.params["W"], self.params.get("B"),

@@ -35,6 +35,9 @@ class _Bounded(Layer):
     def calibrate(self, xs):
         self.out_fmt = bounded_format(self.num)
 
+    def refresh_format(self, in_fmts):
+        pass  # bounded values: the format never moves
+
     def forward(self, xs, train=False):
         x = xs[0]
         y = type(self).func(x.codes, x.fmt, self.out_fmt, self.num.act_rounding)

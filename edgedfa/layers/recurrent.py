@@ -19,6 +19,7 @@ from ..kernels import gemm
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
+from ..scaling import observe
 from ..update import update_params
 from ..wide import add, cat, live, mul, neg, one_minus, total
 from .base import Layer, register
@@ -31,13 +32,15 @@ MAX_BITS = 16  # act/weight widths the wide products are specified for
 
 # --------------------------------------------------------------------------- BPTT errors (§9.7)
 
-def narrow(t, num):
-    """Top err_bits of a wide error (dynamic exponent, no finer than 2^-ERR_FRAC_MAX); None if zero."""
+def narrow(t, num, bits=None):
+    """Top ``bits`` (default: the state error width) of a wide error (dynamic exponent, no
+    finer than 2^-ERR_FRAC_MAX); None if zero."""
     if t is None or not t.codes.any():
         return None
-    q = narrow_dynamic(t.codes, t.fmt, num.err_bits, num.err_rounding)
+    bits = num.state_err_width if bits is None else bits
+    q = narrow_dynamic(t.codes, t.fmt, bits, num.err_rounding)
     if q.fmt.frac_bits > ERR_FRAC_MAX:
-        fmt = FixedFormat.with_frac(num.err_bits, ERR_FRAC_MAX)
+        fmt = FixedFormat.with_frac(bits, ERR_FRAC_MAX)
         q = QTensor(requantize(q.codes, q.fmt, fmt, num.err_rounding, Overflow.AP_SAT), fmt)
     return q if q.codes.any() else None
 
@@ -56,7 +59,7 @@ def common_stack(ts, shape, num):
     if not present:
         return None
     frac = min(t.fmt.frac_bits for t in present)
-    fmt = FixedFormat.with_frac(num.err_bits, frac)
+    fmt = FixedFormat.with_frac(num.state_err_width, frac)
     out = np.zeros((len(ts),) + tuple(shape), np.int64)
     for i, t in enumerate(ts):
         if t is not None:
@@ -64,11 +67,17 @@ def common_stack(ts, shape, num):
     return QTensor(out, fmt)
 
 
+def grad_acc_bits(num) -> int:
+    """Accumulator width of the backward GEMMs: 48 bits (a DSP48's) once the errors carried
+    through time are wider than the layer's errors (16 x 8-bit products over T x N terms)."""
+    return max(num.acc_bits, 48) if num.state_err_width > num.err_bits else num.acc_bits
+
+
 def align_grads(ts, num):
     """Wide gradients of one parameter brought to the coarsest fraction among the non-zero
     ones, stacked."""
     frac = min((t.fmt.frac_bits for t in live(ts)), default=ts[0].fmt.frac_bits)
-    fmt = acc_format(num.acc_bits, frac)
+    fmt = acc_format(grad_acc_bits(num), frac)
     return QTensor(np.stack([requantize(t.codes, t.fmt, fmt, num.err_rounding, Overflow.AP_SAT)
                              for t in ts]), fmt)
 
@@ -110,10 +119,10 @@ class Recurrent(Layer):
             ib = max(int_bits_for(float(np.abs(b).max()) if b.size else 0.0, 1),
                      max(self.params["W"].fmt.int_bits, self.params["R"].fmt.int_bits) + 3)
             self.params["B"] = quantize_param(b, num.bias_bits, ib)
-        self.gate_fmt = bounded_format(num)
+        self.gate_fmt = FixedFormat(num.gate_width, 1)
         self.state = {}
         self.bptt_steps = spec.extra.get("bptt_steps", node.attrs.get("bptt_steps"))
-        self.out_fmt = self.gate_fmt if self._static_h() else None
+        self.out_fmt = bounded_format(num) if self._static_h() else None
 
     # ---- structure
     def _dims(self):
@@ -182,9 +191,10 @@ class Recurrent(Layer):
         return [self.h_fmt] + [self._state_fmts()[k] for k in self.state_names]
 
     # ---- forward
-    def _gemm(self, a, b_codes, b_fmt, init=None):
-        acc = gemm(a.codes, b_codes, self.num.acc_bits, self.num.acc_overflow, init, self.backend)
-        return QTensor(acc, acc_format(self.num.acc_bits, a.fmt.frac_bits + b_fmt.frac_bits))
+    def _gemm(self, a, b_codes, b_fmt, init=None, backward=False):
+        bits = grad_acc_bits(self.num) if backward else self.num.acc_bits
+        acc = gemm(a.codes, b_codes, bits, self.num.acc_overflow, init, self.backend)
+        return QTensor(acc, acc_format(bits, a.fmt.frac_bits + b_fmt.frac_bits))
 
     def _bias(self, d, half, frac):
         """Wb (half 0) or Rb (half 1) of direction d aligned into the accumulator (§9.6)."""
@@ -231,6 +241,7 @@ class Recurrent(Layer):
     def _run(self, x: QTensor, train: bool, stats: dict | None = None):
         """All directions over the whole sequence: outputs (time-major) and cache."""
         hidden = self.hidden
+        self._observing = train and stats is None  # the exponent unit watches training steps only
         xc = self._steps_first(x.codes)
         T, N = xc.shape[:2]
         Y = np.zeros((T, self.n_dirs, N, hidden), np.int64)
@@ -266,7 +277,10 @@ class Recurrent(Layer):
         return ys, ({"caches": caches, "x_shape": x.codes.shape} if train else None)
 
     def calibrate(self, xs):
-        self.out_fmt = self.gate_fmt
+        self.out_fmt = bounded_format(self.num)
+
+    def refresh_format(self, in_fmts):
+        pass  # h, c and the gates have formats of their own
 
     # ---- backward
     def _split_dy(self, dy):
@@ -370,16 +384,17 @@ class Recurrent(Layer):
         T, N, n_in = x.codes.shape
         gh, hidden = self.gates * self.hidden, self.hidden
         if A is None:  # no error reached this direction
-            return {k: QTensor(np.zeros_like(p.codes[d]), acc_format(num.acc_bits, 0)) for k, p in self.params.items()}
+            return {k: QTensor(np.zeros_like(p.codes[d]), acc_format(grad_acc_bits(num), 0))
+                    for k, p in self.params.items()}
         a2 = QTensor(A.codes.reshape(T * N, gh), A.fmt)
         r2 = QTensor(Rst.codes.reshape(T * N, gh), Rst.fmt)
-        out = {"W": self._gemm(QTensor(a2.codes.T, a2.fmt), x.codes.reshape(T * N, n_in), x.fmt)}
-        blocks = [self._gemm(QTensor(r2.codes[:, rows].T, r2.fmt), op.codes.reshape(T * N, hidden), op.fmt)
-                  for rows, op in self.recurrent_operands(c["recs"])]
+        out = {"W": self._gemm(QTensor(a2.codes.T, a2.fmt), x.codes.reshape(T * N, n_in), x.fmt, backward=True)}
+        blocks = [self._gemm(QTensor(r2.codes[:, rows].T, r2.fmt), op.codes.reshape(T * N, hidden), op.fmt,
+                             backward=True) for rows, op in self.recurrent_operands(c["recs"])]
         out["R"] = QTensor(np.concatenate([b.codes for b in blocks]), blocks[0].fmt)
         if "B" in self.params:
-            bw = QTensor(a2.codes.sum(axis=0), acc_format(num.acc_bits, A.fmt.frac_bits))
-            br = QTensor(r2.codes.sum(axis=0), acc_format(num.acc_bits, Rst.fmt.frac_bits))
+            bw = QTensor(a2.codes.sum(axis=0), acc_format(grad_acc_bits(num), A.fmt.frac_bits))
+            br = QTensor(r2.codes.sum(axis=0), acc_format(grad_acc_bits(num), Rst.fmt.frac_bits))
             both = align_grads([bw, br], num)
             out["B"] = QTensor(both.codes.reshape(-1), both.fmt)
         return out
@@ -391,14 +406,15 @@ class Recurrent(Layer):
     def _dx(self, d, c, A):
         T, N = A.codes.shape[:2]
         W = self.params["W"]
-        acc = self._gemm(QTensor(A.codes.reshape(T * N, -1), A.fmt), W.codes[d], W.fmt)
+        acc = self._gemm(QTensor(A.codes.reshape(T * N, -1), A.fmt), W.codes[d], W.fmt, backward=True)
         codes = np.zeros((T, N, W.codes.shape[-1]), np.int64)
         codes[c["order"]] = acc.codes.reshape(T, N, -1)
         return QTensor(codes, acc.fmt)
 
     def _finish_dx(self, dxs, x_shape):
-        """Sum the directions' input errors exactly, narrow, back to the input layout."""
-        dx = narrow(add(dxs, self.num.err_rounding), self.num)
+        """Sum the directions' input errors exactly, narrow to the layer's error width, back to
+        the input layout."""
+        dx = narrow(add(dxs, self.num.err_rounding), self.num, self.num.err_bits)
         if dx is None:
             return QTensor(np.zeros(x_shape, np.int64), FixedFormat.with_frac(self.num.err_bits, ERR_FRAC_MAX))
         codes = np.moveaxis(dx.codes, 1, 0) if self._dims()[2] == 1 else dx.codes
@@ -441,13 +457,17 @@ class RNN(Recurrent):
         if bad:
             raise EdgeDFAError(f"node {self.name!r} (RNN): activation {bad[0]!r}; supported: Tanh, Relu, Sigmoid")
 
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        self.gate_fmt = bounded_format(self.num)  # an Elman cell's one gate is its state h
+
     def _static_h(self):
         return all(acts[0] != "Relu" for acts in self.activations)
 
     def calibrate(self, xs):
         """Relu: the h format from max|pre-activation| over the sequence, iterated to a fixpoint."""
         if self._static_h():
-            self.out_fmt = self.gate_fmt
+            self.out_fmt = bounded_format(self.num)
             return
         x = xs[0]
         xc = QTensor(self._steps_first(x.codes), x.fmt)
@@ -462,11 +482,17 @@ class RNN(Recurrent):
             self._run(x, False, stats)
             peak = stats.get("pre", 0.0)
 
+    def managed_formats(self):
+        return {"out": self.out_fmt} if self.num.adaptive and not self._static_h() else {}
+
     def cell(self, d, xg, state, stats):
         h = state["h"]
         pre = total([xg, self.recurrent_gemm(d, h, slice(None))], self.num.act_rounding)
         _record_max(stats, "pre", pre)
-        h_new = self.gate(pre, self.activations[d][0])
+        act = self.activations[d][0]
+        if act == "Relu" and self._observing:
+            observe(self, "out", pre, self.h_fmt)
+        h_new = self.gate(pre, act)
         return {"h": h_new}, {"h_prev": h, "h": h_new}
 
     def cell_back(self, d, rec, dh, dc, carry):
@@ -479,7 +505,7 @@ class RNN(Recurrent):
         dh_prev = None
         if carry and dA is not None:
             R = self.params["R"]
-            dh_prev = self._gemm(dA, R.codes[d], R.fmt)
+            dh_prev = self._gemm(dA, R.codes[d], R.fmt, backward=True)
         return dA, dA, dh_prev, None
 
 
@@ -529,12 +555,12 @@ class GRU(Recurrent):
             da_r = mul(narrow(mul(da_h, rec["hh"]), num), dsig(r))
             dA = narrow(cat([da_z, da_r, da_h], shape, rnd), num)
             dR = None if dA is None else narrow(cat([_cols(dA, 0, 2 * H), dhh], shape, rnd), num)
-            terms = [mul(dh, z), None if dR is None or not carry else self._gemm(dR, R.codes[d], R.fmt)]
+            terms = [mul(dh, z), None if dR is None or not carry else self._gemm(dR, R.codes[d], R.fmt, backward=True)]
         else:
-            drh = None if da_h is None else narrow(self._gemm(da_h, R.codes[d, 2 * H:], R.fmt), num)
+            drh = None if da_h is None else narrow(self._gemm(da_h, R.codes[d, 2 * H:], R.fmt, backward=True), num)
             da_r = mul(drh, h, dsig(r))
             dA = dR = narrow(cat([da_z, da_r, da_h], shape, rnd), num)
-            rec_zr = None if dA is None or not carry else self._gemm(_cols(dA, 0, 2 * H), R.codes[d, :2 * H], R.fmt)
+            rec_zr = None if dA is None or not carry else self._gemm(_cols(dA, 0, 2 * H), R.codes[d, :2 * H], R.fmt, backward=True)
             terms = [mul(dh, z), mul(drh, r), rec_zr]
         return dA, dR, (add(terms, rnd) if carry else None), None
 
@@ -566,6 +592,12 @@ class LSTM(Recurrent):
     def _static_h(self):
         return False  # the cell format is calibrated; out_fmt (h) is set with it
 
+    def managed_formats(self):
+        return {"c": self.cell_fmt} if self.num.adaptive and "cell_int_bits" in self.state else {}
+
+    def set_managed_format(self, key, fmt):
+        self.state["cell_int_bits"] = np.array(fmt.int_bits)
+
     @property
     def cell_fmt(self) -> FixedFormat:
         if "cell_int_bits" not in self.state:
@@ -579,7 +611,7 @@ class LSTM(Recurrent):
         """Cell format: start from the bound |c_t| <= t, then one spare bit over the batch max."""
         x = xs[0]
         T = self._steps_first(x.codes).shape[0]
-        self.out_fmt = self.gate_fmt
+        self.out_fmt = bounded_format(self.num)
         self.state["cell_int_bits"] = np.array(int_bits_for(float(T), 0))
         stats = {}
         self._run(x, False, stats)
@@ -594,6 +626,8 @@ class LSTM(Recurrent):
         mix = total([mul(f, c), mul(i, g)], rnd)
         c_new = self.to_state(mix, self.cell_fmt)
         _record_max(stats, "c", mix)
+        if self._observing:
+            observe(self, "c", mix, self.cell_fmt, c_new.codes)
         tc = self.gate(c_new, "Tanh")
         h_new = self.to_state(mul(o, tc), self.h_fmt)
         rec = {"h_prev": h, "c_prev": c, "i": i, "o": o, "f": f, "g": g, "tc": tc}
@@ -609,5 +643,5 @@ class LSTM(Recurrent):
         if not carry:
             return dA, dA, None, None
         R = self.params["R"]
-        dh_prev = None if dA is None else self._gemm(dA, R.codes[d], R.fmt)
+        dh_prev = None if dA is None else self._gemm(dA, R.codes[d], R.fmt, backward=True)
         return dA, dA, dh_prev, mul(dc, f)

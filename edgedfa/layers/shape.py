@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, QTensor, align_add, requantize
+from ..scaling import observe
 from .base import Layer, register
 from .dense import calibrated_format
 
@@ -110,6 +111,8 @@ class Add(Layer):
     def forward(self, xs, train=False):
         acc = self._wide(xs)
         y = requantize(acc.codes, acc.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            observe(self, "out", acc, self.out_fmt, y)
         return QTensor(y, self.out_fmt), [x.codes.shape for x in xs]
 
     def calibrate(self, xs):
@@ -150,8 +153,14 @@ class Concat(Layer):
         return QTensor(np.concatenate(parts, axis=self._axis()), self.out_fmt), [x.codes.shape for x in xs]
 
     def calibrate(self, xs):
-        ib = max(x.fmt.int_bits for x in xs)
-        self.out_fmt = FixedFormat(self.num.act_bits, ib)
+        self.refresh_format([x.fmt for x in xs])
+
+    def managed_formats(self):
+        return {}  # follows its inputs: ap_fixed<A, max I of the inputs>
+
+    def refresh_format(self, in_fmts):
+        if in_fmts and all(f is not None for f in in_fmts):
+            self.out_fmt = FixedFormat(self.num.act_bits, max(f.int_bits for f in in_fmts))
 
     def backward(self, cache, dy, need_dx):
         ax = self._axis()

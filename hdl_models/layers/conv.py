@@ -41,6 +41,7 @@ def block_diagonal(w, groups: int, bgroups: int):
 
 @register("Conv")
 class ConvHw(HwLayer):
+    own_format = True
     trainable = True
 
     def __init__(self, node, layer):
@@ -78,6 +79,8 @@ class ConvHw(HwLayer):
                                    ("act", self.out_fmt.width)))
         accs = out.reshape(bsz, oh, ow, cout).transpose(0, 3, 1, 2)
         y = requant(accs, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
+        if train:
+            self.track("out", accs, f_acc)
         return T(from4d(y, geo.ndim), self.out_fmt), (x if train else None), cost
 
     def backward(self, acc, cache, dy, need):

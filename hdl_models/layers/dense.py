@@ -25,6 +25,7 @@ def live_mask(acc_codes, f_acc: int, out_fmt: FixedFormat) -> np.ndarray:
 @register("Dense")
 class DenseHw(HwLayer):
     trainable = True
+    own_format = True
 
     def forward(self, acc, xs, train):
         x = xs[0]
@@ -40,6 +41,8 @@ class DenseHw(HwLayer):
         a, st = acc.array.gemm(x2, w.codes.T, init, self.num.acc_bits, self.num.acc_overflow,
                                x.fmt.width, w.fmt.width)
         y = requant(a, f_acc, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            self.track("out", a, f_acc)
         cost = acc.gemm_cost(st, ("act", x.fmt.width), ("weight", w.fmt.width, f"param/{self.name}/W"),
                              ("act", self.out_fmt.width))
         out = T(y.reshape(x.codes.shape[:-1] + (-1,)), self.out_fmt)

@@ -114,25 +114,28 @@ def cat(parts, shape, rounding) -> V | None:
     return V(np.concatenate(out, axis=-1), f)
 
 
-def N(v: V | None, num) -> V | None:
-    """§9.7 N(v): block-exponent narrowing to err_bits, no finer than 2^-32; None if zero."""
+def N(v: V | None, num, width=None) -> V | None:
+    """§9.7 N(v): block-exponent narrowing to the state error width (or ``width``), no finer
+    than 2^-32; None if zero."""
     if v is None or not v.codes.any():
         return None
-    codes, fmt = narrow(v.codes, v.frac, num.err_bits, num.err_rounding)
+    width = num.state_err_width if width is None else width
+    codes, fmt = narrow(v.codes, v.frac, width, num.err_rounding)
     if fmt.frac_bits > ERR_FRAC_MAX:
-        codes = requant(codes, fmt.frac_bits, FixedFormat.with_frac(num.err_bits, ERR_FRAC_MAX),
+        codes = requant(codes, fmt.frac_bits, FixedFormat.with_frac(width, ERR_FRAC_MAX),
                         num.err_rounding, Overflow.AP_SAT)
-        fmt = FixedFormat.with_frac(num.err_bits, ERR_FRAC_MAX)
+        fmt = FixedFormat.with_frac(width, ERR_FRAC_MAX)
     return V(codes, fmt.frac_bits) if codes.any() else None
 
 
 def common_stack(vs, shape, num) -> V | None:
-    """Per-step errors stacked in the coarsest step exponent (err_bits, err rounding, AP_SAT)."""
+    """Per-step errors stacked in the coarsest step exponent (state error width, err rounding,
+    AP_SAT)."""
     live = [v for v in vs if v is not None]
     if not live:
         return None
     f = min(v.frac for v in live)
-    fmt = FixedFormat.with_frac(num.err_bits, f)
+    fmt = FixedFormat.with_frac(num.state_err_width, f)
     out = np.zeros((len(vs),) + tuple(shape), np.int64)
     for i, v in enumerate(vs):
         if v is not None:
@@ -140,11 +143,17 @@ def common_stack(vs, shape, num) -> V | None:
     return V(out, f)
 
 
+def grad_width(num) -> int:
+    """Accumulators of the backward GEMMs: a DSP48's 48 bits when the errors carried through
+    time are wider than the layer's errors, else acc_bits."""
+    return max(num.acc_bits, 48) if num.state_err_width > num.err_bits else num.acc_bits
+
+
 def align_grads(vs, num) -> V:
-    """Wide gradients brought to the coarsest fraction among the non-zero ones (acc_bits,
-    err rounding, AP_SAT), stacked."""
+    """Wide gradients brought to the coarsest fraction among the non-zero ones (the backward
+    accumulator width, err rounding, AP_SAT), stacked."""
     f = min((v.frac for v in _live(vs)), default=vs[0].frac)
-    fmt = acc_fmt(num.acc_bits, f)
+    fmt = acc_fmt(grad_width(num), f)
     return V(np.stack([requant(v.codes, v.frac, fmt, num.err_rounding, Overflow.AP_SAT) for v in vs]), f)
 
 
@@ -177,7 +186,7 @@ class RecurrentHw(HwLayer):
         acts = [_text(s) for s in a.get("activations", [])] or list(self.default_acts) * self.n_dirs
         k = len(self.default_acts)
         self.acts = [acts[i * k:(i + 1) * k] for i in range(self.n_dirs)]
-        self.gate_fmt = FixedFormat(self.num.act_bits, 1)
+        self.gate_fmt = FixedFormat(self.num.gate_width, 1)
         self.h_fmt = layer.out_fmt
         self.bptt_steps = getattr(layer, "bptt_steps", None)
         self.lbr = int(a.get("linear_before_reset", 0))
@@ -188,7 +197,8 @@ class RecurrentHw(HwLayer):
     # ------------------------------------------------------------ array operations
     def _gemm(self, acc, cost, a: V, b_codes, b_fmt, init=None, a_width=None, what="weight", out=None):
         num = self.num
-        r, st = acc.array.gemm(a.codes.reshape(-1, a.codes.shape[-1]), b_codes, init, num.acc_bits,
+        width = grad_width(num) if out == "err" else num.acc_bits
+        r, st = acc.array.gemm(a.codes.reshape(-1, a.codes.shape[-1]), b_codes, init, width,
                                num.acc_overflow, a_width or num.act_bits, b_fmt.width)
         tag = f"param/{self.name}/{what}" if what in self.params else None
         cost.add(acc.gemm_cost(st, ("act" if out != "err" else "err", a_width or num.act_bits),
@@ -246,7 +256,7 @@ class RecurrentHw(HwLayer):
         steps, n = xc.shape[:2]
         Y = np.zeros((steps, self.n_dirs, n, H), np.int64)
         cost, caches, finals = Cost(), [], []
-        self._seq = 0
+        self._seq, self._train = 0, train
         W = self.params["W"]
         state_bytes = 0
         for d in range(self.n_dirs):
@@ -367,27 +377,27 @@ class RecurrentHw(HwLayer):
             if need and need[0] and A is not None:
                 W = self.params["W"]
                 seq0 = self._seq
-                a = self._gemm(acc, ecost, A, W.codes[d], W.fmt, a_width=num.err_bits, what="W", out="err")
+                a = self._gemm(acc, ecost, A, W.codes[d], W.fmt, a_width=num.state_err_width, what="W", out="err")
                 self._seq = seq0  # after the chain, not on its critical path per step
                 codes = np.zeros(a.codes.shape, np.int64)
                 codes[c["order"]] = a.codes
                 dxs.append(V(codes, a.frac))
         # the kept gate values are read back once per step reached; errors written per step
         elems = self._steps_run * cache["caches"][0]["x"].codes.shape[1] * H
-        kb = elems * nbytes(self.h_fmt.width) * (1 + self.keep)
+        kb = elems * (nbytes(self.h_fmt.width) + nbytes(self.gate_fmt.width) * self.keep)
         acc.read(ecost, "act", kb, f"state/{self.name}")
         ecost.state_bytes += kb
-        acc.write(ecost, "err", elems * self.gates * nbytes(num.err_bits))
+        acc.write(ecost, "err", elems * self.gates * nbytes(num.state_err_width))
         act_cycles = acc.act.cycles(elems * (self.eltwise + 2 * self.gates))
         ecost.use("act", act_cycles).use("requant", acc.requant.cycles(elems * self.gates))
         ecost.use("sequencer", self._seq + act_cycles)
         out = {}
         for k, v in grads.items():
             g = align_grads(v, num)
-            out[k] = T(g.codes, acc_fmt(num.acc_bits, g.frac))
+            out[k] = T(g.codes, acc_fmt(grad_width(num), g.frac))
         dx = None
         if need and need[0]:
-            v = N(oplus(dxs, num.err_rounding), num)
+            v = N(oplus(dxs, num.err_rounding), num, num.err_bits)  # the layer's own error width out
             if v is None:
                 dx = T(np.zeros(cache["x_shape"], np.int64), FixedFormat.with_frac(num.err_bits, ERR_FRAC_MAX))
             else:
@@ -408,15 +418,15 @@ class RecurrentHw(HwLayer):
         a2 = A.codes.reshape(steps * n, gh)
         r2 = Rs.codes.reshape(steps * n, gh)
         out = {}
-        gw, st = acc.array.gemm(a2.T, x.codes.reshape(steps * n, n_in), None, num.acc_bits, num.acc_overflow,
-                                num.err_bits, c.get("x_width", num.act_bits))
-        cost.add(acc.gemm_cost(st, ("err", num.err_bits), ("act", num.act_bits), None, requant_out=False))
+        gw, st = acc.array.gemm(a2.T, x.codes.reshape(steps * n, n_in), None, grad_width(num), num.acc_overflow,
+                                num.state_err_width, c.get("x_width", num.act_bits))
+        cost.add(acc.gemm_cost(st, ("err", num.state_err_width), ("act", num.act_bits), None, requant_out=False))
         out["W"] = V(gw, A.frac + x.frac)
         blocks, frac = [], None
         for rows, op, f in self.recurrent_operands(c["recs"]):
-            g, st = acc.array.gemm(r2[:, rows].T, op.reshape(steps * n, H), None, num.acc_bits, num.acc_overflow,
-                                   num.err_bits, num.act_bits)
-            cost.add(acc.gemm_cost(st, ("err", num.err_bits), ("act", num.act_bits), None, requant_out=False))
+            g, st = acc.array.gemm(r2[:, rows].T, op.reshape(steps * n, H), None, grad_width(num), num.acc_overflow,
+                                   num.state_err_width, num.act_bits)
+            cost.add(acc.gemm_cost(st, ("err", num.state_err_width), ("act", num.act_bits), None, requant_out=False))
             blocks.append(g)
             frac = Rs.frac + f if frac is None else frac
         out["R"] = V(np.concatenate(blocks), frac)
@@ -441,13 +451,24 @@ class RnnHw(RecurrentHw):
 
     def __init__(self, node, layer):
         super().__init__(node, layer)
-        if any(a[0] == "Relu" for a in self.acts):
+        self.gate_fmt = FixedFormat(self.num.act_bits, 1)  # an Elman cell's one gate is its state h
+        self.relu = any(a[0] == "Relu" for a in self.acts)
+        if self.relu:
             self.lookups = 0  # relu: a comparator, no ROM
+
+    def managed(self):
+        return {"out": self.h_fmt} if self.relu and self.num.adaptive else {}
+
+    def set_managed(self, key, fmt):
+        self.h_fmt = self.out_fmt = fmt
 
     def cell(self, acc, cost, d, xg, state):
         h = state["h"]
         pre = total([xg, self.hg(acc, cost, d, h, slice(None))], self.num.act_rounding)
-        h_new = self.gate(pre, self.acts[d][0])
+        f = self.acts[d][0]
+        if f == "Relu" and self._train:
+            self.track("out", pre.codes, pre.frac)
+        h_new = self.gate(pre, f)
         return {"h": h_new}, {"h_prev": h, "h": h_new}
 
     def cell_back(self, acc, cost, d, rec, dh, dc, carry):
@@ -460,7 +481,8 @@ class RnnHw(RecurrentHw):
         carry_h = None
         if carry and dA is not None:
             R = self.params["R"]
-            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=self.num.err_bits, what="R", out="err")
+            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=self.num.state_err_width, what="R",
+                                 out="err")
         return dA, dA, carry_h, None
 
 
@@ -501,7 +523,7 @@ class GruHw(RecurrentHw):
         d_n = N(otimes(dh, one_minus(z), self.dtanh(n, g)), num)
         d_z = otimes(dh, total([h, V(-n.codes, n.frac)], rnd), self.dsig(z, g))
         shape = dh.codes.shape
-        eb = num.err_bits
+        eb = num.state_err_width
         if self.lbr:
             dhh = N(otimes(d_n, r), num)
             d_r = otimes(N(otimes(d_n, rec["hh"]), num), self.dsig(r, g))
@@ -551,13 +573,22 @@ class LstmHw(RecurrentHw):
     def state_fmts(self):
         return {"h": self.h_fmt, "c": self.cell_fmt}
 
+    def managed(self):
+        return {"c": self.cell_fmt} if self.num.adaptive else {}
+
+    def set_managed(self, key, fmt):
+        self.cell_fmt = fmt
+
     def cell(self, acc, cost, d, xg, state):
         H, rnd = self.hidden, self.num.act_rounding
         h, c = state["h"], state["c"]
         pre = total([xg, self.hg(acc, cost, d, h, slice(None))], rnd)
         i, o, f, g = (self.gate(cols(pre, k * H, (k + 1) * H), fn)
                       for k, fn in enumerate(("Sigmoid", "Sigmoid", "Sigmoid", "Tanh")))
-        c_new = self.S(total([otimes(f, c), otimes(i, g)], rnd), self.cell_fmt)
+        mix = total([otimes(f, c), otimes(i, g)], rnd)
+        if self._train:
+            self.track("c", mix.codes, mix.frac)
+        c_new = self.S(mix, self.cell_fmt)
         tc = self.gate(c_new, "Tanh")
         h_new = self.S(otimes(o, tc), self.h_fmt)
         return {"h": h_new, "c": c_new}, {"h_prev": h, "c_prev": c, "i": i, "o": o, "f": f, "g": g, "tc": tc}
@@ -576,5 +607,6 @@ class LstmHw(RecurrentHw):
         R = self.params["R"]
         carry_h = None
         if dA is not None:
-            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=num.err_bits, what="R", out="err")
+            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=num.state_err_width, what="R",
+                                 out="err")
         return dA, dA, carry_h, otimes(dc, f)

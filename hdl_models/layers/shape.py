@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost, nbytes
 from ..requant_unit import requant
@@ -38,10 +39,13 @@ class FlattenHw(HwLayer):
 
 @register("Add")
 class AddHw(HwLayer):
+    own_format = True
     def forward(self, acc, xs, train):
         f = max(x.fmt.frac_bits for x in xs)
         wide = sum(np.asarray(x.codes, dtype=np.int64) << (f - x.fmt.frac_bits) for x in xs)
         y = requant(wide, f, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            self.track("out", wide, f)
         c = Cost().use("act", acc.act.cycles(y.size * max(len(xs) - 1, 1))).use("requant", acc.requant.cycles(y.size))
         c.adds += y.size * (len(xs) - 1)
         for x in xs:
@@ -73,6 +77,8 @@ class ConcatHw(HwLayer):
         return int(self.attrs.get("axis", 1))
 
     def forward(self, acc, xs, train):
+        # §7: the common format ap_fixed<A, max I of the inputs>, from the inputs' exponents
+        self.out_fmt = FixedFormat(self.num.act_bits, max(x.fmt.int_bits for x in xs))
         parts = [requant(x.codes, x.fmt.frac_bits, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
                  for x in xs]
         y = np.concatenate(parts, axis=self._axis())

@@ -28,8 +28,8 @@ def one_step(seed: int, num: dict, cfg: dict) -> dict:
     return calls
 
 
-@pytest.mark.parametrize("num, cfg", [
-    (dict(), dict(algo="sdfa", feedback_sparsity=2, feedback_values="binary", lr_shift=2)),
+@pytest.mark.parametrize("num, cfg", [  # the RTL update unit implements the SGD rule (§12)
+    (dict(update_rule="sgd"), dict(algo="sdfa", feedback_sparsity=2, feedback_values="binary", lr_shift=2)),
     (dict(momentum_shift=3, update_norm_bits=4),
      dict(algo="sdfa", feedback_sparsity=3, feedback_values="uniform", feedback_regenerate=False, lr_shift=2)),
 ], ids=["sdfa-binary-regenerated", "sdfa-uniform-stored-momentum-normalized"])
