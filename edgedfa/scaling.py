@@ -51,12 +51,19 @@ def moved(fmt: FixedFormat, delta: int) -> FixedFormat:
 
 # --------------------------------------------------------------------------- tallies
 
+TALLY = "tally:"  # layer.state key prefix: [values seen, clipped at a rail, rounded to zero]
+MOVES = "moves:"  # layer.state key prefix: exponent moves of a managed format
+
+
 def tally(layer, key: str, count: int, clipped: int = 0, zeroed: int = 0) -> None:
-    """Add to the layer's per-tensor counters (values seen, clipped at a rail, rounded to 0)."""
-    t = layer.tally.setdefault(key, [0, 0, 0])
-    t[0] += int(count)
-    t[1] += int(clipped)
-    t[2] += int(zeroed)
+    """Add to the layer's per-tensor counters (kept in its state: a resumed run goes on counting;
+    a state key holds no "/")."""
+    t = layer.state.get(TALLY + key)
+    layer.state[TALLY + key] = np.array([count, clipped, zeroed], np.int64) + (0 if t is None else t)
+
+
+def _moved(layer, key: str) -> None:
+    layer.state[MOVES + key] = np.array(int(layer.state.get(MOVES + key, 0)) + 1)
 
 
 @contextmanager
@@ -109,7 +116,7 @@ def manage_param(layer, name: str) -> int:
         delta, low = 0, 0
     layer.state[LOW + name] = np.array(low)
     if delta:
-        layer.moves[name] = layer.moves.get(name, 0) + 1
+        _moved(layer, name)
         layer.params[name] = QTensor(round_shift(p.codes, delta, "AP_RND_CONV"), moved(p.fmt, delta))
         v = layer.state.get(f"velocity_{name}")
         if v is not None:  # SGD momentum is kept in the parameter's LSBs: it moves with them
@@ -132,7 +139,7 @@ def manage_outputs(layer) -> dict:
         layer.state[LOW + key] = np.array(low)
         if delta:
             layer.set_managed_format(key, moved(fmt, delta))
-            layer.moves[key] = layer.moves.get(key, 0) + 1
+            _moved(layer, key)
             changes[key] = delta
     layer.peaks.clear()
     return changes
@@ -143,13 +150,14 @@ def epoch_report(layers) -> dict:
     exponent moves, since the last report; the counters start again."""
     out = {}
     for layer in layers:
-        entry = {key: {"values": int(n), "clipped": c / n if n else 0.0, "zeroed": z / n if n else 0.0}
-                 for key, (n, c, z) in sorted(layer.tally.items())}
-        for key, moves in layer.moves.items():
-            entry.setdefault(key, {})["exponent_moves"] = int(moves)
+        entry = {}
+        for k in sorted(k for k in layer.state if k.startswith(TALLY)):
+            n, c, z = (int(v) for v in layer.state.pop(k))
+            entry[k[len(TALLY):]] = {"values": n, "clipped": c / n if n else 0.0, "zeroed": z / n if n else 0.0}
+        for k in sorted(k for k in layer.state if k.startswith(MOVES)):
+            entry.setdefault(k[len(MOVES):], {})["exponent_moves"] = int(layer.state.pop(k))
         if entry:
             out[layer.name] = entry
-        layer.tally, layer.moves = {}, {}
     return out
 
 

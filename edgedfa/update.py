@@ -173,7 +173,7 @@ def update_params(layer, grads: dict, step: int, lr_shift: int) -> dict:
             if v is not None:
                 layer.state[f"velocity_{name}"] = v
         layer.params[name] = new
-        tally(layer, f"update/{name}", p.codes.size, clipped[name], zeroed)
+        tally(layer, f"update:{name}", p.codes.size, clipped[name], zeroed)
         if num.adaptive:
             manage_param(layer, name)
     return clipped

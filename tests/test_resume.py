@@ -65,7 +65,7 @@ def test_the_learning_rate_may_change_and_the_history_says_so(capsys, trained):
     assert code == 0, err
     m = json.loads((out / "metrics.json").read_text())
     assert m["lr_shift"] == 6 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
-    assert m["history"][2]["settings_changed"] == {"train.epochs": [2, 3], "train.lr_shift": [4, 6]}
+    assert m["history"][2]["settings_changed"] == {"train.epochs": [2, 3], "train.lr_shift": [None, 6]}
     assert "settings_changed" not in m["history"][1]
     assert m["settings_changes"][0]["epoch"] == 2
     assert "lr_shift = 6" in (out / "config.toml").read_text()

@@ -130,7 +130,7 @@ def test_json_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch,
 
 @pytest.mark.parametrize("argv, message", [
     (["--epochs", "0"], "--epochs 0: expected an integer in 1..1000000"),
-    (["--bits", "24"], "acc_bits"),
+    (["--lr-shift", "31"], "--lr-shift 31"),
     (["--holdout", "0"], "--holdout 0"),
     (["--arch", "cnn", "--data", "BAD"], "holds 1 NaN"),
 ])

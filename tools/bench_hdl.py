@@ -46,6 +46,7 @@ def main():
     cfg = TrainConfig(algo=a.algo, batch_size=32)
     xb, yb = x[:32], ds.y_train[:32]
     sim = CoSim(model, cfg)
+    cfg = sim.cfg  # resolved for the numerics
     xq, xh = sim.engine_model.quantize_input(xb), sim.hdl_input(xb)
     t_eng = best(lambda: sim.trainer.step(xq, yb, 0, cfg.shift_at(0)), a.repeat)
     t_hdl = best(lambda: sim.ctl.step(xh, yb, 0, cfg.shift_at(0)), a.repeat)

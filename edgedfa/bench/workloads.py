@@ -92,4 +92,4 @@ def engine(w: Workload, algo: str, ds: Dataset, seed: int = 0) -> Engine:
     model.calibrate(x[: max(batch * 8, 256)])
     trainer = make_trainer(model, run.train, run.modules)
     codes = model.quantize_input(x).codes
-    return Engine(model, trainer, codes, np.asarray(ds.y_train), batch, run.train.shift_at(0), run)
+    return Engine(model, trainer, codes, np.asarray(ds.y_train), batch, trainer.cfg.shift_at(0), run)

@@ -52,8 +52,6 @@ class Layer:
         self.lr_shift0: int | None = None  # the run's base shift, without the batch term (Adam)
         self.out_fmt: FixedFormat | None = None
         self.peaks: dict = {}  # this step's largest wide values by managed format (§13)
-        self.tally: dict = {}  # per tensor: [values seen, clipped at a rail, rounded to zero]
-        self.moves: dict = {}  # per managed format: exponent changes since the last report
         self.out_shape = self.infer_shape()
 
     # ---- structure
