@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--no-torch", action="store_true", help="skip the PyTorch column even when it is installed")
     bn.add_argument("--no-int8-route", action="store_true",
                     help="train without the int8 dot-product route (the kernels as before it; same bits)")
+    bn.add_argument("--compare-int8-route", action="store_true",
+                    help="also time every algorithm without the int8 route, interleaved (same bits)")
     bn.add_argument("--json", metavar="FILE", default="bench.json", help="report as JSON (default bench.json)")
     bn.add_argument("--markdown", metavar="FILE", default="bench.md",
                     help="tables for docs/benchmarks.md (default bench.md)")
@@ -401,7 +403,7 @@ def cmd_bench(args) -> int:
         print(bench.describe_workloads())
         return 0
     opts = bench.options(args.workloads, args.algos, args.only, args.repeats, args.seconds, not args.no_torch,
-                         args.quick, not args.no_int8_route)
+                         args.quick, not args.no_int8_route, args.compare_int8_route)
     report = bench.run(opts, progress=lambda text: print(f"bench: {text}", file=sys.stderr, flush=True),
                        command=" ".join(["edgedfa", *args.argv]))
     print(bench.write(report, args.json, args.markdown), end="")

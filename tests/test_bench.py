@@ -99,3 +99,13 @@ def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("edgedfa: error:") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_int8_route_compared_on_and_off():
+    opts = bench.options(workloads=["digits-mlp"], algos=["bp"], sections=["train"], quick=True, torch=False,
+                         compare_route=True)
+    report = bench.run(opts)
+    e = report["training"][0]["engine"]["bp"]
+    assert e["without_int8_route"]["samples_per_second"] > 0 and e["without_int8_route"]["speedup"] > 0
+    heads = [t[0] for t in tables(bench.write(report, None, None))]
+    assert ["workload", "`bp` with / without (speed-up)"] in heads

@@ -30,6 +30,21 @@ def training_table(rows: list, algos: list) -> list:
     return lines
 
 
+def route_table(rows: list, algos: list) -> list:
+    """Samples/s with and without the int8 route, measured interleaved (same engine, same bits)."""
+    lines = ["| workload | " + " | ".join(f"`{a}` with / without (speed-up)" for a in algos) + " |",
+             "|---|" + "---|" * len(algos)]
+    for r in rows:
+        cells = []
+        for a in algos:
+            e = r["engine"].get(a) or {}
+            wo = e.get("without_int8_route")
+            cells.append(f"{_n(e['samples_per_second'])} / {_n(wo['samples_per_second'])} ({wo['speedup']:.2f}x)"
+                         if wo else "—")
+        lines.append(f"| {r['title']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def gemm_table(rows: list) -> list:
     lines = ["| M x K x N | threads | `kernels.gemm` int8 operands, acc32 wrap | acc32 sat | int64 operands |"
              " without the int8 route | onnxruntime `MatMulInteger` u8 x s8 | ratio | ratio (int64 operands) |"
@@ -82,6 +97,9 @@ def markdown(report: dict) -> str:
     if any(r["engine"] for r in report.get("training", [])) and "train" in opts["sections"]:
         out += [f"Training throughput, samples/s (median of {opts['repeats']} timed repeats after warm-up):", ""]
         out += training_table(report["training"], opts["algos"]) + [""]
+    if opts.get("compare_route") and report.get("training"):
+        out += ["The int8 route on and off, interleaved in the same run:", ""]
+        out += route_table(report["training"], opts["algos"]) + [""]
     if report.get("gemm"):
         out += ["Integer GEMM, GOP/s (2·M·K·N per call, median of the repeats):", ""] + gemm_table(report["gemm"]) + [""]
     if any("emulate" in r for r in report.get("training", [])):

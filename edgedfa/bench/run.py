@@ -32,6 +32,7 @@ class Options:
     gemm_threads: list = field(default_factory=lambda: list(gemm.THREADS))
     quick: bool = False
     int8_route: bool = True  # False: the engine as it ran before the int8 route (comparisons)
+    compare_route: bool = False  # also time each algorithm without the int8 route, interleaved
 
     @classmethod
     def quick_run(cls, **kw) -> "Options":
@@ -52,12 +53,13 @@ class Options:
 
 
 def options(workloads=None, algos=None, sections=None, repeats=None, seconds=None, torch=True,
-            quick=False, int8_route=True) -> Options:
+            quick=False, int8_route=True, compare_route=False) -> Options:
     """Options from command-line values (None: the default, or the quick run's)."""
     given = {"workloads": workloads, "algos": algos, "sections": sections, "repeats": repeats, "seconds": seconds}
+    flags = {"torch": torch, "int8_route": int8_route, "compare_route": compare_route}
     if quick:
-        return Options.quick_run(torch=torch, int8_route=int8_route, **given)
-    return Options(torch=torch, int8_route=int8_route, **{k: v for k, v in given.items() if v is not None})
+        return Options.quick_run(**flags, **given)
+    return Options(**flags, **{k: v for k, v in given.items() if v is not None})
 
 
 def write(report: dict, json_path: str | None, markdown_path: str | None) -> str:
@@ -147,4 +149,5 @@ def _training(name: str, opts: Options, say) -> dict:
     say(f"training: {name}")
     train = "train" in opts.sections
     return training.workload_row(WORKLOADS[name], opts.algos if train else opts.algos[:1], opts.repeats,
-                                 opts.seconds, opts.torch and train, "emulate" in opts.sections)
+                                 opts.seconds, opts.torch and train, "emulate" in opts.sections, opts.int8_route,
+                                 opts.compare_route and train)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tracemalloc
 
 from ..errors import EdgeDFAError
+from ..kernels import onnxrt
 from . import timing, torch_ref
 from .workloads import Workload, dataset, engine, graph
 
@@ -59,17 +60,30 @@ def _torch_sides(w, ds, batch) -> tuple:
         return {}, str(exc)
 
 
-def _measure(engines: dict, torch_sides: dict, repeats: int, target: float) -> tuple:
-    """(engine rows by algorithm, the PyTorch row or None), from one interleaved run."""
-    sides = {a: timing.Side(e.step) for a, e in engines.items()} | torch_sides
+def _route(on: bool):
+    return lambda: onnxrt.enable(on)
+
+
+def _measure(engines: dict, torch_sides: dict, repeats: int, target: float, int8_route: bool,
+             compare_route: bool) -> tuple:
+    """(engine rows by algorithm, the PyTorch row or None), from one interleaved run; with
+    ``compare_route`` each algorithm also runs without the int8 route (same engine, same bits)."""
+    sides = {a: timing.Side(e.step, _route(int8_route)) for a, e in engines.items()}
+    if compare_route:
+        sides |= {f"{a} without int8": timing.Side(e.step, _route(False)) for a, e in engines.items()}
+    sides |= torch_sides
     threads = torch_ref.thread_count() if torch_sides else None
     try:
         t = timing.interleaved(sides, repeats, target)
     finally:
+        onnxrt.enable(int8_route)
         if threads:
             torch_ref.set_thread_count(threads)
     batch = next(iter(engines.values())).batch
     rows = {a: timing.throughput(t[a], batch) for a in engines}
+    for a in engines if compare_route else ():
+        rows[a]["without_int8_route"] = dict(timing.throughput(t[f"{a} without int8"], batch),
+                                             speedup=timing.speedup(t[a], t[f"{a} without int8"]))
     if not torch_sides:
         return rows, None
     best = min(torch_sides, key=lambda s: t[s]["seconds"])
@@ -80,7 +94,8 @@ def _measure(engines: dict, torch_sides: dict, repeats: int, target: float) -> t
     return rows, torch_row
 
 
-def workload_row(w: Workload, algos, repeats: int, target: float, with_torch: bool, with_emulate: bool) -> dict:
+def workload_row(w: Workload, algos, repeats: int, target: float, with_torch: bool, with_emulate: bool,
+                 int8_route: bool = True, compare_route: bool = False) -> dict:
     """Every figure of one workload."""
     ds = dataset(w)
     row = {"workload": w.name, "title": w.title, "data": ds.name}
@@ -89,7 +104,7 @@ def workload_row(w: Workload, algos, repeats: int, target: float, with_torch: bo
         return dict(row, engine=errors, torch={"error": "no engine ran"})
     batch = next(iter(engines.values())).batch
     torch_sides, why = _torch_sides(w, ds, batch) if with_torch else ({}, "not measured")
-    rows, torch_row = _measure(engines, torch_sides, repeats, target)
+    rows, torch_row = _measure(engines, torch_sides, repeats, target, int8_route, compare_route)
     for algo, eng in engines.items():
         rows[algo]["step_peak_alloc_bytes"] = step_allocation(eng, 10**6)
     row.update(batch=batch, engine={a: rows.get(a) or errors[a] for a in algos}, torch=torch_row or {"error": why})

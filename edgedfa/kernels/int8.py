@@ -17,7 +17,7 @@ from ..fixed import Overflow, acc_limits, acc_step
 from . import onnxrt
 from .acc import max_abs
 
-MIN_MACS = 1 << 18  # below this many multiply-adds the float path is faster (tools/bench_int8_options.py)
+MIN_MACS = 1 << 19  # below this the float path is as fast (tools/bench_int8_options.py, docs/benchmarks.md)
 INT32_MAX = (1 << 31) - 1
 LIMIT = 128  # max|code| an int8 operand can hold; its codes are -128..127
 
@@ -85,23 +85,34 @@ def finish(acc, route: str, acc_bits: int, init=None) -> np.ndarray:
     return out if route == "exact" else acc_step(out, acc_bits, Overflow.AP_WRAP)
 
 
+def _against_order(x, transposed: bool) -> int:
+    """Elements narrowing would write against x's memory order, for ``x`` (or ``x.T``) as a
+    C-ordered operand: a transposed weight is written scattered, byte by byte."""
+    c, f = x.flags.c_contiguous, x.flags.f_contiguous
+    return x.size if (c and not f if transposed else f and not c) else 0
+
+
 def gemm(a, b, acc_bits: int, overflow: Overflow, init=None, min_macs: int = MIN_MACS):
     """``a @ b (+ init)`` through the accumulator of §4 on the int8 units, or None when
     the operands are not 8-bit codes, the bound does not prove it exact, or the product is
-    too small to pay for the call."""
+    too small to pay for the call. A product whose operands lie transposed in memory (``x @
+    W.T``) is computed as ``(W @ x.T).T``, so that the large one is read in its own order."""
     m, k = a.shape
     n = b.shape[1]
     if m * k * n == 0 or m * k * n < min_macs or not onnxrt.available():  # K = 0: onnxruntime leaves Y unset
         return None
-    a8, amax = narrow(a, 128)
-    b8, bmax = (None, 0) if a8 is None else narrow(b, 0)
-    if b8 is None:
+    flip = _against_order(a, True) + _against_order(b, True) < _against_order(a, False) + _against_order(b, False)
+    left, right = (b.T, a.T) if flip else (a, b)
+    l8, lmax = narrow(left, 128)
+    r8, rmax = (None, 0) if l8 is None else narrow(right, 0)
+    if r8 is None:
         return None
     init = None if init is None else np.asarray(init, dtype=np.int64)
     init_max = max_abs(init) if init is not None else 0
-    route = exact_route(k, amax, bmax, init_max, acc_bits, overflow)
+    route = exact_route(k, lmax, rmax, init_max, acc_bits, overflow)
     if route is None:
-        route = exact_route(k, tight(a, amax), tight(b, bmax), init_max, acc_bits, overflow)
+        route = exact_route(k, tight(left, lmax), tight(right, rmax), init_max, acc_bits, overflow)
     if route is None:
         return None
-    return finish(onnxrt.matmul(a8, b8), route, acc_bits, init)
+    acc = onnxrt.matmul(l8, r8)
+    return finish(np.ascontiguousarray(acc.T) if flip else acc, route, acc_bits, init)
