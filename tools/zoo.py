@@ -62,7 +62,7 @@ def export(out: str, model: str, dataset: str, shape: tuple, seed: int) -> None:
     torch.onnx.export(net, x, onnx_path(out, model, dataset, seed, "ts"), dynamo=False, input_names=["x"],
                       output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
     torch.onnx.export(net, (x,), onnx_path(out, model, dataset, seed, "dynamo"), dynamo=True, input_names=["x"],
-                      output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                      output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
                       external_data=False)
 
 
