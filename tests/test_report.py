@@ -54,7 +54,8 @@ def test_curves_of_several_runs_share_one_chart(runs, tmp_path):
         assert (out / f).stat().st_size > 0
     assert not (out / "sdfa8-emulation.png").exists()  # no emulation report in that run
     text = (out / "summary.md").read_text()
-    for words in ("# Run report", "## bp8", "## sdfa8", "### Plan", "### Formats", "ap_fixed<", "cycles per step",
+    for words in ("# Run report", "## bp8", "## sdfa8", "### Plan", "### Formats", "### Final figures", "ap_fixed<",
+                  "cycles per step", "### config.toml",
                   "![accuracy and loss per epoch](curves.png)", "bit-exact"):
         assert words in text, words
 

@@ -65,21 +65,36 @@ def _run_section(r: Run, drawn: dict, out_dir: str) -> list:
     num = r.meta.get("numerics")
     if num:
         out += ["", "Numerics: " + ", ".join(f"`{k} = {_plain(v)}`" for k, v in num.items() if v is not None)]
+    out += ["", "### Final figures", "", md.table(["figure", "value"], _figures(r))]
     out += ["", "### Formats", "", md.table(["layer", "formats"], _format_rows(r.metrics.get("formats", {})))]
     out += ["", "### Plan (credit assignment)", "", md.table(
         ["module", "nodes", "error source", "feedback"], [_plan_row(m) for m in r.metrics.get("plan", [])])]
     out += ["", "### Per-layer statistics", ""]
+    if "layers" not in drawn:
+        out += ["The history holds no per-epoch per-layer statistics.", ""]
     for key, alt in (("layers", "per-layer statistics per epoch"), ("saturation", "saturation per tensor"),
                      ("emulation", "emulated cycles, MACs and bytes per layer")):
         if key in drawn:
             out += [md.image(_rel(drawn[key]["files"][0], out_dir), alt), ""]
-    if "layers" not in drawn:
-        out += ["The history holds no per-epoch per-layer statistics.", ""]
     if r.emulation:
         out += _emulation_lines(r)
     if r.config_text:
         out += ["### config.toml", "", "```toml", r.config_text.rstrip(), "```", ""]
     return out
+
+
+def _figures(r: Run) -> list:
+    """Accuracies, the best epoch when a validation split chose one, loss, steps, speed."""
+    m, last = r.metrics, (r.history[-1] if r.history else {})
+    rows = [["test accuracy", md.pct(m.get("test_accuracy"))], ["train accuracy", md.pct(m.get("train_accuracy"))]]
+    if m.get("val_accuracy") is not None:
+        rows.append(["validation accuracy", md.pct(m["val_accuracy"])])
+    if m.get("best_epoch") is not None:
+        rows.append(["best epoch (by validation accuracy)", f"{m['best_epoch']}: validation "
+                     f"{md.pct(m.get('best_val_accuracy'))}, test {md.pct(m.get('best_test_accuracy'))} (best.npz)"])
+    rows += [["loss (last epoch, train batches)", md.num(last.get("loss"), 4)], ["epochs", len(r.history)],
+             ["training steps", md.num(m.get("steps"))], ["samples / s", md.num(m.get("samples_per_second"))]]
+    return rows
 
 
 def _emulation_lines(r: Run) -> list:

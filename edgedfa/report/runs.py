@@ -189,4 +189,7 @@ def settings(run: Run) -> dict:
     for k in ("feedback_sparsity", "feedback_values", "feedback_kind", "lr_decay_epochs"):
         if k in train:
             out[k] = train[k]
+    holdout = (m.get("settings") or {}).get("data", {}).get("holdout")
+    if holdout not in (None, "none"):
+        out["holdout (validation fraction)"] = holdout
     return out
