@@ -11,7 +11,7 @@ import pytest
 from edgedfa import cli
 from edgedfa.errors import EdgeDFAError
 from edgedfa.report import plots, write_report
-from edgedfa.report.runs import curves, layer_stats, load_run
+from edgedfa.report.runs import FORMAT_STAT, changing, curves, layer_stats, load_run
 from edgedfa.report.sweep_report import best_rows, configurations, mark_front
 from edgedfa.sweep.results import RESULTS, append_row
 
@@ -71,16 +71,21 @@ def test_the_emulation_plot_has_a_bar_per_layer_and_phase(runs, tmp_path):
 def test_per_layer_statistics_are_read_from_any_nested_history_table(runs, tmp_path):
     run = load_run(str(with_history_stats(runs / "bp8", tmp_path / "stats")))
     stats = layer_stats(run)
-    assert set(stats) == {"exponent", "clipped_fraction", "format integer bits", "zero_fraction"}
+    mine = {"exponent", "clipped_fraction", f"{FORMAT_STAT} (tensors)", "zero_fraction"}
+    assert mine <= set(stats)  # beside whatever statistics the engine records itself
     assert set(stats["exponent"]) == {"dense1/W", "dense3/W"}
-    assert stats["format integer bits"]["dense1/W"] == ([1, 2, 3], [1, 2, 3])
+    assert stats[f"{FORMAT_STAT} (tensors)"]["dense1/W/format"] == ([1, 2, 3], [1, 2, 3])
     assert stats["zero_fraction"]["dense3/W"][1] == pytest.approx([0.2, 0.4, 0.6])
+    kept, constant = changing(stats)
+    assert set(kept["exponent"]) == {"dense1/W"} and constant["exponent"] == 1  # dense3/W stays at -5
+    assert "dense1/W" not in kept["zero_fraction"] and set(kept["zero_fraction"]) == {"dense3/W"}
     splits = {(c.kind, c.split) for c in curves(run)}
     assert ("accuracy", "validation") in splits and ("accuracy", "test") in splits
     result = write_report([run.path], str(tmp_path / "rep"))
     layers = result["runs"]["stats"]["layers"]
-    assert (layers["panels"], layers["lines"]) == (4, 8)
+    assert (layers["panels"], layers["lines"]) == (len(kept), sum(len(v) for v in kept.values()))
     assert result["curves"]["accuracy_curves"] == 3
+    assert "Constant over the run, not drawn:" in (tmp_path / "rep" / "summary.md").read_text()
 
 
 def test_without_matplotlib_the_summary_is_written_and_the_error_says_how_to_install(runs, tmp_path, monkeypatch,

@@ -106,29 +106,42 @@ def plot_curves(curves: list, stem: str) -> dict:
 @styled
 def plot_layer_stats(stats: dict, run: str, stem: str) -> dict:
     """One panel per per-layer statistic over epochs, one line per tensor."""
-    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     names = sorted(stats)
-    cols = min(3, len(names))
+    cols = min(2, len(names))
     rows = -(-len(names) // cols)
-    fig = new_figure(4.2 * cols + 1.8, 3.0 * rows)
+    fig = new_figure(6.4 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     tensors = list(dict.fromkeys(t for s in names for t in stats[s]))
     color = dict(zip(tensors, colors(len(tensors))))
     lines = 0
     for ax, stat in zip(axes, names):
+        ylabel, scale = stat_axis(stat, [y for _, ys in stats[stat].values() for y in ys])
         for tensor, (xs, ys) in stats[stat].items():
-            ax.plot(xs, ys, color=color[tensor], marker="o" if len(xs) <= 20 else None, ms=3)
+            ax.plot(xs, [scale * y for y in ys], color=color[tensor], marker="o" if len(xs) <= 20 else None, ms=3,
+                    label=tensor)
             lines += 1
-        ax.set(title=stat.replace("_", " "), xlabel="epoch")
+        ax.set(title=stat.replace("_", " "), xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6, title="tensor", title_fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    fig.legend(handles=[Line2D([], [], color=color[t], label=t) for t in tensors], loc="outside right upper",
-               title="tensor")
-    fig.suptitle(f"{run}: per-layer statistics per epoch")
+    fig.suptitle(f"{run}: per-layer statistics per epoch (the series that change)")
     return {"panels": len(names), "lines": lines, "files": save(fig, stem)}
+
+
+def stat_axis(stat: str, values: list) -> tuple:
+    """(y-axis label, scale) of a per-layer statistic, from its name: shares of values in %,
+    format widths in bits, the rest as they are."""
+    name = stat.lower()
+    if any(w in name for w in ("clip", "zero", "fraction", "saturat", "share")) and max(values, default=0) <= 1:
+        return "share of the values (%)", 100
+    if "bits" in name:
+        return "bits", 1
+    if "moves" in name or "count" in name:
+        return "count", 1
+    return None, 1
 
 
 @styled

@@ -10,7 +10,7 @@ import os
 from ..checkpoint import atomic_write
 from . import markdown as md
 from . import plots
-from .runs import Run, curves, layer_stats, load_run, run_names, saturation, settings
+from .runs import Run, changing, curves, layer_stats, load_run, run_names, saturation, settings
 
 
 def run_report(paths: list, out_dir: str, draw: bool = True) -> dict:
@@ -28,7 +28,7 @@ def run_report(paths: list, out_dir: str, draw: bool = True) -> dict:
 
 def _run_plots(run: Run, out_dir: str) -> dict:
     out = {}
-    stats = layer_stats(run)
+    stats, out["constant"] = changing(layer_stats(run))
     if stats:
         out["layers"] = plots.plot_layer_stats(stats, run.name, plots.stem(out_dir, f"{run.name}-layers"))
     sat = saturation(run)
@@ -70,8 +70,12 @@ def _run_section(r: Run, drawn: dict, out_dir: str) -> list:
     out += ["", "### Plan (credit assignment)", "", md.table(
         ["module", "nodes", "error source", "feedback"], [_plan_row(m) for m in r.metrics.get("plan", [])])]
     out += ["", "### Per-layer statistics", ""]
-    if "layers" not in drawn:
+    constant = drawn.get("constant") or {}
+    if "layers" not in drawn and not constant:
         out += ["The history holds no per-epoch per-layer statistics.", ""]
+    if constant:
+        out += ["Constant over the run, not drawn: " + ", ".join(f"{n} {stat} series" for stat, n in constant.items())
+                + ".", ""]
     for key, alt in (("layers", "per-layer statistics per epoch"), ("saturation", "saturation per tensor"),
                      ("emulation", "emulated cycles, MACs and bytes per layer")):
         if key in drawn:

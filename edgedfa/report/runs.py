@@ -20,6 +20,7 @@ from ..fixed import FixedFormat
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "validation", "valid": "validation",
                "validation": "validation", "holdout": "validation"}
 NOT_CURVES = {"epoch", "seconds", "lr_shift", "step", "steps"}
+FORMAT_STAT = "integer bits of the format"  # a format name in the history counts as its integer bits
 
 
 @dataclass
@@ -133,18 +134,25 @@ def _number(v) -> bool:
 # --------------------------------------------------------------------------- per-layer statistics
 
 def layer_stats(run: Run) -> dict:
-    """statistic -> tensor -> (epochs, values) from the nested tables of the history."""
-    out = {}
+    """statistic -> tensor -> (epochs, values) from the nested tables of the history (each
+    table of a history entry is a group: {stat: {tensor: v}} or {tensor...: {stat: v}}); a
+    statistic found in several groups is named with its group."""
+    points = []  # (group, stat, tensor, epoch, value)
     for i, entry in enumerate(run.history):
-        epoch = entry.get("epoch", i + 1)
         for key, val in entry.items():
             if isinstance(val, dict):
                 for path, v in _leaves(val, (key,)):
-                    # {stat: {tensor: v}} or {group: {tensor...: {stat: v}}}
                     stat, tensor = (path[0], path[1]) if len(path) == 2 else (path[-1], "/".join(path[1:-1]))
-                    xs, ys = out.setdefault(stat, {}).setdefault(tensor, ([], []))
-                    xs.append(epoch)
-                    ys.append(v)
+                    points.append((key, stat, tensor, entry.get("epoch", i + 1), v))
+    groups = {}
+    for group, stat, *_ in points:
+        groups.setdefault(stat, set()).add(group)
+    out = {}
+    for group, stat, tensor, epoch, v in points:
+        name = stat if len(groups[stat]) == 1 or stat == group else f"{stat} ({group})"
+        xs, ys = out.setdefault(name, {}).setdefault(tensor, ([], []))
+        xs.append(epoch)
+        ys.append(v)
     return out
 
 
@@ -158,9 +166,22 @@ def _leaves(table: dict, path: tuple):
             yield p, v
         elif isinstance(v, str) and v.startswith("ap_"):
             try:
-                yield p[:-1] + (f"{k} integer bits",), FixedFormat.parse(v).int_bits
+                yield p + (FORMAT_STAT,), FixedFormat.parse(v).int_bits
             except Exception:  # a string that only looks like a format
                 continue
+
+
+def changing(stats: dict) -> tuple:
+    """(the series that change over the epochs, statistic -> how many stayed constant): a
+    plot over epochs shows changes; a series with one epoch counts as changing."""
+    kept, constant = {}, {}
+    for stat, series in stats.items():
+        for tensor, (xs, ys) in series.items():
+            if len(ys) > 1 and all(y == ys[0] for y in ys):
+                constant[stat] = constant.get(stat, 0) + 1
+            else:
+                kept.setdefault(stat, {})[tensor] = (xs, ys)
+    return kept, constant
 
 
 def saturation(run: Run) -> list:
