@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fixed import QTensor, Rounding, apply_overflow, bit_length, round_shift
+from .kernels.adam import adam_step
 from .prng import PURPOSE_BIAS_UPDATE, PURPOSE_WEIGHT_UPDATE, Stream, stream_id
 from .scaling import manage_param, tally
 
@@ -107,7 +108,21 @@ def shift_round_each(x, shifts, rounding, stream: Stream, step: int) -> np.ndarr
 
 
 def adam_update(p: QTensor, g: QTensor, lr_shift: int, num, stream: Stream, step: int, state: dict, name: str):
-    """§12 Adam: (new p, #clipped, #rounded to zero); moments kept in ``state``."""
+    """§12 Adam: (new p, #clipped, #rounded to zero); moments kept in ``state``. The compiled
+    kernel computes it; inputs it does not model go through the reference below."""
+    fast = adam_step(p.codes, p.fmt, g.codes, g.fmt.frac_bits, _moment(state, "m", name),
+                     _moment(state, "v", name), lr_shift, num, stream, step)
+    if fast is None:
+        return adam_update_reference(p, g, lr_shift, num, stream, step, state, name)
+    new, m, v, clipped, zeroed = fast
+    _store(state, "m", name, m)
+    _store(state, "v", name, v)
+    return QTensor(new, p.fmt), clipped, zeroed
+
+
+def adam_update_reference(p: QTensor, g: QTensor, lr_shift: int, num, stream: Stream, step: int, state: dict,
+                          name: str):
+    """§12 Adam in numpy passes, the specification ``adam_update``'s kernel is tested against."""
     gc, gf = narrow_frac(g.codes, g.fmt.frac_bits, num.moment_bits)
     m = ema(_moment(state, "m", name), (gc, gf), warmup_shift(num.beta1_shift, step), num.moment_bits)
     v = ema(_moment(state, "v", name), (gc * gc, 2 * gf), warmup_shift(num.beta2_shift, step), num.moment_bits)
