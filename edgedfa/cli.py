@@ -16,6 +16,8 @@ import sys
 from .errors import EdgeDFAError
 from .version import __version__
 
+KERNEL_BACKENDS = ("fast", "int8", "reference")  # kernels.BACKENDS, without importing numpy for --help
+
 INTERRUPTED = 130  # 128 + SIGINT, as shells report a run stopped by Ctrl-C
 BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader went away (e.g. `| head`)
 
@@ -96,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(t, "numerics")
     _add_settings(t, "train")
     t.add_argument("--config", metavar="FILE.toml", help="settings of every kind (docs/config.md); flags win")
-    t.add_argument("--backend", choices=("fast", "reference"), help="integer kernel backend (same bits)")
+    t.add_argument("--backend", choices=KERNEL_BACKENDS,
+                   help="integer kernel backend, every one giving the same bits: fast (default: the int8"
+                   " dot-product units where they pay), int8 (those units at any size), reference (numpy)")
     t.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/<timestamp>)")
     t.add_argument("--resume", metavar="DIR", help="continue the run in DIR bit-exactly, up to --epochs in all")
     t.add_argument("--force", action="store_true", help="train into a non-empty --out (a run there is replaced)")

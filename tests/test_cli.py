@@ -248,3 +248,18 @@ def test_checkpoint_of_an_imported_model_with_slashes_in_node_names(tmp_path, ca
     code, _, err = run(capsys, "emulate", out / "checkpoint.npz", "--data", p, "--json", tmp_path / "e.json")
     assert code == 0, err
     assert json.loads((tmp_path / "e.json").read_text())["bit_exact"] is True
+
+
+def test_every_kernel_backend_is_a_choice_and_trains_the_same_bits(tmp_path, capsys):
+    from edgedfa import cli, kernels
+
+    assert sorted(cli.KERNEL_BACKENDS) == sorted(kernels.BACKENDS)
+    write_npz(tmp_path / "d.npz", n_train=96, n_test=32)
+    for backend in kernels.BACKENDS:
+        code, _, err = run(capsys, "train", "--epochs", 1, "--quiet", "--data", tmp_path / "d.npz",
+                           "--backend", backend, "--out", tmp_path / backend)
+        assert code == 0, err
+    ref = load_checkpoint(tmp_path / "reference").state_arrays()
+    for backend in ("fast", "int8"):
+        got = load_checkpoint(tmp_path / backend).state_arrays()
+        assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref), backend
