@@ -13,11 +13,11 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, QTensor, narrow_dynamic, requantize
 from ..kernels import conv as K
+from ..kernels.pool import max_forward, max_backward
 from .base import Layer, register
 
 RECIP_BITS = 16  # fraction bits of the normalised reciprocal 2^(16+L)/n, §8.3
 WIDE_BITS = 48  # width of the exact product register of the average unit
-_NEG = -(1 << 62)  # below every code: MaxPool padding never wins
 
 
 def reciprocal(n):
@@ -111,21 +111,11 @@ class MaxPool(_Pool):
 
     def forward(self, xs, train=False):
         x = xs[0]
-        x4 = K.to4d(x.codes, self.geo)
-        p = K.patches(x4, self.geo, _NEG)
-        b, c = p.shape[:2]
-        flat = p.reshape((b, c, self.geo.k) + self.geo.out_hw)
-        arg = flat.argmax(axis=2)
-        y = np.take_along_axis(flat, arg[:, :, None], axis=2)[:, :, 0]
+        y, arg = max_forward(K.to4d(x.codes, self.geo), self.geo)
         return QTensor(K.from4d(y, self.geo), x.fmt), arg if train else None
 
     def backward(self, cache, dy, need_dx):
-        arg = cache
-        b, c = arg.shape[:2]
-        dy4 = K.to4d(dy.codes, self.geo)
-        taps = np.arange(self.geo.k).reshape(self.geo.kernel)
-        per_tap = np.where(arg[:, :, None, None] == taps[None, None, :, :, None, None], dy4[:, :, None, None], 0)
-        dx = self._scatter(per_tap, b, c)
+        dx = K.from4d(max_backward(cache, K.to4d(dy.codes, self.geo), self.geo), self.geo)
         if not self.geo.overlapping():
             return [QTensor(dx, dy.fmt)], {}  # each input feeds at most one window: no growth
         wide = FixedFormat.with_frac(WIDE_BITS, dy.fmt.frac_bits)
