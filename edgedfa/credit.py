@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .errors import EdgeDFAError
 from .feedback import VALUE_KINDS, FeedbackSpec, projector_kinds
-from .graph import POOLS, RECURRENT, TRAINABLE, Graph
+from .graph import MODULE_LEADERS, POOLS, RECURRENT, Graph
 from .model import LayerOptions
 from .schema import check_table, names, setting
 
@@ -54,11 +54,12 @@ class Plan:
 
 
 def _is_trainable(node) -> bool:
-    return node.op in TRAINABLE
+    """A layer a module is built around; a BatchNorm trains but belongs to the layer before it."""
+    return node.op in MODULE_LEADERS
 
 
 def per_layer_modules(graph: Graph) -> list:
-    """A module starts at every trainable node; parameter-free nodes join the current one."""
+    """A module starts at every trainable node (but BatchNorm); the others join the current one."""
     groups = []
     for node in graph.nodes:
         has_trainable = bool(groups) and any(_is_trainable(graph.node(n)) for n in groups[-1])

@@ -146,6 +146,14 @@ def conv(node, x):
     return y if b is None else y + b.reshape((-1,) + (1,) * rank)
 
 
+@op("BatchNorm")
+def batch_norm(node, x):
+    """Inference: the running statistics, channel axis 1 (ONNX BatchNormalization)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale, b, mean, var = (_p(node, k).reshape(shape) for k in ("scale", "B", "mean", "var"))
+    return (x - mean) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * scale + b
+
+
 def _pool_windows(node, x):
     """ONNX window geometry of a MaxPool/AveragePool node on ``x`` (N, C, *S).
 

@@ -12,6 +12,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
   ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
 - ``Add`` (two or more inputs), ``Concat`` (attr axis)
+- ``BatchNorm``  params scale, B, mean, var (C,); attrs epsilon, momentum (ONNX
+                 BatchNormalization over channel axis 1); trained with batch statistics,
+                 inference with the running ones (docs/datapath.md §8.7)
 - ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
@@ -36,9 +39,11 @@ POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
+NORMS = ("BatchNorm",)  # trained, but part of the layer before them: they start no module
 
-TRAINABLE = DENSE + CONV + RECURRENT
-CANONICAL_OPS = DENSE + CONV + ACTIVATIONS + POOLS + MOVES + MERGES + RECURRENT
+TRAINABLE = DENSE + CONV + RECURRENT + NORMS
+MODULE_LEADERS = DENSE + CONV + RECURRENT  # the trainable ops a credit module is built around
+CANONICAL_OPS = DENSE + CONV + ACTIVATIONS + POOLS + MOVES + MERGES + RECURRENT + NORMS
 
 
 def producers(nodes) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, QTensor, dequantize, int_bits_for, quantize
+from .fold_batchnorm import fold_batchnorm, folded_batchnorms
 from .graph import Graph, Node
 from .layers import LayerSpec, layer_class
 from .layers.conv import BACKWARD_MODES
@@ -45,22 +46,21 @@ class IntModel:
 
     def __init__(self, graph: Graph, numerics: Numerics, seed: int = 0,
                  layer_numerics: dict | None = None, backend: str | None = None):
-        self.graph = graph
         self.numerics = numerics
         self.seed = int(seed)
         self.backend = backend
         self.layer_numerics = dict(layer_numerics or {})
-        unknown = set(self.layer_numerics) - {n.name for n in graph.nodes}
+        unknown = set(self.layer_numerics) - {n.name for n in graph.nodes} - set(folded_batchnorms(graph))
         if unknown:
             raise EdgeDFAError(f"config: per-layer settings for unknown layer(s) {sorted(unknown)};"
                                f" layers are {[n.name for n in graph.nodes]}")
+        self.graph = graph = fold_batchnorm(graph, lambda n: self._numerics(n).batchnorm == "fold")
         self.in_fmt: FixedFormat | None = None
         self.layers = []
         shapes = {graph.input_name: tuple(graph.input_shape)}
         for i, node in enumerate(graph.nodes):
-            table = dict(self.layer_numerics.get(node.name, {}))
-            extra = {k: table.pop(k) for k in LAYER_OPTIONS if k in table}
-            num = numerics.with_overrides(table, f"layer {node.name!r}")
+            extra = {k: v for k, v in self.layer_numerics.get(node.name, {}).items() if k in LAYER_OPTIONS}
+            num = self._numerics(node)
             spec = LayerSpec(index=i + 1, numerics=num, seed=self.seed,
                              in_shapes=_in_shapes(node, shapes), backend=backend, extra=extra)
             layer = layer_class(node.op, node.name)(node, spec)
@@ -78,6 +78,11 @@ class IntModel:
             raise EdgeDFAError(f"graph output {graph.output_name!r} has per-sample shape {out_shape};"
                                " a classifier's logits must be one-dimensional")
         self.n_classes = int(out_shape[0])
+
+    def _numerics(self, node: Node) -> Numerics:
+        """A node's numerics: [numerics] with its [layers.<name>] table over them."""
+        table = {k: v for k, v in self.layer_numerics.get(node.name, {}).items() if k not in LAYER_OPTIONS}
+        return self.numerics.with_overrides(table, f"layer {node.name!r}")
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -114,7 +119,7 @@ class IntModel:
                     # logits grow under cross-entropy by design: give them room (§7)
                     f = layer.out_fmt
                     layer.out_fmt = FixedFormat(f.width, f.int_bits + layer.num.logit_headroom, f.signed)
-            self._store(env, node, layer.forward(xs, train=False)[0])
+            self._store(env, node, layer.calibration_output(xs))
 
     # ------------------------------------------------------------------ forward
     @staticmethod

@@ -13,6 +13,7 @@ from .schema import check_value, entry, setting
 WORD_BITS_MAX = 24  # weights, activations, errors: the widest word the layers are specified for
 SCALINGS = ("adaptive", "static")
 UPDATE_RULES = ("adam", "sgd")
+BATCHNORM_MODES = ("train", "fold")
 
 # What a checkpoint written before a field existed meant by its absence (§6): static formats,
 # SGD, recurrent gates and errors carried through time at the layer's own widths.
@@ -63,6 +64,10 @@ class Numerics:
                                     lo=2, hi=16, none="max(16, act_bits)")
     state_err_bits: int | None = setting(None, "width of the errors a recurrent cell carries through time",
                                          lo=2, hi=WORD_BITS_MAX, none="max(16, err_bits)")
+    batchnorm: str = setting("train", "train: an ONNX BatchNormalization is a layer that normalises with the"
+                             " batch's statistics and trains scale and bias (datapath §8.7); fold: folded into"
+                             " the Conv/Dense before it (a per-channel affine layer when there is none)",
+                             choices=BATCHNORM_MODES)
 
     @classmethod
     def from_bits(cls, bits: int, **kw) -> "Numerics":

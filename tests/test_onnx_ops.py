@@ -5,7 +5,9 @@ import pytest
 from onnx import helper
 
 from edgedfa.errors import EdgeDFAError
-from onnx_helpers import check, model, rand
+from edgedfa.float_ref import run_float
+from edgedfa.onnx import load_graph_bytes
+from onnx_helpers import check, model, rand, rel_err
 
 N = 3
 
@@ -168,8 +170,13 @@ def test_reshape_baked_to_export_batch_is_generalised():
     assert run_float(g, rand(5, 3, 4)).shape == (5, 12)
 
 
+def _fold(g):
+    from edgedfa.fold_batchnorm import fold_batchnorm
+    return fold_batchnorm(g, lambda node: True)
+
+
 @pytest.mark.parametrize("opset", [9, 13])
-def test_batchnorm_folds_into_conv_and_gemm(opset):
+def test_batchnorm_is_kept_and_folds_into_conv_and_gemm_on_request(opset):
     c = 4
     bn = {f"{p}{i}": v for i in (1, 2) for p, v in
           (("g", rand(c, seed=i) * 0.3 + 1), ("b", rand(c, seed=i + 5)),
@@ -183,18 +190,37 @@ def test_batchnorm_folds_into_conv_and_gemm(opset):
              helper.make_node("BatchNormalization", ["d", "g2", "b2", "m2", "v2"], ["y"])]
     inits = dict(bn, W=rand(c, 2, 3, seed=3), G=rand(c, c * 6, seed=4))
     g = check(model(nodes, inits, ["N", 2, 6], opset=opset), rand(N, 2, 6))
-    assert ops(g) == ["Conv", "Relu", "Flatten", "Dense"]
+    assert ops(g) == ["Conv", "BatchNorm", "Relu", "Flatten", "Dense", "BatchNorm"]
+    assert g.nodes[1].attrs == {"epsilon": pytest.approx(1e-3), "momentum": pytest.approx(0.9)}
+    folded = _fold(g)
+    assert ops(folded) == ["Conv", "Relu", "Flatten", "Dense"] and folded.output_name == "y"
+    x = rand(N, 2, 6)
+    assert rel_err(run_float(folded, x), run_float(g, x)) <= 1e-5
 
 
 @pytest.mark.parametrize("shape", [(4,), (4, 5), (4, 5, 3)])
-def test_batchnorm_alone_becomes_affine(shape):
+def test_batchnorm_alone_is_kept_or_folded_to_an_affine_layer(shape):
     c = 4
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("BatchNormalization", ["r", "g", "b", "m", "v"], ["y"])]
     inits = dict(g=rand(c, seed=1), b=rand(c, seed=2), m=rand(c, seed=3),
                  v=np.abs(rand(c, seed=4)) + 0.1)
     g = check(model(nodes, inits, ["N", *shape], opset=15), rand(N, *shape))
-    assert ops(g)[1] == ("Dense" if len(shape) == 1 else "Conv")
+    assert ops(g)[1] == "BatchNorm"
+    folded = _fold(g)
+    assert ops(folded)[1] == ("Dense" if len(shape) == 1 else "Conv")
+    x = rand(N, *shape)
+    assert rel_err(run_float(folded, x), run_float(g, x)) <= 1e-5
+
+
+def test_batchnorm_running_statistics_outputs_read_by_the_graph_are_refused():
+    c = 3
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1),
+             helper.make_node("Add", ["y", "rm"], ["z"])]
+    inits = dict(g=rand(c, seed=1), b=rand(c, seed=2), m=rand(c, seed=3), v=np.abs(rand(c, seed=4)) + 0.1)
+    m = model(nodes, inits, ["N", c], out_name="z", opset=15)
+    with pytest.raises(EdgeDFAError, match="running mean/variance outputs"):
+        load_graph_bytes(m.SerializeToString(), source="bn-outputs")
 
 
 def test_dropout_identity_removed_and_softmax_absorbed():

@@ -2,7 +2,8 @@
 
 Needs torch (and onnxscript for the dynamo exporter): ``pip install torch==2.13.0 onnxscript``.
 torch is never a dependency of edgedfa or of its tests; the tests read the committed files.
-Run: ``python tools/make_onnx_fixtures.py [OUT_DIR]``.
+Run: ``python tools/make_onnx_fixtures.py [OUT_DIR [CASE ...]]`` (cases given: only those are
+written and the manifest keeps the others).
 """
 
 from __future__ import annotations
@@ -107,6 +108,31 @@ class WholeSequence(nn.Module):
         return self.fc(out.reshape(out.shape[0], -1))
 
 
+class BNNet(nn.Module):
+    """BatchNorm2d after a Conv2d and BatchNorm1d on (N, C) after a Linear (momentum 0.2, eps 1e-3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.BatchNorm1d(8, eps=1e-3, momentum=0.2),
+                                 nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BN1dNet(nn.Module):
+    """BatchNorm1d on (N, C, L) after a Conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.MaxPool1d(2),
+                                 nn.Flatten(), nn.Linear(4 * 8, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -126,7 +152,15 @@ CASES = {
     "lstm": (lambda: LastStep("LSTM"), SEQ, ("ts", "dynamo"), None),
     "lstm_2layer": (lambda: LastStep("LSTM", layers=2), SEQ, ("ts", "dynamo"), None),
     "lstm_hn": (lambda: FinalHidden("LSTM"), SEQ, ("ts",), None),
+    "bn_cnn2d": (BNNet, (1, 8, 8), ("ts", "dynamo"), None),
+    "bn_cnn1d": (BN1dNet, (2, 16), ("ts", "dynamo"), None),
+    "bn_cnn1d_training": (BN1dNet, (2, 16), ("ts",), None),
 }
+# Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
+# their BatchNormalization nodes (eval mode), or export them in training mode.
+KEEP_BN = {"ts": {"do_constant_folding": False}, "dynamo": {"optimize": False}}
+EXPORT_OPTIONS = {"bn_cnn2d": KEEP_BN, "bn_cnn1d": KEEP_BN,
+                  "bn_cnn1d_training": {"ts": {"training": torch.onnx.TrainingMode.TRAINING}}}
 
 
 def export(name, factory, shape, exporter, fixed, out_dir):
@@ -142,7 +176,7 @@ def export(name, factory, shape, exporter, fixed, out_dir):
     batch = fixed or 3
     x = torch.randn((batch,) + shape)
     path = os.path.join(out_dir, f"{name}_{exporter}.onnx")
-    kw = dict(input_names=["x"], output_names=["y"])
+    kw = dict(input_names=["x"], output_names=["y"], **EXPORT_OPTIONS.get(name, {}).get(exporter, {}))
     if exporter == "ts":
         if fixed is None:
             kw["dynamic_axes"] = {"x": {0: "batch"}, "y": {0: "batch"}}
@@ -153,17 +187,23 @@ def export(name, factory, shape, exporter, fixed, out_dir):
     return os.path.basename(path)
 
 
-def main(out_dir=OUT):
+def main(out_dir=OUT, *names):
+    """Export every case (or the ``names`` given) and update the manifest."""
     os.makedirs(out_dir, exist_ok=True)
     warnings.filterwarnings("ignore")
-    manifest = {}
+    path = os.path.join(out_dir, "manifest.json")
+    manifest = json.load(open(path)) if names and os.path.exists(path) else {}
     for name, (factory, shape, exporters, fixed) in CASES.items():
+        if names and name not in names:
+            continue
         for exporter in exporters:
             fname = export(name, factory, shape, exporter, fixed, out_dir)
             manifest[fname] = {"input_shape": list(shape), "exporter": exporter,
                                "fixed_batch": fixed, "torch": torch.__version__}
+            if "training" in EXPORT_OPTIONS.get(name, {}).get(exporter, {}):
+                manifest[fname]["training_mode"] = True  # onnxruntime normalises with the batch's statistics
             print("wrote", fname, os.path.getsize(os.path.join(out_dir, fname)), "bytes")
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
 
 

@@ -70,6 +70,10 @@ class Layer:
         """Choose ``out_fmt`` from a calibration batch (layers that change scale)."""
         self.out_fmt = xs[0].fmt
 
+    def calibration_output(self, xs: list):
+        """What the layers above are calibrated on: the output training would give."""
+        return self.forward(xs, train=False)[0]
+
     # ---- formats that move while training (§13)
     def managed_formats(self) -> dict:
         """The static formats this layer chooses itself and the exponent unit moves."""

@@ -1,4 +1,4 @@
-"""BatchNormalization left unfolded, pass-through ops, and Softmax away from the output."""
+"""BatchNormalization, pass-through ops, and Softmax away from the output."""
 
 import numpy as np
 
@@ -26,36 +26,25 @@ def softmax(node, ctx):
 
 @register("BatchNormalization", 6, 7, 9, 14, 15)
 def batch_norm(node, ctx):
-    """A BatchNorm with no Conv/Dense before it: a per-channel affine Dense or 1x1 Conv."""
+    """A canonical BatchNorm (trained, or folded by the model when ``batchnorm = "fold"``); a
+    training-mode node is read the same way when its running-statistics outputs are unused."""
     x = ctx.data_input(node)
     shape = ctx.known_shape(node, x)
-    if node.attr("training_mode", 0) or any(o for o in node.outputs[1:]):
-        ctx.fail(node, "BatchNormalization in training mode is not supported")
+    if any(o and ctx.uses.get(o) for o in node.outputs[1:]):
+        ctx.fail(node, "the running mean/variance outputs of BatchNormalization are read by the graph;"
+                 " edgedfa keeps the running statistics itself")
     if node.attr("spatial", 1) != 1 and len(shape) > 2:
         ctx.fail(node, "BatchNormalization with spatial=0 is not supported")
     if ctx.batch_at(node, x) != 0 or len(shape) not in (2, 3, 4):
-        ctx.fail(node, f"an unfolded BatchNormalization needs a [N, C], [N, C, L] or "
-                 f"[N, C, H, W] input, got rank {len(shape)}")
+        ctx.fail(node, f"BatchNormalization needs a [N, C], [N, C, L] or [N, C, H, W] input, got rank {len(shape)}")
     channels = shape[1]
+    names = ("scale", "B", "mean", "var")
     stats = [ctx.weight(node, i, what) for i, what in
              enumerate(("scale", "bias", "mean", "variance"), start=1)]
     if any(v.size != channels for v in stats):
         ctx.fail(node, f"scale, bias, mean and variance must each hold {channels} values")
-    scale, shift = bn_affine(*stats, float(node.attr("epsilon", 1e-5)))
-    if len(shape) == 2:
-        ctx.emit(node, "Dense", [x], [node.outputs[0]], {},
-                 {"W": np.diag(scale), "B": shift})
-        return
-    spatial = len(shape) - 2
-    weight = scale.reshape((channels, 1) + (1,) * spatial)
-    attrs = {"strides": [1] * spatial, "pads": [0] * 2 * spatial,
-             "dilations": [1] * spatial, "group": channels}
-    ctx.emit(node, "Conv", [x], [node.outputs[0]], attrs, {"W": weight, "B": shift})
-
-
-def bn_affine(gamma, beta, mean, var, eps):
-    """BatchNorm in inference as y = scale * x + shift, per channel."""
-    gamma, beta, mean, var = (np.asarray(v, np.float64).reshape(-1)
-                              for v in (gamma, beta, mean, var))
-    scale = gamma / np.sqrt(var + eps)
-    return scale, beta - mean * scale
+    eps, momentum = float(node.attr("epsilon", 1e-5)), float(node.attr("momentum", 0.9))
+    if not np.isfinite(eps) or eps < 0 or not np.all(np.isfinite(np.concatenate(stats))) or stats[3].min() < 0:
+        ctx.fail(node, "epsilon, scale, bias, mean and variance must be finite, epsilon and variance >= 0")
+    ctx.emit(node, "BatchNorm", [x], [node.outputs[0]], {"epsilon": eps, "momentum": momentum},
+             {k: v.reshape(-1) for k, v in zip(names, stats)})

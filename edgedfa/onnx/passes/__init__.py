@@ -3,7 +3,6 @@
 from ..ir import OGraph
 from .batch import generalise_batch
 from .batch_first import batch_first
-from .batchnorm import fold_batchnorm
 from .cleanup import dead_code, remove_noops
 from .fold_constants import fold_constants
 from .pad import fold_pad_into_conv
@@ -13,7 +12,7 @@ from .unrolled import reject_unrolled_rnn, reroll_rnn
 
 PASSES = [fold_constants, remove_noops, drop_zero_initial_state, dead_code,
           absorb_output_softmax, generalise_batch, reroll_rnn, gather_single,
-          last_step_to_hidden, fold_batchnorm, fold_pad_into_conv]
+          last_step_to_hidden, fold_pad_into_conv]
 FINAL_PASSES = [batch_first]  # run once the others settle, then they run again
 MAX_ROUNDS = 1000
 
