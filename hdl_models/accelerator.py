@@ -1,6 +1,7 @@
 """The accelerator's units wired together: PE array, PRNG, requantization, activation,
-update, error-projection and softmax units, the four on-chip buffers and the DRAM port, and
-the memory traffic every task is charged for (docs/hardware.md)."""
+update, exponent, normalisation, error-projection and softmax units, the four on-chip
+buffers and the DRAM port, and the memory traffic every task is charged for
+(docs/hardware.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .error_projection_unit import ErrorProjectionUnit
 from .exponent_unit import ExponentUnit
 from .hwconfig import HwConfig
 from .mac_array import GemmStats, MacArray
+from .norm_unit import NormUnit
 from .prng_unit import PrngUnit
 from .requant_unit import RequantUnit
 from .softmax_unit import SoftmaxUnit
@@ -31,6 +33,7 @@ class Accelerator:
         self.act = act.ActivationUnit(hw.lanes)
         self.update = UpdateUnit(hw.lanes, self.prng)
         self.exponent = ExponentUnit(hw.lanes)
+        self.norm = NormUnit(hw.lanes)
         self.epu = ErrorProjectionUnit(self.array, self.prng, hw.lanes)
         self.softmax = SoftmaxUnit(hw.lanes)
         mk = lambda name, kib: Buffer(name, kib * KIB, hw.buffer_width_bits, hw.buffer_banks)  # noqa: E731

@@ -1,0 +1,178 @@
+"""Batch normalization on the accelerator (§8.7): the normalisation unit's statistics pass,
+the per-channel scalars, the normalise-scale-shift pass; backward sums, bracket and channel
+scale; the running statistics' moving averages and their exponents (§13)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat
+
+from ..accounting import Cost, nbytes
+from ..norm_unit import (BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, MANT, SCALAR_CYCLES, gain, leading_one,
+                         momentum_steps, moving, rne, rsqrt)
+from ..requant_unit import requant, saturate, shift_round
+from .base import HwLayer, T, acc_fmt, register
+from .dense import live_mask
+
+XH_INT = 6
+
+
+def per_channel_shift(x3, shifts, rounding) -> np.ndarray:
+    """Each channel through the shifter with its own amount (a register per channel)."""
+    out = np.empty_like(x3)
+    for c, s in enumerate(shifts):
+        out[:, c] = shift_round(x3[:, c], int(s), rounding)
+    return out
+
+
+def top_bits(x, frac: int, width: int, rounding) -> tuple:
+    """Block narrowing (§7) with the fraction as a plain integer: (codes, fraction)."""
+    top = int(np.max(np.abs(x))) if x.size else 0
+    s = max(0, leading_one(top) - (width - 1))
+    lim = (1 << (width - 1)) - 1
+    return np.minimum(np.maximum(shift_round(x, s, rounding), -lim - 1), lim), frac - s
+
+
+@register("BatchNorm")
+class BatchNormHw(HwLayer):
+    trainable = True
+    own_format = True
+
+    def __init__(self, node, layer):
+        super().__init__(node, layer)
+        self.channels = int(self.in_shapes[0][0])
+        self.eps = int(np.rint(np.ldexp(float(self.attrs.get("epsilon", 1e-5)), EPS_FRAC)))
+        self.k_m = momentum_steps(self.attrs.get("momentum", 0.9))
+        self.xh = FixedFormat(min(self.num.act_bits + 8, 24), XH_INT)
+
+    # ------------------------------------------------------------------ scalar side
+    def _batch_scalars(self, acc, x3, x_fmt):
+        """Per channel: mean, Q and the inverse standard deviation as a gain; the divider's cycles."""
+        n, f_x = x3.shape[0] * x3.shape[2], x_fmt.frac_bits
+        if max(2 * x_fmt.width - 2, self.num.err_bits + self.xh.width - 2) + leading_one(n - 1) > 62:
+            raise EdgeDFAError(f"hdl_models: node {self.name!r}: {n} values per channel need sums beyond 62 bits")
+        r, L, div = acc.norm.reciprocal(n)
+        s1, s2 = x3.sum(axis=(0, 2)).tolist(), (x3 * x3).sum(axis=(0, 2)).tolist()
+        e = rne(self.eps * n * n, EPS_FRAC - 2 * f_x)
+        mean, q, gains = [], [], []
+        for a, b in zip(s1, s2):
+            mean.append(rne(a * r, 32 + L - GUARD))
+            q.append(n * b - a * a)
+            t, f = rsqrt(q[-1] + e, 0)
+            gains.append((n * t, f - f_x))
+        return {"n": n, "mean": mean, "q": q, "gains": gains}, div
+
+    def _running_scalars(self, x_fmt):
+        m, v, f_x = self.params["mean"], self.params["var"], x_fmt.frac_bits
+        lim = 1 << (x_fmt.width + GUARD)
+        mean = [min(max(rne(c, m.fmt.frac_bits - f_x - GUARD), -lim), lim - 1) for c in m.codes.tolist()]
+        f = max(v.fmt.frac_bits, EPS_FRAC)
+        gains = [rsqrt((c << (f - v.fmt.frac_bits)) + (self.eps << (f - EPS_FRAC)), f) for c in v.codes.tolist()]
+        return {"mean": mean, "gains": gains}
+
+    # ------------------------------------------------------------------ element side
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        b = x.codes.shape[0]
+        x3 = x.codes.reshape(b, self.channels, -1)
+        n = x3.size
+        cost = Cost()
+        if train:
+            sc, div = self._batch_scalars(acc, x3, x.fmt)
+            cost.use("norm", acc.norm.cycles(n) + div + self.channels * SCALAR_CYCLES)
+            cost.macs += n
+            cost.adds += 2 * n
+            acc.read(cost, "act", n * nbytes(x.fmt.width))
+        else:
+            sc = self._running_scalars(x.fmt)
+            cost.use("norm", self.channels * SCALAR_CYCLES)
+        units = [gain(v, phi, x.fmt.frac_bits, self.xh.frac_bits) for v, phi in sc["gains"]]
+        d = (x3 << GUARD) - np.array(sc["mean"], dtype=np.int64)[None, :, None]
+        xhat = saturate(per_channel_shift(d * np.array([u[0] for u in units])[None, :, None], [u[1] for u in units],
+                                          self.num.act_rounding), self.xh, "AP_SAT")
+        g, bias, num = self.params["scale"], self.params["B"], self.num
+        f_acc = g.fmt.frac_bits + self.xh.frac_bits
+        init = saturate(requant(bias.codes, bias.fmt.frac_bits, acc_fmt(num.acc_bits, f_acc), num.act_rounding,
+                                num.acc_overflow), acc_fmt(num.acc_bits, f_acc), num.acc_overflow)
+        a = saturate(init[None, :, None] + g.codes[None, :, None] * xhat, acc_fmt(num.acc_bits, f_acc),
+                     num.acc_overflow)
+        y = requant(a, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
+        cost.use("norm", acc.norm.cycles(n))
+        cost.macs += 2 * n
+        cost.adds += 2 * n
+        acc.read(cost, "act", n * nbytes(x.fmt.width))
+        acc.write(cost, "act", n * nbytes(self.out_fmt.width))
+        out = T(y.reshape(x.codes.shape), self.out_fmt)
+        if not train:
+            return out, None, cost
+        acc.write(cost, "act", n * nbytes(self.xh.width))  # x̂ kept for the backward pass
+        self.track("out", a, f_acc)
+        cost.add(self._update_statistics(acc, sc, x.fmt.frac_bits))
+        cache = {"xhat": xhat, "live": live_mask(a, f_acc, self.out_fmt), "units": units, "n": sc["n"]}
+        return out, cache, cost
+
+    def _update_statistics(self, acc, sc, f_x) -> Cost:
+        """Moving averages of the mean and (unbiased, N > 1) variance; then their exponents."""
+        cost = Cost()
+        m = self.params["mean"]
+        self._write_stat("mean", [moving(p, m.fmt.frac_bits, w, f_x + GUARD, self.k_m)
+                                  for p, w in zip(m.codes.tolist(), sc["mean"])])
+        n = sc["n"]
+        if n > 1:
+            v = self.params["var"]
+            r, L, div = acc.norm.reciprocal(n * (n - 1))
+            cost.use("norm", div)
+            f_w = 2 * f_x + 32 + L
+            self._write_stat("var", [moving(p, v.fmt.frac_bits, q * r, f_w, self.k_m)
+                                     for p, q in zip(v.codes.tolist(), sc["q"])])
+        for key in ("mean", "var"):
+            acc.write(cost, "weight", self.channels * 4, f"param/{self.name}/{key}")
+            if self.num.adaptive:
+                cost.add(self._manage_param(acc, key))
+        return cost
+
+    def _write_stat(self, key: str, codes: list) -> None:
+        fmt = self.params[key].fmt
+        self.params[key] = T(np.array([min(max(c, fmt.min_code), fmt.max_code) for c in codes], dtype=np.int64), fmt)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, acc, cache, dy, need):
+        xhat, n, num = cache["xhat"], cache["n"], self.num
+        d = np.where(cache["live"], dy.codes.reshape(cache["live"].shape), 0)
+        f_dy, f_xh = dy.fmt.frac_bits, self.xh.frac_bits
+        dbeta, dgamma = d.sum(axis=(0, 2)), (d * xhat).sum(axis=(0, 2))
+        grads = {"B": T(dbeta, acc_fmt(num.acc_bits, f_dy)), "scale": T(dgamma, acc_fmt(num.acc_bits, f_dy + f_xh))}
+        size = d.size
+        gcost = Cost().use("norm", acc.norm.cycles(size))
+        gcost.adds, gcost.macs = size, size
+        acc.read(gcost, "err", size * nbytes(dy.fmt.width))
+        acc.read(gcost, "act", size * nbytes(self.xh.width))
+        ecost = Cost()
+        if not need[0]:
+            return [None], grads, ecost, gcost
+        r, L, div = acc.norm.reciprocal(n)
+        m1 = np.array([rne(v * r, 32 + L - GUARD) for v in dbeta.tolist()], dtype=np.int64)
+        m2 = np.array([rne(v * r, 32 + L + f_xh - GUARD) for v in dgamma.tolist()], dtype=np.int64)
+        bracket = (d << (GUARD + f_xh)) - (m1[None, :, None] << f_xh) - xhat * m2[None, :, None]
+        c, f_c = top_bits(bracket, f_dy + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
+        s, f_s = self._channel_scale(cache["units"])
+        codes, f_dx = top_bits(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
+        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
+        ecost.use("norm", 2 * acc.norm.cycles(size) + div + BACKWARD_SCALAR_CYCLES * self.channels)
+        ecost.use("requant", acc.requant.cycles(size))
+        ecost.macs, ecost.adds = 2 * size, 2 * size
+        acc.read(ecost, "err", size * nbytes(dy.fmt.width))
+        acc.read(ecost, "act", size * nbytes(self.xh.width))
+        acc.write(ecost, "err", size * nbytes(num.err_bits))
+        return [T(codes.reshape(dy.codes.shape), fmt)], grads, ecost, gcost
+
+    def _channel_scale(self, units) -> tuple:
+        """γ·ι of every channel aligned to one fraction, one 24-bit block: (codes, fraction)."""
+        g = self.params["scale"]
+        prods = [(gc * iota, g.fmt.frac_bits + f_i) for gc, (iota, _, f_i) in zip(g.codes.tolist(), units)]
+        f = max(fr for _, fr in prods)
+        aligned = [v << (f - fr) for v, fr in prods]
+        z = max(0, leading_one(max(abs(v) for v in aligned)) - MANT)
+        return np.array([rne(v, z) for v in aligned], dtype=np.int64), f - z
