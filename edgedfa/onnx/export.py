@@ -134,6 +134,9 @@ def _layer_reasons(node, layer, fmts) -> list:
             return [f"{name}: the aligned sum may reach 2^{total.bit_length()}, beyond float32's exact integers"]
     if op == "LeakyRelu":
         return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds the product"]
+    if op == "BatchNorm":
+        return [f"{name}: the engine normalises with rounded statistics, an rsqrt table and x̂ of"
+                f" {layer.xhat_fmt.width} bits (datapath §8.7); float BatchNormalization does not"]
     if op in ("Tanh", "Sigmoid"):
         return [f"{name}: the engine's {op} is an interpolated table (datapath §9), onnxruntime's is float"]
     if op in ("RNN", "GRU", "LSTM"):

@@ -179,6 +179,14 @@ def _conv(em, node, layer, ins, outs):
     em.b.node("Conv", ins, node.name, outs[:1], group=layer.geo.groups, **window_attrs(layer.geo))
 
 
+@FLOAT_OPS.register("BatchNorm")
+def _batch_norm(em, node, layer, ins, outs):
+    """ONNX BatchNormalization (inference) with the trained scale and bias and the running statistics."""
+    params = [em.param(node, layer, key) for key in ("scale", "B", "mean", "var")]
+    em.b.node("BatchNormalization", ins + params, node.name, outs[:1], epsilon=float(node.attrs.get("epsilon", 1e-5)),
+              momentum=float(node.attrs.get("momentum", 0.9)))
+
+
 @FLOAT_OPS.register("MaxPool", "AveragePool")
 def _pool(em, node, layer, ins, outs):
     """Explicit pads from the engine's geometry (auto_pad and ceil_mode resolved, as it computes)."""

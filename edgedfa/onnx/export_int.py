@@ -17,6 +17,8 @@ from onnx import TensorProto, helper
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
+from ..layers.batchnorm import GUARD as BN_GUARD
+from ..layers.batchnorm import gain_unit
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
 from ..graph import MOVES, RECURRENT
 from ..registry import Registry
@@ -46,24 +48,34 @@ class IntOps:
     def cast(self, x, to, base) -> str:
         return self.op("Cast", [x], base, to=to)
 
-    def floor_shift(self, x, s: int, base: str):
-        """(floor(x / 2^s), x mod 2^s): Mod is a floor modulo for integers, so x - r divides exactly."""
-        m = self.k(1 << s)
+    def floor_shift(self, x, s, base: str):
+        """(floor(x / 2^s), x mod 2^s): Mod is a floor modulo for integers, so x - r divides exactly.
+        ``s`` is one shift or, broadcast over the codes, one per channel."""
+        m = self.k(np.int64(1) << np.asarray(s, dtype=np.int64))
         r = self.op("Mod", [x, m], f"{base}/residual")
         q = self.op("Div", [self.op("Sub", [x, r], f"{base}/sub"), m], f"{base}/shift")
         return q, r
 
     def round_shift(self, x, s: int, rounding: Rounding, base: str) -> str:
         """x * 2^-s rounded by ``rounding`` (datapath §2); s <= 0 is an exact left shift."""
-        R, rounding = Rounding, Rounding.parse(rounding)
         if s <= 0:
             return x if s == 0 else self.op("Mul", [x, self.k(1 << -s)], f"{base}/shl")
         if s > 62:
             raise EdgeDFAError(f"{base}: right shift of {s} bits is beyond 62")
-        h = 1 << (s - 1)
+        return self.round_right(x, np.int64(s), rounding, base)
+
+    def round_shift_channels(self, x, shifts, rounding: Rounding, base: str) -> str:
+        """x · 2^-s with one right shift s in [0, 62] per channel (a constant broadcast over axis 1)."""
+        shifts = np.asarray(shifts, dtype=np.int64)
+        return self.round_right(x, shifts, rounding, base) if shifts.any() else x
+
+    def round_right(self, x, s, rounding: Rounding, base: str) -> str:
+        """x * 2^-s rounded by ``rounding`` for right shifts s >= 0 (a scalar or per channel)."""
+        R, rounding = Rounding, Rounding.parse(rounding)
+        h = np.int64(1) << np.maximum(s - 1, 0)  # half; 1 where s = 0 (the residual is then 0)
         if rounding in (R.AP_TRN, R.AP_RND, R.AP_RND_MIN_INF):
-            offset = {R.AP_TRN: 0, R.AP_RND: h, R.AP_RND_MIN_INF: h - 1}[rounding]
-            if offset:
+            offset = {R.AP_TRN: 0 * h, R.AP_RND: np.where(s > 0, h, 0), R.AP_RND_MIN_INF: h - 1}[rounding]
+            if np.any(offset):
                 x = self.op("Add", [x, self.k(offset)], f"{base}/half")
             return self.floor_shift(x, s, base)[0]
         q, r = self.floor_shift(x, s, base)
@@ -405,6 +417,34 @@ def _avgpool(em: IntEmitter, node, layer, ins):
         p = o.op("Reshape", [p, o.k([0, channels] + list(geo.out_spatial()))], f"{base}/unfold")
     y = o.requantize(p, xf.frac_bits + layer.shift, xf, num.act_rounding, num.act_overflow, f"{base}/requantize")
     return [(y, xf)]
+
+
+@INT_OPS.register("BatchNorm")
+def _batch_norm(em, node, layer, ins):
+    """Inference with the running statistics (datapath §8.7): x̂ by a per-channel multiply and
+    shift, then γ·x̂ + β in the accumulator and one requantization."""
+    (x, xf), = ins
+    o, base, num = em.ops, node.name, layer.num
+    rank = len(layer.in_shapes[0])
+    shape = (layer.channels,) + (1,) * (rank - 1)
+    stats = layer.running_statistics(xf)
+    units = [gain_unit(v, phi, xf.frac_bits, layer.xhat_fmt.frac_bits) for v, phi in stats["gains"]]
+    d = o.op("Sub", [o.op("Mul", [x, o.k(1 << BN_GUARD)], f"{base}/align"),
+                     o.k(np.reshape(stats["mu"], shape))], f"{base}/centre")
+    p = o.op("Mul", [d, o.k(np.reshape([u[0] for u in units], shape))], f"{base}/times_inv")
+    xhat = o.saturate(o.round_shift_channels(p, np.reshape([u[1] for u in units], shape), num.act_rounding,
+                                             f"{base}/xhat"), layer.xhat_fmt, Overflow.AP_SAT, f"{base}/xhat")
+    g, b = layer.params["scale"], layer.params["B"]
+    frac = g.fmt.frac_bits + layer.xhat_fmt.frac_bits
+    init = accumulator_init(layer, frac)
+    acc = o.op("Add", [o.op("Mul", [xhat, o.k(g.codes.reshape(shape))], f"{base}/scale"),
+                       o.k(init.reshape(shape))], f"{base}/bias")
+    lo, hi = acc_limits(num.acc_bits)
+    top = int(np.abs(init).max(initial=0)) + int(np.abs(g.codes).max(initial=0)) * (1 << (layer.xhat_fmt.width - 1))
+    if top > hi:  # one addition into the register: its overflow once
+        acc = o.overflow(acc, lo, hi, num.acc_bits, num.acc_overflow, f"{base}/acc")
+    y = o.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, layer.out_fmt)]
 
 
 @INT_OPS.register("Relu")
