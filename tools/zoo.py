@@ -51,19 +51,23 @@ def onnx_path(out: str, model: str, dataset: str, seed: int, exporter: str = "ts
 # --------------------------------------------------------------------------- PyTorch side
 
 def export(out: str, model: str, dataset: str, shape: tuple, seed: int) -> None:
-    """Both exporters' ONNX files of the module at ``seed`` (eval mode: BatchNorm as inference)."""
+    """Both exporters' ONNX files of the module at ``seed`` (eval mode). Both exporters fold a
+    BatchNorm into the convolution before it unless told not to: a module with BatchNorm is
+    exported with its BatchNormalization nodes kept, for edgedfa to train them."""
     import torch
     from zoo_torch import torch_module
 
     ds = BUILTIN[dataset]()
     net = torch_module(model, shape, ds.n_classes, seed).eval()
+    keep_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     x = torch.zeros((2,) + tuple(shape))
     os.makedirs(os.path.join(out, "onnx"), exist_ok=True)
     torch.onnx.export(net, x, onnx_path(out, model, dataset, seed, "ts"), dynamo=False, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                      do_constant_folding=not keep_bn)
     torch.onnx.export(net, (x,), onnx_path(out, model, dataset, seed, "dynamo"), dynamo=True, input_names=["x"],
                       output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                      external_data=False)
+                      external_data=False, optimize=not keep_bn)
 
 
 def torch_baseline(model: str, dataset: str, shape: tuple, seed: int, epochs: int, batch: int) -> dict:
