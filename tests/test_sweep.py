@@ -15,8 +15,10 @@ import pytest
 
 from edgedfa import cli
 from edgedfa.sweep.executors import LocalPool
-from edgedfa.sweep.results import RESULTS, TIMING, read_rows
+from edgedfa.sweep.results import FIGURES, RESULTS, TIMING, read_rows
 from edgedfa.sweep.run import run_sweep
+from edgedfa.sweep.spec import grid_points, load_spec, plan
+from edgedfa.sweep.trial import run_trial
 
 SPEC = """\
 [sweep]
@@ -145,6 +147,19 @@ def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
     sweep.join(timeout=300)
     assert done["result"].ran == N_TRIALS and not done["result"].failed
     assert comparable(read_rows(os.path.join(out, RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
+
+
+def test_a_trial_run_in_this_process_leaves_its_threads_and_environment_alone(local, spec):
+    import numba
+
+    planned = load_spec(spec)
+    trial = plan(planned, grid_points(planned))[0]
+    env, threads = dict(os.environ), numba.get_num_threads()
+    result = run_trial(trial)
+    assert dict(os.environ) == env and numba.get_num_threads() == threads
+    assert numba.njit(lambda x: x + 1)(1) == 2  # numba still compiles here (NUMBA_NUM_THREADS untouched)
+    row = next(r for r in read_rows(os.path.join(local[0], RESULTS)) if r["fingerprint"] == trial["fingerprint"])
+    assert {k: result["figures"].get(k) for k in FIGURES} == {k: row[k] for k in FIGURES}
 
 
 def test_a_restart_runs_only_the_missing_trials(local, spec, tmp_path):

@@ -4,6 +4,7 @@ no disk shared with it and a killed worker leaves nothing half-written behind)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,18 +16,19 @@ from .. import session
 from ..errors import EdgeDFAError
 from .spec import file_sha256
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
-
-def prepare_worker() -> None:
-    """One thread per engine (a sweep runs one engine per core), and malloc as glibc tunes it."""
-    for var in THREAD_VARS:
-        os.environ[var] = "1"
+@contextlib.contextmanager
+def one_engine_thread():
+    """numba's loops on one thread for this thread while a trial runs (one trial per core), then as before."""
     import numba
 
+    # numba's count is per thread; never NUMBA_NUM_THREADS: changed once its threads run, the next compile raises
+    before = numba.get_num_threads()
     numba.set_num_threads(1)
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        _restore_malloc_thresholds()
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _restore_malloc_thresholds() -> None:
@@ -46,7 +48,13 @@ def _restore_malloc_thresholds() -> None:
 
 def run_trial(trial: dict) -> dict:
     """Train (and emulate) one planned trial; its figures, timing and run-directory files."""
-    prepare_worker()
+    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        _restore_malloc_thresholds()
+    with one_engine_thread():
+        return _train_and_emulate(trial)
+
+
+def _train_and_emulate(trial: dict) -> dict:
     t0 = time.perf_counter()
     check_files(trial)
     with tempfile.TemporaryDirectory(prefix="edgedfa-trial-") as tmp:
