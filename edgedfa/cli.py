@@ -465,6 +465,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from .sweep.run import terminate_as_interrupt
+
+    with terminate_as_interrupt():  # SIGTERM anywhere in the command: one line and 130, never a kill mid-write
+        return _sweep(args)
+
+
+def _sweep(args) -> int:
     from .sweep.executors import make_executor
     from .sweep.run import ERRORS, run_sweep
 

@@ -149,6 +149,9 @@ def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
     assert comparable(read_rows(os.path.join(out, RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
 
 
+BROKEN_TRIAL = {"fingerprint": "0" * 16, "label": "broken"}  # fails at once on a worker: no settings
+
+
 def test_a_trial_run_in_this_process_leaves_its_threads_and_environment_alone(local, spec):
     import numba
 
@@ -160,6 +163,37 @@ def test_a_trial_run_in_this_process_leaves_its_threads_and_environment_alone(lo
     assert numba.njit(lambda x: x + 1)(1) == 2  # numba still compiles here (NUMBA_NUM_THREADS untouched)
     row = next(r for r in read_rows(os.path.join(local[0], RESULTS)) if r["fingerprint"] == trial["fingerprint"])
     assert {k: result["figures"].get(k) for k in FIGURES} == {k: row[k] for k in FIGURES}
+
+
+def test_a_stop_while_a_reply_is_read_still_stops_its_worker():
+    def stopped():
+        raise KeyboardInterrupt
+
+    pool = LocalPool(1)
+    pool._dispatch(BROKEN_TRIAL)
+    (conn,) = pool._busy
+    conn.recv = stopped  # SIGTERM lands while the driver reads the worker's reply
+    with pytest.raises(KeyboardInterrupt):
+        next(pool.run([]))
+    workers = pool.pids()
+    assert len(workers) == 1  # still the pool's to stop
+    pool.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(workers[0], 0)
+
+
+def test_a_pool_worker_ignores_ctrl_c_from_its_first_instant_and_outlives_its_driver():
+    pool = LocalPool(1)
+    pool._dispatch(BROKEN_TRIAL)
+    started = pool.pids()
+    os.kill(started[0], signal.SIGINT)  # Ctrl-C reaches the process group while the worker still starts
+    _, _, error = next(pool.run([]))
+    proc, conn = pool._idle[0]
+    assert [proc.pid] == started and error.startswith("internal error KeyError")  # it lived to run the trial
+    conn.send(BROKEN_TRIAL)
+    conn.close()  # the driver is gone before the reply: the worker ends quietly
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
 
 
 def test_a_restart_runs_only_the_missing_trials(local, spec, tmp_path):

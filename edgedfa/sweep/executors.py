@@ -8,18 +8,21 @@ scheduler reschedules it), up to ``MAX_ATTEMPTS`` times.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import traceback
 import uuid
 from collections import deque
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 
 from ..errors import EdgeDFAError
 from .trial import run_trial
 
 MAX_ATTEMPTS = 3
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INSTALL_DASK = 'Dask is not installed: pip install "edgedfa[dask]"'
 
 
@@ -35,9 +38,24 @@ def _describe_error(exc: BaseException) -> str:
     return f"internal error {type(exc).__name__}: {exc}{where}"
 
 
+@contextlib.contextmanager
+def stop_signals_held():
+    """SIGINT and SIGTERM held back in this thread until the block ends, then delivered."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to hold
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _serve(conn) -> None:
-    """A pool process: run the trials it is sent until it is sent None."""
+    """A pool process: run the trials it is sent until it is sent None or the driver is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the pool on Ctrl-C
+    if hasattr(signal, "pthread_sigmask"):  # held since the driver started this process (ignored SIGINTs dropped)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     while True:
         try:
             trial = conn.recv()
@@ -46,9 +64,13 @@ def _serve(conn) -> None:
         if trial is None:
             return
         try:
-            conn.send((run_trial(trial), None))
+            reply = (run_trial(trial), None)
         except Exception as exc:  # the trial failed: the driver records it, the worker goes on
-            conn.send((None, _describe_error(exc)))
+            reply = (None, _describe_error(exc))
+        try:
+            conn.send(reply)
+        except OSError:  # the driver stopped while reading it: nobody to tell
+            return
 
 
 class LocalPool:
@@ -70,6 +92,15 @@ class LocalPool:
     def __exit__(self, *exc):
         self.close()
 
+    def _dispatch(self, trial: dict) -> None:
+        """``trial`` to an idle worker or a new one, in the books before a stop can land."""
+        if not self._idle:
+            resource_tracker.ensure_running()  # starting, it unblocks SIGINT/SIGTERM: not while they are held
+        with stop_signals_held():  # a new worker inherits them held, until _serve ignores SIGINT
+            proc, conn = self._idle.pop() if self._idle else self._spawn()
+            self._busy[conn] = (proc, trial)
+        conn.send(trial)
+
     def _spawn(self):
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, args=(child,), daemon=True, name="edgedfa-sweep-worker")
@@ -85,16 +116,14 @@ class LocalPool:
         queue, attempts = deque(trials), {}
         while queue or self._busy:
             while queue and len(self._busy) < self.workers:
-                proc, conn = self._idle.pop() if self._idle else self._spawn()
-                trial = queue.popleft()
-                conn.send(trial)
-                self._busy[conn] = (proc, trial)
+                self._dispatch(queue.popleft())
             ready = wait(list(self._busy) + [p.sentinel for p, _ in self._busy.values()])
             for conn in [c for c in list(self._busy) if c in ready or not self._busy[c][0].is_alive()]:
-                proc, trial = self._busy.pop(conn)
+                proc, trial = self._busy[conn]  # busy until its reply is read whole: a stop mid-read stops it
                 try:
                     result, error = conn.recv()
                 except (EOFError, OSError):  # the worker died mid-trial
+                    del self._busy[conn]
                     proc.join()
                     conn.close()
                     fp = trial["fingerprint"]
@@ -104,10 +133,15 @@ class LocalPool:
                     else:
                         yield trial, None, f"its worker process died {MAX_ATTEMPTS} times running it"
                     continue
+                del self._busy[conn]
                 self._idle.append((proc, conn))
                 yield trial, result, error
 
     def close(self) -> None:
+        with stop_signals_held():  # a stop now lands once every worker is gone
+            self._stop_workers()
+
+    def _stop_workers(self) -> None:
         for proc, conn in self._idle:
             try:
                 conn.send(None)

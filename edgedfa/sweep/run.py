@@ -49,6 +49,11 @@ class SweepResult:
 
 def run_sweep(spec_path: str, out_dir: str, executor=None, log=print) -> SweepResult:
     """Run (or finish) the sweep ``spec_path`` describes into ``out_dir``; closes the executor."""
+    with terminate_as_interrupt():  # from the first step to the last, not only while trials run
+        return _run_sweep(spec_path, out_dir, executor, log)
+
+
+def _run_sweep(spec_path: str, out_dir: str, executor, log) -> SweepResult:
     spec = load_spec(spec_path)
     if spec.method == "optuna":  # its trials are planned as it goes: check one now
         plan(spec, [{a.name: a.low if a.is_range else a.labels[0] for a in spec.axes}])
@@ -56,7 +61,7 @@ def run_sweep(spec_path: str, out_dir: str, executor=None, log=print) -> SweepRe
         trials = plan(spec, grid_points(spec) if spec.method == "grid" else random_points(spec))
     prepare_dir(out_dir, spec)
     t0 = time.perf_counter()
-    with _terminate_as_interrupt(), executor or LocalPool() as ex:
+    with executor or LocalPool() as ex:
         sweep = _Sweep(spec, out_dir, log, ex)
         log(f"sweep {spec_path}: {sweep.describe_plan()}, on {ex.describe()}")
         if spec.method == "optuna":
@@ -69,7 +74,7 @@ def run_sweep(spec_path: str, out_dir: str, executor=None, log=print) -> SweepRe
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt():
+def terminate_as_interrupt():
     """SIGTERM stops the sweep as Ctrl-C does: workers stopped, finished trials kept."""
     if threading.current_thread() is not threading.main_thread():
         yield
