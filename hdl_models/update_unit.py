@@ -13,7 +13,8 @@ import numpy as np
 
 from edgedfa.fixed import FixedFormat, Rounding
 
-from .prng_unit import P_BIAS_UPDATE, P_WEIGHT_UPDATE, PrngUnit, stream_of
+from . import lanes
+from .prng_unit import P_BIAS_UPDATE, P_WEIGHT_UPDATE, PrngUnit, key_register, stream_of
 from .requant_unit import saturate, shift_round
 
 
@@ -68,7 +69,30 @@ class UpdateUnit:
              weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num, moments: dict):
         """§12 Adam through the moment registers: (new codes, number saturated). ``moments``
         holds ``m``, ``v`` as (codes, fraction bits) and is updated in place; ``lr`` is the
-        learning-rate shift with the schedule's decays."""
+        learning-rate shift with the schedule's decays. The lanes run compiled
+        (``hdl_models.lanes``); a shift no 64-bit lane takes falls back to ``adam_reference``."""
+        rounding = Rounding.parse(rounding)
+        g = np.asarray(g, dtype=np.int64)
+        d = max(0, leading_one(lanes.maxabs(g)) - (num.moment_bits - 1))  # top_bits, in the lanes
+        g_c = lanes.round_clamp(g, d, (1 << (num.moment_bits - 1)) - 1)
+        warm = leading_one(step + 1) - 1
+        m = _moving_lanes(moments.get("m"), g_c, f_g - d, min(num.beta1_shift, warm), num.moment_bits, False)
+        v = _moving_lanes(moments.get("v"), g_c, f_g - d, min(num.beta2_shift, warm), num.moment_bits, True)
+        if m is None or v is None or p_fmt.width > 62:
+            return self.adam_reference(p, p_fmt, g, f_g, lr, rounding, weight_overflow, seed, layer_index,
+                                       purpose, step, num, moments)
+        moments["m"], moments["v"] = m, v
+        key = 0
+        if rounding is Rounding.STOCHASTIC:
+            key = key_register(seed, stream_of(layer_index, purpose), step)
+            self.prng.words_generated += int(np.size(g))
+        return lanes.adam_step(p, m[0], m[1], v[0], v[1], lr - p_fmt.frac_bits, lanes.ROUNDING[rounding], key,
+                               lanes.overflow_mode(p_fmt, weight_overflow))
+
+    def adam_reference(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr: int, rounding,
+                       weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num,
+                       moments: dict):
+        """``adam`` in numpy, one operation per pass: the reference the compiled lanes match."""
         g_c, g_f = top_bits(g, f_g, num.moment_bits)
         warm = leading_one(step + 1) - 1  # the first 2^k steps average like a running mean
         m = moving(moments.get("m"), (g_c, g_f), min(num.beta1_shift, warm), num.moment_bits)
@@ -114,6 +138,21 @@ def moving(old, new: tuple, k: int, width: int) -> tuple:
     o_al = np.asarray(o_c, dtype=np.int64) << (f - o_f)
     n_al = np.asarray(n_c, dtype=np.int64) << (f - n_f)
     return top_bits(o_al + shift_round(n_al - o_al, k, Rounding.AP_RND_CONV), f, width)
+
+
+def _moving_lanes(old, g_c, g_f: int, k: int, width: int, square: bool):
+    """``moving`` of the narrowed gradient (squared for v) in the compiled lanes; None when a
+    shift is out of a lane's range."""
+    n_f = 2 * g_f if square else g_f
+    if old is None or not np.any(old[0]):
+        old = (np.zeros(g_c.shape, dtype=np.int64), n_f)
+    o_c, o_f = old
+    f = max(o_f, n_f)
+    if not lanes.fits(f - o_f, f - n_f, k):
+        return None
+    t, top = lanes.moment_sum(o_c, g_c, f - o_f, f - n_f, k, square)
+    d = max(0, leading_one(top) - (width - 1))
+    return lanes.round_clamp(t, d, (1 << (width - 1)) - 1), f - d
 
 
 def lane_shift(x, s, rounding, rand=None) -> np.ndarray:

@@ -148,3 +148,32 @@ def gemm_cases(draw, max_m: int = 9, max_k: int = 40, max_n: int = 9, max_operan
             "row": lambda: draw(int_matrices(1, n, init_bits))[0],
             "col": lambda: draw(int_matrices(m, 1, init_bits))}[init_kind]
     return a, b, acc_bits, overflow, (init() if init is not None else None)
+
+
+@st.composite
+def moment_registers(draw, shape, bits):
+    """An Adam moment register as a layer holds it: absent (None), all zero, or (codes, frac)
+    with codes at the register's rails and any exponent."""
+    kind = draw(st.sampled_from(["absent", "zero", "codes"]))
+    if kind == "absent":
+        return None
+    lim = (1 << (bits - 1)) - 1
+    codes = draw(hnp.arrays(np.int64, shape, elements=st.one_of(st.sampled_from((-lim - 1, lim, 0, 1)),
+                                                                 st.integers(-lim - 1, lim))))
+    if kind == "zero":
+        codes[...] = 0
+    return codes, draw(st.integers(-90, 120))
+
+
+@st.composite
+def adam_operands(draw):
+    """One Adam update's operands (a dict): shape, parameter codes and format, a gradient in
+    its format or at the int64 rails, moment width and shifts, learning-rate shift, step."""
+    shape = draw(st.sampled_from([(1,), (7,), (3, 5), (2, 3, 4)]))
+    pfmt = draw(formats(min_width=2, max_width=24))
+    gfmt = FixedFormat.with_frac(draw(st.sampled_from([8, 16, 32, 48])), draw(st.integers(-16, 64)))
+    rails = hnp.arrays(np.int64, shape, elements=wide_codes(64))  # past any format: the int64 rails
+    return dict(shape=shape, p=draw(code_arrays(pfmt, shape)), pfmt=pfmt, gfmt=gfmt,
+                g=draw(st.one_of(code_arrays(gfmt, shape), rails)), bits=draw(st.integers(4, 32)),
+                beta1=draw(st.integers(1, 16)), beta2=draw(st.integers(1, 16)), lr=draw(st.integers(-40, 90)),
+                step=draw(st.one_of(st.integers(0, 40), st.integers(0, 2**31))))

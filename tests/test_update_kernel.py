@@ -13,42 +13,22 @@ from edgedfa.numerics import Numerics
 from edgedfa.prng import Stream
 from edgedfa.update import adam_update, adam_update_reference, bitlen_each
 
-from strategies import code_arrays, formats, overflow_modes, rounding_modes, wide_codes
-
-
-@st.composite
-def moments(draw, shape, bits):
-    """A moment register as the state holds it: absent, all zero, or codes with any exponent."""
-    kind = draw(st.sampled_from(["absent", "zero", "codes"]))
-    if kind == "absent":
-        return None
-    lim = (1 << (bits - 1)) - 1
-    codes = draw(hnp.arrays(np.int64, shape, elements=st.one_of(st.sampled_from((-lim - 1, lim, 0, 1)),
-                                                                 st.integers(-lim - 1, lim))))
-    if kind == "zero":
-        codes[...] = 0
-    return codes, draw(st.integers(-90, 120))
+from strategies import adam_operands, moment_registers, overflow_modes, rounding_modes
 
 
 @st.composite
 def adam_cases(draw):
-    shape = draw(st.sampled_from([(1,), (7,), (3, 5), (2, 3, 4)]))
-    pfmt = draw(formats(min_width=2, max_width=24))
-    gfmt = FixedFormat.with_frac(draw(st.sampled_from([8, 16, 32, 48])), draw(st.integers(-16, 64)))
-    wide = hnp.arrays(np.int64, shape, elements=wide_codes(64))  # past any format: the int64 rails
-    bits = draw(st.integers(4, 32))
-    num = Numerics.from_bits(8, update_rule="adam", moment_bits=bits,
-                             beta1_shift=draw(st.integers(1, 16)), beta2_shift=draw(st.integers(1, 16)),
-                             update_rounding=draw(rounding_modes(stochastic=True)),
+    op = draw(adam_operands())
+    num = Numerics.from_bits(8, update_rule="adam", moment_bits=op["bits"], beta1_shift=op["beta1"],
+                             beta2_shift=op["beta2"], update_rounding=draw(rounding_modes(stochastic=True)),
                              weight_overflow=draw(overflow_modes()))
     state = {}
     for which in ("m", "v"):
-        old = draw(moments(shape, bits))
+        old = draw(moment_registers(op["shape"], op["bits"]))
         if old is not None:
             state[f"adam_{which}:W"], state[f"adam_{which}_frac:W"] = old[0], np.array(old[1])
-    return dict(p=QTensor(draw(code_arrays(pfmt, shape)), pfmt), g=QTensor(draw(st.one_of(code_arrays(gfmt, shape), wide)), gfmt),
-                lr_shift=draw(st.integers(-40, 90)), num=num, stream=Stream(draw(st.integers(0, 2**32 - 1)), 0x101),
-                step=draw(st.one_of(st.integers(0, 40), st.integers(0, 2**31))), state=state)
+    return dict(p=QTensor(op["p"], op["pfmt"]), g=QTensor(op["g"], op["gfmt"]), lr_shift=op["lr"], num=num,
+                stream=Stream(draw(st.integers(0, 2**32 - 1)), 0x101), step=op["step"], state=state)
 
 
 def _run(fn, case):

@@ -1,0 +1,192 @@
+"""The shifter, rounder and saturator lanes over a whole tensor in compiled loops: the same
+integers as the units' numpy forms (which stay as the reference), one pass per register
+instead of one numpy pass per operation. The units call these only where every shift is
+in 0..62 (``fits``); anything else takes the numpy form.
+
+Mode codes: rounding ``ROUNDING`` (the order of ``requant_unit._up``, STOCHASTIC last),
+overflow ``SATURATE``, ``WRAP``, ``SAT_ZERO`` (AP_SAT_SYM is a saturation with lo = -hi).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from edgedfa.fixed import FixedFormat, Overflow, Rounding
+
+ROUNDING = {r: i for i, r in enumerate((Rounding.AP_TRN, Rounding.AP_TRN_ZERO, Rounding.AP_RND,
+                                        Rounding.AP_RND_ZERO, Rounding.AP_RND_MIN_INF, Rounding.AP_RND_INF,
+                                        Rounding.AP_RND_CONV, Rounding.STOCHASTIC))}
+STOCHASTIC, RND_CONV = ROUNDING[Rounding.STOCHASTIC], ROUNDING[Rounding.AP_RND_CONV]
+SATURATE, WRAP, SAT_ZERO = 0, 1, 2
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def fits(*shifts) -> bool:
+    """Every shift amount is one a 64-bit lane takes without a special case."""
+    return all(0 <= int(s) <= 62 for s in shifts)
+
+
+def overflow_mode(fmt: FixedFormat, overflow) -> tuple:
+    """(mode, lo, hi) of the saturator for ``fmt`` (§3)."""
+    overflow = Overflow.parse(overflow)
+    w = fmt.width
+    lo = -(1 << (w - 1)) if fmt.signed else 0
+    hi = (1 << (w - 1)) - 1 if fmt.signed else (1 << w) - 1
+    if overflow is Overflow.AP_WRAP:
+        return WRAP, lo, hi
+    if overflow is Overflow.AP_SAT_ZERO:
+        return SAT_ZERO, lo, hi
+    if overflow is Overflow.AP_SAT_SYM and fmt.signed:
+        return SATURATE, -hi, hi
+    return SATURATE, lo, hi
+
+
+def maxabs(x) -> int:
+    """max |x| of an integer array (0 when empty), |x| wrapping at the int64 rail as numpy's does."""
+    x = np.asarray(x)
+    if not x.size:
+        return 0
+    if x.dtype != np.int64:
+        return int(np.max(np.abs(x)))
+    return int(_maxabs(np.ravel(x, order="K")))
+
+
+@numba.njit(cache=True)
+def _maxabs(x):
+    top = np.int64(-9223372036854775807) - 1
+    for i in range(x.size):
+        v = x[i]
+        a = v if v >= 0 else -v
+        if a > top:
+            top = a
+    return top
+
+
+@numba.njit(cache=True, inline="always")
+def _mix32(x):
+    x = x & np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(16))
+    x = (x * np.uint64(0x7FEB352D)) & np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(0x846CA68B)) & np.uint64(0xFFFFFFFF)
+    return x ^ (x >> np.uint64(16))
+
+
+@numba.njit(cache=True, inline="always")
+def _round_up(q, r, x, s, mode):
+    """The carry of a right shift by s >= 1 (requant_unit._up), modes 0..6."""
+    h = np.int64(1) << (s - 1)
+    if mode == 0:
+        return 0
+    if mode == 1:
+        return 1 if (r != 0 and x < 0) else 0
+    if mode == 2:
+        return 1 if r >= h else 0
+    if mode == 3:
+        return 1 if (r > h or (r == h and x < 0)) else 0
+    if mode == 4:
+        return 1 if r > h else 0
+    if mode == 5:
+        return 1 if (r > h or (r == h and x >= 0)) else 0
+    return 1 if (r > h or (r == h and (q & 1) == 1)) else 0
+
+
+@numba.njit(cache=True, inline="always")
+def _saturate(x, mode, lo, hi):
+    if mode == 1:  # keep the low W bits: hi - lo is the mask 2^W - 1
+        return ((x - lo) & (hi - lo)) + lo
+    if x < lo or x > hi:
+        if mode == 2:
+            return 0
+        return lo if x < lo else hi
+    return x
+
+
+def round_clamp(x, d: int, lim: int) -> np.ndarray:
+    """round(x · 2^-d) to nearest even, clamped to -lim-1..lim (a moment register's narrowing)."""
+    return _round_clamp(np.ascontiguousarray(x, dtype=np.int64).reshape(-1), int(d), int(lim)).reshape(np.shape(x))
+
+
+@numba.njit(cache=True)
+def _round_clamp(x, d, lim):
+    out = np.empty_like(x)
+    mask = (np.int64(1) << d) - 1
+    for i in range(x.size):
+        v = x[i]
+        if d > 0:
+            q = v >> d
+            v = q + _round_up(q, v & mask, v, d, 6)
+        out[i] = min(max(v, -lim - 1), lim)
+    return out
+
+
+def moment_sum(old, new, old_shift: int, new_shift: int, k: int, square: bool) -> tuple:
+    """(exact register value, its max |.|): old·2^a + round_conv((n·2^b - old·2^a) · 2^-k), n = new or new²."""
+    o = np.ascontiguousarray(old, dtype=np.int64).reshape(-1)
+    n = np.ascontiguousarray(new, dtype=np.int64).reshape(-1)
+    out, top = _moment_sum(o, n, int(old_shift), int(new_shift), int(k), bool(square))
+    return out.reshape(np.shape(new)), int(top)
+
+
+@numba.njit(cache=True)
+def _moment_sum(o, n, a, b, k, square):
+    out = np.empty_like(n)
+    top = np.int64(0)
+    mask = (np.int64(1) << k) - 1
+    for i in range(n.size):
+        nv = n[i] * n[i] if square else n[i]
+        oa = o[i] << a
+        diff = (nv << b) - oa
+        if k > 0:
+            q = diff >> k
+            diff = q + _round_up(q, diff & mask, diff, k, 6)
+        t = oa + diff
+        out[i] = t
+        at = t if t >= 0 else -t
+        if at > top:
+            top = at
+    return out, top
+
+
+def adam_step(p, m, m_frac: int, v, v_frac: int, lr_minus_frac: int, rounding: int, key: int,
+              ovf: tuple) -> tuple:
+    """(new parameter codes, saturated count) of §12's last stage, lane by lane: the shift
+    s = clip(lr + F_m + floor((lod(v) - F_v) / 2) - F_p, -16, 62), round(m · 2^-s) with the
+    element's PRNG word when STOCHASTIC, subtracted where v > 0, saturated."""
+    shape = np.shape(p)
+    flat = [np.ascontiguousarray(a, dtype=np.int64).reshape(-1) for a in (p, m, v)]
+    new, count = _adam_step(*flat, int(m_frac), int(v_frac), int(lr_minus_frac), int(rounding),
+                            np.uint64(key), *ovf)
+    return new.reshape(shape), int(count)
+
+
+@numba.njit(cache=True)
+def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
+    out = np.empty_like(p)
+    count = 0
+    for i in range(p.size):
+        delta = np.int64(0)
+        if v[i] > 0:
+            lod = np.int64(math.frexp(np.float64(v[i]))[1])  # leading-one position: exact, v < 2^53
+            s = min(max(lr_minus_frac + m_frac + (lod - v_frac) // 2, -16), 62)
+            x = m[i]
+            if s <= 0:
+                delta = x << (-s)
+            else:
+                q = x >> s
+                r = x & ((np.int64(1) << s) - 1)
+                if mode == 7:
+                    w = np.int64(_mix32(key ^ (np.uint64(i) & np.uint64(0xFFFFFFFF))))
+                    u = (w >> (32 - s)) if s <= 32 else (w << (s - 32))
+                    delta = q + ((r + u) >> s)
+                else:
+                    delta = q + _round_up(q, r, x, s, mode)
+        raw = p[i] - delta
+        new = _saturate(raw, ovf, lo, hi)
+        out[i] = new
+        if new != raw:
+            count += 1
+    return out, count

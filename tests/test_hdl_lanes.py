@@ -1,0 +1,98 @@
+"""hdl_models' compiled lanes (hdl_models/lanes.py) against the units' numpy forms, bit for bit."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat
+from edgedfa.numerics import Numerics
+from hdl_models import lanes
+from hdl_models.update_unit import UpdateUnit, top_bits
+
+from strategies import adam_operands, moment_registers, overflow_modes, rounding_modes, wide_codes
+
+INT64_MIN = -(1 << 63)
+
+
+@st.composite
+def adam_cases(draw):
+    op = draw(adam_operands())
+    num = Numerics.from_bits(8, update_rule="adam", moment_bits=op["bits"], beta1_shift=op["beta1"],
+                             beta2_shift=op["beta2"])
+    moments = {k: v for k in ("m", "v") if (v := draw(moment_registers(op["shape"], op["bits"]))) is not None}
+    return dict(p=op["p"], p_fmt=op["pfmt"], g=op["g"], f_g=op["gfmt"].frac_bits, lr=op["lr"],
+                rounding=draw(rounding_modes(stochastic=True)), weight_overflow=draw(overflow_modes()),
+                seed=draw(st.integers(0, 2**32 - 1)), layer_index=draw(st.integers(0, 5)),
+                purpose=draw(st.sampled_from([1, 2, 16])), step=op["step"], num=num, moments=moments)
+
+
+def _run(method, case):
+    """(outcome, moments after, PRNG words counted) of one update through a fresh unit."""
+    unit = UpdateUnit()
+    moments = {k: (np.copy(c), f) for k, (c, f) in case["moments"].items()}
+    try:
+        out = getattr(unit, method)(**dict(case, moments=moments))
+    except EdgeDFAError as err:
+        out = ("error", str(err))
+    return out, moments, unit.prng.words_generated
+
+
+def _same(a, b):
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=adam_cases())
+def test_compiled_adam_lanes_are_the_numpy_unit_bit_for_bit(case):
+    assert _same(_run("adam", case), _run("adam_reference", case))
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=adam_cases(), steps=st.integers(2, 5))
+def test_compiled_adam_lanes_follow_the_reference_over_steps(case, steps):
+    fast, ref = dict(case, moments={}), dict(case, moments={})
+    for s in range(steps):  # the registers carried from step to step, as a layer carries them
+        got, want = _run("adam", dict(fast, step=s)), _run("adam_reference", dict(ref, step=s))
+        assert _same(got, want)
+        fast["moments"], ref["moments"] = got[1], want[1]
+        if not isinstance(got[0][0], np.ndarray):
+            break
+        fast["p"], ref["p"] = got[0][0], want[0][0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.int64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+                    elements=st.one_of(wide_codes(64), st.just(INT64_MIN))), transpose=st.booleans())
+def test_maxabs_is_numpys_including_the_int64_rail(x, transpose):
+    x = x.T if transpose else x
+    want = int(np.max(np.abs(x))) if x.size else 0
+    assert lanes.maxabs(x) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.int64, st.integers(0, 9), elements=wide_codes(64)), width=st.integers(4, 32),
+       frac=st.integers(-64, 64))
+def test_moment_narrowing_matches_top_bits(x, width, frac):
+    codes, f = top_bits(x, frac, width)
+    d = max(0, lanes.maxabs(x).bit_length() - (width - 1))
+    assert f == frac - d
+    assert np.array_equal(lanes.round_clamp(x, d, (1 << (width - 1)) - 1), codes)
+
+
+def test_adam_lanes_fall_back_when_a_register_shift_leaves_the_lane():
+    num = Numerics.from_bits(8, update_rule="adam")
+    p, g = np.array([3, -5, 7], dtype=np.int64), np.array([100, -3, 0], dtype=np.int64)
+    old = (np.array([1, 2, 3], dtype=np.int64), -200)  # F 200 bits coarser than g's: no 64-bit lane shifts it
+    case = dict(p=p, p_fmt=FixedFormat(8, 1), g=g, f_g=10, lr=3, rounding="STOCHASTIC", weight_overflow="AP_SAT",
+                seed=1, layer_index=0, purpose=1, step=3, num=num, moments={"m": old})
+    got, want = _run("adam", case), _run("adam_reference", case)
+    assert _same(got, want)
+    assert got[2] == 3  # the reference drew the words
