@@ -33,9 +33,10 @@ import numpy as np
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, Overflow
 
+from .lanes import maxabs as _maxabs
 from .requant_unit import saturate
 
-F64_EXACT = 1 << 53
+F32_EXACT, F64_EXACT = 1 << 24, 1 << 53
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -66,14 +67,14 @@ class GemmStats:
 
 
 def _exact_product(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
-    """A @ B exactly: float64 BLAS while every partial sum < 2^53, else int64 (mod 2^64)."""
-    if bound < F64_EXACT:
-        return np.rint(a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    """A @ B exactly: float32 BLAS while every partial sum < 2^24, float64 below 2^53 (the
+    sums of integers stay integers: no rounding), else int64 (mod 2^64)."""
+    for exact, dtype in ((F32_EXACT, np.float32), (F64_EXACT, np.float64)):
+        if bound < exact:
+            return (a.astype(dtype) @ b.astype(dtype)).astype(np.int64)
     return a @ b
 
 
-def _maxabs(x) -> int:
-    return int(np.abs(x).max()) if np.size(x) else 0
 
 
 class MacArray:

@@ -13,6 +13,8 @@ import numpy as np
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 
+from . import lanes
+
 R = Rounding
 
 
@@ -103,7 +105,7 @@ def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     Hardware: a max|x| tracker and a leading-zero count set the shift for the whole tensor.
     """
     x = np.asarray(x, dtype=np.int64)
-    maxabs = int(np.abs(x).max()) if x.size else 0
+    maxabs = lanes.maxabs(x)
     s = max(0, maxabs.bit_length() - (err_width - 1))
     fmt = FixedFormat.with_frac(err_width, int(f_src) - s)
     return saturate(shift_round(x, s, rounding), fmt, Overflow.AP_SAT), fmt

@@ -1,14 +1,20 @@
-"""hdl_models' compiled lanes (hdl_models/lanes.py) against the units' numpy forms, bit for bit."""
+"""hdl_models' compiled loops (lanes.py: the update unit's Adam, max trackers; layers/window.py: the
+address generator's im2col and transposed im2col, max pooling) against the numpy forms, bit for bit."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat
 from edgedfa.numerics import Numerics
+from edgedfa.kernels.geometry import make_geometry
 from hdl_models import lanes
+from hdl_models.layers import window
+from hdl_models.layers.conv import im2col_reference, transposed_im2col_reference, transposed_taps
+from hdl_models.layers.pool import NEG_PAD, scatter
+from hdl_models.layers.window import out_hw
 from hdl_models.update_unit import UpdateUnit, top_bits
 
 from strategies import adam_operands, moment_registers, overflow_modes, rounding_modes, wide_codes
@@ -96,3 +102,48 @@ def test_adam_lanes_fall_back_when_a_register_shift_leaves_the_lane():
     got, want = _run("adam", case), _run("adam_reference", case)
     assert _same(got, want)
     assert got[2] == 3  # the reference drew the words
+
+
+@st.composite
+def window_cases(draw):
+    """A window geometry (1-d or 2-d, strides, pads, dilations), codes under it incl. ties and
+    rails, and errors for its outputs."""
+    n = draw(st.sampled_from([1, 2]))
+    spatial = tuple(draw(st.integers(1, 9)) for _ in range(n))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(n))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(n))
+    pads = tuple(draw(st.integers(0, (kernel[i % n] - 1) * dil[i % n])) for i in range(2 * n))
+    try:
+        geo = make_geometry(spatial, kernel, tuple(draw(st.integers(1, 3)) for _ in range(n)), pads, dil)
+    except EdgeDFAError:
+        assume(False)
+    assume(min(out_hw(geo)) >= 1)
+    rails = st.sampled_from([-(1 << 47), (1 << 47) - 1, NEG_PAD, 0])
+    x = draw(hnp.arrays(np.int64, (2, 4) + geo.in_hw, elements=st.one_of(st.integers(-3, 3), rails,
+                                                                         st.integers(-(1 << 47), 1 << 47))))
+    dy = draw(hnp.arrays(np.int64, (2, 4) + out_hw(geo), elements=st.integers(-(1 << 40), 1 << 40)))
+    return geo, x, dy
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=window_cases(), c0=st.integers(0, 2), cg=st.integers(1, 2))
+def test_compiled_address_loops_are_the_numpy_forms(case, c0, cg):
+    geo, x, dy = case
+    assert np.array_equal(window.im2col(x, geo, c0, cg), im2col_reference(x, geo, c0, cg))
+    oh_i, ow_i = transposed_taps(geo, geo.in_hw, out_hw(geo))
+    tcol = window.gather_rows(dy, oh_i, ow_i, c0, cg)
+    assert tcol.dtype == np.int64 and np.array_equal(tcol, transposed_im2col_reference(dy, oh_i, ow_i, c0, cg))
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=window_cases())
+def test_compiled_max_pool_is_the_numpy_form(case):
+    geo, x, dy = case
+    flat = window.patches(x, geo, NEG_PAD).reshape(x.shape[:2] + out_hw(geo) + (-1,))
+    arg_ref = flat.argmax(axis=4)  # first maximal tap in (kh, kw) order
+    y, arg = window.window_max(x, geo, NEG_PAD)
+    assert np.array_equal(y, np.take_along_axis(flat, arg_ref[..., None], axis=4)[..., 0])
+    assert np.array_equal(arg, arg_ref)
+    k = geo.kernel[0] * geo.kernel[1]
+    per_tap = np.where(arg_ref[..., None] == np.arange(k), dy[..., None], 0).reshape(dy.shape + tuple(geo.kernel))
+    assert np.array_equal(window.route_back(arg, dy, geo, x.shape), scatter(per_tap, geo, x.shape))

@@ -17,6 +17,7 @@ from edgedfa.registry import Registry
 
 from ..accounting import Cost, nbytes
 from ..exponent_unit import leading_one, moved
+from ..lanes import maxabs
 from ..update_unit import purpose_of
 
 HW_LAYERS = Registry("modelled op")
@@ -115,7 +116,7 @@ class HwLayer:
     def _manage_param(self, acc, name: str) -> Cost:
         """§13 on a parameter just written: decide, and rescale it when its exponent moves."""
         p, unit, cost = self.params[name], acc.exponent, Cost()
-        top = int(np.max(np.abs(p.codes))) if p.codes.size else 0
+        top = maxabs(p.codes)
         delta, self.low[name] = unit.decide(leading_one(top), p.fmt, self.low.get(name, 0),
                                             self.num.exp_patience, self.floor.get(name, p.fmt.frac_bits))
         if delta:
@@ -134,7 +135,7 @@ class HwLayer:
         codes = np.asarray(codes)
         if not codes.size:
             return
-        top = int(np.max(np.abs(codes)))
+        top = maxabs(codes)
         if key in self.peaks:
             t0, f0 = self.peaks[key]
             f = max(f0, int(frac))

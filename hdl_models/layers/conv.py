@@ -14,14 +14,37 @@ from edgedfa.errors import EdgeDFAError
 from ..accounting import Cost
 from ..requant_unit import narrow, requant
 from .base import HwLayer, T, acc_fmt, register
-from .window import from4d, out_hw, patches, to4d
+from .window import from4d, gather_rows, im2col, out_hw, patches, to4d
 
 
-def im2col(x4, geo, c0, cg):
-    """Rows (b, oh, ow), columns k = (c, kh, kw) in C order (§8.2), for channels c0..c0+cg-1."""
+def im2col_reference(x4, geo, c0, cg):
+    """``window.im2col`` from the taps of ``patches``: the reference of the compiled loop."""
     p = patches(x4[:, c0:c0 + cg], geo)
     b, _, oh, ow = p.shape[:4]
     return p.transpose(0, 2, 3, 1, 4, 5).reshape(b * oh * ow, -1)
+
+
+def transposed_taps(geo, in_hw, out_hw_):
+    """(oh_i, ow_i): the output row (column) read by input row ih (column iw) at tap kh (kw),
+    or OH (OW) where no output reads it (§8.3)."""
+    (h, w), (oh, ow) = in_hw, out_hw_
+    kh, kw = geo.kernel
+    sh, sw = geo.strides
+    th = np.arange(h)[:, None] + geo.pads[0] - np.arange(kh)[None, :] * geo.dilations[0]
+    tw = np.arange(w)[:, None] + geo.pads[1] - np.arange(kw)[None, :] * geo.dilations[1]
+    oh_i = np.where((th >= 0) & (th % sh == 0) & (th // sh < oh), th // sh, oh)
+    ow_i = np.where((tw >= 0) & (tw % sw == 0) & (tw // sw < ow), tw // sw, ow)
+    return oh_i, ow_i
+
+
+def transposed_im2col_reference(dy4, oh_i, ow_i, o0, og):
+    """The transposed im2col (``window.gather_rows`` of the error) by numpy fancy indexing: the
+    reference of the compiled loop."""
+    bsz, _, oh, ow = dy4.shape
+    dyp = np.zeros((bsz, og, oh + 1, ow + 1), dtype=np.int64)
+    dyp[:, :, :oh, :ow] = dy4[:, o0:o0 + og]
+    tcol = dyp[:, :, oh_i[:, None, :, None], ow_i[None, :, None, :]]
+    return tcol.transpose(0, 2, 3, 1, 4, 5).reshape(bsz * oh_i.shape[0] * ow_i.shape[0], -1)
 
 
 def block_diagonal(w, groups: int, bgroups: int):
@@ -69,9 +92,10 @@ class ConvHw(HwLayer):
         oh, ow = out_hw(geo)
         bsz = x4.shape[0]
         out = np.empty((bsz * oh * ow, cout), dtype=np.int64)
-        cost = Cost()
+        cost, cols = Cost(), []
         for j in range(g):
             a = im2col(x4, geo, j * cg, cg)
+            cols.append(a)
             wj = w.codes[j * og:(j + 1) * og].reshape(og, -1)
             out[:, j * og:(j + 1) * og], st = acc.array.gemm(a, wj.T, init[None, j * og:(j + 1) * og], num.acc_bits,
                                                              num.acc_overflow, x.fmt.width, w.fmt.width)
@@ -81,10 +105,10 @@ class ConvHw(HwLayer):
         y = requant(accs, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
         if train:
             self.track("out", accs, f_acc)
-        return T(from4d(y, geo.ndim), self.out_fmt), (x if train else None), cost
+        return T(from4d(y, geo.ndim), self.out_fmt), ((x, cols) if train else None), cost
 
     def backward(self, acc, cache, dy, need):
-        x, geo, num = cache, self.geo, self.num
+        (x, cols), geo, num = cache, self.geo, self.num  # cols: the forward's im2col, read again for dW
         w = self.params["W"]
         cout, cg = w.codes.shape[:2]
         g = geo.groups
@@ -95,8 +119,7 @@ class ConvHw(HwLayer):
         gw = np.empty(w.codes.shape, dtype=np.int64)
         dyr = dy4.transpose(1, 0, 2, 3).reshape(cout, -1)  # (o, (b, oh, ow))
         for j in range(g):
-            a = im2col(x4, geo, j * cg, cg)
-            gj, st = acc.array.gemm(dyr[j * og:(j + 1) * og], a, None, num.acc_bits, num.acc_overflow,
+            gj, st = acc.array.gemm(dyr[j * og:(j + 1) * og], cols[j], None, num.acc_bits, num.acc_overflow,
                                     dy.fmt.width, x.fmt.width)
             gw[j * og:(j + 1) * og] = gj.reshape((og,) + w.codes.shape[1:])
             gcost.add(acc.gemm_cost(st, ("err", dy.fmt.width), ("act", x.fmt.width), None, requant_out=False))
@@ -121,21 +144,14 @@ class ConvHw(HwLayer):
         columns (o', kh, kw), zero where no output reads the tap) with W as (Og*KH*KW, Cg)."""
         geo, num = self.geo, self.num
         bsz, cin, h, w = in_shape
-        cout, oh, ow = dy4.shape[1], dy4.shape[2], dy4.shape[3]
+        cout = dy4.shape[1]
         og, cb = cout // groups, wc.shape[1]
         kh, kw = geo.kernel
-        sh, sw = geo.strides
-        th = np.arange(h)[:, None] + geo.pads[0] - np.arange(kh)[None, :] * geo.dilations[0]
-        tw = np.arange(w)[:, None] + geo.pads[1] - np.arange(kw)[None, :] * geo.dilations[1]
-        oh_i = np.where((th >= 0) & (th % sh == 0) & (th // sh < oh), th // sh, oh)
-        ow_i = np.where((tw >= 0) & (tw % sw == 0) & (tw // sw < ow), tw // sw, ow)
-        dyp = np.zeros((bsz, cout, oh + 1, ow + 1), dtype=np.int64)
-        dyp[:, :, :oh, :ow] = dy4
+        oh_i, ow_i = transposed_taps(geo, (h, w), dy4.shape[2:])
         out = np.empty((bsz * h * w, cin), dtype=np.int64)
         cost = Cost()
         for j in range(groups):
-            tcol = dyp[:, j * og:(j + 1) * og][:, :, oh_i[:, None, :, None], ow_i[None, :, None, :]]
-            tcol = tcol.transpose(0, 2, 3, 1, 4, 5).reshape(bsz * h * w, og * kh * kw)
+            tcol = gather_rows(dy4, oh_i, ow_i, j * og, og)  # oh_i = OH: no output under the tap
             wj = wc[j * og:(j + 1) * og].transpose(0, 2, 3, 1).reshape(og * kh * kw, cb)
             out[:, j * cb:(j + 1) * cb], st = acc.array.gemm(tcol, wj, None, num.acc_bits, num.acc_overflow,
                                                              dy_width, w_width)

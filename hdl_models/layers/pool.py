@@ -10,7 +10,7 @@ from edgedfa.errors import EdgeDFAError
 from ..accounting import Cost, nbytes
 from ..requant_unit import narrow, requant
 from .base import HwLayer, T, register
-from .window import from4d, out_hw, patches, to4d
+from .window import from4d, out_hw, patches, route_back, to4d, window_max
 
 RECIP_FRAC = 16
 NEG_PAD = -(1 << 62)  # a max-pool padding tap: below every code
@@ -25,12 +25,8 @@ class MaxPoolHw(HwLayer):
     def forward(self, acc, xs, train):
         x = xs[0]
         geo = self.geo
-        p = patches(to4d(x.codes, geo.ndim), geo, NEG_PAD)
-        b, c, oh, ow = p.shape[:4]
-        flat = p.reshape(b, c, oh, ow, -1)
-        arg = flat.argmax(axis=4)  # first maximal tap in (kh, kw) order
-        y = np.take_along_axis(flat, arg[..., None], axis=4)[..., 0]
-        cost = Cost().use("act", acc.act.cycles(flat.size))
+        y, arg = window_max(to4d(x.codes, geo.ndim), geo, NEG_PAD)
+        cost = Cost().use("act", acc.act.cycles(arg.size * geo.kernel[0] * geo.kernel[1]))
         acc.read(cost, "act", x.codes.size * nbytes(x.fmt.width))
         acc.write(cost, "act", y.size * nbytes(x.fmt.width))
         return T(from4d(y, geo.ndim), x.fmt), ((arg, x.codes.shape) if train else None), cost
@@ -39,10 +35,8 @@ class MaxPoolHw(HwLayer):
         arg, in_shape = cache
         geo = self.geo
         dy4 = to4d(dy.codes, geo.ndim)
-        k = geo.kernel[0] * geo.kernel[1]
-        per_tap = np.where(arg[..., None] == np.arange(k), dy4[..., None], 0).reshape(dy4.shape + tuple(geo.kernel))
-        dx = scatter(per_tap, geo, to4d(np.empty(in_shape, dtype=np.int8), geo.ndim).shape)
-        cost = Cost().use("act", acc.act.cycles(per_tap.size))
+        dx = route_back(arg, dy4, geo, to4d(np.empty(in_shape, dtype=np.int8), geo.ndim).shape)
+        cost = Cost().use("act", acc.act.cycles(dy4.size * geo.kernel[0] * geo.kernel[1]))
         cost.adds += int(dy4.size)
         acc.read(cost, "err", dy.codes.size * nbytes(dy.fmt.width))
         acc.write(cost, "err", dx.size * nbytes(self.num.err_bits))
