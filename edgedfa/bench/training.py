@@ -23,14 +23,16 @@ def step_allocation(eng, step: int) -> int:
         tracemalloc.stop()
 
 
-def emulate_row(eng, ds, steps: int = 2) -> dict:
-    """``edgedfa emulate``: seconds per step through hdl_models, and whether it matched."""
+def emulate_row(eng, ds, steps: int = 3) -> dict:
+    """``edgedfa emulate``: seconds per step through hdl_models after a warm-up step (as the
+    engine's figure is taken warm), and whether every integer matched."""
     from ..cosim.run import emulate
 
     n = steps * eng.batch
+    run = dict(train_cfg=eng.settings.train, modules=eng.settings.modules)
     try:
-        rep = emulate(eng.model, ds.x_train[:n], ds.y_train[:n], steps, None, train_cfg=eng.settings.train,
-                      modules=eng.settings.modules, compare_engine=True)
+        emulate(eng.model, ds.x_train[:eng.batch], ds.y_train[:eng.batch], 1, None, compare_engine=False, **run)
+        rep = emulate(eng.model, ds.x_train[:n], ds.y_train[:n], steps, None, compare_engine=True, **run)
     except EdgeDFAError as exc:
         return {"error": str(exc)}
     return {"seconds_per_step": rep["seconds_hdl"] / rep["steps"], "bit_exact": bool(rep["bit_exact"]),
