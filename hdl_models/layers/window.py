@@ -63,7 +63,7 @@ def _gather_rows(x, rows, cols, c0, cg):
     b_n, _, h_n, w_n = x.shape
     i_n, u_n = rows.shape
     j_n, v_n = cols.shape
-    out = np.zeros((b_n * i_n * j_n, cg * u_n * v_n), dtype=np.int64)
+    out = np.empty((b_n * i_n * j_n, cg * u_n * v_n), dtype=np.int64)  # every element written once
     for b in range(b_n):
         for i in range(i_n):
             for j in range(j_n):
@@ -71,12 +71,11 @@ def _gather_rows(x, rows, cols, c0, cg):
                 for c in range(cg):
                     for u in range(u_n):
                         r = rows[i, u]
-                        if r < 0 or r >= h_n:
-                            continue
+                        inside = 0 <= r < h_n
                         for v in range(v_n):
                             q = cols[j, v]
-                            if 0 <= q < w_n:
-                                out[row, (c * u_n + u) * v_n + v] = x[b, c0 + c, r, q]
+                            k = (c * u_n + u) * v_n + v
+                            out[row, k] = x[b, c0 + c, r, q] if (inside and 0 <= q < w_n) else 0
     return out
 
 
