@@ -104,35 +104,78 @@ def test_the_same_sweep_on_a_dask_cluster_gives_identical_rows(local, spec, dask
     assert comparable(rows) == comparable(read_rows(os.path.join(local[0], RESULTS)))
 
 
-def test_a_killed_dask_worker_gets_its_trial_rerun(local, spec, dask_cluster, tmp_path):
-    from edgedfa.sweep.executors import DaskCluster
+def held_run_trial(gate, held):
+    """run_trial for Dask workers, but attempt n of a trial in ``held`` (fingerprint -> attempts to hold)
+    first writes its worker to gate/<fingerprint>-<n>.started, and the first ``held[fp]`` attempts
+    then wait (up to 2 minutes) for the test to create gate/<fingerprint>-<n>.go."""
+
+    def trial_fn(trial):  # nested: cloudpickle ships it by value, so workers need not import this module
+        import distributed
+
+        fp = trial["fingerprint"]
+        if fp in held:
+            where = os.path.join(gate, f".{os.getpid()}-{threading.get_ident()}")
+            with open(where, "w") as fh:
+                json.dump({"pid": os.getpid(), "worker": distributed.get_worker().address}, fh)
+            n = 1
+            while True:  # a link is atomic and never replaces: each attempt claims its own number
+                try:
+                    os.link(where, os.path.join(gate, f"{fp}-{n}.started"))
+                    break
+                except FileExistsError:
+                    n += 1
+            os.remove(where)
+            deadline = time.monotonic() + 120
+            while n <= held[fp] and not os.path.exists(os.path.join(gate, f"{fp}-{n}.go")) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return run_trial(trial)
+
+    return trial_fn
+
+
+def started(gate, fp, attempt, timeout=120):
+    """Where attempt ``attempt`` of trial ``fp`` runs ({"pid", "worker"}), once it has started."""
+    path = os.path.join(gate, f"{fp}-{attempt}.started")
+    t0 = time.monotonic()
+    while not os.path.exists(path):
+        assert time.monotonic() - t0 < timeout, f"attempt {attempt} of trial {fp} never started"
+        time.sleep(0.01)
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def wait_until(condition, what, timeout=120):
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def test_a_killed_dask_worker_gets_its_trial_rerun(local, spec, dask_cluster, tmp_path, monkeypatch):
+    from edgedfa.sweep import executors
 
     cluster, client = dask_cluster
-    pids = client.run(os.getpid)
+    planned = load_spec(spec)
+    victim_fp = plan(planned, grid_points(planned))[0]["fingerprint"]
+    gate = str(tmp_path)
+    monkeypatch.setattr(executors, "run_trial", held_run_trial(gate, {victim_fp: 1}))  # its first attempt waits
     out, done = str(tmp_path / "killed"), {}
     sweep = threading.Thread(target=lambda: done.setdefault(
-        "result", run_sweep(spec, out, DaskCluster(cluster.scheduler_address), log=quiet)))
+        "result", run_sweep(spec, out, executors.DaskCluster(cluster.scheduler_address), log=quiet)))
     sweep.start()
-    victim, keys = _first_busy_worker(client)
-    time.sleep(0.3)  # into the trial
-    os.kill(pids[victim], signal.SIGKILL)
+    victim = started(gate, victim_fp, 1)  # the worker is inside the trial, held there until it dies
+    os.kill(victim["pid"], signal.SIGKILL)
     sweep.join(timeout=300)
     rows = read_rows(os.path.join(out, RESULTS))
     assert done["result"].ran == N_TRIALS and not done["result"].failed
+    assert len(rows) == len({r["fingerprint"] for r in rows}) == N_TRIALS  # each trial once
     assert comparable(rows) == comparable(read_rows(os.path.join(local[0], RESULTS)))
-    rerun = [r for r in rows if any(r["fingerprint"] in k for k in keys)]
-    assert rerun and all(r["worker"] != victim for r in rerun)  # finished elsewhere
-    assert victim not in client.scheduler_info(n_workers=-1)["workers"]
-
-
-def _first_busy_worker(client, timeout=120):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        busy = {w: keys for w, keys in client.processing().items() if keys}
-        if busy:
-            return next(iter(busy.items()))
-        time.sleep(0.01)
-    raise AssertionError("no trial started on the cluster")
+    rerun = started(gate, victim_fp, 2, timeout=0)
+    (row,) = [r for r in rows if r["fingerprint"] == victim_fp]
+    assert rerun["worker"] != victim["worker"] and row["worker"] == rerun["worker"]  # finished elsewhere
+    assert victim["worker"] not in client.scheduler_info(n_workers=-1)["workers"]
 
 
 def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
