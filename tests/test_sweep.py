@@ -178,6 +178,32 @@ def test_a_killed_dask_worker_gets_its_trial_rerun(local, spec, dask_cluster, tm
     assert victim["worker"] not in client.scheduler_info(n_workers=-1)["workers"]
 
 
+def test_a_finished_trial_whose_dask_worker_dies_before_its_result_is_fetched_is_rerun_once(
+        spec, dask_cluster, tmp_path, monkeypatch):
+    from edgedfa.sweep import executors
+
+    cluster, _ = dask_cluster
+    planned = load_spec(spec)
+    first, lost = plan(planned, grid_points(planned))[:2]
+    gate, fp = str(tmp_path), lost["fingerprint"]
+    monkeypatch.setattr(executors, "run_trial", held_run_trial(gate, {fp: 2}))
+    with executors.DaskCluster(cluster.scheduler_address) as ex:
+        trials = ex.run([first, lost])
+        assert next(trials)[0] is first  # the driver records it while the other one finishes
+        worker = started(gate, fp, 1)
+        open(os.path.join(gate, f"{fp}-1.go"), "w").close()
+        state = next(s for key, s in ex.client.futures.items() if fp in key)
+        wait_until(lambda: state.status == "finished", "the client knows the trial finished")
+        os.kill(worker["pid"], signal.SIGKILL)  # its result dies with it, unread
+        wait_until(lambda: state.status != "finished", "the client knows the result is lost")
+        threading.Timer(0.5, lambda: open(os.path.join(gate, f"{fp}-2.go"), "w").close()).start()
+        trial, result, error = next(trials)  # waits for the rerun
+        assert trial is lost and error is None and result["fingerprint"] == fp
+        assert result["timing"]["worker"] == started(gate, fp, 2, timeout=0)["worker"] != worker["worker"]
+        assert list(trials) == []  # once
+    assert not os.path.exists(os.path.join(gate, f"{fp}-3.started"))
+
+
 def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
     pool, out, done = LocalPool(2), str(tmp_path / "killed-pool"), {}
     sweep = threading.Thread(target=lambda: done.setdefault("result", run_sweep(spec, out, pool, log=quiet)))

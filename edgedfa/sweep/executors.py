@@ -3,7 +3,8 @@
 Both give ``run(trials)``: an iterator of ``(trial, result, error)`` in the order trials
 finish, ``result`` the dict ``run_trial`` returned or ``error`` a one-line message. A trial
 whose worker dies is run again on another worker (the local pool requeues it; Dask's
-scheduler reschedules it), up to ``MAX_ATTEMPTS`` times.
+scheduler reschedules it), up to ``MAX_ATTEMPTS`` times. Dask also reruns a finished trial
+whose worker died before its result was fetched; either way each trial is yielded once.
 """
 
 from __future__ import annotations
@@ -194,20 +195,31 @@ class DaskCluster:
         token = uuid.uuid4().hex[:8]  # keys unique to this run: a shared scheduler may hold older ones
         futures = {self.client.submit(run_trial, t, key=f"edgedfa-trial-{t['fingerprint']}-{token}", pure=False,
                                       retries=0): t for t in trials}
-        for fut in as_completed(futures):
+        for fut in as_completed(futures):  # each future once, even if its result is lost and recomputed
             trial = futures[fut]
-            if fut.status == "finished":
-                yield trial, fut.result(), None
-            elif fut.status == "error":
-                yield trial, None, _dask_error(fut.exception())
-            else:
-                raise EdgeDFAError(f"the Dask cluster lost trial {trial['label']!r} ({fut.status})")
-            fut.release()
+            result, error = _settle(fut, trial)
+            fut.release()  # before it is recorded: its worker dying now must not run it again
+            yield trial, result, error
 
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _settle(fut, trial: dict) -> tuple:
+    """``(result, None)`` or ``(None, error)`` of a trial's future; a result lost with its worker
+    before it was fetched (status 'lost') is waited for while Dask's scheduler runs the trial again."""
+    from asyncio import CancelledError
+
+    try:
+        return fut.result(), None
+    except CancelledError:
+        raise EdgeDFAError(f"the Dask cluster cancelled trial {trial['label']!r}") from None
+    except Exception as exc:
+        if fut.status != "error":  # not the trial's failure but the client's own
+            raise
+        return None, _dask_error(exc)  # the trial raised, or its workers kept dying (KilledWorker)
 
 
 def _dask_error(exc: BaseException) -> str:
