@@ -251,6 +251,19 @@ def test_a_stop_while_a_reply_is_read_still_stops_its_worker():
         os.kill(workers[0], 0)
 
 
+def test_a_pool_worker_that_died_after_its_reply_is_replaced():
+    pool = LocalPool(1)
+    (trial, result, error), = pool.run([BROKEN_TRIAL])
+    assert error and result is None
+    (proc, _), = pool._idle
+    os.kill(proc.pid, signal.SIGKILL)  # dies idle, as if right after sending its reply
+    proc.join()
+    again = dict(BROKEN_TRIAL, fingerprint="1" * 16)
+    assert [t for t, _, _ in pool.run([again])] == [again]  # a new worker ran it, no BrokenPipeError
+    assert pool._idle[0][0].pid != proc.pid
+    pool.close()
+
+
 def test_a_pool_worker_ignores_ctrl_c_from_its_first_instant_and_outlives_its_driver():
     pool = LocalPool(1)
     pool._dispatch(BROKEN_TRIAL)

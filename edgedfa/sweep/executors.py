@@ -95,12 +95,22 @@ class LocalPool:
 
     def _dispatch(self, trial: dict) -> None:
         """``trial`` to an idle worker or a new one, in the books before a stop can land."""
-        if not self._idle:
-            resource_tracker.ensure_running()  # starting, it unblocks SIGINT/SIGTERM: not while they are held
-        with stop_signals_held():  # a new worker inherits them held, until _serve ignores SIGINT
-            proc, conn = self._idle.pop() if self._idle else self._spawn()
-            self._busy[conn] = (proc, trial)
-        conn.send(trial)
+        while True:
+            reused = bool(self._idle)
+            if not reused:
+                resource_tracker.ensure_running()  # starting, it unblocks SIGINT/SIGTERM: not while they are held
+            with stop_signals_held():  # a new worker inherits them held, until _serve ignores SIGINT
+                proc, conn = self._idle.pop() if reused else self._spawn()
+                self._busy[conn] = (proc, trial)
+            try:
+                conn.send(trial)
+                return
+            except OSError:  # it died: a new one is seen dead by run() (an attempt); an idle one since its last reply
+                if not reused:
+                    return
+                del self._busy[conn]
+                proc.join()
+                conn.close()
 
     def _spawn(self):
         parent, child = self._ctx.Pipe()
