@@ -8,18 +8,22 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     _os.environ.setdefault(_var, "1")
 
 from .errors import EdgeDFAError
-from .fixed import (
-    FixedFormat,
-    Overflow,
-    Rounding,
-    apply_overflow,
-    dequantize,
-    quantize,
-    requantize,
-    round_shift,
-)
-
 from .version import __version__
+
+# The fixed-point names load on first use (PEP 562): `import edgedfa` stays free of numpy, so
+# the CLI's handler for Ctrl-C is in place before any slow import (a SIGINT during numpy's
+# import used to print a traceback instead of "edgedfa: interrupted").
+_FIXED = ("FixedFormat", "Overflow", "Rounding", "apply_overflow", "dequantize", "quantize", "requantize",
+          "round_shift")
+
+
+def __getattr__(name):
+    if name in _FIXED:
+        from . import fixed
+
+        return getattr(fixed, name)
+    raise AttributeError(f"module 'edgedfa' has no attribute {name!r}")
+
 
 __all__ = [
     "EdgeDFAError", "FixedFormat", "Overflow", "Rounding", "apply_overflow", "dequantize",

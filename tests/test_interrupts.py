@@ -114,3 +114,24 @@ def test_a_signal_saves_the_batch_and_exits_130(tmp_path, data, sig):
     assert subprocess.run(common[:3] + ["train", "--resume", str(out), "--epochs", total, "--quiet"]).returncode == 0
     assert subprocess.run(common + ["--epochs", total, "--out", str(ref)]).returncode == 0
     assert same_state(ref / "checkpoint.npz", out / "checkpoint.npz") == []
+
+
+def test_the_console_script_loads_nothing_slow_before_main():
+    """The `edgedfa` script imports edgedfa.cli and calls main(): no numpy, numba or onnx is
+    loaded before main's Ctrl-C handler is in place (a SIGINT during numpy's import printed a
+    traceback instead of "edgedfa: interrupted")."""
+    code = "import sys, edgedfa.cli; print(sorted(m for m in ('numpy', 'numba', 'onnx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_an_interrupt_while_a_command_loads_exits_130_without_a_traceback(monkeypatch, capsys):
+    from edgedfa import cli
+
+    def slow_import(argv):
+        raise KeyboardInterrupt  # as a Ctrl-C during the command's first (numpy) import raises it
+
+    monkeypatch.setattr(cli, "_run", slow_import)
+    assert cli.main(["train"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "edgedfa: interrupted"
