@@ -292,6 +292,8 @@ def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step
         return _left_shift(x, -shift)
     if shift > 62:
         raise EdgeDFAError(f"requantize: right shift of {shift} bits is beyond 62")
+    if rounding is not Rounding.STOCHASTIC and COMPILED and x.ndim:
+        return _compiled(x, shift, rounding, 0, 0, None, 0)
     q = x >> shift
     residual = x & ((1 << shift) - 1)
     if rounding is Rounding.STOCHASTIC:
@@ -330,8 +332,31 @@ def requantize(codes, src_fmt, dst_fmt, rounding=Rounding.AP_RND_CONV,
     if shift < 0:
         q = _widen_into(np.asarray(codes, dtype=np.int64), -shift, dst, overflow)
     else:
-        q = round_shift(codes, shift, rounding, rng, step)
+        x = np.asarray(codes, dtype=np.int64)
+        if 0 < shift <= 62 and rounding is not Rounding.STOCHASTIC and COMPILED and x.ndim and dst.width <= 62:
+            lo, hi = dst.min_code, dst.max_code
+            if overflow is Overflow.AP_SAT_SYM and dst.signed:
+                lo = -hi
+            return _compiled(x, shift, rounding, lo, hi, overflow, dst.width)
+        q = round_shift(x, shift, rounding, rng, step)
     return apply_overflow(q, dst, overflow)
+
+
+# The compiled one-pass form of round_shift / requantize (edgedfa/rounding.py) for a right
+# shift and the deterministic modes; False runs only the numpy code above (the reference).
+COMPILED = True
+_ROUNDING_CODE = {r: i for i, r in enumerate(Rounding)}
+_OVERFLOW_CODE = {o: i for i, o in enumerate(Overflow)}
+
+
+def _compiled(x, shift, rounding, lo, hi, overflow, width):
+    from .rounding import NO_OVERFLOW, requantize_right
+
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    omode = NO_OVERFLOW if overflow is None else _OVERFLOW_CODE[overflow]
+    requantize_right(flat, shift, _ROUNDING_CODE[rounding], lo, hi, omode, width, out)
+    return out.reshape(x.shape)
 
 
 # --------------------------------------------------------------------------- float edges
@@ -445,9 +470,29 @@ def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
                    rng=None, step=0) -> QTensor:
     """Keep the top ``bits`` of a wide signed tensor: shift = bitlen(max|x|) - (bits - 1)."""
     codes = np.asarray(codes, dtype=np.int64)
-    maxabs = int(np.abs(codes).max()) if codes.size else 0
+    flat = None
+    if COMPILED and codes.size:
+        from .rounding import max_abs
+
+        flat = np.ascontiguousarray(codes).reshape(-1)
+        maxabs = int(max_abs(flat))
+    else:
+        maxabs = int(np.abs(codes).max()) if codes.size else 0
     shift = max(0, bit_length(maxabs) - (bits - 1))
     out_fmt = FixedFormat.with_frac(bits, fmt.frac_bits - shift)
+    rounding = Rounding.parse(rounding)
+    if shift == 0 and flat is not None:  # every code fits already: nothing rounds, nothing clips
+        if NARROW_TALLIES:
+            NARROW_TALLIES[-1](codes.size, 0, 0)
+        return QTensor(codes.copy(), out_fmt)
+    if 0 < shift <= 62 and rounding is not Rounding.STOCHASTIC and flat is not None and codes.ndim and bits <= 62:
+        from .rounding import narrow_right
+
+        sat = np.empty_like(flat)
+        clipped, zeroed = narrow_right(flat, shift, _ROUNDING_CODE[rounding], (1 << (bits - 1)) - 1, sat)
+        if NARROW_TALLIES:
+            NARROW_TALLIES[-1](codes.size, int(clipped), int(zeroed))
+        return QTensor(sat.reshape(codes.shape), out_fmt)
     q = round_shift(codes, shift, rounding, rng, step)
     sat = apply_overflow(q, out_fmt, Overflow.AP_SAT)
     if NARROW_TALLIES:

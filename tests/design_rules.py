@@ -22,7 +22,7 @@ PACKAGES = ("edgedfa", "hdl_models")
 LAYERS = [
     ("foundation", ["edgedfa.errors", "edgedfa.version", "edgedfa.registry", "edgedfa.prng", "edgedfa.schema",
                     "edgedfa.progress"]),
-    ("numbers", ["edgedfa.fixed", "edgedfa.numerics", "edgedfa.wide", "edgedfa.lut", "edgedfa.scaling"]),
+    ("numbers", ["edgedfa.fixed", "edgedfa.rounding", "edgedfa.numerics", "edgedfa.wide", "edgedfa.lut", "edgedfa.scaling"]),
     ("graph", ["edgedfa.graph", "edgedfa.float_ref", "edgedfa.fold_batchnorm", "edgedfa.float_mlp", "edgedfa.data", "edgedfa.arch"]),
     ("kernels", ["edgedfa.kernels", "edgedfa.kernels.*"]),
     ("stages", ["edgedfa.update", "edgedfa.loss", "edgedfa.feedback", "edgedfa.feedback.*",

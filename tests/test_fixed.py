@@ -295,6 +295,64 @@ def test_apply_overflow_matches_exact_model(x, fmt, overflow):
     assert got.tolist() == [ref_overflow(v, fmt, overflow) for v in x]
 
 
+@given(x=st.lists(wide_codes(64), min_size=1, max_size=40), dst=formats(), shift=st.integers(1, 62),
+       rounding=rounding_modes(), overflow=overflow_modes(), data=st.data())
+def test_compiled_requantize_equals_the_numpy_reference(x, dst, shift, rounding, overflow, data):
+    """edgedfa/rounding.py's one-pass kernel and fixed's numpy code give the same codes on any
+    int64 input (the rails included), any shape and memory layout."""
+    try:  # codes are wide: only the source's fraction matters
+        src = FixedFormat.with_frac(48, dst.frac_bits + shift)
+    except EdgeDFAError:
+        assume(False)
+    k = data.draw(st.integers(-(1 << (62 - shift)), (1 << (62 - shift)) - 1))
+    x = x + [(k << shift) + r for r in (1 << (shift - 1), 1, -1)]  # a tie, the smallest residuals
+    x = x + [((k ^ 1) << shift) + r for r in (1 << (shift - 1), 1, -1)]  # the other parity
+    shape = data.draw(st.sampled_from([(len(x),), (1, len(x)), (len(x), 1)]))
+    codes = np.array(x, dtype=np.int64).reshape(shape)
+    if data.draw(st.booleans()):
+        codes = np.asfortranarray(np.repeat(codes, 2, axis=-1))[..., ::2]  # not contiguous
+
+    def both(fn):
+        outs = []
+        for compiled in (True, False):
+            edgedfa.fixed.COMPILED = compiled
+            try:
+                outs.append(fn())
+            finally:
+                edgedfa.fixed.COMPILED = True
+        return outs
+
+    fast, ref = both(lambda: requantize(codes, src, dst, rounding, overflow))
+    assert fast.shape == ref.shape == codes.shape and fast.dtype == ref.dtype == np.int64
+    assert fast.tolist() == ref.tolist()
+    fast, ref = both(lambda: round_shift(codes, shift, rounding))
+    assert fast.shape == ref.shape and fast.tolist() == ref.tolist()
+    assert codes.tolist() == np.array(x, dtype=np.int64).reshape(shape).tolist()  # input untouched
+
+
+@given(x=st.lists(wide_codes(64), min_size=1, max_size=40), bits=st.integers(2, 48),
+       rounding=rounding_modes(), frac=st.integers(-16, 64), data=st.data())
+def test_compiled_narrow_dynamic_equals_the_numpy_reference(x, bits, rounding, frac, data):
+    """The same codes, format and clipped / rounded-to-zero tallies from both paths."""
+    if data.draw(st.booleans()):  # ties and carries at the narrowing's own shift
+        s = max(1, max(abs(v) for v in x).bit_length() - (bits - 1))
+        x = x + [(v << s) + (1 << (s - 1)) for v in (1, 2, -1, -2)] if s < 60 else x
+    codes = np.array(x, dtype=np.int64).reshape(data.draw(st.sampled_from([(-1,), (1, -1)])))
+    fmt = FixedFormat.with_frac(48, frac)  # only its fraction matters: codes are wide
+    runs = []
+    for compiled in (True, False):
+        tallies = []
+        edgedfa.fixed.COMPILED = compiled
+        edgedfa.fixed.NARROW_TALLIES.append(lambda n, c, z: tallies.append((n, c, z)))
+        try:
+            q = edgedfa.fixed.narrow_dynamic(codes, fmt, bits, rounding)
+        finally:
+            edgedfa.fixed.COMPILED = True
+            edgedfa.fixed.NARROW_TALLIES.pop()
+        runs.append((q.codes.tolist(), q.codes.shape, q.fmt, tallies))
+    assert runs[0] == runs[1]
+
+
 # --------------------------------------------------------------------------- float properties
 
 @given(fmt=formats(max_width=40, min_frac=-8, max_frac=40), rounding=rounding_modes(),

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.cpython.unsafe.numbers import leading_zeros
 
 from ..fixed import Overflow, Rounding
 from ..prng import key32
+from ..rounding import bitlen as _bitlen
+from ..rounding import lshift as _lshift
+from ..rounding import mix32 as _mix32
+from ..rounding import overflow_one as _overflow
+from ..rounding import round_shift_one as _round_shift
 
 ROUNDING_CODES = {r: i for i, r in enumerate(Rounding)}
 OVERFLOW_CODES = {o: i for i, o in enumerate(Overflow)}
@@ -77,48 +81,6 @@ def _warmup(shift: int, step: int) -> int:
 
 
 @numba.njit(cache=True)
-def _bitlen(v):
-    """Bit length of v >= 0; 63 for a negative v (as the reference's leading-one scan)."""
-    return 63 if v < 0 else 64 - leading_zeros(v)  # a count-leading-zeros instruction
-
-
-@numba.njit(cache=True)
-def _lshift(x, s):
-    """numpy's int64 ``x << s``: wraps, and 0 from 64 bits on."""
-    return x << s if s < 64 else 0
-
-
-@numba.njit(cache=True)
-def _round_up(q, residual, half, negative, mode):
-    """Whether the floor q gets one more LSB (``fixed._round_up``, modes in Rounding's order)."""
-    above, tie = residual > half, residual == half
-    if mode == 0:  # AP_TRN
-        return False
-    if mode == 1:  # AP_TRN_ZERO
-        return residual != 0 and negative
-    if mode == 2:  # AP_RND
-        return above or tie
-    if mode == 3:  # AP_RND_ZERO
-        return above or (tie and negative)
-    if mode == 4:  # AP_RND_MIN_INF
-        return above
-    if mode == 5:  # AP_RND_INF
-        return above or (tie and not negative)
-    return above or (tie and (q & 1) != 0)  # AP_RND_CONV
-
-
-@numba.njit(cache=True)
-def _round_shift(x, s, mode, word):
-    """``fixed.round_shift`` of one code by 0 < s <= 62 (word: its stochastic word)."""
-    q = x >> s
-    residual = x & ((np.int64(1) << s) - 1)
-    if mode == 7:  # STOCHASTIC: floor((x + r) / 2^s), r the top s bits of the word
-        r = (word >> (32 - s)) if s <= 32 else (word << (s - 32))
-        return q + ((residual + r) >> s)
-    return q + (1 if _round_up(q, residual, np.int64(1) << (s - 1), x < 0, mode) else 0)
-
-
-@numba.njit(cache=True)
 def _conv(x, s):
     """Round to nearest even by s >= 0 bits."""
     return x if s == 0 else _round_shift(x, s, 6, 0)
@@ -152,27 +114,6 @@ def _ema(old, of, has_old, new, nf, shift, bits, out):
         a = _lshift(old[i], f - of) if has_old else 0
         d[i] = a + _conv(_lshift(new[i], f - nf) - a, shift)
     return _narrow(d, f, bits, out)
-
-
-@numba.njit(cache=True)
-def _mix32(x):
-    """``prng.mix32`` of one word (every product below 2^63)."""
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    x ^= x >> 16
-    return x
-
-
-@numba.njit(cache=True)
-def _overflow(c, lo, hi, mode, width):
-    """``fixed._overflow`` of one code (modes in Overflow's order; lo already symmetric for SAT_SYM)."""
-    if mode == 3:  # AP_WRAP
-        return ((c - lo) & ((np.int64(1) << width) - 1)) + lo
-    if mode == 1:  # AP_SAT_ZERO
-        return 0 if (c < lo or c > hi) else c
-    return min(max(c, lo), hi)
 
 
 @numba.njit(cache=True)

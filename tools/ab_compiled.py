@@ -1,0 +1,58 @@
+"""A/B of the compiled requantize / narrow (edgedfa/rounding.py) against fixed's numpy code:
+the same engine steps, timed alternately with ``fixed.COMPILED`` on and off in one process (so
+both sides run under the same load), median ms per step of each; the two engines' parameters
+must end identical.
+
+    python tools/ab_compiled.py --workloads gru-b64 digits-gru mlp-b32 --steps 6 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from edgedfa.bench.workloads import WORKLOADS, dataset, engine  # first: edgedfa pins BLAS threads
+import edgedfa.fixed as fixed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", nargs="+", default=["gru-b64", "digits-gru", "digits-lstm", "mlp-b32",
+                                                         "cnn-b64", "digits-cnn"])
+    ap.add_argument("--algos", nargs="+", default=["bp", "sdfa"])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    print("| workload | algo | numpy ms/step | compiled ms/step | speed-up | parameters identical |")
+    print("|---|---|---|---|---|---|")
+    for name in args.workloads:
+        w = WORKLOADS[name]
+        ds = dataset(w)
+        for algo in args.algos:
+            engines = {c: engine(w, algo, ds) for c in (True, False)}
+            times = {True: [], False: []}
+            step = 0
+            for r in range(args.rounds + 1):  # round 0 warms up (compiles)
+                for c in ((True, False) if r % 2 else (False, True)):
+                    fixed.COMPILED = c
+                    t0 = time.perf_counter()
+                    for s in range(args.steps):
+                        engines[c].step(step + s)
+                    if r:
+                        times[c].append((time.perf_counter() - t0) / args.steps * 1e3)
+                step += args.steps
+            fixed.COMPILED = True
+            same = all(np.array_equal(a.codes, b.codes) for la, lb in zip(engines[True].model.layers,
+                                                                         engines[False].model.layers)
+                       for a, b in zip(la.params.values(), lb.params.values()))
+            on, off = statistics.median(times[True]), statistics.median(times[False])
+            print(f"| {w.title} | `{algo}` | {off:.1f} | {on:.1f} | {off / on:.2f}x | {'yes' if same else 'NO'} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
