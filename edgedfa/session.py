@@ -109,7 +109,7 @@ def _warn_inapplicable(req: Request, run: C.RunSettings) -> None:
     given = C.merge(C.load_config(req.config) if req.config else {}, req.settings).get("train", {})
     if run.modules is not None and "algo" in given:
         _warn(req, f"algo = {given['algo']!r} does not apply: [[modules]] gives the plan")
-    late = [e for e in given.get("lr_decay_epochs", []) if e >= run.train.epochs]
+    late = [e for e in given.get("lr_decay_epochs") or [] if e >= run.train.epochs]
     if late:
         _warn(req, f"lr_decay_epochs {late} lie at or beyond the last epoch (epochs = {run.train.epochs}):"
                    " they never apply in this run")

@@ -19,6 +19,15 @@ from .schema import setting
 from .update import default_lr_shift
 
 
+def default_decay_epochs(epochs: int) -> list[int]:
+    """The default schedule: the step halves at 2/3 and again at 5/6 of the run's epochs in all
+    (rounded to the nearest epoch; [20, 25] of 30), the same rule for every graph. Without it
+    the last epochs of a run swing by several points (a recurrent net on the zoo's signal task
+    lost up to 25 points in an epoch); with it they settle (docs/benchmarks.md, the zoo). It
+    follows the total: a run resumed with more epochs continues on the longer run's schedule."""
+    return sorted({e for e in ((2 * epochs + 1) // 3, (5 * epochs + 3) // 6) if 1 <= e < epochs})
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a run (all integers: the learning rate is 2^-lr_shift)."""
@@ -31,8 +40,9 @@ class TrainConfig:
     lr_shift: int | None = setting(None, "learning rate 2^-lr_shift (Adam: the step of every parameter;"
                                    " SGD: of the batch-mean gradient)", lo=0, hi=30, resume=True,
                                    flag="--lr-shift", metavar="S", none="9 for Adam, 5 for SGD")
-    lr_decay_epochs: list[int] = setting(factory=list, doc="epochs at which lr_shift grows by one", lo=1,
-                                         hi=1_000_000, increasing=True, resume=True)
+    lr_decay_epochs: list[int] | None = setting(None, "epochs at which lr_shift grows by one (the step halves)",
+                                                lo=1, hi=1_000_000, increasing=True, resume=True,
+                                                none="at 2/3 and 5/6 of the epochs ([20, 25] of 30)")
     feedback_sparsity: int = setting(1, "non-zeros per neuron of sparse feedback (sdfa)", lo=1, hi=1 << 16,
                                      flag="--feedback-sparsity", metavar="K")
     feedback_values: str = setting("uniform", "values of the feedback matrices", choices=VALUE_KINDS,
@@ -50,8 +60,12 @@ class TrainConfig:
         sum; Adam takes the decays only, its step does not depend on the gradient's scale)."""
         if self.lr_shift is None:
             raise EdgeDFAError("TrainConfig.lr_shift is unresolved: use resolved(numerics)")
-        decay = sum(1 for e in self.lr_decay_epochs if epoch >= e)
+        decay = sum(1 for e in self.decay_epochs() if epoch >= e)
         return self.lr_shift + decay + int(round(math.log2(max(self.batch_size, 1))))
+
+    def decay_epochs(self) -> list[int]:
+        """The epochs at which the step halves: the setting, or the default schedule."""
+        return default_decay_epochs(self.epochs) if self.lr_decay_epochs is None else list(self.lr_decay_epochs)
 
     def resolved(self, numerics) -> "TrainConfig":
         """This configuration with every default filled in for the model's numerics."""

@@ -97,7 +97,10 @@ def test_a_stop_before_training_leaves_nothing(tmp_path, data):
 def test_a_signal_saves_the_batch_and_exits_130(tmp_path, data, sig):
     """A real process: the signal arrives in the middle of epoch 2 (batch size 1: 200 steps an epoch)."""
     out, ref = tmp_path / "r", tmp_path / "ref"
-    common = [sys.executable, "-m", "edgedfa.cli", "train", "--data", str(data), "--batch-size", "1", "--quiet"]
+    schedule = tmp_path / "s.toml"  # one schedule for the 50-epoch run stopped early and the short reference
+    schedule.write_text("[train]\nlr_decay_epochs = []\n")
+    common = [sys.executable, "-m", "edgedfa.cli", "train", "--data", str(data), "--batch-size", "1", "--quiet",
+              "--config", str(schedule)]
     proc = subprocess.Popen(common + ["--epochs", "50", "--out", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "metrics.json").exists() and time.monotonic() < deadline:

@@ -89,7 +89,9 @@ def test_epochs_is_the_total_and_nothing_to_do_changes_nothing(capsys, trained):
 def test_resume_equals_uninterrupted_with_holdout_and_the_best_checkpoint(tmp_path, capsys):
     data = write_npz(tmp_path / "d.npz")
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--data", data, "--holdout", "0.25", "--quiet", "--algo", "dfa"]
+    schedule = tmp_path / "s.toml"
+    schedule.write_text("[train]\nlr_decay_epochs = [3]\n")  # the 4-epoch run's, also in its first part
+    common = ["--data", data, "--holdout", "0.25", "--quiet", "--algo", "dfa", "--config", schedule]
     assert run(capsys, "train", "--epochs", 4, "--out", a, *common)[0] == 0
     assert run(capsys, "train", "--epochs", 2, "--out", b, *common)[0] == 0
     assert run(capsys, "train", "--resume", b, "--epochs", 4, "--quiet")[0] == 0

@@ -123,13 +123,14 @@ def test_conv_and_recurrent_cells_agree_with_hdl_models(name):
 # --------------------------------------------------------------------------- resume, export
 
 def test_resume_moves_exponents_exactly_as_an_uninterrupted_run(tmp_path):
+    cfg = dict(algo="sdfa", seed=5, lr_decay_epochs=[3])  # the 4-epoch run's schedule, also in its first part
     whole = mlp_model(exp_patience=2)
-    fit(whole, SMALL, TrainConfig(algo="sdfa", epochs=4, seed=5), quiet=True)
+    fit(whole, SMALL, TrainConfig(epochs=4, **cfg), quiet=True)
     part = mlp_model(exp_patience=2)
-    fit(part, SMALL, TrainConfig(algo="sdfa", epochs=2, seed=5), str(tmp_path), quiet=True)
+    fit(part, SMALL, TrainConfig(epochs=2, **cfg), str(tmp_path), quiet=True)
     resumed = load_checkpoint(tmp_path)
     meta = resumed.checkpoint_meta
-    fit(resumed, SMALL, TrainConfig(algo="sdfa", epochs=4, seed=5), quiet=True, start=meta["progress"])
+    fit(resumed, SMALL, TrainConfig(epochs=4, **cfg), quiet=True, start=meta["progress"])
     assert resumed.formats() == whole.formats()
     for a, b in zip(whole.layers, resumed.layers):
         for k in a.params:
@@ -183,8 +184,8 @@ def test_static_policy_reproduces_the_release_before(name):
     legacy = numerics_from_dict(dict(numerics_to_dict(Numerics.from_bits(8, acc_bits=32, **num)),
                                      scaling="static", update_rule="sgd", gate_bits=8, state_err_bits=8))
     model = build_model(arch.build(name, 0, DS.sample_shape, 10), legacy, 0)
-    fit(model, SMALL, TrainConfig(epochs=2, batch_size=32, seed=0, **cfg), quiet=True)
-    assert _digest(model) == digest
+    fit(model, SMALL, TrainConfig(epochs=2, batch_size=32, seed=0, lr_decay_epochs=[], **cfg), quiet=True)
+    assert _digest(model) == digest  # the release before had no default decay
 
 
 def test_a_checkpoint_without_the_new_fields_reads_as_the_policy_of_before():

@@ -118,7 +118,7 @@ def test_integer_training_tracks_float_training():
     x = dequantize(m.quantize_input(DS.x_train).codes, m.in_fmt)
     fW, fB = float_mlp.train(Ws, Bs, x, DS.y_train, 3, 2.0**-4, 32, lambda ep: batch_order(seed, ep, len(x)))
     float_acc = float_mlp.accuracy(fW, fB, DS.x_test, DS.y_test)
-    met = fit(m, DS, TrainConfig(algo="bp", epochs=3, lr_shift=4, seed=seed), quiet=True)
+    met = fit(m, DS, TrainConfig(algo="bp", epochs=3, lr_shift=4, lr_decay_epochs=[], seed=seed), quiet=True)  # a constant rate, as the float run
     assert float_acc > 0.85
     assert abs(met["test_accuracy"] - float_acc) <= 0.03
 
@@ -230,6 +230,21 @@ def test_dfa_module_gets_no_backprop_error():
 def test_learning_rate_schedule_and_batch_shift():
     cfg = TrainConfig(lr_shift=4, batch_size=32, lr_decay_epochs=[2, 5])
     assert [cfg.shift_at(e) for e in (0, 2, 5)] == [9, 10, 11]
+
+
+def test_the_default_schedule_halves_the_step_at_two_thirds_and_five_sixths_of_the_run(tmp_path):
+    from edgedfa import fit as fit_run
+    from edgedfa.train import default_decay_epochs
+
+    assert {e: default_decay_epochs(e) for e in (1, 2, 3, 6, 30, 40, 100)} == {
+        1: [], 2: [1], 3: [2], 6: [4, 5], 30: [20, 25], 40: [27, 33], 100: [67, 83]}
+    cfg = TrainConfig(lr_shift=9, batch_size=1)
+    assert cfg.lr_decay_epochs is None and cfg.decay_epochs() == [20, 25]
+    assert [cfg.shift_at(e) for e in (0, 19, 20, 24, 25, 29)] == [9, 9, 10, 10, 11, 11]
+    assert TrainConfig(epochs=40).decay_epochs() == [27, 33]
+    assert TrainConfig(lr_decay_epochs=[]).decay_epochs() == []  # given: kept, even empty
+    run = fit_run("mlp", "digits", epochs=3, out=str(tmp_path / "r"))
+    assert run.metrics["lr_decay_epochs"] == [2]  # recorded in metrics.json
 
 
 def test_registries_reject_duplicates_and_name_what_exists():
