@@ -210,6 +210,8 @@ def settings(run: Run) -> dict:
     for k in ("feedback_sparsity", "feedback_values", "feedback_kind", "lr_decay_epochs"):
         if k in train:
             out[k] = train[k]
+    if m.get("lr_decay_epochs") is not None:  # the schedule in force (the default one resolved)
+        out["lr_decay_epochs"] = m["lr_decay_epochs"]
     holdout = (m.get("settings") or {}).get("data", {}).get("holdout")
     if holdout not in (None, "none"):
         out["holdout (validation fraction)"] = holdout
