@@ -175,7 +175,7 @@ class _Loop:
         out = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
                "history": hist, "samples_per_second": p["samples"] / p["seconds"] if p["seconds"] else None,
                "algo": trainer.plan.algo, "seed": cfg.seed, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-               "lr_shift": cfg.lr_shift, "lr_decay_epochs": cfg.decay_epochs(), "update_rule": model.numerics.rule, "scaling_policy": model.numerics.scaling,
+               "lr_shift": cfg.lr_shift, "lr_decay_epochs": cfg.decay_epochs(), "update_rule": model.numerics.rule, "scaling_policy": model.numerics.policy,
                "formats": model.formats(), "saturation": _saturation_report(model, trainer),
                "scaling": last.get("scaling", {}),
                "plan": trainer.plan.describe(), "dataset": self.data.name,

@@ -110,7 +110,7 @@ def test_print_config_is_the_effective_toml_and_changes_nothing(tmp_path, capsys
     assert os.listdir(tmp_path) == []
     doc = tomllib.loads(out)
     assert doc["model"]["arch"] == "cnn" and doc["numerics"]["weight_bits"] == 6 and doc["train"]["epochs"] == 3
-    assert doc["numerics"]["scaling"] == "adaptive"  # every default, written out
+    assert doc["numerics"]["scaling"] == "none"  # every default, written out: by width (static at 6 bits)
     assert set(doc) == {"model", "data", "numerics", "train", "hardware"}
     assert doc["hardware"]["rows"] == 16
     for name in ("numerics", "train"):

@@ -193,3 +193,15 @@ def test_a_checkpoint_without_the_new_fields_reads_as_the_policy_of_before():
            if k not in ("scaling", "update_rule", "gate_bits", "state_err_bits")}
     num = numerics_from_dict(old)
     assert (num.scaling, num.rule, num.gate_width, num.state_err_width) == ("static", "sgd", 8, 8)
+
+
+def test_the_default_policy_is_adaptive_from_8_bits_and_static_below(tmp_path):
+    """Below 8 bits a peak-following exponent ratchets up on the noise of stochastic updates;
+    the default keeps those formats static (a 4-bit MLP trained to chance with them adaptive)."""
+    from edgedfa import fit as fit_run
+
+    assert [Numerics.from_bits(b).policy for b in (4, 6, 7, 8, 16)] == ["static"] * 3 + ["adaptive"] * 2
+    assert Numerics.from_bits(8).with_overrides({"act_bits": 6}).policy == "static"
+    assert Numerics.from_bits(4, scaling="adaptive").adaptive  # given: kept
+    run = fit_run("mlp", "digits", bits=4, algo="bp", epochs=10, out=str(tmp_path / "r4"))
+    assert run.metrics["scaling_policy"] == "static" and run.metrics["test_accuracy"] > 0.8
