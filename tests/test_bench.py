@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -56,6 +57,9 @@ def test_quick_run_writes_every_section(quick):
     (cold,) = report["cold_start"]
     assert "error" not in cold and cold["cold_seconds"] >= cold["compile_seconds"] >= 0
     assert report["machine"]["cores"] >= 1 and report["peak_rss_bytes"] > 0
+    import edgedfa  # the report names the code it measured: the package imported here
+
+    assert report["machine"]["edgedfa_path"] == os.path.dirname(os.path.abspath(edgedfa.__file__))
 
 
 def test_markdown_tables_are_well_formed(quick):

@@ -88,7 +88,10 @@ def markdown(report: dict) -> str:
     """Every table of the report, with the machine and the load it ran under."""
     m = report["machine"]
     flags = f" ({', '.join(m['cpu_int8_flags'])})" if m.get("cpu_int8_flags") else ""
-    out = [f"`{report['command']}` — {m['cpu']}{flags}, {m['cores']} cores; Python {m['python']}, numpy {m['numpy']},"
+    where = f"edgedfa {m.get('edgedfa')} from {m['edgedfa_path']}" if m.get("edgedfa_path") else ""
+    where += f" (commit {m['edgedfa_commit']})" if m.get("edgedfa_commit") else ""
+    out = [f"`{report['command']}` — {where + '; ' if where else ''}{m['cpu']}{flags}, {m['cores']} cores;"
+           f" Python {m['python']}, numpy {m['numpy']},"
            f" numba {m['numba']} ({m['numba_threads']} threads), onnxruntime {m['onnxruntime']},"
            f" PyTorch {m['torch'] or 'not installed'}; int8 route: {m['int8_route']} ({m['int8_route_threads']}"
            f" thread(s)); load average {report['load_average_before'][0]:.1f} before,"

@@ -113,7 +113,28 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_int8_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
             "numba": numba.__version__, "numba_threads": numba.get_num_threads(),
             "onnxruntime": onnxruntime.__version__, "torch": torch_ref.version(), "edgedfa": __version__,
+            "edgedfa_path": _package_dir(), "edgedfa_commit": _commit(_package_dir()),
             "int8_route": onnxrt.status(), "int8_route_threads": onnxrt.threads()}
+
+
+def _package_dir() -> str:
+    """Where the measured ``edgedfa`` was imported from (an old editable install measures old code)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _commit(path: str) -> str | None:
+    """The git commit of the checkout holding ``path`` ("+" when it has local changes), or None."""
+    import subprocess
+
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", path, *a], capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode:
+            return None
+        dirty = git("status", "--porcelain", "--", ".").stdout.strip()
+        return head.stdout.strip() + ("+" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def run(opts: Options, progress=None, command: str = "edgedfa bench") -> dict:
