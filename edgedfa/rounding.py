@@ -34,33 +34,13 @@ def lshift(x, s):
 
 
 @numba.njit(cache=True)
-def round_up(q, residual, half, negative, mode):
-    """Whether the floor q gets one more LSB (``fixed._round_up``)."""
-    above, tie = residual > half, residual == half
-    if mode == 0:  # AP_TRN
-        return False
-    if mode == 1:  # AP_TRN_ZERO
-        return residual != 0 and negative
-    if mode == 2:  # AP_RND
-        return above or tie
-    if mode == 3:  # AP_RND_ZERO
-        return above or (tie and negative)
-    if mode == 4:  # AP_RND_MIN_INF
-        return above
-    if mode == 5:  # AP_RND_INF
-        return above or (tie and not negative)
-    return above or (tie and (q & 1) != 0)  # AP_RND_CONV
-
-
-@numba.njit(cache=True)
 def round_shift_one(x, s, mode, word):
     """``fixed.round_shift`` of one code by 0 < s <= 62 (word: its stochastic word)."""
-    q = x >> s
-    residual = x & ((np.int64(1) << s) - 1)
     if mode == STOCHASTIC:  # floor((x + r) / 2^s), r the top s bits of the word
         r = (word >> (32 - s)) if s <= 32 else (word << (s - 32))
-        return q + ((residual + r) >> s)
-    return q + (1 if round_up(q, residual, np.int64(1) << (s - 1), x < 0, mode) else 0)
+        return (x >> s) + (((x & ((np.int64(1) << s) - 1)) + r) >> s)
+    base, odd, neg, pos = _carry_terms(s, mode)
+    return _rounded(x, s, (np.int64(1) << s) - 1, base, odd, neg, pos)
 
 
 @numba.njit(cache=True)
@@ -90,7 +70,7 @@ def overflow_one(c, lo, hi, mode, width):
 def _carry_terms(s, mode):
     """(base, odd, negative, positive): the floor ``v >> s`` gets one more LSB exactly when
     ``(v & (2^s - 1)) + base + odd * (q & 1) + negative * (v < 0) + positive * (v >= 0)``
-    reaches 2^s, for the deterministic mode ``mode`` (the table of ``round_up``, branch-free:
+    reaches 2^s, for the deterministic mode ``mode`` (``fixed._round_up``'s table, branch-free:
     the residual plus these terms stays below 2^(s+1), so nothing overflows)."""
     half = np.int64(1) << (s - 1)
     if mode == 0:  # AP_TRN
@@ -109,24 +89,21 @@ def _carry_terms(s, mode):
 
 
 @numba.njit(cache=True)
+def _rounded(v, s, mask, base, odd, neg, pos):
+    """``v >> s`` plus its carry: the rounding of one code by the terms of ``_carry_terms``."""
+    q = v >> s
+    n = (v >> 63) & 1
+    return q + (((v & mask) + base + odd * (q & 1) + neg * n + pos * (1 - n)) >> s)
+
+
+@numba.njit(cache=True)
 def requantize_right(x, s, rmode, lo, hi, omode, width, out):
     """out[i] = overflow(round_shift(x[i], s)) for 0 < s <= 62 and a deterministic rounding
     mode, in one branch-free pass (x, out: flat int64)."""
     base, odd, neg, pos = _carry_terms(s, rmode)
     mask = (np.int64(1) << s) - 1
-    wmask = (np.int64(1) << width) - 1
     for i in range(x.size):
-        v = x[i]
-        q = v >> s
-        n = (v >> 63) & 1
-        q += ((v & mask) + base + odd * (q & 1) + neg * n + pos * (1 - n)) >> s
-        if omode == 3:  # AP_WRAP
-            q = ((q - lo) & wmask) + lo
-        elif omode == 1:  # AP_SAT_ZERO
-            q = 0 if (q < lo or q > hi) else q
-        elif omode != NO_OVERFLOW:
-            q = min(max(q, lo), hi)
-        out[i] = q
+        out[i] = overflow_one(_rounded(x[i], s, mask, base, odd, neg, pos), lo, hi, omode, width)
 
 
 @numba.njit(cache=True)
@@ -138,13 +115,10 @@ def narrow_right(x, s, rmode, lim, out):
     mask = (np.int64(1) << s) - 1
     clipped = zeroed = 0
     for i in range(x.size):
-        v = x[i]
-        q = v >> s
-        n = (v >> 63) & 1
-        q += ((v & mask) + base + odd * (q & 1) + neg * n + pos * (1 - n)) >> s
+        q = _rounded(x[i], s, mask, base, odd, neg, pos)
         c = min(max(q, -lim - 1), lim)
         clipped += c != q
-        zeroed += c == 0 and v != 0
+        zeroed += c == 0 and x[i] != 0
         out[i] = c
     return clipped, zeroed
 

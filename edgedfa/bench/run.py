@@ -110,10 +110,11 @@ def machine() -> dict:
     from ..kernels import onnxrt
 
     cpu, flags = _cpu()
+    package = _package_dir()
     return {"cpu": cpu, "cpu_int8_flags": flags, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
             "numba": numba.__version__, "numba_threads": numba.get_num_threads(),
             "onnxruntime": onnxruntime.__version__, "torch": torch_ref.version(), "edgedfa": __version__,
-            "edgedfa_path": _package_dir(), "edgedfa_commit": _commit(_package_dir()),
+            "edgedfa_path": package, "edgedfa_commit": _commit(package),
             "int8_route": onnxrt.status(), "int8_route_threads": onnxrt.threads()}
 
 
