@@ -99,3 +99,4 @@ def test_compiled_adam_on_a_training_sized_tensor(rounding):
 def test_bitlen_each_is_python_bit_length():
     v = np.array([0, 1, 2, 3, 255, 256, (1 << 62) - 1, 1 << 62, 2**63 - 1], dtype=np.int64)
     assert bitlen_each(v).tolist() == [int(x).bit_length() for x in v.tolist()]
+

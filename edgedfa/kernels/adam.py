@@ -3,7 +3,9 @@ numpy reference ``update.adam_update_reference``.
 
 One call narrows the gradient, moves both moment registers, derives each lane's shift from
 the leading one of ``v``, rounds ``m`` by it (stochastic words generated in the loop, §5) and
-saturates into the parameter's format. Inputs the compiled passes do not model exactly
+saturates into the parameter's format, in three passes over memory (one thread: the lanes
+are cheap, and a parallel region stalls whenever another process holds a core). Inputs the
+compiled passes do not model exactly
 (codes near the int64 rails, a left shift that would overflow) return ``None``: the caller
 then runs the reference, which computes or raises as it always did.
 """
@@ -87,72 +89,99 @@ def _conv(x, s):
 
 
 @numba.njit(cache=True)
-def _narrow(d, frac, bits, out):
-    """``update.narrow_frac`` into ``out``: (status, frac); status 1 where numpy would differ."""
-    mx = 0
-    for x in d:
-        if x == -(1 << 63):
-            return 1, 0
-        mx = max(mx, abs(x))
-    s = max(0, _bitlen(mx) - (bits - 1))
-    if s > 62:
-        return 1, 0
-    lim = (1 << (bits - 1)) - 1
-    for i in range(d.size):
-        out[i] = min(max(_conv(d[i], s), -lim - 1), lim)
-    return 0, frac - s
+def _narrow_shift(mx, bits):
+    """``update.narrow_frac``'s shift for max|x| = mx: keep the top ``bits`` bits."""
+    return max(0, _bitlen(mx) - (bits - 1))
 
 
 @numba.njit(cache=True)
-def _ema(old, of, has_old, new, nf, shift, bits, out):
-    """``update.ema`` into ``out``: old + round(new - old) >> shift, then narrowed."""
-    if not has_old:
-        of = nf
-    f = max(of, nf)
-    d = np.empty(new.size, dtype=np.int64)
-    for i in range(new.size):
-        a = _lshift(old[i], f - of) if has_old else 0
-        d[i] = a + _conv(_lshift(new[i], f - nf) - a, shift)
-    return _narrow(d, f, bits, out)
+def _clamp(x, bits):
+    lim = (np.int64(1) << (bits - 1)) - 1
+    return min(max(x, -lim - 1), lim)
+
+
+_MIN64 = -(1 << 63)
+
+
+@numba.njit(cache=True)
+def _max_abs(x):
+    """(max|x|, #codes equal to -2^63): the reference's numpy passes differ on those."""
+    mx = 0
+    bad = 0
+    for i in range(x.size):
+        bad += x[i] == _MIN64
+        mx = max(mx, abs(x[i]))
+    return mx, bad
+
+
+@numba.njit(cache=True)
+def _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, gf2, out):
+    """Narrowed gradient and both moment EMAs before their narrowing (``update.ema``), in
+    out[1] and out[2]; (max|m|, max|v|, #codes at -2^63)."""
+    mx_m = 0
+    mx_v = 0
+    bad = 0
+    for i in range(g.size):
+        gc = _clamp(_conv(g[i], sg), bits)
+        a = _lshift(m_old[i], mf - mof) if has_m else 0
+        dm = a + _conv(_lshift(gc, mf - gf2) - a, b1)
+        a = _lshift(v_old[i], vf - vof) if has_v else 0
+        dv = a + _conv(_lshift(gc * gc, vf - 2 * gf2) - a, b2)
+        out[1, i] = dm
+        out[2, i] = dv
+        bad += (dm == _MIN64) + (dv == _MIN64)
+        mx_m = max(mx_m, abs(dm))
+        mx_v = max(mx_v, abs(dv))
+    return mx_m, mx_v, bad
 
 
 @numba.njit(cache=True)
 def _adam(g, gf, m_old, mof, has_m, v_old, vof, has_v, bits, b1, b2, lr_shift, p, pfrac, rmode, key,
           lo, hi, omode, width, out):
-    """The whole §12 Adam step of one tensor: out rows are new p, m, v codes."""
-    n = g.size
-    gc = np.empty(n, dtype=np.int64)
-    st, gf2 = _narrow(g, gf, bits, gc)
-    if st:
-        return st, 0, 0, 0, 0
-    st, mf = _ema(m_old, mof, has_m, gc, gf2, b1, bits, out[1])
-    if st:
-        return st, 0, 0, 0, 0
-    st, vf = _ema(v_old, vof, has_v, gc * gc, 2 * gf2, b2, bits, out[2])
-    if st:
-        return st, 0, 0, 0, 0
-    return _apply_steps(out, mf, vf, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width)
+    """The whole §12 Adam step of one tensor in three passes over memory (max|g|; both moment
+    EMAs; their narrowing and the parameter step): out rows are new p, m, v codes. Status 1 where the numpy reference would differ."""
+    mx, bad = _max_abs(g)
+    sg = _narrow_shift(mx, bits)
+    if bad or sg > 62:
+        return 1, 0, 0, 0, 0
+    gf2 = gf - sg
+    mf = max(mof, gf2) if has_m else gf2
+    vf = max(vof, 2 * gf2) if has_v else 2 * gf2
+    mx_m, mx_v, bad = _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, gf2, out)
+    sm, sv = _narrow_shift(mx_m, bits), _narrow_shift(mx_v, bits)
+    if bad or sm > 62 or sv > 62:
+        return 1, 0, 0, 0, 0
+    return _apply_steps(out, sm, sv, bits, mf - sm, vf - sv, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width)
 
 
 @numba.njit(cache=True)
-def _apply_steps(out, mf, vf, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width):
-    """Each lane's step m / 2^k (2^k nearest sqrt(v)), rounded, subtracted and saturated."""
-    m, v = out[1], out[2]
-    clipped = zeroed = 0
-    for i in range(m.size):
-        sh = min(max(lr_shift + mf + ((_bitlen(v[i]) - vf) >> 1) - pfrac, -16), 62)
-        x = m[i]
+def _apply_steps(out, sm, sv, bits, mf, vf, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width):
+    """Narrow both moments, then each lane's step m / 2^k (2^k nearest sqrt(v)), rounded,
+    subtracted and saturated."""
+    clipped = 0
+    zeroed = 0
+    failed = 0
+    for i in range(out.shape[1]):
+        x = _clamp(_conv(out[1, i], sm), bits)
+        v = _clamp(_conv(out[2, i], sv), bits)
+        out[1, i] = x
+        out[2, i] = v
+        sh = min(max(lr_shift + mf + ((_bitlen(v) - vf) >> 1) - pfrac, -16), 62)
         if sh <= 0:  # the reference raises on a left shift that overflows: let it
             if sh < 0 and (x >= (np.int64(1) << (63 + sh)) or x < -(np.int64(1) << (63 + sh))):
-                return 1, 0, 0, 0, 0
-            step = x << -sh
+                failed += 1
+                step = 0
+            else:
+                step = x << -sh
         else:
             word = _mix32(key ^ i) if rmode == 7 else 0
             step = _round_shift(x, sh, rmode, word)
-        delta = step if v[i] > 0 else 0
+        delta = step if v > 0 else 0
         raw = p[i] - delta
         new = _overflow(raw, lo, hi, omode, width)
         clipped += new != raw
         zeroed += delta == 0 and x != 0
         out[0, i] = new
+    if failed:
+        return 1, 0, 0, 0, 0
     return 0, mf, vf, clipped, zeroed
