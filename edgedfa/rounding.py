@@ -96,6 +96,25 @@ def _rounded(v, s, mask, base, odd, neg, pos):
     return q + (((v & mask) + base + odd * (q & 1) + neg * n + pos * (1 - n)) >> s)
 
 
+@numba.njit(numba.int64(numba.int64, numba.int64, numba.int64, numba.int64, numba.int64, numba.int64, numba.int64),
+            cache=True)  # one compilation whatever literal arguments a caller passes
+def requantize_one(x, s, rmode, lo, hi, omode, width):
+    """``fixed.requantize`` of one code by a shift s <= 62 (s <= 0 a left shift, widened into
+    the destination exactly as ``fixed._widen_into`` does), deterministic rounding modes."""
+    if s > 0:
+        base, odd, neg, pos = _carry_terms(s, rmode)
+        return overflow_one(_rounded(x, s, (np.int64(1) << s) - 1, base, odd, neg, pos), lo, hi, omode, width)
+    t = -s
+    if t == 0:
+        return overflow_one(x, lo, hi, omode, width)
+    if omode == 3:  # AP_WRAP: only the bits that land in the low W matter
+        v = np.int64(0) if t >= width else (x & ((np.int64(1) << (width - t)) - 1)) << t
+        return overflow_one(v, lo, hi, omode, width)
+    t = min(t, width + 1)
+    cap = ((np.int64(1) << width) >> t) + 1  # |x| >= cap overflows after the shift
+    return overflow_one(min(max(x, -cap), cap) << t, lo, hi, omode, width)
+
+
 @numba.njit(cache=True)
 def requantize_right(x, s, rmode, lo, hi, omode, width, out):
     """out[i] = overflow(round_shift(x[i], s)) for 0 < s <= 62 and a deterministic rounding

@@ -1,9 +1,11 @@
-"""A/B of the compiled requantize / narrow (edgedfa/rounding.py) against fixed's numpy code:
-the same engine steps, timed alternately with ``fixed.COMPILED`` on and off in one process (so
-both sides run under the same load), median ms per step of each; the two engines' parameters
-must end identical.
+"""A/B of a compiled path against its reference: the compiled requantize / narrow
+(edgedfa/rounding.py, ``fixed.COMPILED``) or the recurrent cells' compiled time loops
+(edgedfa/layers/cell_loops.py, ``cell_loops.COMPILED``). The same engine steps, timed
+alternately with the switch on and off in one process (so both sides run under the same
+load), median ms per step of each; the two engines' parameters must end identical.
 
     python tools/ab_compiled.py --workloads gru-b64 digits-gru mlp-b32 --steps 6 --rounds 5
+    python tools/ab_compiled.py --switch cells --workloads gru-b64 digits-gru
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import numpy as np
 
 from edgedfa.bench.workloads import WORKLOADS, dataset, engine  # first: edgedfa pins BLAS threads
 import edgedfa.fixed as fixed
+from edgedfa.layers import cell_loops
+
+SWITCHES = {"rounding": fixed, "cells": cell_loops}  # modules whose COMPILED flag is switched
 
 
 def main(argv=None) -> int:
@@ -25,8 +30,10 @@ def main(argv=None) -> int:
     ap.add_argument("--algos", nargs="+", default=["bp", "sdfa"])
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--switch", choices=sorted(SWITCHES), default="rounding")
     args = ap.parse_args(argv)
-    print("| workload | algo | numpy ms/step | compiled ms/step | speed-up | parameters identical |")
+    switch = SWITCHES[args.switch]
+    print("| workload | algo | reference ms/step | compiled ms/step | speed-up | parameters identical |")
     print("|---|---|---|---|---|---|")
     for name in args.workloads:
         w = WORKLOADS[name]
@@ -37,14 +44,14 @@ def main(argv=None) -> int:
             step = 0
             for r in range(args.rounds + 1):  # round 0 warms up (compiles)
                 for c in ((True, False) if r % 2 else (False, True)):
-                    fixed.COMPILED = c
+                    switch.COMPILED = c
                     t0 = time.perf_counter()
                     for s in range(args.steps):
                         engines[c].step(step + s)
                     if r:
                         times[c].append((time.perf_counter() - t0) / args.steps * 1e3)
                 step += args.steps
-            fixed.COMPILED = True
+            switch.COMPILED = True
             same = all(np.array_equal(a.codes, b.codes) for la, lb in zip(engines[True].model.layers,
                                                                          engines[False].model.layers)
                        for a, b in zip(la.params.values(), lb.params.values()))

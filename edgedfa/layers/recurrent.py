@@ -22,7 +22,9 @@ from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, si
 from ..scaling import observe
 from ..update import update_params
 from ..wide import add, cat, live, mul, neg, one_minus, total
+from . import cell_loops
 from .base import Layer, register
+from .cell_loops import StepRecords
 from .dense import quantize_param, weight_format_bits
 from .nonlinear import bounded_format
 
@@ -250,15 +252,29 @@ class Recurrent(Layer):
             order = np.arange(T)[::-1] if self._reverse(d) else np.arange(T)
             xd = QTensor(xc[order], x.fmt)
             xg = self._input_gemm(d, xd)
-            state = {k: QTensor(np.zeros((N, hidden), np.int64), f) for k, f in self._state_fmts().items()}
-            recs = []
-            for s in range(T):
-                state, rec = self.cell(d, QTensor(xg.codes[s], xg.fmt), state, stats)
-                Y[order[s], d] = state["h"].codes
-                recs.append(rec if train else None)
+            run = self.compiled_direction(d, xg, train, stats) or self._cells(d, xg, train, stats)
+            hs, state, recs = run
+            Y[order, d] = hs
             finals.append(state)
             caches.append({"order": order, "x": xd, "recs": recs})
         return Y, finals, caches
+
+    def _cells(self, d, xg: QTensor, train: bool, stats):
+        """One direction, one Python cell per step (the reference): (h per step, final state,
+        stacked records when training)."""
+        T, N = xg.codes.shape[:2]
+        state = {k: QTensor(np.zeros((N, self.hidden), np.int64), f) for k, f in self._state_fmts().items()}
+        hs = np.empty((T, N, self.hidden), np.int64)
+        recs = []
+        for s in range(T):
+            state, rec = self.cell(d, QTensor(xg.codes[s], xg.fmt), state, stats)
+            hs[s] = state["h"].codes
+            recs.append(rec)
+        return hs, state, (StepRecords.of(recs) if train else None)
+
+    def compiled_direction(self, d, xg: QTensor, train: bool, stats):
+        """The same direction in compiled code (layers/cell_loops.py), or None where it does not apply."""
+        return None
 
     def _reverse(self, d) -> bool:
         direction = _text(self.node.attrs.get("direction", "forward"))
@@ -401,7 +417,7 @@ class Recurrent(Layer):
 
     def recurrent_operands(self, recs):
         """[(gate rows, stacked operand multiplying R[rows])]: h_{t-1} for every gate."""
-        return [(slice(None), _stack([r["h_prev"] for r in recs]))]
+        return [(slice(None), recs.stack("h_prev"))]
 
     def _dx(self, d, c, A):
         T, N = A.codes.shape[:2]
@@ -429,10 +445,6 @@ class Recurrent(Layer):
 
     def cell_back(self, d, rec, dh, dc, carry):
         raise NotImplementedError
-
-
-def _stack(ts):
-    return QTensor(np.stack([t.codes for t in ts]), ts[0].fmt)
 
 
 def _cols(t: QTensor, lo: int, hi: int) -> QTensor:
@@ -522,6 +534,9 @@ class GRU(Recurrent):
             raise EdgeDFAError(f"node {self.name!r} (GRU): only activations Sigmoid, Tanh are supported")
         self.lbr = int(self.node.attrs.get("linear_before_reset", 0))
 
+    def compiled_direction(self, d, xg, train, stats):
+        return cell_loops.gru_forward(self, d, xg, train)
+
     def cell(self, d, xg, state, stats):
         H, rnd = self.hidden, self.num.act_rounding
         h = state["h"]
@@ -566,10 +581,10 @@ class GRU(Recurrent):
 
     def recurrent_operands(self, recs):
         H = self.hidden
-        h_prev = _stack([r["h_prev"] for r in recs])
+        h_prev = recs.stack("h_prev")
         if self.lbr:
             return [(slice(None), h_prev)]
-        return [(slice(0, 2 * H), h_prev), (slice(2 * H, 3 * H), _stack([r["rh"] for r in recs]))]
+        return [(slice(0, 2 * H), h_prev), (slice(2 * H, 3 * H), recs.stack("rh"))]
 
 
 CELL_BITS_MIN = 16  # LSTM cell state: at least 16 bits (as TFLite's integer LSTM)

@@ -1,0 +1,289 @@
+"""The time loops of the recurrent cells in compiled code (docs/datapath.md §9.6-9.7).
+
+One numba call runs a direction's whole sequence: the recurrent GEMM through the
+accumulator register (§4: init first, k ascending, the overflow after every addition
+unless a static bound proves none can happen), the exact wide sums of ``wide.add`` with
+their data-dependent ``common_frac`` (2^60 rule), the table unit of ``lut`` and every
+requantization through ``rounding.requantize_one``. Bit-identical to the Python cells of
+``layers/recurrent.py`` (the reference); a step whose shifts leave what the compiled code
+covers (a right shift beyond 62 bits, where the reference raises) returns a failure code
+and the caller runs the reference instead.
+
+Format parameters come in small int64 arrays, indexed by the constants below.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT
+from ..rounding import _carry_terms, _rounded, bitlen, requantize_one
+from ..wide import WIDE_BITS
+from .acc import step
+
+I64, BOOL, VOID = numba.int64, numba.boolean, numba.void
+MAT, VEC = numba.int64[:, ::1], numba.int64[::1]  # C-contiguous int64 codes
+# Explicit signatures: one compilation each (literal arguments would otherwise compile
+# variants), done when this module is first imported (layers/cell_loops.py imports it lazily).
+FAIL = -(1 << 40)  # a fraction no real tensor has: the compiled loop cannot take this step
+AP_RND, AP_SAT = 2, 0  # fixed.Rounding / fixed.Overflow codes of rounding.py
+LUT_FRAC, LUT_HI, LUT_WIDTH = LUT_IN_FMT.frac_bits, LUT_IN_FMT.max_code, LUT_IN_FMT.width
+MAX_RIGHT = 62  # the longest right shift fixed.round_shift takes
+
+# fmt[...]: gate format, state format, rounding and overflow modes of the forward pass
+G_FRAC, G_LO, G_HI, G_WIDTH, H_FRAC, H_LO, H_HI, H_WIDTH, RND, OVF = range(10)
+# acc[...]: the accumulator register (kernels.acc.register_mode) and whether a bound proved it exact
+A_LO, A_HI, A_MODE, A_BITS, A_EXACT = range(5)
+
+
+# --------------------------------------------------------------------------- the table unit (§9.2-9.3)
+
+@numba.njit(VOID(MAT, I64, I64, VEC, MAT), cache=True)
+def table_unit(pre, frac, sigmoid, table, u):
+    """u = ``lut._tanh_magnitude`` of |pre| (``frac`` fraction bits; sigmoid: read as pre/2,
+    then 1 ± that): the value the output rounding takes, with INTERP_FRAC (+1) fraction bits.
+    Simple passes: fused into one loop with the gathers, the compiler vectorises badly."""
+    s = frac + sigmoid - LUT_FRAC
+    for i in range(pre.shape[0]):
+        for j in range(pre.shape[1]):
+            u[i, j] = requantize_one(abs(pre[i, j]), s, AP_RND, 0, LUT_HI, AP_SAT, LUT_WIDTH)
+    one = np.int64(1) << INTERP_FRAC
+    for i in range(pre.shape[0]):
+        for j in range(pre.shape[1]):
+            v = u[i, j]
+            k = v >> INTERP_BITS
+            lo = table[k]
+            y = (lo << INTERP_BITS) + (table[k + 1] - lo) * (v & ((1 << INTERP_BITS) - 1))
+            sign = pre[i, j] >> 63  # -1 when negative: y ^ sign - sign = -y, branch-free
+            u[i, j] = one + ((y ^ sign) - sign) if sigmoid else y
+
+
+@numba.njit(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64), cache=True)
+def sigmoid_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
+    """out = ``lut.sigmoid_codes(pre)`` into the gate format (gf fraction bits, codes glo..ghi,
+    gw bits, rounding rnd); u: scratch like pre."""
+    table_unit(pre, frac, 1, table, u)
+    for i in range(pre.shape[0]):
+        for j in range(pre.shape[1]):
+            out[i, j] = requantize_one(u[i, j], INTERP_FRAC + 1 - gf, rnd, glo, ghi, AP_SAT, gw)
+
+
+@numba.njit(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64), cache=True)
+def tanh_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
+    """out = ``lut.tanh_codes(pre)`` into the gate format (exactly odd)."""
+    table_unit(pre, frac, 0, table, u)
+    for i in range(pre.shape[0]):
+        for j in range(pre.shape[1]):
+            m = requantize_one(u[i, j], INTERP_FRAC - gf, rnd, glo, ghi, AP_SAT, gw)
+            sign = pre[i, j] >> 63
+            out[i, j] = (m ^ sign) - sign
+
+
+@numba.njit(BOOL(I64), cache=True)
+def lut_shift_ok(frac):
+    """Whether the table unit's input shift of a sum with ``frac`` fraction bits (sigmoid: one
+    more) is one the reference takes."""
+    return frac != FAIL and frac + 1 - LUT_FRAC <= MAX_RIGHT
+
+
+@numba.njit(VOID(MAT, MAT), cache=True)
+def copy_into(src, dst):
+    """dst[...] = src for 2-D arrays (an explicit loop compiles far faster than a slice store)."""
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+# --------------------------------------------------------------------------- exact wide sums (wide.py)
+
+@numba.njit(I64(MAT, I64, I64), cache=True)
+def block_max(a, c0, width):
+    """max |a[:, c0:c0 + width]| (0 when every code is zero: the term is not live)."""
+    m = np.int64(0)
+    for i in range(a.shape[0]):
+        for j in range(c0, c0 + width):
+            m = max(m, abs(a[i, j]))
+    return m
+
+
+@numba.njit(I64(VEC, VEC), cache=True)
+def common_frac(fracs, maxes):
+    """``wide.common_frac`` over the live terms (max != 0); the first term's fraction when no
+    term is live (``wide.total``'s zeros keep the first term's format); FAIL when aligning a
+    term would take a right shift beyond 62 bits."""
+    finest = np.int64(-(1 << 62))
+    cap = np.int64(1 << 62)
+    for t in range(fracs.size):
+        if maxes[t] != 0:
+            finest = max(finest, fracs[t])
+            cap = min(cap, fracs[t] + WIDE_BITS - bitlen(maxes[t]))
+    if finest == -(1 << 62):
+        return fracs[0]
+    frac = min(finest, cap)
+    for t in range(fracs.size):
+        if maxes[t] != 0 and fracs[t] - frac > MAX_RIGHT:
+            return FAIL
+    return frac
+
+
+@numba.njit(cache=True, inline="always")
+def align_one(v, shift, rmode):
+    """``wide.align`` of one code: exact left shift, or rounded right shift (``rmode``)."""
+    if shift == 0:
+        return v
+    if shift < 0:
+        return v << -shift
+    base, odd, neg, pos = _carry_terms(shift, rmode)
+    return _rounded(v, shift, (np.int64(1) << shift) - 1, base, odd, neg, pos)
+
+
+@numba.njit(I64(MAT, I64, I64, MAT, I64, I64, MAT, I64), cache=True)
+def total2(a, ca, fa, b, cb, fb, out, rmode):
+    """out = ``wide.total([a[:, ca:], b[:, cb:]])`` over out's width; returns its fraction
+    (FAIL: not covered)."""
+    width = out.shape[1]
+    fracs = np.array([fa, fb], np.int64)
+    maxes = np.array([block_max(a, ca, width), block_max(b, cb, width)], np.int64)
+    frac = common_frac(fracs, maxes)
+    if frac == FAIL:
+        return FAIL
+    sa, sb = fa - frac, fb - frac
+    for i in range(out.shape[0]):
+        for j in range(width):
+            v = np.int64(0)
+            if maxes[0] != 0:
+                v += align_one(a[i, ca + j], sa, rmode)
+            if maxes[1] != 0:
+                v += align_one(b[i, cb + j], sb, rmode)
+            out[i, j] = v
+    return frac
+
+
+# --------------------------------------------------------------------------- the recurrent GEMM (§4)
+
+@numba.njit([VOID(numba.int32[:, ::1], numba.int32[:, ::1], VEC, BOOL, MAT, I64), VOID(MAT, MAT, VEC, BOOL, MAT, I64)],
+            cache=True)
+def _exact_gemm(a, rt, init, has_init, out, oc):
+    """The plain sum, four rows at a time (each loaded row of rt serves four accumulators)."""
+    m, n = a.shape[0], rt.shape[1]
+    rows = np.zeros((4, n), rt.dtype)
+    r0, r1, r2, r3 = rows[0], rows[1], rows[2], rows[3]
+    for i0 in range(0, m, 4):
+        live = min(4, m - i0)
+        for j in range(n):
+            v = init[j] if has_init else 0
+            r0[j] = v
+            r1[j] = v
+            r2[j] = v
+            r3[j] = v
+        for k in range(a.shape[1]):
+            a0 = a[i0, k]
+            a1 = a[i0 + 1, k] if live > 1 else 0
+            a2 = a[i0 + 2, k] if live > 2 else 0
+            a3 = a[i0 + 3, k] if live > 3 else 0
+            rk = rt[k]
+            for j in range(n):
+                b = rk[j]
+                r0[j] += a0 * b
+                r1[j] += a1 * b
+                r2[j] += a2 * b
+                r3[j] += a3 * b
+        for q in range(live):
+            for j in range(n):
+                out[i0 + q, oc + j] = rows[q, j]
+
+
+@numba.njit([VOID(numba.int32[:, ::1], numba.int32[:, ::1], VEC, BOOL, MAT, I64, VEC),
+             VOID(MAT, MAT, VEC, BOOL, MAT, I64, VEC)], cache=True)
+def recurrent_gemm(a, rt, init, has_init, out, oc, acc):
+    """out[:, oc:oc + n] = a @ rt (+ init) as ``kernels.reference.gemm``: init first, k
+    ascending, the register's overflow after every addition; with ``acc[A_EXACT]`` (a bound
+    proved no partial sum leaves the register) the plain sum in rt's integer type.
+    rt (K, n) and init (n,) are contiguous blocks of columns."""
+    n = rt.shape[1]
+    if acc[A_EXACT]:
+        _exact_gemm(a, rt, init, has_init, out, oc)
+        return
+    lo, hi, mode, bits = acc[A_LO], acc[A_HI], acc[A_MODE], acc[A_BITS]
+    wide = np.zeros(n, np.int64)
+    for i in range(a.shape[0]):
+        for j in range(n):
+            wide[j] = step(np.int64(init[j]), lo, hi, mode, bits) if has_init else 0
+        for k in range(a.shape[1]):
+            aik = np.int64(a[i, k])
+            rk = rt[k]
+            for j in range(n):
+                wide[j] = step(wide[j] + aik * np.int64(rk[j]), lo, hi, mode, bits)
+        for j in range(n):
+            out[i, oc + j] = wide[j]
+
+
+# --------------------------------------------------------------------------- GRU forward (§9.6)
+
+@numba.njit(cache=True)
+def gru_forward(xg, fx, rt, rt_h, rb, rb_h, has_bias, acc, fr, lbr, fmt, table, hp, hs, zs, rs, ns, aux):
+    """One direction of a GRU over the whole sequence (processing order).
+
+    xg (T, N, 3H): the input terms X_t (``fx`` fraction bits); rt: R[d]^T's z, r columns
+    (lbr 1: all three gates), rt_h its h columns (lbr 0); rb, rb_h: the recurrent bias of
+    those columns in the accumulator (``fr`` = F_h + F_R fraction bits). Writes per step
+    h_{t-1} (hp), h (hs), z, r, n and aux (lbr 0: r*h in h's format; lbr 1: Hh). Returns 0,
+    or 1 when a step needs the reference (nothing written is then valid).
+    """
+    T, N, G3 = xg.shape
+    H = G3 // 3
+    gf, glo, ghi, gw = fmt[G_FRAC], fmt[G_LO], fmt[G_HI], fmt[G_WIDTH]
+    hf, hlo, hhi, hw, rnd, ovf = fmt[H_FRAC], fmt[H_LO], fmt[H_HI], fmt[H_WIDTH], fmt[RND], fmt[OVF]
+    h = np.zeros((N, H), np.int64)
+    hb = np.zeros((N, H), rt.dtype)  # the GEMM's operand: h (or r*h) in the register's type
+    hg = np.empty((N, G3), np.int64)
+    pre = np.empty((N, H), np.int64)
+    t1 = np.empty((N, H), np.int64)
+    t2 = np.empty((N, H), np.int64)
+    for s in range(T):
+        x = xg[s]
+        copy_into(h, hp[s])
+        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        f = total2(x, 0, fx, hg, 0, fr, pre, rnd)
+        if not lut_shift_ok(f):
+            return 1
+        sigmoid_block(pre, f, table, t1, zs[s], gf, glo, ghi, gw, rnd)
+        f = total2(x, H, fx, hg, H, fr, pre, rnd)
+        if not lut_shift_ok(f):
+            return 1
+        sigmoid_block(pre, f, table, t1, rs[s], gf, glo, ghi, gw, rnd)
+        if lbr:  # n = tanh(X_h + r * (h R_h + Rb_h))
+            r, hh = rs[s], aux[s]
+            for i in range(N):
+                for j in range(H):
+                    hh[i, j] = hg[i, 2 * H + j]
+                    t1[i, j] = r[i, j] * hh[i, j]
+            f = total2(x, 2 * H, fx, t1, 0, gf + fr, pre, rnd)
+        else:  # n = tanh(X_h + (r * h) R_h + Rb_h), r * h in h's format
+            r, rh = rs[s], aux[s]
+            for i in range(N):
+                for j in range(H):
+                    v = requantize_one(r[i, j] * h[i, j], gf, rnd, hlo, hhi, ovf, hw)
+                    rh[i, j] = v
+                    hb[i, j] = v
+            recurrent_gemm(hb, rt_h, rb_h, has_bias, hg, 2 * H, acc)
+            f = total2(x, 2 * H, fx, hg, 2 * H, fr, pre, rnd)
+        if not lut_shift_ok(f):
+            return 1
+        tanh_block(pre, f, table, t1, ns[s], gf, glo, ghi, gw, rnd)
+        z, n = zs[s], ns[s]
+        for i in range(N):
+            for j in range(H):
+                t1[i, j] = ((np.int64(1) << gf) - z[i, j]) * n[i, j]
+                t2[i, j] = z[i, j] * h[i, j]
+        f = total2(t1, 0, 2 * gf, t2, 0, gf + hf, pre, rnd)  # h' = (1 - z) n + z h
+        if f == FAIL or f - hf > MAX_RIGHT:
+            return 1
+        for i in range(N):
+            for j in range(H):
+                v = requantize_one(pre[i, j], f - hf, rnd, hlo, hhi, ovf, hw)
+                h[i, j] = v
+                hb[i, j] = v
+        copy_into(h, hs[s])
+    return 0

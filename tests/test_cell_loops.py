@@ -1,0 +1,140 @@
+"""The recurrent cells' compiled time loops (layers/cell_loops.py, kernels/cells.py) against the
+Python cells (the reference): the same Y, final states, per-step records, gradients, input
+errors and narrowing tallies, bit for bit, over random shapes, formats and modes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import overflow_modes, rounding_modes
+
+import edgedfa.fixed as fixed
+from edgedfa.bench.workloads import Workload, dataset, engine
+from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat, QTensor, quantize
+from edgedfa.graph import Node
+from edgedfa.layers import cell_loops
+from edgedfa.layers.base import LayerSpec, layer_class
+from edgedfa.numerics import Numerics
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+COVERED = ("GRU",)  # the ops with a compiled loop
+
+
+@st.composite
+def cell_cases(draw, ops=COVERED):
+    """(layer, x, errors at the outputs) of a random recurrent layer, calibrated."""
+    op = draw(st.sampled_from(ops))
+    H, T, N, n_in = draw(st.integers(1, 6)), draw(st.integers(1, 12)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    direction = draw(st.sampled_from(["forward", "reverse", "bidirectional"]))
+    D = 2 if direction == "bidirectional" else 1
+    act, weight = draw(st.integers(4, 16)), draw(st.integers(4, 16))
+    num = Numerics(weight_bits=weight, act_bits=act, err_bits=draw(st.integers(4, 16)),
+                   bias_bits=draw(st.integers(4, 32)),
+                   acc_bits=draw(st.sampled_from([6, 10, 16, 20, 24, 32, 48])),
+                   acc_overflow=draw(overflow_modes()), act_rounding=draw(rounding_modes()),
+                   act_overflow=draw(overflow_modes()), err_rounding=draw(rounding_modes()),
+                   gate_bits=draw(st.none() | st.integers(2, 16)),
+                   state_err_bits=draw(st.none() | st.integers(2, 24)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    scale = draw(st.sampled_from([0.05, 0.5, 2.0, 8.0]))
+    G = GATES[op]
+    params = {"W": rng.uniform(-scale, scale, (D, G * H, n_in)), "R": rng.uniform(-scale, scale, (D, G * H, H))}
+    if draw(st.booleans()):
+        params["B"] = rng.uniform(-scale, scale, (D, 2 * G * H))
+    layout = draw(st.sampled_from([0, 1]))
+    attrs = {"hidden_size": H, "direction": direction, "layout": layout}
+    if op == "GRU":
+        attrs["linear_before_reset"] = draw(st.sampled_from([0, 1]))
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    bptt = draw(st.sampled_from([None, 0, 1, 2, 5]))
+    layer = layer_class(op)(Node("cell", op, ["x"], outs, attrs, params),
+                            LayerSpec(2, num, 5, [(T, n_in)], extra={"bptt_steps": bptt}))
+    fmt = FixedFormat(act, draw(st.integers(-1, 5)))
+    shape = (N, T, n_in) if layout else (T, N, n_in)
+    x = QTensor(quantize(rng.normal(size=shape) * draw(st.sampled_from([0.1, 1.0, 10.0])), fmt), fmt)
+    layer.calibrate([x])
+    shapes = [(N, T, D, H) if layout else (T, D, N, H)] + [(N, D, H) if layout else (D, N, H)] * (len(outs) - 1)
+    dy = []
+    for shape in shapes:
+        e = draw(st.integers(2, 16))
+        codes = rng.integers(-(1 << (e - 1)), 1 << (e - 1), size=shape)
+        dy.append(QTensor(codes, FixedFormat(e, draw(st.integers(-4, 4)))) if draw(st.booleans()) else None)
+    return layer, x, dy
+
+
+def run(layer, x, dy, compiled: bool):
+    """Forward (training) and backward with the compiled loops on or off: everything they
+    return, the records, and the narrowing tallies; or the error raised."""
+    tallies = []
+    cell_loops.COMPILED = compiled
+    fixed.NARROW_TALLIES.append(lambda n, c, z: tallies.append((int(n), int(c), int(z))))
+    try:
+        ys, cache = layer.forward([x], train=True)
+        recs = [{k: (c["recs"].fmts[k], c["recs"].arrays[k].tolist()) for k in c["recs"].arrays}
+                for c in cache["caches"]]
+        dxs, grads = layer.backward(cache, dy, [True])
+    except EdgeDFAError as exc:
+        return str(exc)
+    finally:
+        cell_loops.COMPILED = True
+        fixed.NARROW_TALLIES.pop()
+    flat = lambda t: None if t is None else (t.fmt, t.codes.shape, t.codes.tolist())  # noqa: E731
+    return ([flat(y) for y in ys], recs, [flat(d) for d in dxs], {k: flat(g) for k, g in grads.items()},
+            sum(np.array(t) for t in tallies).tolist() if tallies else [])
+
+
+@given(case=cell_cases())
+def test_compiled_loop_equals_the_python_cells(case):
+    layer, x, dy = case
+    assert run(layer, x, dy, True) == run(layer, x, dy, False)
+
+
+@pytest.mark.parametrize("lbr", [0, 1])
+def test_compiled_loop_runs_and_saturating_small_accumulators_agree(lbr):
+    """The bench's shape at a smaller size: the compiled loop is taken (no fallback), and an
+    8-bit accumulator that saturates on every step gives the reference's bits."""
+    rng = np.random.default_rng(lbr)
+    for acc_bits in (32, 8):
+        num = replace(Numerics.from_bits(8), acc_bits=acc_bits)
+        H, T, N = 16, 9, 5
+        params = {"W": rng.uniform(-1, 1, (1, 3 * H, 2)), "R": rng.uniform(-1, 1, (1, 3 * H, H)),
+                  "B": rng.uniform(-1, 1, (1, 6 * H))}
+        layer = layer_class("GRU")(Node("g", "GRU", ["x"], ["Y", "Y_h"], {"hidden_size": H, "linear_before_reset": lbr},
+                                        params), LayerSpec(0, num, 1, [(T, 2)]))
+        fmt = FixedFormat(8, 3)
+        x = QTensor(quantize(rng.normal(size=(T, N, 2)), fmt), fmt)
+        layer.calibrate([x])
+        xg = layer._input_gemm(0, x)
+        assert cell_loops.gru_forward(layer, 0, xg, True) is not None
+        dy = [QTensor(rng.integers(-127, 128, size=(T, 1, N, H)), FixedFormat(8, -2)), None]
+        assert run(layer, x, dy, True) == run(layer, x, dy, False)
+
+
+@pytest.mark.parametrize("algo", ["bp", "sdfa"])
+def test_training_gives_the_same_weights_with_the_compiled_loops_on_and_off(algo):
+    """A few training steps of a GRU classifier: parameters and layer state (exponent
+    counters, tallies) identical either way."""
+    w = Workload("tiny-gru", "GRU-12 over 10 steps", "gru", 16, "random", (10, 3), 12)
+    ds = dataset(w)
+    engines = {}
+    for compiled in (True, False):
+        cell_loops.COMPILED = compiled
+        try:
+            e = engine(w, algo, ds)
+            for s in range(4):
+                e.step(s)
+        finally:
+            cell_loops.COMPILED = True
+        engines[compiled] = e
+    for a, b in zip(engines[True].model.layers, engines[False].model.layers):
+        assert a.params.keys() == b.params.keys()
+        for k in a.params:
+            assert a.params[k].fmt == b.params[k].fmt and np.array_equal(a.params[k].codes, b.params[k].codes), k
+        assert a.state.keys() == b.state.keys()
+        for k in a.state:
+            assert np.array_equal(a.state[k], b.state[k]), k
