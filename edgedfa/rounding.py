@@ -149,3 +149,21 @@ def max_abs(x):
     for i in range(1, x.size):
         m = max(m, np.abs(x[i]))
     return m
+
+
+@numba.njit(cache=True)
+def observe_counts(x, lo, hi, out, has_out):
+    """(min, max, #codes outside [lo, hi], #out codes 0 where x is not) of flat int64 arrays
+    in one pass: ``scaling.observe``'s peak and tallies (``out`` is read only if has_out)."""
+    mn = x[0]
+    mx = x[0]
+    clipped = 0
+    zeroed = 0
+    for i in range(x.size):
+        v = x[i]
+        mn = min(mn, v)
+        mx = max(mx, v)
+        clipped += v < lo or v > hi
+        if has_out:
+            zeroed += out[i] == 0 and v != 0
+    return mn, mx, clipped, zeroed

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import fixed
 from .fixed import NARROW_TALLIES, FixedFormat, QTensor, round_shift
 
 LOW = "exp_low:"  # layer.state key prefix: consecutive low steps of a managed format
@@ -82,7 +83,21 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
     c = wide.codes
     if not c.size:
         return
-    maxabs = int(max(-int(c.min()), int(c.max())))
+    s = wide.fmt.frac_bits - out_fmt.frac_bits  # the codes in range: lo..hi at the wide fraction
+    lo, hi = ((out_fmt.min_code << s, ((out_fmt.max_code + 1) << s) - 1) if s >= 0 else
+              (-((-out_fmt.min_code) >> -s), out_fmt.max_code >> -s))
+    if fixed.COMPILED and c.dtype == np.int64:
+        from .rounding import observe_counts
+
+        flat = np.ascontiguousarray(c).reshape(-1)
+        has_out = out_codes is not None
+        outs = np.ascontiguousarray(out_codes, dtype=np.int64).reshape(-1) if has_out else flat
+        mn, mx, clipped, zeroed = observe_counts(flat, max(lo, -(1 << 63)), min(hi, (1 << 63) - 1), outs, has_out)
+    else:
+        mn, mx = c.min(), c.max()
+        clipped = np.count_nonzero((c < lo) | (c > hi))
+        zeroed = 0 if out_codes is None else np.count_nonzero((out_codes == 0) & (c != 0))
+    maxabs = max(-int(mn), int(mx))
     old = layer.peaks.get(key)
     if old is not None:  # several observations in one step (every time step of a cell)
         f = max(old[1], wide.fmt.frac_bits)
@@ -90,12 +105,6 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
         layer.peaks[key] = (maxabs, f)
     else:
         layer.peaks[key] = (maxabs, wide.fmt.frac_bits)
-    s = wide.fmt.frac_bits - out_fmt.frac_bits
-    if s >= 0:
-        clipped = np.count_nonzero((c < (out_fmt.min_code << s)) | (c >= ((out_fmt.max_code + 1) << s)))
-    else:
-        clipped = np.count_nonzero((c < -((-out_fmt.min_code) >> -s)) | (c > (out_fmt.max_code >> -s)))
-    zeroed = 0 if out_codes is None else np.count_nonzero((out_codes == 0) & (c != 0))
     tally(layer, key, c.size, clipped, zeroed)
 
 

@@ -14,15 +14,47 @@ from edgedfa import arch, data
 from edgedfa.api import build_model, fit, make_trainer
 from edgedfa.checkpoint import load_checkpoint, numerics_from_dict, numerics_to_dict
 from edgedfa.cosim import emulate
-from edgedfa.fixed import FixedFormat
+import edgedfa.fixed
+from edgedfa.fixed import FixedFormat, QTensor
 from edgedfa.numerics import Numerics
-from edgedfa.scaling import decide, peak_bits
+from edgedfa.scaling import decide, observe, peak_bits
 from edgedfa.train import TrainConfig
 from hdl_models.exponent_unit import ExponentUnit
 from hdl_models.hwconfig import HwConfig
 
+from strategies import formats, wide_codes
+
 DS = data.digits()
 SMALL = data.Dataset("digits-256", DS.x_train[:256], DS.y_train[:256], DS.x_test[:64], DS.y_test[:64])
+
+
+# --------------------------------------------------------------------------- the statistics
+
+class _Layer:
+    def __init__(self):
+        self.peaks, self.state = {}, {}
+
+
+@given(x=st.lists(wide_codes(64), min_size=1, max_size=30), out=formats(max_width=20, min_frac=-8, max_frac=40),
+       frac=st.integers(-16, 64), zeros=st.booleans(), again=st.booleans(), data=st.data())
+def test_compiled_observe_equals_the_numpy_reference(x, out, frac, zeros, again, data):
+    """Peak and clipped / rounded-to-zero tallies, one pass or numpy, on any wide codes (the
+    int64 rails, bounds beyond them) and any destination format."""
+    codes = np.array(x, dtype=np.int64).reshape(data.draw(st.sampled_from([(-1,), (1, -1)])))
+    wide = QTensor(codes, FixedFormat.with_frac(48, frac))
+    out_codes = np.where(np.arange(codes.size).reshape(codes.shape) % 2 == 0, 0, codes) if zeros else None
+    runs = []
+    for compiled in (True, False):
+        layer = _Layer()
+        edgedfa.fixed.COMPILED = compiled
+        try:
+            for _ in range(2 if again else 1):
+                observe(layer, "out", wide, out, out_codes)
+        finally:
+            edgedfa.fixed.COMPILED = True
+        runs.append((layer.peaks, {k: v.tolist() for k, v in layer.state.items()}))
+    assert runs[0] == runs[1]
+    assert runs[0][1]["tally:out"][0] == codes.size * (2 if again else 1)
 
 
 # --------------------------------------------------------------------------- the rule
