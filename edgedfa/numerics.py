@@ -15,6 +15,9 @@ SCALINGS = ("adaptive", "static")
 ADAPTIVE_MIN_BITS = 8  # the default scaling policy is adaptive from this width of weights and activations up
 UPDATE_RULES = ("adam", "sgd")
 BATCHNORM_MODES = ("train", "fold")
+# activations and errors round deterministically: the datapath draws random words for the
+# update unit only (§5), so STOCHASTIC is a value of update_rounding alone
+DETERMINISTIC_ROUNDINGS = tuple(r.name for r in Rounding if r is not Rounding.STOCHASTIC)
 
 # What a checkpoint written before a field existed meant by its absence (§6): static formats,
 # SGD, recurrent gates and errors carried through time at the layer's own widths.
@@ -33,9 +36,11 @@ class Numerics:
                             " and err_bits + weight_bits (--bits N sets max(32, min(48, 2N + 16)))",
                             lo=2, hi=MAX_WIDTH)
     acc_overflow: Overflow = setting(Overflow.AP_SAT, "accumulator overflow mode")
-    act_rounding: Rounding = setting(Rounding.AP_RND, "rounding of activations")
+    act_rounding: Rounding = setting(Rounding.AP_RND, "rounding of activations (STOCHASTIC: updates only)",
+                                     choices=DETERMINISTIC_ROUNDINGS)
     act_overflow: Overflow = setting(Overflow.AP_SAT, "overflow mode of activations")
-    err_rounding: Rounding = setting(Rounding.AP_RND, "rounding of errors")
+    err_rounding: Rounding = setting(Rounding.AP_RND, "rounding of errors (STOCHASTIC: updates only)",
+                                     choices=DETERMINISTIC_ROUNDINGS)
     update_rounding: Rounding = setting(Rounding.STOCHASTIC, "rounding of weight updates")
     weight_overflow: Overflow = setting(Overflow.AP_SAT, "overflow mode of weights")
     weight_headroom: int = setting(1, "spare integer bits above the initial |w| max", lo=0, hi=16)

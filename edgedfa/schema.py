@@ -113,7 +113,7 @@ def allowed(e: Entry) -> str:
     elif e.kind is bool:
         text = "true or false"
     elif isinstance(e.kind, type) and issubclass(e.kind, enum.Enum):
-        text = "one of " + ", ".join(e.kind.__members__)
+        text = "one of " + ", ".join(s.options() or e.kind.__members__)
     elif e.kind is str:
         text = "one of " + ", ".join(s.options()) if s.options() else "a string"
     elif e.kind is list and e.item is str:
@@ -173,7 +173,8 @@ def _convert(e: Entry, v):
         return isinstance(v, bool), v
     if isinstance(e.kind, type) and issubclass(e.kind, enum.Enum):
         key = v.strip().upper() if isinstance(v, str) else None
-        return key in e.kind.__members__, e.kind[key] if key in e.kind.__members__ else None
+        ok = key in e.kind.__members__ and (not s.options() or key in s.options())
+        return ok, e.kind[key] if ok else None
     if e.kind is str:
         return isinstance(v, str) and (not s.options() or v in s.options()), v
     if e.kind is dict:
