@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -18,7 +20,7 @@ from edgedfa.sweep.executors import LocalPool
 from edgedfa.sweep.results import FIGURES, RESULTS, TIMING, read_rows
 from edgedfa.sweep.run import run_sweep
 from edgedfa.sweep.spec import grid_points, load_spec, plan
-from edgedfa.sweep.trial import run_trial
+from edgedfa.sweep.trial import remove_orphan_trial_dirs, run_trial, trial_dir_prefix
 
 SPEC = """\
 [sweep]
@@ -212,9 +214,12 @@ def test_a_killed_pool_process_gets_its_trial_rerun(local, spec, tmp_path):
     while not pool.pids() and time.monotonic() - t0 < 120:
         time.sleep(0.01)
     time.sleep(0.3)
-    os.kill(pool.pids()[0], signal.SIGKILL)
+    victim = pool.pids()[0]
+    os.kill(victim, signal.SIGKILL)
     sweep.join(timeout=300)
     assert done["result"].ran == N_TRIALS and not done["result"].failed
+    left = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"edgedfa-trial-{socket.gethostname()}-{victim}-")]
+    assert left == []  # the killed process's trial directory went with the trials after it
     assert comparable(read_rows(os.path.join(out, RESULTS))) == comparable(read_rows(os.path.join(local[0], RESULTS)))
 
 
@@ -369,3 +374,21 @@ def test_an_optuna_search_is_replayed_on_restart(tmp_path):
     again = run_sweep(str(spec), str(out), LocalPool(2), log=quiet)
     assert (again.reused, again.ran) == (2, 2)  # the same asks: the lost trials, nothing new
     assert comparable(read_rows(str(out / RESULTS))) == comparable(rows)
+
+
+def test_a_trial_removes_the_directories_of_dead_trial_processes_only(tmp_path):
+    """A SIGKILLed worker cannot remove its temporary directory: the next trial on the host does;
+    directories of live processes, other hosts and the older naming stay."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"edgedfa-trial-{host}-{proc.pid}-abc"
+    live = tmp_path / f"edgedfa-trial-{host}-{os.getpid()}-def"
+    other = tmp_path / f"edgedfa-trial-elsewhere-{proc.pid}-ghi"
+    old = tmp_path / "edgedfa-trial-x1y2z3"
+    for d in (dead, live, other, old):
+        (d / "run").mkdir(parents=True)
+        (d / "run" / "metrics.json").write_text("{}")
+    assert remove_orphan_trial_dirs(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.exists() and other.exists() and old.exists()
+    assert trial_dir_prefix() == f"edgedfa-trial-{host}-{os.getpid()}-"

@@ -1,12 +1,14 @@
 """One trial, on a worker: train in a private temporary directory, emulate a few steps, and
 return the figures with the run directory's files (the driver writes them, so workers need
-no disk shared with it and a killed worker leaves nothing half-written behind)."""
+no disk shared with it and a killed worker leaves nothing half-written behind). A killed
+worker's temporary directory is removed by the next trial on that host."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -54,10 +56,52 @@ def run_trial(trial: dict) -> dict:
         return _train_and_emulate(trial)
 
 
+TRIAL_PREFIX = "edgedfa-trial-"
+
+
+def trial_dir_prefix() -> str:
+    """This process's prefix for its trial directories: host and process id, so that a later
+    trial can tell a directory whose process died (a killed worker cannot clean up)."""
+    return f"{TRIAL_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_orphan_trial_dirs(root: str | None = None) -> list:
+    """Remove the trial directories, under ``root`` (the temporary directory), of this host's
+    processes that no longer run; the removed paths. Directories of live processes, of other
+    hosts and of an older naming are left alone."""
+    root = root or tempfile.gettempdir()
+    host = f"{TRIAL_PREFIX}{socket.gethostname()}-"
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(host):].split("-", 1)[0]
+        if not name.startswith(host) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        path = os.path.join(root, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's process, or no way to tell: keep it
+        return True
+    return True
+
+
 def _train_and_emulate(trial: dict) -> dict:
     t0 = time.perf_counter()
     check_files(trial)
-    with tempfile.TemporaryDirectory(prefix="edgedfa-trial-") as tmp:
+    remove_orphan_trial_dirs()
+    with tempfile.TemporaryDirectory(prefix=trial_dir_prefix()) as tmp:
         out = os.path.join(tmp, "run")
         req = session.Request(settings=trial["settings"], out=out, quiet=True)
         outcome = session.train(req)
