@@ -63,13 +63,16 @@ def cell_cases(draw, ops=COVERED):
     for shape in shapes:
         e = draw(st.integers(2, 16))
         codes = rng.integers(-(1 << (e - 1)), 1 << (e - 1), size=shape)
-        dy.append(QTensor(codes, FixedFormat(e, draw(st.integers(-4, 4)))) if draw(st.booleans()) else None)
+        int_bits = draw(st.integers(-4, 4) | st.sampled_from([-30, 60]))  # extremes: formats at their limits
+        dy.append(QTensor(codes, FixedFormat(e, int_bits)) if draw(st.booleans()) else None)
     return layer, x, dy
 
 
 def run(layer, x, dy, compiled: bool):
     """Forward (training) and backward with the compiled loops on or off: everything they
-    return, the records, and the narrowing tallies; or the error raised."""
+    return, the records, and the narrowing tallies; or the error raised (both paths must
+    raise alike: a GRU with linear_before_reset whose every dR narrows to nothing while some
+    dA does not fails in the reference's _param_grads with an AttributeError)."""
     tallies = []
     cell_loops.COMPILED = compiled
     fixed.NARROW_TALLIES.append(lambda n, c, z: tallies.append((int(n), int(c), int(z))))
@@ -78,8 +81,8 @@ def run(layer, x, dy, compiled: bool):
         recs = [{k: (c["recs"].fmts[k], c["recs"].arrays[k].tolist()) for k in c["recs"].arrays}
                 for c in cache["caches"]]
         dxs, grads = layer.backward(cache, dy, [True])
-    except EdgeDFAError as exc:
-        return str(exc)
+    except (EdgeDFAError, AttributeError) as exc:  # AttributeError: the reference's own, see below
+        return f"{type(exc).__name__}: {exc}"
     finally:
         cell_loops.COMPILED = True
         fixed.NARROW_TALLIES.pop()
@@ -138,3 +141,25 @@ def test_training_gives_the_same_weights_with_the_compiled_loops_on_and_off(algo
         assert a.state.keys() == b.state.keys()
         for k in a.state:
             assert np.array_equal(a.state[k], b.state[k]), k
+
+
+def test_a_step_the_compiled_chain_does_not_cover_runs_in_the_reference(monkeypatch):
+    """An error whose narrowing would need a format beyond |W - I| <= 64: the compiled chain
+    reports the step, the reference runs it and raises the error it always raised."""
+    from edgedfa.kernels import cells
+
+    statuses = []
+    chain = cells.gru_chain
+    monkeypatch.setattr(cells, "gru_chain", lambda *a: statuses.append(chain(*a)) or statuses[-1])
+    rng = np.random.default_rng(3)
+    H, T, N = 3, 4, 2
+    params = {"W": rng.uniform(-1, 1, (1, 3 * H, 2)), "R": rng.uniform(-1, 1, (1, 3 * H, H))}
+    layer = layer_class("GRU")(Node("g", "GRU", ["x"], ["Y", "Y_h"], {"hidden_size": H}, params),
+                               LayerSpec(0, Numerics.from_bits(8), 1, [(T, 2)]))
+    fmt = FixedFormat(8, 3)
+    x = QTensor(quantize(rng.normal(size=(T, N, 2)), fmt), fmt)
+    layer.calibrate([x])
+    dy = [None, QTensor(np.full((1, N, H), 1 << 15), FixedFormat(17, 17 + 64))]  # 2^-64 LSBs, 16 bits of them
+    got = run(layer, x, dy, True)
+    assert statuses == [1] and got == run(layer, x, dy, False)
+    assert got.startswith("EdgeDFAError") and "fractional bits" in got

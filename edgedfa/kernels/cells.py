@@ -287,3 +287,293 @@ def gru_forward(xg, fx, rt, rt_h, rb, rb_h, has_bias, acc, fr, lbr, fmt, table, 
                 hb[i, j] = v
         copy_into(h, hs[s])
     return 0
+
+
+# --------------------------------------------------------------------------- errors through time (§9.7)
+
+NONE = -(1 << 41)  # the fraction of an error that is Python's None: absent, or all zero
+TEN = numba.int64[:, :, ::1]
+
+
+@numba.njit(BOOL(I64), cache=True)
+def frac_ok(frac):
+    """Whether a format with ``frac`` fraction bits exists (FixedFormat: |W - I| <= 64); the
+    reference raises where it does not, so the compiled loop leaves such a step to it."""
+    return -64 <= frac <= 64
+
+
+@numba.njit(I64(MAT, I64, I64, I64, I64, MAT, VEC), cache=True)
+def narrow_into(x, frac, bits, rnd, frac_max, out, tallies):
+    """out = ``recurrent.narrow(x)``: the top ``bits`` under a dynamic exponent
+    (``fixed.narrow_dynamic``, its values / clipped / rounded-to-zero added to ``tallies``),
+    then no finer than ``frac_max``; returns the fraction, NONE when x or the result is all
+    zero (no narrowing), FAIL when the format would not exist. x and out may be one array."""
+    m = block_max(x, 0, x.shape[1])
+    if m == 0:
+        return NONE
+    shift = max(0, bitlen(m) - (bits - 1))
+    nf = frac - shift
+    if not frac_ok(nf):
+        return FAIL
+    lim = (np.int64(1) << (bits - 1)) - 1
+    clipped = zeroed = 0
+    if shift == 0:
+        copy_into(x, out)
+    else:
+        base, odd, neg, pos = _carry_terms(shift, rnd)
+        mask = (np.int64(1) << shift) - 1
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                v = x[i, j]
+                q = _rounded(v, shift, mask, base, odd, neg, pos)
+                c = min(max(q, -lim - 1), lim)
+                clipped += c != q
+                zeroed += c == 0 and v != 0
+                out[i, j] = c
+    tallies[0] += x.size
+    tallies[1] += clipped
+    tallies[2] += zeroed
+    if nf > frac_max:  # errors finer than 2^-frac_max are rounded there (recurrent.ERR_FRAC_MAX)
+        for i in range(x.shape[0]):
+            for j in range(x.shape[1]):
+                out[i, j] = requantize_one(out[i, j], nf - frac_max, rnd, -lim - 1, lim, AP_SAT, bits)
+        nf = frac_max
+    return nf if block_max(out, 0, out.shape[1]) != 0 else NONE
+
+
+@numba.njit(I64(TEN, VEC, I64, MAT, I64), cache=True)
+def add_into(terms, fracs, count, out, rnd):
+    """out = ``wide.add`` of the first ``count`` terms (a term whose fraction is NONE is None);
+    returns its fraction, NONE when no term is live, FAIL when not covered."""
+    maxes = np.zeros(count, np.int64)
+    for t in range(count):
+        if fracs[t] != NONE:
+            maxes[t] = block_max(terms[t], 0, out.shape[1])
+    if maxes.max() == 0:
+        return NONE
+    live = np.empty(count, np.int64)
+    for t in range(count):
+        live[t] = fracs[t]
+    frac = common_frac(live, maxes)
+    if frac == FAIL or not frac_ok(frac):
+        return FAIL
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = 0
+    for t in range(count):
+        if maxes[t] != 0:
+            shift = fracs[t] - frac
+            term = terms[t]
+            for i in range(out.shape[0]):
+                for j in range(out.shape[1]):
+                    out[i, j] += align_one(term[i, j], shift, rnd)
+    return frac
+
+
+@numba.njit(I64(MAT, VEC, VEC, I64), cache=True)
+def cat_into(buf, starts, fracs, rnd):
+    """``wide.cat`` in place: buf's column blocks starts[p]..starts[p+1] (zeros where the part
+    is None: fraction NONE) aligned to one common fraction; returns it, NONE when no part is
+    live, FAIL when not covered."""
+    parts = fracs.size
+    maxes = np.zeros(parts, np.int64)
+    for p in range(parts):
+        if fracs[p] != NONE:
+            maxes[p] = block_max(buf, starts[p], starts[p + 1] - starts[p])
+    if maxes.max() == 0:
+        return NONE
+    frac = common_frac(fracs.copy(), maxes)
+    if frac == FAIL or not frac_ok(frac):
+        return FAIL
+    for p in range(parts):
+        if maxes[p] != 0 and fracs[p] != frac:
+            shift = fracs[p] - frac
+            for i in range(buf.shape[0]):
+                for j in range(starts[p], starts[p + 1]):
+                    buf[i, j] = align_one(buf[i, j], shift, rnd)
+    return frac
+
+
+@numba.njit(VOID(MAT, MAT, I64, I64, I64), cache=True)
+def derivative(y, out, frac, sigmoid, width):
+    """``lut.dtanh_codes`` (1 - t^2, AP_RND into ap_ufixed<W,1>) or ``lut.dsigmoid_codes``
+    (s (1 - s) into ap_ufixed<W,-1>) of gate codes y (``frac`` fraction bits)."""
+    hi = (np.int64(1) << width) - 1
+    one = np.int64(1) << frac
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            v = y[i, j]
+            if sigmoid:
+                out[i, j] = requantize_one(v * (one - v), frac - 2, AP_RND, 0, hi, AP_SAT, width)
+            else:
+                out[i, j] = requantize_one((one << frac) - v * v, frac, AP_RND, 0, hi, AP_SAT, width)
+
+
+@numba.njit(cache=True)
+def to_operand(src, c0, dst):
+    """dst = src[:, c0:c0 + dst's width] in the GEMM's integer type."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, c0 + j]
+
+
+@numba.njit(cache=True)
+def error_gemm(a, c0, frac, buf, rt, rf, acc, out):
+    """out = gemm(a[:, c0:], rt) through the backward register (no init); returns the product's
+    fraction (``frac`` + rf), FAIL when its format would not exist."""
+    if not frac_ok(frac + rf):
+        return FAIL
+    to_operand(a, c0, buf)
+    recurrent_gemm(buf, rt, np.zeros(0, np.int64), False, out, 0, acc)
+    return frac + rf
+
+
+@numba.njit(cache=True)
+def gru_chain(start, stop, carry, lbr, inj, inj_frac, zs, rs, ns, hp, hh, hh_frac, rt_all, rt_zr, rt_h, rf,
+              acc, fmt, err, reached, dA, fa, dR, fr, tallies):
+    """One BPTT chain of a GRU direction (``Recurrent._run_chain`` with ``GRU.cell_back``), from
+    step ``start`` down to ``stop``: marks the steps an error reached (``reached``), writes
+    their dA, dR (codes and fraction, NONE: None) and adds the narrowings to ``tallies``;
+    returns 0, or 1 when a step needs the reference.
+
+    inj (T, N, H) with inj_frac (NONE: nothing injected at that step); records z, r, n, h_{t-1}
+    (hp) and Hh (hh, lbr 1) of the forward pass; rt_all = R[d], rt_zr / rt_h its z, r and h
+    rows (lbr 0), rf = F_R, in the backward register's integer type; err = [state error
+    width, error rounding, finest error fraction].
+    """
+    T, N, H = zs.shape
+    gf, gw, hf = fmt[G_FRAC], fmt[G_WIDTH], fmt[H_FRAC]
+    bits, rnd, fmax = err[0], err[1], err[2]
+    terms = np.zeros((3, N, H), np.int64)
+    tf = np.empty(3, np.int64)
+    dh, w, dah, dq = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    tot, negn, gout = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    dtn, dsz, dsr = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    catb = np.zeros((N, 3 * H), np.int64)
+    ops = (np.zeros((N, 3 * H), rt_all.dtype), np.zeros((N, 2 * H), rt_all.dtype), np.zeros((N, H), rt_all.dtype))
+    starts3 = np.array([0, H, 2 * H, 3 * H], np.int64)
+    starts2 = np.array([0, 2 * H, 3 * H], np.int64)
+    cf = np.empty(3, np.int64)
+    chb = np.zeros((N, H), np.int64)
+    chf = NONE
+    for s in range(start, stop - 1, -1):
+        fa[s] = NONE
+        fr[s] = NONE
+        # dh = N(inj_t + carry_h)
+        copy_into(inj[s], terms[0])
+        copy_into(chb, terms[1])
+        tf[0], tf[1] = inj_frac[s], chf
+        f = add_into(terms, tf, 2, w, rnd)
+        fdh = f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, dh, tallies)
+        if fdh == FAIL:
+            return 1
+        if fdh == NONE:
+            chf = NONE
+            continue
+        reached[s] = 1
+        cflag = carry and s > stop
+        z, r, n, h = zs[s], rs[s], ns[s], hp[s]
+        derivative(n, dtn, gf, 0, gw)
+        derivative(z, dsz, gf, 1, gw)
+        derivative(r, dsr, gf, 1, gw)
+        # d_n = N(dh (1 - z) tanh'(n))
+        if not frac_ok(fdh + 2 * gf):
+            return 1
+        for i in range(N):
+            for j in range(H):
+                w[i, j] = dh[i, j] * ((np.int64(1) << gf) - z[i, j]) * dtn[i, j]
+        fah = narrow_into(w, fdh + 2 * gf, bits, rnd, fmax, dah, tallies)
+        # d_z = dh (h_{t-1} - n) sigmoid'(z): block 0 of dA
+        for i in range(N):
+            for j in range(H):
+                negn[i, j] = -n[i, j]
+        ft = total2(h, 0, hf, negn, 0, gf, tot, rnd)
+        if fah == FAIL or ft == FAIL or not frac_ok(ft) or not frac_ok(fdh + ft + gf + 2):
+            return 1
+        cf[0] = fdh + ft + gf + 2
+        for i in range(N):
+            for j in range(H):
+                catb[i, j] = dh[i, j] * tot[i, j] * dsz[i, j]
+                catb[i, H + j] = 0
+                catb[i, 2 * H + j] = dah[i, j] if fah != NONE else 0
+        cf[2] = fah
+        fdq = NONE  # lbr 1: dHh = N(d_n r); lbr 0: drh = N(gemm(d_n, R_h))
+        cf[1] = NONE
+        if fah != NONE:
+            if lbr:
+                if not frac_ok(fah + gf) or not frac_ok(fah + hh_frac):
+                    return 1
+                for i in range(N):
+                    for j in range(H):
+                        w[i, j] = dah[i, j] * r[i, j]
+                fdq = narrow_into(w, fah + gf, bits, rnd, fmax, dq, tallies)
+                for i in range(N):
+                    for j in range(H):
+                        w[i, j] = dah[i, j] * hh[s, i, j]
+                f = narrow_into(w, fah + hh_frac, bits, rnd, fmax, w, tallies)
+                if f == FAIL:
+                    return 1
+                if f != NONE:  # d_r = N(d_n Hh) sigmoid'(r)
+                    cf[1] = f + gf + 2
+                    for i in range(N):
+                        for j in range(H):
+                            catb[i, H + j] = w[i, j] * dsr[i, j]
+            else:
+                f = error_gemm(dah, 0, fah, ops[2], rt_h, rf, acc, gout)
+                fdq = FAIL if f == FAIL else narrow_into(gout, f, bits, rnd, fmax, dq, tallies)
+                if fdq != NONE and fdq != FAIL:  # d_r = drh h_{t-1} sigmoid'(r)
+                    cf[1] = fdq + hf + gf + 2
+                    for i in range(N):
+                        for j in range(H):
+                            catb[i, H + j] = dq[i, j] * h[i, j] * dsr[i, j]
+            if fdq == FAIL or (cf[1] != NONE and not frac_ok(cf[1])):
+                return 1
+        # dA = N([d_z | d_r | d_n])
+        f = cat_into(catb, starts3, cf, rnd)
+        f = f if f == NONE or f == FAIL else narrow_into(catb, f, bits, rnd, fmax, dA[s], tallies)
+        if f == FAIL:
+            return 1
+        fa[s] = f
+        fr[s] = f
+        if lbr and f != NONE:  # dR = N([dA_zr | dHh])
+            for i in range(N):
+                for j in range(2 * H):
+                    catb[i, j] = dA[s, i, j]
+                for j in range(H):
+                    catb[i, 2 * H + j] = dq[i, j] if fdq != NONE else 0
+            cf[0], cf[1] = f, fdq
+            g = cat_into(catb, starts2, cf[:2].copy(), rnd)
+            g = g if g == NONE or g == FAIL else narrow_into(catb, g, bits, rnd, fmax, dR[s], tallies)
+            if g == FAIL:
+                return 1
+            fr[s] = g
+        # the products dh z and (lbr 0) drh r are formed whether or not the chain carries on
+        if not frac_ok(fdh + gf) or (not lbr and fdq != NONE and not frac_ok(fdq + gf)):
+            return 1
+        if not cflag:
+            chf = NONE
+            continue
+        # carry_h = dh z + (lbr 1: gemm(dR, R); lbr 0: drh r + gemm(dA_zr, R_zr))
+        for i in range(N):
+            for j in range(H):
+                terms[0, i, j] = dh[i, j] * z[i, j]
+        tf[0], tf[1], tf[2] = fdh + gf, NONE, NONE
+        if lbr:
+            if fr[s] != NONE:
+                tf[1] = error_gemm(dR[s], 0, fr[s], ops[0], rt_all, rf, acc, gout)
+                copy_into(gout, terms[1])
+        else:
+            if fdq != NONE:
+                tf[1] = fdq + gf
+                for i in range(N):
+                    for j in range(H):
+                        terms[1, i, j] = dq[i, j] * r[i, j]
+            if fa[s] != NONE:
+                tf[2] = error_gemm(dA[s], 0, fa[s], ops[1], rt_zr, rf, acc, gout)
+                copy_into(gout, terms[2])
+        if tf[1] == FAIL or tf[2] == FAIL:
+            return 1
+        chf = add_into(terms, tf, 3, chb, rnd)
+        if chf == FAIL:
+            return 1
+    return 0

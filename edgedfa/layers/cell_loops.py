@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..fixed import _OVERFLOW_CODE, _ROUNDING_CODE, Overflow, QTensor, Rounding, acc_format
+from .. import fixed
+from ..fixed import _OVERFLOW_CODE, _ROUNDING_CODE, FixedFormat, Overflow, QTensor, Rounding, acc_format
 from ..kernels.acc import EXACT, max_abs, register_mode
 from ..lut import TANH_TABLE
 
@@ -100,3 +101,71 @@ def gru_forward(layer, d, xg: QTensor, train: bool):
     fmts = {"h_prev": h, "z": g, "r": g, "n": g,
             "hh" if layer.lbr else "rh": acc_format(layer.num.acc_bits, fr) if layer.lbr else h}
     return hs, {"h": QTensor(hs[-1].copy(), h)}, (StepRecords(T, out, fmts) if train else None)
+
+
+def error_register(layer, d, acc_bits: int):
+    """(R[d] in the GEMM's type, acc row) for the backward GEMMs of the cell's errors by R[d]
+    (``acc_bits``: ``recurrent.grad_acc_bits``): errors have state_err_width bits, so
+    ``G·H · 2^(E-1) · max|R|`` bounds every partial sum; None past 62-bit products."""
+    R, E = layer.params["R"].codes[d], layer.num.state_err_width
+    amax, rmax = 1 << (E - 1), max_abs(R)
+    if amax * rmax >= 1 << 62:
+        return None
+    bound = R.shape[0] * amax * rmax
+    lo, hi, mode, bits = register_mode(acc_bits, layer.num.acc_overflow, bound)
+    dtype = np.int32 if mode == EXACT and bound < (1 << 31) else np.int64
+    return np.ascontiguousarray(R, dtype=dtype), np.array([lo, hi, mode, bits, mode == EXACT], np.int64)
+
+
+def chain_covers(layer, recs) -> bool:
+    """Whether the compiled BPTT chain applies (deterministic error rounding, stacked records)."""
+    return COMPILED and isinstance(recs, StepRecords) and len(recs) > 0 \
+        and layer.num.err_rounding is not Rounding.STOCHASTIC
+
+
+def injections(recs, chain, inj_h):
+    """The errors a chain injects at h as (T, N, H) codes and per-step fractions (NONE: none)."""
+    from ..kernels import cells
+
+    T, N, H = recs.arrays["z"].shape
+    inj, frac = np.zeros((T, N, H), np.int64), np.full(T, cells.NONE, np.int64)
+    for s in chain[2]:
+        e = inj_h.get(s)
+        if e is not None:
+            inj[s], frac[s] = e.codes, e.fmt.frac_bits
+    return inj, frac
+
+
+def gru_chain(layer, d, recs, chain, inj_h, acc_bits: int, frac_max: int):
+    """``Recurrent._run_chain`` of a GRU in compiled code: {step: (dA, dR)} for the steps an
+    error reaches, the narrowings tallied as the reference tallies them; None: the reference runs."""
+    reg = error_register(layer, d, acc_bits) if chain_covers(layer, recs) else None
+    if reg is None:
+        return None
+    from ..kernels import cells
+
+    rt, acc = reg
+    start, stop, _, carry = chain
+    T, N, H = recs.arrays["z"].shape
+    num, a = layer.num, recs.arrays
+    inj, inj_frac = injections(recs, chain, inj_h)
+    hh = a["hh"] if layer.lbr else np.zeros((T, N, H), np.int64)
+    hh_frac = recs.fmts["hh"].frac_bits if layer.lbr else 0
+    err = np.array([num.state_err_width, _ROUNDING_CODE[num.err_rounding], frac_max], np.int64)
+    reached, tallies = np.zeros(T, np.int64), np.zeros(3, np.int64)
+    dA, dR = np.zeros((T, N, 3 * H), np.int64), np.zeros((T, N, 3 * H), np.int64)
+    fa, fr = np.full(T, cells.NONE, np.int64), np.full(T, cells.NONE, np.int64)
+    status = cells.gru_chain(start, stop, carry, layer.lbr, inj, inj_frac, a["z"], a["r"], a["n"], a["h_prev"], hh,
+                             hh_frac, rt, np.ascontiguousarray(rt[:2 * H]), np.ascontiguousarray(rt[2 * H:]),
+                             layer.params["R"].fmt.frac_bits, acc, forward_formats(layer), err, reached, dA, fa,
+                             dR, fr, tallies)
+    if status:
+        return None
+    if tallies[0] and fixed.NARROW_TALLIES:
+        fixed.NARROW_TALLIES[-1](int(tallies[0]), int(tallies[1]), int(tallies[2]))
+    E, out = num.state_err_width, {}
+    for s in np.flatnonzero(reached):
+        da = QTensor(dA[s], FixedFormat.with_frac(E, int(fa[s]))) if fa[s] != cells.NONE else None
+        dr = QTensor(dR[s], FixedFormat.with_frac(E, int(fr[s]))) if fr[s] != cells.NONE else None
+        out[int(s)] = (da, da if not layer.lbr else dr)
+    return out

@@ -276,6 +276,10 @@ class Recurrent(Layer):
         """The same direction in compiled code (layers/cell_loops.py), or None where it does not apply."""
         return None
 
+    def compiled_chain(self, d, recs, chain, inj_h, inj_c):
+        """``_run_chain`` in compiled code (layers/cell_loops.py), or None where it does not apply."""
+        return None
+
     def _reverse(self, d) -> bool:
         direction = _text(self.node.attrs.get("direction", "forward"))
         return direction == "reverse" or (direction == "bidirectional" and d == 1)
@@ -328,6 +332,9 @@ class Recurrent(Layer):
 
     def _run_chain(self, d, recs, chain, inj_h, inj_c):
         """One backward pass through time: {step: (dA, dR)} for the steps it reaches."""
+        fast = self.compiled_chain(d, recs, chain, inj_h, inj_c)
+        if fast is not None:
+            return fast
         start, stop, injected, carry = chain
         rnd = self.num.err_rounding
         ch = cc = None
@@ -536,6 +543,9 @@ class GRU(Recurrent):
 
     def compiled_direction(self, d, xg, train, stats):
         return cell_loops.gru_forward(self, d, xg, train)
+
+    def compiled_chain(self, d, recs, chain, inj_h, inj_c):
+        return cell_loops.gru_chain(self, d, recs, chain, inj_h, grad_acc_bits(self.num), ERR_FRAC_MAX)
 
     def cell(self, d, xg, state, stats):
         H, rnd = self.hidden, self.num.act_rounding
