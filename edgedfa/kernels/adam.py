@@ -38,7 +38,7 @@ def adam_step(p_codes, p_fmt, g_codes, g_frac: int, m_old, v_old, lr_shift: int,
     if not all(abs(int(x)) < 1 << 40 for x in (g_frac, lr_shift, p_fmt.frac_bits, *_fracs(m_old, v_old))):
         return None
     g = _flat(g_codes)
-    if g.size >= 1 << 32 or (g.size and (g.max() >= _SAFE or g.min() <= -_SAFE)):
+    if g.size >= 1 << 32:
         return None
     width, signed = p_fmt.width, p_fmt.signed
     lo, hi = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed else (0, (1 << width) - 1)
@@ -70,11 +70,11 @@ def _flat(codes) -> np.ndarray:
 
 
 def _old(old, g):
-    """(codes, frac, present-and-nonzero) of a moment register; absent counts as zero (§12)."""
+    """(codes, frac, present) of a moment register; the kernel treats an all-zero one as
+    absent (§12: absent counts as zero)."""
     if old is None:
         return g[:0], 0, False
-    codes = _flat(old[0])
-    return codes, int(old[1]), bool(codes.any())
+    return _flat(old[0]), int(old[1]), True
 
 
 def _warmup(shift: int, step: int) -> int:
@@ -104,14 +104,23 @@ _MIN64 = -(1 << 63)
 
 
 @numba.njit(cache=True)
-def _max_abs(x):
-    """(max|x|, #codes equal to -2^63): the reference's numpy passes differ on those."""
+def _first_pass(g, m, has_m, v, has_v):
+    """(max|g|, #codes of g at or beyond +-2^62, whether m and v hold a non-zero code): the
+    gradient's exponent, the codes whose numpy passes could wrap (the reference then runs),
+    and whether each moment register is present (§12: an all-zero one counts as absent)."""
     mx = 0
     bad = 0
-    for i in range(x.size):
-        bad += x[i] == _MIN64
-        mx = max(mx, abs(x[i]))
-    return mx, bad
+    m_any = False
+    v_any = False
+    for i in range(g.size):
+        x = g[i]
+        bad += x >= _SAFE or x <= -_SAFE
+        mx = max(mx, abs(x))
+        if has_m:
+            m_any |= m[i] != 0
+        if has_v:
+            v_any |= v[i] != 0
+    return mx, bad, m_any, v_any
 
 
 @numba.njit(cache=True)
@@ -138,9 +147,11 @@ def _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, 
 @numba.njit(cache=True)
 def _adam(g, gf, m_old, mof, has_m, v_old, vof, has_v, bits, b1, b2, lr_shift, p, pfrac, rmode, key,
           lo, hi, omode, width, out):
-    """The whole §12 Adam step of one tensor in three passes over memory (max|g|; both moment
-    EMAs; their narrowing and the parameter step): out rows are new p, m, v codes. Status 1 where the numpy reference would differ."""
-    mx, bad = _max_abs(g)
+    """The whole §12 Adam step of one tensor in three passes over memory (max|g| with the
+    checks of its codes and of the moments' presence; both moment EMAs; their narrowing and
+    the parameter step): out rows are new p, m, v codes. Status 1 where the numpy reference
+    would differ."""
+    mx, bad, has_m, has_v = _first_pass(g, m_old, has_m, v_old, has_v)
     sg = _narrow_shift(mx, bits)
     if bad or sg > 62:
         return 1, 0, 0, 0, 0
