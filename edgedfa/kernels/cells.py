@@ -385,6 +385,9 @@ def cat_into(buf, starts, fracs, rnd):
     frac = common_frac(fracs.copy(), maxes)
     if frac == FAIL or not frac_ok(frac):
         return FAIL
+    for p in range(parts):  # the reference aligns every part present, all-zero ones too
+        if fracs[p] != NONE and fracs[p] - frac > MAX_RIGHT:
+            return FAIL
     for p in range(parts):
         if maxes[p] != 0 and fracs[p] != frac:
             shift = fracs[p] - frac
