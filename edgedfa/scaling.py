@@ -83,9 +83,7 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
     c = wide.codes
     if not c.size:
         return
-    s = wide.fmt.frac_bits - out_fmt.frac_bits  # the codes in range: lo..hi at the wide fraction
-    lo, hi = ((out_fmt.min_code << s, ((out_fmt.max_code + 1) << s) - 1) if s >= 0 else
-              (-((-out_fmt.min_code) >> -s), out_fmt.max_code >> -s))
+    lo, hi = in_range(wide.fmt.frac_bits, out_fmt)
     if fixed.COMPILED and c.dtype == np.int64:
         from .rounding import observe_counts
 
@@ -97,15 +95,27 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
         mn, mx = c.min(), c.max()
         clipped = np.count_nonzero((c < lo) | (c > hi))
         zeroed = 0 if out_codes is None else np.count_nonzero((out_codes == 0) & (c != 0))
-    maxabs = max(-int(mn), int(mx))
+    observed(layer, key, max(-int(mn), int(mx)), wide.fmt.frac_bits, c.size, clipped, zeroed)
+
+
+def in_range(frac: int, out_fmt: FixedFormat) -> tuple:
+    """(lo, hi): the wide codes with ``frac`` fraction bits that land inside ``out_fmt``'s range."""
+    s = frac - out_fmt.frac_bits
+    return ((out_fmt.min_code << s, ((out_fmt.max_code + 1) << s) - 1) if s >= 0 else
+            (-((-out_fmt.min_code) >> -s), out_fmt.max_code >> -s))
+
+
+def observed(layer, key: str, maxabs: int, frac: int, count: int, clipped: int, zeroed: int) -> None:
+    """One observation's figures (``observe``'s, or a compiled cell loop's per time step): the
+    peak for the exponent unit and the tallies."""
     old = layer.peaks.get(key)
     if old is not None:  # several observations in one step (every time step of a cell)
-        f = max(old[1], wide.fmt.frac_bits)
-        maxabs = max(old[0] << (f - old[1]), maxabs << (f - wide.fmt.frac_bits))
+        f = max(old[1], frac)
+        maxabs = max(old[0] << (f - old[1]), maxabs << (f - frac))
         layer.peaks[key] = (maxabs, f)
     else:
-        layer.peaks[key] = (maxabs, wide.fmt.frac_bits)
-    tally(layer, key, c.size, clipped, zeroed)
+        layer.peaks[key] = (maxabs, frac)
+    tally(layer, key, count, clipped, zeroed)
 
 
 # --------------------------------------------------------------------------- management

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT
-from ..rounding import _carry_terms, _rounded, bitlen, requantize_one
+from ..rounding import _carry_terms, _rounded, bitlen, observe_counts, requantize_one
 from ..wide import WIDE_BITS
 from .acc import step
 
@@ -82,9 +82,9 @@ def tanh_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
 
 @numba.njit(BOOL(I64), cache=True)
 def lut_shift_ok(frac):
-    """Whether the table unit's input shift of a sum with ``frac`` fraction bits (sigmoid: one
-    more) is one the reference takes."""
-    return frac != FAIL and frac + 1 - LUT_FRAC <= MAX_RIGHT
+    """Whether a sum with ``frac`` fraction bits has a format and the table unit's input shift
+    (sigmoid: one more) is one the reference takes."""
+    return -64 <= frac <= 64 and frac + 1 - LUT_FRAC <= MAX_RIGHT
 
 
 @numba.njit(VOID(MAT, MAT), cache=True)
@@ -253,6 +253,8 @@ def gru_forward(xg, fx, rt, rt_h, rb, rb_h, has_bias, acc, fr, lbr, fmt, table, 
         if not lut_shift_ok(f):
             return 1
         sigmoid_block(pre, f, table, t1, rs[s], gf, glo, ghi, gw, rnd)
+        if lbr and not (-64 <= gf + fr <= 64):  # r * Hh has no format: the reference raises
+            return 1
         if lbr:  # n = tanh(X_h + r * (h R_h + Rb_h))
             r, hh = rs[s], aux[s]
             for i in range(N):
@@ -278,7 +280,7 @@ def gru_forward(xg, fx, rt, rt_h, rb, rb_h, has_bias, acc, fr, lbr, fmt, table, 
                 t1[i, j] = ((np.int64(1) << gf) - z[i, j]) * n[i, j]
                 t2[i, j] = z[i, j] * h[i, j]
         f = total2(t1, 0, 2 * gf, t2, 0, gf + hf, pre, rnd)  # h' = (1 - z) n + z h
-        if f == FAIL or f - hf > MAX_RIGHT:
+        if f == FAIL or not (-64 <= f <= 64) or f - hf > MAX_RIGHT:
             return 1
         for i in range(N):
             for j in range(H):
@@ -397,6 +399,17 @@ def cat_into(buf, starts, fracs, rnd):
     return frac
 
 
+@numba.njit(I64(MAT, I64, MAT, I64, TEN, VEC, MAT, MAT, I64, I64, I64, VEC), cache=True)
+def step_error(inj, inj_frac, carry, carry_frac, terms, tf, w, out, bits, rnd, fmax, tallies):
+    """out = dh = N(inj_t + carry_h), the error at h entering a step (``Recurrent._run_chain``):
+    its fraction, NONE or FAIL (terms, tf, w: scratch)."""
+    copy_into(inj, terms[0])
+    copy_into(carry, terms[1])
+    tf[0], tf[1] = inj_frac, carry_frac
+    f = add_into(terms, tf, 2, w, rnd)
+    return f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, out, tallies)
+
+
 @numba.njit(VOID(MAT, MAT, I64, I64, I64), cache=True)
 def derivative(y, out, frac, sigmoid, width):
     """``lut.dtanh_codes`` (1 - t^2, AP_RND into ap_ufixed<W,1>) or ``lut.dsigmoid_codes``
@@ -462,12 +475,7 @@ def gru_chain(start, stop, carry, lbr, inj, inj_frac, zs, rs, ns, hp, hh, hh_fra
     for s in range(start, stop - 1, -1):
         fa[s] = NONE
         fr[s] = NONE
-        # dh = N(inj_t + carry_h)
-        copy_into(inj[s], terms[0])
-        copy_into(chb, terms[1])
-        tf[0], tf[1] = inj_frac[s], chf
-        f = add_into(terms, tf, 2, w, rnd)
-        fdh = f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, dh, tallies)
+        fdh = step_error(inj[s], inj_frac[s], chb, chf, terms, tf, w, dh, bits, rnd, fmax, tallies)
         if fdh == FAIL:
             return 1
         if fdh == NONE:
@@ -579,4 +587,267 @@ def gru_chain(start, stop, carry, lbr, inj, inj_frac, zs, rs, ns, hp, hh, hh_fra
         chf = add_into(terms, tf, 3, chb, rnd)
         if chf == FAIL:
             return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- LSTM (§9.6-9.7)
+
+@numba.njit(VOID(MAT, I64, MAT), cache=True)
+def column_block(src, c0, dst):
+    """dst = src[:, c0:c0 + dst's width] (one gate's block, contiguous for the table unit)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, c0 + j]
+
+
+@numba.njit(cache=True)
+def lstm_forward(xg, fx, rt, rb, has_bias, acc, fr, fmt, cfmt, table, observing, lo_tab, hi_tab,
+                 hp, cp, hs, cs, gi, go, gf_, gg, tcs, obs):
+    """One direction of an LSTM over the whole sequence (processing order).
+
+    xg (T, N, 4H): X_t (``fx`` fraction bits); rt (H, 4H) = R[d]^T and rb its bias in the
+    accumulator (``fr`` = F_h + F_R); cfmt = [F_c, lowest, highest code, width] of the cell
+    format. Writes h_{t-1}, c_{t-1}, h, c, the gates i, o, f, g and tanh(c) per step; with
+    ``observing``, obs[s] = [min, max, clipped, rounded to zero, fraction] of f c + i g as
+    ``scaling.observe`` sees it (clipped against lo_tab / hi_tab[fraction + 64]). Returns 0,
+    or 1 when a step needs the reference.
+    """
+    T, N, G4 = xg.shape
+    H = G4 // 4
+    gf, glo, ghi, gw = fmt[G_FRAC], fmt[G_LO], fmt[G_HI], fmt[G_WIDTH]
+    hf, hlo, hhi, hw, rnd, ovf = fmt[H_FRAC], fmt[H_LO], fmt[H_HI], fmt[H_WIDTH], fmt[RND], fmt[OVF]
+    cf, clo, chi, cw = cfmt[0], cfmt[1], cfmt[2], cfmt[3]
+    if not (frac_ok(gf + cf) and frac_ok(2 * gf) and lut_shift_ok(cf)):
+        return 1
+    h, c = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    hb = np.zeros((N, H), rt.dtype)
+    hg, pre = np.empty((N, G4), np.int64), np.empty((N, G4), np.int64)
+    blk, u, t1, t2, mix = (np.empty((N, H), np.int64), np.empty((N, H), np.int64), np.empty((N, H), np.int64),
+                           np.empty((N, H), np.int64), np.empty((N, H), np.int64))
+    for s in range(T):
+        copy_into(h, hp[s])
+        copy_into(c, cp[s])
+        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        f = total2(xg[s], 0, fx, hg, 0, fr, pre, rnd)  # one fraction for all four gates
+        if not lut_shift_ok(f):
+            return 1
+        column_block(pre, 0, blk)
+        sigmoid_block(blk, f, table, u, gi[s], gf, glo, ghi, gw, rnd)
+        column_block(pre, H, blk)
+        sigmoid_block(blk, f, table, u, go[s], gf, glo, ghi, gw, rnd)
+        column_block(pre, 2 * H, blk)
+        sigmoid_block(blk, f, table, u, gf_[s], gf, glo, ghi, gw, rnd)
+        column_block(pre, 3 * H, blk)
+        tanh_block(blk, f, table, u, gg[s], gf, glo, ghi, gw, rnd)
+        i, fg, g = gi[s], gf_[s], gg[s]
+        for a in range(N):
+            for b in range(H):
+                t1[a, b] = fg[a, b] * c[a, b]
+                t2[a, b] = i[a, b] * g[a, b]
+        m = total2(t1, 0, gf + cf, t2, 0, 2 * gf, mix, rnd)  # c' = S(f c + i g)
+        if m == FAIL or not frac_ok(m) or m - cf > MAX_RIGHT:
+            return 1
+        for a in range(N):
+            for b in range(H):
+                c[a, b] = requantize_one(mix[a, b], m - cf, rnd, clo, chi, ovf, cw)
+        if observing:
+            mn, mx, clipped, zeroed = observe_counts(mix.reshape(-1), lo_tab[m + 64], hi_tab[m + 64], c.reshape(-1), True)
+            obs[s, 0], obs[s, 1], obs[s, 2], obs[s, 3], obs[s, 4] = mn, mx, clipped, zeroed, m
+        copy_into(c, cs[s])
+        tanh_block(c, cf, table, u, tcs[s], gf, glo, ghi, gw, rnd)
+        o, tc = go[s], tcs[s]
+        for a in range(N):
+            for b in range(H):
+                v = requantize_one(o[a, b] * tc[a, b], 2 * gf - hf, rnd, hlo, hhi, ovf, hw)  # h' = S(o tanh(c'))
+                h[a, b] = v
+                hb[a, b] = v
+        copy_into(h, hs[s])
+    return 0
+
+
+@numba.njit(cache=True)
+def lstm_chain(start, stop, carry, inj, inj_frac, injc, injc_frac, gi, go, gf_, gg, tcs, cp, cf, rt, rf, acc, fmt,
+               err, reached, dA, fa, tallies):
+    """One BPTT chain of an LSTM direction (``Recurrent._run_chain`` with ``LSTM.cell_back``):
+    as ``gru_chain``, with the cell error carried wide (``injc``: the error at Y_c) and one
+    dA per step (dR is dA); records i, o, f, g, tanh(c) and c_{t-1} (cp, ``cf`` fraction bits)."""
+    T, N, H = gi.shape
+    gf, gw = fmt[G_FRAC], fmt[G_WIDTH]
+    bits, rnd, fmax = err[0], err[1], err[2]
+    terms = np.zeros((3, N, H), np.int64)
+    tf = np.empty(3, np.int64)
+    dh, dc, w, dcw = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), \
+        np.zeros((N, H), np.int64)
+    d_tc, d_i, d_o = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    d_f, d_g, gout = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    chb, ccb = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    catb = np.zeros((N, 4 * H), np.int64)
+    op = np.zeros((N, 4 * H), rt.dtype)
+    starts = np.array([0, H, 2 * H, 3 * H, 4 * H], np.int64)
+    cfr = np.empty(4, np.int64)
+    chf = ccf = NONE
+    for s in range(start, stop - 1, -1):
+        fa[s] = NONE
+        fdh = step_error(inj[s], inj_frac[s], chb, chf, terms, tf, w, dh, bits, rnd, fmax, tallies)
+        copy_into(injc[s], terms[0])
+        copy_into(ccb, terms[1])
+        tf[0], tf[1] = injc_frac[s], ccf
+        fdc = add_into(terms, tf, 2, dcw, rnd)  # the carried cell error stays wide
+        if fdh == FAIL or fdc == FAIL:
+            return 1
+        if fdh == NONE and fdc == NONE:
+            chf = ccf = NONE
+            continue
+        reached[s] = 1
+        i, o, fg, g, tc, c = gi[s], go[s], gf_[s], gg[s], tcs[s], cp[s]
+        derivative(tc, d_tc, gf, 0, gw)
+        derivative(i, d_i, gf, 1, gw)
+        derivative(o, d_o, gf, 1, gw)
+        derivative(fg, d_f, gf, 1, gw)
+        derivative(g, d_g, gf, 0, gw)
+        # dc = N(dc_in + dh o tanh'(tanh c'))
+        copy_into(dcw, terms[0])
+        tf[0], tf[1] = fdc, NONE
+        if fdh != NONE:
+            tf[1] = fdh + 2 * gf
+            if not frac_ok(tf[1]):
+                return 1
+            for a in range(N):
+                for b in range(H):
+                    terms[1, a, b] = dh[a, b] * o[a, b] * d_tc[a, b]
+        f = add_into(terms, tf, 2, w, rnd)
+        fdn = f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, dc, tallies)
+        if fdn == FAIL or (fdh == NONE and fdn == NONE):  # the reference fails there (no shape to take)
+            return 1
+        # dA = N([dc g sigma'(i) | dh tanh(c') sigma'(o) | dc c sigma'(f) | dc i tanh'(g)])
+        cfr[0] = fdn + 2 * gf + 2 if fdn != NONE else NONE
+        cfr[1] = fdh + 2 * gf + 2 if fdh != NONE else NONE
+        cfr[2] = fdn + cf + gf + 2 if fdn != NONE else NONE
+        cfr[3] = fdn + 2 * gf if fdn != NONE else NONE
+        for p in range(4):
+            if cfr[p] != NONE and not frac_ok(cfr[p]):
+                return 1
+        for a in range(N):
+            for b in range(H):
+                on = fdn != NONE
+                catb[a, b] = dc[a, b] * g[a, b] * d_i[a, b] if on else 0
+                catb[a, H + b] = dh[a, b] * tc[a, b] * d_o[a, b] if fdh != NONE else 0
+                catb[a, 2 * H + b] = dc[a, b] * c[a, b] * d_f[a, b] if on else 0
+                catb[a, 3 * H + b] = dc[a, b] * i[a, b] * d_g[a, b] if on else 0
+        f = cat_into(catb, starts, cfr, rnd)
+        f = f if f == NONE or f == FAIL else narrow_into(catb, f, bits, rnd, fmax, dA[s], tallies)
+        if f == FAIL:
+            return 1
+        fa[s] = f
+        if not (carry and s > stop):
+            chf = ccf = NONE
+            continue
+        chf = NONE  # carry_h = gemm(dA, R); carry_c = dc f
+        if f != NONE:
+            chf = error_gemm(dA[s], 0, f, op, rt, rf, acc, chb)
+            if chf == FAIL:
+                return 1
+        ccf = NONE
+        if fdn != NONE:
+            ccf = fdn + gf
+            if not frac_ok(ccf):
+                return 1
+            for a in range(N):
+                for b in range(H):
+                    ccb[a, b] = dc[a, b] * fg[a, b]
+    return 0
+
+
+# --------------------------------------------------------------------------- Elman RNN (§9.6-9.7)
+
+TANH, SIGMOID, RELU = 0, 1, 2  # the activation codes of rnn_forward / rnn_chain
+
+
+@numba.njit(cache=True)
+def rnn_forward(xg, fx, rt, rb, has_bias, acc, fr, act, fmt, table, observing, lo_tab, hi_tab, hp, hs, obs):
+    """One direction of an Elman RNN over the whole sequence: h = f(X_t + h R^T + Rb), f tanh
+    or sigmoid into the gate format (an Elman cell's gate is its state), or relu: max(0, S(.))
+    into h's format, with ``observing`` obs[s] = [min, max, clipped, 0, fraction] of the
+    pre-activation as ``scaling.observe`` sees it. Writes h_{t-1} and h; 0, or 1: the reference."""
+    T, N, H = xg.shape
+    gf, glo, ghi, gw = fmt[G_FRAC], fmt[G_LO], fmt[G_HI], fmt[G_WIDTH]
+    hf, hlo, hhi, hw, rnd, ovf = fmt[H_FRAC], fmt[H_LO], fmt[H_HI], fmt[H_WIDTH], fmt[RND], fmt[OVF]
+    h = np.zeros((N, H), np.int64)
+    hb = np.zeros((N, H), rt.dtype)
+    hg, pre, u = np.empty((N, H), np.int64), np.empty((N, H), np.int64), np.empty((N, H), np.int64)
+    for s in range(T):
+        copy_into(h, hp[s])
+        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        f = total2(xg[s], 0, fx, hg, 0, fr, pre, rnd)
+        if f == FAIL or not frac_ok(f):
+            return 1
+        if act == RELU:
+            if f - hf > MAX_RIGHT:
+                return 1
+            if observing:
+                flat = pre.reshape(-1)
+                mn, mx, clipped, zeroed = observe_counts(flat, lo_tab[f + 64], hi_tab[f + 64], flat, False)
+                obs[s, 0], obs[s, 1], obs[s, 2], obs[s, 3], obs[s, 4] = mn, mx, clipped, zeroed, f
+            for a in range(N):
+                for b in range(H):
+                    h[a, b] = max(requantize_one(pre[a, b], f - hf, rnd, hlo, hhi, ovf, hw), 0)
+        elif not lut_shift_ok(f):
+            return 1
+        elif act == SIGMOID:
+            sigmoid_block(pre, f, table, u, h, gf, glo, ghi, gw, rnd)
+        else:
+            tanh_block(pre, f, table, u, h, gf, glo, ghi, gw, rnd)
+        for a in range(N):
+            for b in range(H):
+                hb[a, b] = h[a, b]
+        copy_into(h, hs[s])
+    return 0
+
+
+@numba.njit(cache=True)
+def rnn_chain(start, stop, carry, inj, inj_frac, hs, h_frac, h_width, act, rt, rf, acc, err, reached, dA, fa,
+              tallies):
+    """One BPTT chain of an Elman RNN direction (``RNN.cell_back``): dA = N(dh f'(h)) (relu: dh
+    where h > 0), carry_h = gemm(dA, R); as ``gru_chain`` otherwise. hs: the stored h
+    (``h_frac`` fraction bits, ``h_width`` bits), dR is dA."""
+    T, N, H = hs.shape
+    bits, rnd, fmax = err[0], err[1], err[2]
+    terms = np.zeros((3, N, H), np.int64)
+    tf = np.empty(3, np.int64)
+    dh, w, deriv = np.zeros((N, H), np.int64), np.zeros((N, H), np.int64), np.zeros((N, H), np.int64)
+    chb = np.zeros((N, H), np.int64)
+    op = np.zeros((N, H), rt.dtype)
+    chf = NONE
+    for s in range(start, stop - 1, -1):
+        fa[s] = NONE
+        fdh = step_error(inj[s], inj_frac[s], chb, chf, terms, tf, w, dh, bits, rnd, fmax, tallies)
+        if fdh == FAIL:
+            return 1
+        if fdh == NONE:
+            chf = NONE
+            continue
+        reached[s] = 1
+        h = hs[s]
+        if act == RELU:
+            fw = fdh
+            for a in range(N):
+                for b in range(H):
+                    w[a, b] = dh[a, b] if h[a, b] > 0 else 0
+        else:
+            fw = fdh + h_frac + (2 if act == SIGMOID else 0)
+            if not frac_ok(fw):
+                return 1
+            derivative(h, deriv, h_frac, 1 if act == SIGMOID else 0, h_width)
+            for a in range(N):
+                for b in range(H):
+                    w[a, b] = dh[a, b] * deriv[a, b]
+        f = narrow_into(w, fw, bits, rnd, fmax, dA[s], tallies)
+        if f == FAIL:
+            return 1
+        fa[s] = f
+        chf = NONE
+        if carry and s > stop and f != NONE:
+            chf = error_gemm(dA[s], 0, f, op, rt, rf, acc, chb)
+            if chf == FAIL:
+                return 1
     return 0

@@ -504,6 +504,12 @@ class RNN(Recurrent):
     def managed_formats(self):
         return {"out": self.out_fmt} if self.num.adaptive and not self._static_h() else {}
 
+    def compiled_direction(self, d, xg, train, stats):
+        return cell_loops.rnn_forward(self, d, xg, train, stats)
+
+    def compiled_chain(self, d, recs, chain, inj_h, inj_c):
+        return cell_loops.rnn_chain(self, d, recs, chain, inj_h, grad_acc_bits(self.num), ERR_FRAC_MAX)
+
     def cell(self, d, xg, state, stats):
         h = state["h"]
         pre = total([xg, self.recurrent_gemm(d, h, slice(None))], self.num.act_rounding)
@@ -631,6 +637,12 @@ class LSTM(Recurrent):
 
     def _state_fmts(self):
         return {"h": self.h_fmt, "c": self.cell_fmt}
+
+    def compiled_direction(self, d, xg, train, stats):
+        return cell_loops.lstm_forward(self, d, xg, train, stats)
+
+    def compiled_chain(self, d, recs, chain, inj_h, inj_c):
+        return cell_loops.lstm_chain(self, d, recs, chain, inj_h, inj_c, grad_acc_bits(self.num), ERR_FRAC_MAX)
 
     def calibrate(self, xs):
         """Cell format: start from the bound |c_t| <= t, then one spare bit over the batch max."""
