@@ -33,10 +33,11 @@ import numpy as np
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, Overflow
 
-from .lanes import maxabs as _maxabs
+from .lanes import maxabs as _lanes_maxabs
 from .requant_unit import saturate
 
 F32_EXACT, F64_EXACT = 1 << 24, 1 << 53
+MIN_F32_SLICE = 256  # shorter slices of k: one float64 product is cheaper than their conversions
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -66,15 +67,30 @@ class GemmStats:
     saturating_outputs: int = 0  # outputs that needed the per-k replay
 
 
-def _exact_product(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray:
-    """A @ B exactly: float32 BLAS while every partial sum < 2^24, float64 below 2^53 (the
-    sums of integers stay integers: no rounding), else int64 (mod 2^64)."""
-    for exact, dtype in ((F32_EXACT, np.float32), (F64_EXACT, np.float64)):
-        if bound < exact:
-            return (a.astype(dtype) @ b.astype(dtype)).astype(np.int64)
-    return a @ b
+def operand_dtype(top: int):
+    """The narrowest dtype that stores integers of magnitude <= top exactly: float32 below 2^24,
+    float64 below 2^53, else int64 (operands in float go straight into the BLAS product)."""
+    return np.float32 if top < F32_EXACT else np.float64 if top < F64_EXACT else np.int64
 
 
+def _exact_product(a: np.ndarray, b: np.ndarray, term: int) -> np.ndarray:
+    """A @ B exactly, int64, given |a_ik b_kj| <= term: float32 BLAS while every partial sum
+    k * term < 2^24; else float32 over slices of k that each stay below 2^24 (their int64 sum
+    is exact) when the slices are long; else float64 below 2^53 (sums of integers stay
+    integers: no rounding); else int64 (mod 2^64)."""
+    k = a.shape[1]
+    if k * term < F32_EXACT:
+        return (a.astype(np.float32, copy=False) @ b.astype(np.float32, copy=False)).astype(np.int64)
+    chunk = (F32_EXACT - 1) // term if term else k
+    if chunk >= MIN_F32_SLICE:
+        a32, b32 = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+        out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+        for k0 in range(0, k, chunk):
+            out += (a32[:, k0:k0 + chunk] @ b32[k0:k0 + chunk]).astype(np.int64)
+        return out
+    if k * term < F64_EXACT:
+        return (a.astype(np.float64, copy=False) @ b.astype(np.float64, copy=False)).astype(np.int64)
+    return a.astype(np.int64, copy=False) @ b.astype(np.int64, copy=False)
 
 
 class MacArray:
@@ -100,10 +116,12 @@ class MacArray:
 
     # ---------------------------------------------------------------- arithmetic
     def gemm(self, a, b, init=None, acc_width: int = 32, acc_overflow=Overflow.AP_SAT,
-             a_width: int = 8, b_width: int = 8, tile_by_tile: bool = False):
-        """(acc int64 [M, N], GemmStats) for ``C = init + A @ B`` through the registers."""
-        a = np.asarray(a, dtype=np.int64)
-        b = np.asarray(b, dtype=np.int64)
+             a_width: int = 8, b_width: int = 8, tile_by_tile: bool = False, a_max=None, b_max=None):
+        """(acc int64 [M, N], GemmStats) for ``C = init + A @ B`` through the registers.
+
+        Operands hold integers: int arrays, or float arrays written exactly (``operand_dtype``);
+        ``a_max`` / ``b_max``, when given, bound their magnitudes (as the gathers measure them)."""
+        a, b = _operand(a), _operand(b)
         m, k = a.shape
         k2, n = b.shape
         if k != k2:
@@ -111,35 +129,40 @@ class MacArray:
         ovf = Overflow.parse(acc_overflow)
         fmt = FixedFormat(acc_width, acc_width)
         init = np.zeros((1, n), dtype=np.int64) if init is None else np.asarray(init, dtype=np.int64)
-        init = saturate(np.broadcast_to(init, (m, n)), fmt, ovf)
+        init = saturate(init, fmt, ovf)  # per output; broadcast over (M, N) where it is read
+        tops = (_maxabs(a) if a_max is None else int(a_max), _maxabs(b) if b_max is None else int(b_max))
         stats = self.cost(m, n, k, a_width, b_width)
         if tile_by_tile:
+            init = np.broadcast_to(init, (m, n))
             acc = np.empty((m, n), dtype=np.int64)
             for r0 in range(0, m, self.rows):
                 for c0 in range(0, n, self.cols):
                     sl = (slice(r0, r0 + self.rows), slice(c0, c0 + self.cols))
-                    acc[sl], _ = self._compute(a[sl[0]], b[:, sl[1]], init[sl], fmt, ovf)
+                    acc[sl], _ = self._compute(a[sl[0]], b[:, sl[1]], init[sl], fmt, ovf, tops)
             sat = 0
         else:
-            acc, sat = self._compute(a, b, init, fmt, ovf)
+            acc, sat = self._compute(a, b, init, fmt, ovf, tops)
         stats.saturating_outputs = sat
         self.log.append(stats)
         return acc, stats
 
-    def _compute(self, a, b, init, fmt: FixedFormat, ovf: Overflow):
+    def _compute(self, a, b, init, fmt: FixedFormat, ovf: Overflow, tops: tuple):
         m, k = a.shape
         n = b.shape[1]
+        init = np.broadcast_to(init, (m, n))
         if m * n == 0:
             return init.copy(), 0
-        bound = k * _maxabs(a) * _maxabs(b) + _maxabs(init)
-        exact = _exact_product(a, b, bound) + init
+        term = tops[0] * tops[1]
+        bound = k * term + _maxabs(init[:1] if init.strides[0] == 0 else init)
+        exact = _exact_product(a, b, term) + init
         if ovf is Overflow.AP_WRAP:
             return saturate(exact, fmt, ovf), 0  # arithmetic modulo 2^acc_width: order-free
         hi = (1 << (fmt.width - 1)) - 1
         if bound <= hi:
             return exact, 0
+        a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)  # the replay is in integers
         if bound < (1 << 62):
-            absum = _exact_product(np.abs(a), np.abs(b), bound) + np.abs(init)
+            absum = _exact_product(np.abs(a), np.abs(b), term) + np.abs(init)
             unsafe = np.nonzero(absum > hi)
         else:
             unsafe = np.nonzero(np.ones((m, n), dtype=bool))
@@ -150,3 +173,17 @@ class MacArray:
         out = exact.copy()
         out[rows, cols] = acc
         return out, len(rows)
+
+
+def _operand(x) -> np.ndarray:
+    """An operand as it enters the array: float arrays as they are (exact integers), else int64."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.int64, copy=False)
+
+
+def _maxabs(x) -> int:
+    """max |x| of an int or exactly-integer float operand."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        return int(np.max(np.abs(x))) if x.size else 0
+    return _lanes_maxabs(x)

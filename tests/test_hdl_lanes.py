@@ -15,6 +15,7 @@ from hdl_models.layers import window
 from hdl_models.layers.conv import im2col_reference, transposed_im2col_reference, transposed_taps
 from hdl_models.layers.pool import NEG_PAD, scatter
 from hdl_models.layers.window import out_hw
+from hdl_models.mac_array import F32_EXACT, MacArray, operand_dtype
 from hdl_models.update_unit import UpdateUnit, top_bits
 
 from strategies import adam_operands, moment_registers, overflow_modes, rounding_modes, wide_codes
@@ -133,6 +134,10 @@ def test_compiled_address_loops_are_the_numpy_forms(case, c0, cg):
     oh_i, ow_i = transposed_taps(geo, geo.in_hw, out_hw(geo))
     tcol = window.gather_rows(dy, oh_i, ow_i, c0, cg)
     assert tcol.dtype == np.int64 and np.array_equal(tcol, transposed_im2col_reference(dy, oh_i, ow_i, c0, cg))
+    small = np.clip(x, -(1 << 23), (1 << 23) - 1)  # float32 holds these exactly
+    for dtype in (np.float32, np.float64):
+        got = window.im2col(small, geo, c0, cg, dtype)
+        assert got.dtype == dtype and np.array_equal(got.astype(np.int64), im2col_reference(small, geo, c0, cg))
 
 
 @settings(max_examples=300, deadline=None)
@@ -147,3 +152,43 @@ def test_compiled_max_pool_is_the_numpy_form(case):
     k = geo.kernel[0] * geo.kernel[1]
     per_tap = np.where(arg_ref[..., None] == np.arange(k), dy[..., None], 0).reshape(dy.shape + tuple(geo.kernel))
     assert np.array_equal(window.route_back(arg, dy, geo, x.shape), scatter(per_tap, geo, x.shape))
+
+
+def _gemm_loops(a, b, init, width):
+    """Saturating accumulator registers, one k at a time (§4), in Python integers."""
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    acc = [[min(max(int(init[0, j]), lo), hi) for j in range(b.shape[1])] for _ in range(a.shape[0])]
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            for kk in range(a.shape[1]):
+                acc[i][j] = min(max(acc[i][j] + int(a[i, kk]) * int(b[kk, j]), lo), hi)
+    return np.array(acc, dtype=np.int64).reshape(a.shape[0], b.shape[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 4), n=st.integers(1, 4), k=st.integers(1, 1400),
+       bits=st.sampled_from([(8, 8), (12, 12), (16, 16), (24, 8), (30, 30)]), width=st.sampled_from([24, 32, 48]),
+       as_float=st.booleans(), rails=st.booleans())
+def test_mac_array_float_operands_and_k_slices_are_exact(seed, m, n, k, bits, width, as_float, rails):
+    """Operands stored in float (as the gathers write them) and products over slices of k (a
+    long k whose float32 partial sums would pass 2^24) give the per-step registers."""
+    rng = np.random.default_rng(seed)
+    ta, tb = (1 << (bits[0] - 1)) - 1, (1 << (bits[1] - 1)) - 1
+    a = rng.integers(-ta, ta + 1, (m, k))
+    b = rng.integers(-tb, tb + 1, (k, n))
+    if rails:  # every product at its largest: the partial sums run to k * ta * tb
+        a[:], b[:] = ta, -tb
+    init = rng.integers(-(1 << 20), 1 << 20, (1, n))
+    want = _gemm_loops(a, b, init, width)
+    ops = [x.astype(operand_dtype(int(np.abs(x).max()))) if as_float else x for x in (a, b)]
+    got, _ = MacArray(4, 4).gemm(*ops, init, width, "AP_SAT", a_max=int(np.abs(a).max()))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_k_sliced_float32_product_is_taken_where_the_whole_sum_would_round():
+    """k * 127 * 127 passes 2^24 at k = 1041, an odd sum float32 cannot hold: still exact."""
+    k = 1041
+    a, b = np.full((2, k), 127), np.full((k, 3), 127)
+    assert k * 127 * 127 > F32_EXACT and float(np.float32(k * 127 * 127)) != k * 127 * 127
+    got, _ = MacArray().gemm(a.astype(np.float32), b, None, 48, "AP_SAT")
+    assert (got == k * 127 * 127).all()

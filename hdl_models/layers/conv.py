@@ -12,6 +12,8 @@ import numpy as np
 from edgedfa.errors import EdgeDFAError
 
 from ..accounting import Cost
+from ..lanes import maxabs
+from ..mac_array import operand_dtype
 from ..requant_unit import narrow, requant
 from .base import HwLayer, T, acc_fmt, register
 from .window import from4d, gather_rows, im2col, out_hw, patches, to4d
@@ -92,23 +94,23 @@ class ConvHw(HwLayer):
         oh, ow = out_hw(geo)
         bsz = x4.shape[0]
         out = np.empty((bsz * oh * ow, cout), dtype=np.int64)
-        cost, cols = Cost(), []
+        cost, cols, x_top = Cost(), [], maxabs(x4)  # x_top bounds every gathered operand
         for j in range(g):
-            a = im2col(x4, geo, j * cg, cg)
+            a = im2col(x4, geo, j * cg, cg, operand_dtype(x_top))
             cols.append(a)
             wj = w.codes[j * og:(j + 1) * og].reshape(og, -1)
             out[:, j * og:(j + 1) * og], st = acc.array.gemm(a, wj.T, init[None, j * og:(j + 1) * og], num.acc_bits,
-                                                             num.acc_overflow, x.fmt.width, w.fmt.width)
+                                                             num.acc_overflow, x.fmt.width, w.fmt.width, a_max=x_top)
             cost.add(acc.gemm_cost(st, ("act", x.fmt.width), ("weight", w.fmt.width, f"param/{self.name}/W"),
                                    ("act", self.out_fmt.width)))
         accs = out.reshape(bsz, oh, ow, cout).transpose(0, 3, 1, 2)
         y = requant(accs, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
         if train:
             self.track("out", accs, f_acc)
-        return T(from4d(y, geo.ndim), self.out_fmt), ((x, cols) if train else None), cost
+        return T(from4d(y, geo.ndim), self.out_fmt), ((x, cols, x_top) if train else None), cost
 
     def backward(self, acc, cache, dy, need):
-        (x, cols), geo, num = cache, self.geo, self.num  # cols: the forward's im2col, read again for dW
+        (x, cols, x_top), geo, num = cache, self.geo, self.num  # cols: the forward's im2col, read again for dW
         w = self.params["W"]
         cout, cg = w.codes.shape[:2]
         g = geo.groups
@@ -117,10 +119,11 @@ class ConvHw(HwLayer):
         bsz, _, oh, ow = dy4.shape
         ecost, gcost = Cost(), Cost()
         gw = np.empty(w.codes.shape, dtype=np.int64)
-        dyr = dy4.transpose(1, 0, 2, 3).reshape(cout, -1)  # (o, (b, oh, ow))
-        for j in range(g):
+        dy_top = maxabs(dy4)
+        dyr = np.ascontiguousarray(dy4.transpose(1, 0, 2, 3), dtype=operand_dtype(dy_top)).reshape(cout, -1)
+        for j in range(g):  # dyr: (o, (b, oh, ow))
             gj, st = acc.array.gemm(dyr[j * og:(j + 1) * og], cols[j], None, num.acc_bits, num.acc_overflow,
-                                    dy.fmt.width, x.fmt.width)
+                                    dy.fmt.width, x.fmt.width, a_max=dy_top, b_max=x_top)
             gw[j * og:(j + 1) * og] = gj.reshape((og,) + w.codes.shape[1:])
             gcost.add(acc.gemm_cost(st, ("err", dy.fmt.width), ("act", x.fmt.width), None, requant_out=False))
         grads = {"W": T(gw, acc_fmt(num.acc_bits, dy.fmt.frac_bits + x.fmt.frac_bits))}
@@ -133,13 +136,13 @@ class ConvHw(HwLayer):
             if self.backward_mode == "group" and self.backward_groups:
                 groups = int(self.backward_groups)
                 wc = block_diagonal(wc, g, groups)
-            a, cost = self._input_grad(acc, dy4, wc, groups, x4.shape, dy.fmt.width, w.fmt.width)
+            a, cost = self._input_grad(acc, dy4, dy_top, wc, groups, x4.shape, dy.fmt.width, w.fmt.width)
             ecost.add(cost)
             codes, fmt = narrow(a, dy.fmt.frac_bits + w.fmt.frac_bits, num.err_bits, num.err_rounding)
             dx = T(from4d(codes, geo.ndim), fmt)
         return [dx], grads, ecost, gcost
 
-    def _input_grad(self, acc, dy4, wc, groups, in_shape, dy_width, w_width):
+    def _input_grad(self, acc, dy4, dy_top, wc, groups, in_shape, dy_width, w_width):
         """§8.3 transposed convolution as the GEMM of the transposed im2col (rows (b, ih, iw),
         columns (o', kh, kw), zero where no output reads the tap) with W as (Og*KH*KW, Cg)."""
         geo, num = self.geo, self.num
@@ -151,10 +154,10 @@ class ConvHw(HwLayer):
         out = np.empty((bsz * h * w, cin), dtype=np.int64)
         cost = Cost()
         for j in range(groups):
-            tcol = gather_rows(dy4, oh_i, ow_i, j * og, og)  # oh_i = OH: no output under the tap
+            tcol = gather_rows(dy4, oh_i, ow_i, j * og, og, operand_dtype(dy_top))  # oh_i = OH: no output there
             wj = wc[j * og:(j + 1) * og].transpose(0, 2, 3, 1).reshape(og * kh * kw, cb)
             out[:, j * cb:(j + 1) * cb], st = acc.array.gemm(tcol, wj, None, num.acc_bits, num.acc_overflow,
-                                                             dy_width, w_width)
+                                                             dy_width, w_width, a_max=dy_top)
             cost.add(acc.gemm_cost(st, ("err", dy_width), ("weight", w_width, f"param/{self.name}/W"),
                                    ("err", num.err_bits)))
         return out.reshape(bsz, h, w, cin).transpose(0, 3, 1, 2), cost

@@ -45,25 +45,30 @@ def taps(geo) -> tuple:
     return (*geo.kernel, *geo.strides, *geo.dilations, geo.pads[0], geo.pads[1], oh, ow)
 
 
-def im2col(x4, geo, c0: int, cg: int) -> np.ndarray:
+def im2col(x4, geo, c0: int, cg: int, dtype=np.int64) -> np.ndarray:
     """Rows (b, oh, ow), columns k = (c, kh, kw) in C order (§8.2), channels c0..c0+cg-1, zero
     where a tap reads the padding; the same integers as ``patches`` laid out as rows."""
-    return gather_rows(x4, *tap_index(geo), c0, cg)
+    return gather_rows(x4, *tap_index(geo), c0, cg, dtype)
 
 
-def gather_rows(x4, rows, cols, c0: int, cg: int) -> np.ndarray:
+def gather_rows(x4, rows, cols, c0: int, cg: int, dtype=np.int64) -> np.ndarray:
     """Rows (b, i, j), columns (c, u, v) in C order: x4[b, c0 + c, rows[i, u], cols[j, v]],
-    zero where that index falls outside x4 (a padding tap, or no output under the tap)."""
-    return _gather_rows(np.ascontiguousarray(x4, dtype=np.int64), np.ascontiguousarray(rows, dtype=np.int64),
-                        np.ascontiguousarray(cols, dtype=np.int64), int(c0), int(cg))
+    zero where that index falls outside x4 (a padding tap, or no output under the tap).
+    ``dtype`` float32 / float64 writes the MAC array's operand directly: the caller vouches
+    (``mac_array.operand_dtype``) that it holds every code exactly."""
+    i_n, u_n = np.shape(rows)
+    j_n, v_n = np.shape(cols)
+    out = np.empty((x4.shape[0] * i_n * j_n, int(cg) * u_n * v_n), dtype=dtype)  # every element written once
+    _gather_rows(np.ascontiguousarray(x4, dtype=np.int64), np.ascontiguousarray(rows, dtype=np.int64),
+                 np.ascontiguousarray(cols, dtype=np.int64), int(c0), int(cg), out)
+    return out
 
 
 @numba.njit(cache=True)
-def _gather_rows(x, rows, cols, c0, cg):
+def _gather_rows(x, rows, cols, c0, cg, out):
     b_n, _, h_n, w_n = x.shape
     i_n, u_n = rows.shape
     j_n, v_n = cols.shape
-    out = np.empty((b_n * i_n * j_n, cg * u_n * v_n), dtype=np.int64)  # every element written once
     for b in range(b_n):
         for i in range(i_n):
             for j in range(j_n):
@@ -76,7 +81,6 @@ def _gather_rows(x, rows, cols, c0, cg):
                             q = cols[j, v]
                             k = (c * u_n + u) * v_n + v
                             out[row, k] = x[b, c0 + c, r, q] if (inside and 0 <= q < w_n) else 0
-    return out
 
 
 def window_max(x4, geo, pad_value: int):
