@@ -105,6 +105,43 @@ def _saturate(x, mode, lo, hi):
     return x
 
 
+def requant(x, s: int, rounding, ovf: tuple) -> tuple:
+    """(codes, max |x|) of a right shift by s in 0..62 with a deterministic rounding and the
+    saturator ``ovf`` (``overflow_mode``): the requantizer and its max tracker in one pass."""
+    xc = np.ascontiguousarray(x, dtype=np.int64)
+    if not xc.size:
+        return xc.copy(), 0
+    out, top = _requant(xc.reshape(-1), int(s), ROUNDING[rounding], *ovf)
+    return out.reshape(xc.shape), int(top)
+
+
+@numba.njit(cache=True)
+def _requant(x, s, mode, ovf, lo, hi):
+    out = np.empty_like(x)
+    top = np.int64(-9223372036854775807) - 1  # |INT64_MIN| wraps, as in _maxabs
+    mask = (np.int64(1) << s) - 1
+    h = (np.int64(1) << s) >> 1  # the tie; s = 0 has no residual
+    # the carry of each mode as loop-invariant selectors (branch-free, so the loop vectorises)
+    on_gt = np.int64(2 <= mode <= 6)
+    on_tie = np.int64(mode == 2)
+    tie_neg, tie_pos, tie_odd = np.int64(mode == 3), np.int64(mode == 5), np.int64(mode == 6)
+    any_neg = np.int64(mode == 1)
+    span = hi - lo
+    for i in range(x.size):
+        v = x[i]
+        a = v if v >= 0 else -v
+        top = max(top, a)
+        q = v >> s
+        r = v & mask
+        neg = np.int64(v < 0)
+        tie = on_tie | (tie_neg & neg) | (tie_pos & (1 - neg)) | (tie_odd & (q & 1))
+        up = (on_gt & np.int64(r > h)) | (np.int64(r == h) & tie) | (any_neg & neg & np.int64(r != 0))
+        v = q + (up & np.int64(s > 0))
+        sat = min(max(v, lo), hi)
+        out[i] = (((v - lo) & span) + lo) if ovf == 1 else (sat if (ovf == 0 or sat == v) else 0)
+    return out, top
+
+
 def round_clamp(x, d: int, lim: int) -> np.ndarray:
     """round(x · 2^-d) to nearest even, clamped to -lim-1..lim (a moment register's narrowing)."""
     return _round_clamp(np.ascontiguousarray(x, dtype=np.int64).reshape(-1), int(d), int(lim)).reshape(np.shape(x))

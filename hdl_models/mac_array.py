@@ -79,11 +79,11 @@ def _exact_product(a: np.ndarray, b: np.ndarray, term: int) -> np.ndarray:
     is exact) when the slices are long; else float64 below 2^53 (sums of integers stay
     integers: no rounding); else int64 (mod 2^64)."""
     k = a.shape[1]
-    if k * term < F32_EXACT:
-        return (a.astype(np.float32, copy=False) @ b.astype(np.float32, copy=False)).astype(np.int64)
     chunk = (F32_EXACT - 1) // term if term else k
-    if chunk >= MIN_F32_SLICE:
-        a32, b32 = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    if chunk >= min(k, MIN_F32_SLICE):
+        a32, b32 = (np.ascontiguousarray(x, dtype=np.float32) for x in (a, b))  # BLAS: 3x on transposed B
+        if chunk >= k:
+            return (a32 @ b32).astype(np.int64)
         out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
         for k0 in range(0, k, chunk):
             out += (a32[:, k0:k0 + chunk] @ b32[k0:k0 + chunk]).astype(np.int64)

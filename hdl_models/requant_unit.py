@@ -89,6 +89,22 @@ def _left_into(x, s: int, dst: FixedFormat, overflow) -> np.ndarray:
 
 def requant(x, f_src: int, dst: FixedFormat, rounding, overflow, rand=None) -> np.ndarray:
     """Codes with ``f_src`` fraction bits to codes of ``dst``: shift, round, overflow."""
+    return requant_tracked(x, f_src, dst, rounding, overflow, rand)[0]
+
+
+def requant_tracked(x, f_src: int, dst: FixedFormat, rounding, overflow, rand=None) -> tuple:
+    """(``requant``'s codes, max |x|): the compiled lanes where the shift is 0..62, the rounding
+    deterministic and the code range within a 64-bit lane, else the numpy form (``requant_reference``)."""
+    rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
+    s = int(f_src) - dst.frac_bits
+    if rand is None and rounding is not R.STOCHASTIC and lanes.fits(s) and dst.width <= 62:
+        return lanes.requant(x, s, rounding, lanes.overflow_mode(dst, overflow))
+    x = np.asarray(x, dtype=np.int64)
+    return requant_reference(x, f_src, dst, rounding, overflow, rand), lanes.maxabs(x)
+
+
+def requant_reference(x, f_src: int, dst: FixedFormat, rounding, overflow, rand=None) -> np.ndarray:
+    """``requant`` in numpy, one operation at a time: the reference of the compiled lanes."""
     rounding, overflow = Rounding.parse(rounding), Overflow.parse(overflow)
     s = int(f_src) - dst.frac_bits
     x = np.asarray(x, dtype=np.int64)
@@ -108,7 +124,7 @@ def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     maxabs = lanes.maxabs(x)
     s = max(0, maxabs.bit_length() - (err_width - 1))
     fmt = FixedFormat.with_frac(err_width, int(f_src) - s)
-    return saturate(shift_round(x, s, rounding), fmt, Overflow.AP_SAT), fmt
+    return requant(x, f_src, fmt, rounding, Overflow.AP_SAT), fmt
 
 
 class RequantUnit:

@@ -18,7 +18,9 @@ from hdl_models.layers.window import out_hw
 from hdl_models.mac_array import F32_EXACT, MacArray, operand_dtype
 from hdl_models.update_unit import UpdateUnit, top_bits
 
-from strategies import adam_operands, moment_registers, overflow_modes, rounding_modes, wide_codes
+from hdl_models.requant_unit import narrow, requant_reference, requant_tracked, saturate, shift_round
+
+from strategies import adam_operands, formats, moment_registers, overflow_modes, rounding_modes, wide_codes
 
 INT64_MIN = -(1 << 63)
 
@@ -192,3 +194,49 @@ def test_k_sliced_float32_product_is_taken_where_the_whole_sum_would_round():
     assert k * 127 * 127 > F32_EXACT and float(np.float32(k * 127 * 127)) != k * 127 * 127
     got, _ = MacArray().gemm(a.astype(np.float32), b, None, 48, "AP_SAT")
     assert (got == k * 127 * 127).all()
+
+
+@settings(max_examples=400, deadline=None)
+@given(x=hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6),
+                    elements=st.one_of(wide_codes(64), st.sampled_from([INT64_MIN, -(1 << 62), 7, -7]))),
+       dst=formats(), f_src=st.integers(-8, 80), rounding=rounding_modes(),
+       overflow=overflow_modes(), transpose=st.booleans())
+def test_compiled_requantizer_is_the_numpy_unit(x, dst, f_src, rounding, overflow, transpose):
+    """Every shift (left shifts, 0..62 and beyond take their own path), rounding and overflow
+    mode, signed and unsigned formats, values at the int64 rails, non-contiguous layouts."""
+    x = x.T if transpose else x
+    try:
+        want = requant_reference(x, f_src, dst, rounding, overflow)
+    except EdgeDFAError:
+        return  # a left shift out of 64 bits: the unit refuses it on either path
+    got, top = requant_tracked(x, f_src, dst, rounding, overflow)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert top == lanes.maxabs(x)
+
+
+def test_compiled_requantizer_on_every_mode_at_the_edges():
+    """Each shift 0..62 x rounding x overflow x signedness on ties, residuals of 1 and 2^s - 1,
+    the code range's edges after the shift and the int64 rails."""
+    from edgedfa.fixed import Overflow, Rounding
+
+    for s in range(63):
+        base = np.array([0, 1, -1, 2, 3, 5, 127, 128, -128, -129, 255, 256, 1 << 20, -(1 << 30)], dtype=np.int64)
+        edge = np.concatenate([(base << min(s, 30)) + d for d in (0, 1, -1, (1 << s) >> 1, ((1 << s) >> 1) - 1)])
+        x = np.concatenate([edge, [INT64_MIN, INT64_MIN + 1, (1 << 63) - 1, -(1 << 62), (1 << 62) - 1]])
+        for dst in (FixedFormat(8, 3), FixedFormat(12, 12, signed=False), FixedFormat(1, 1), FixedFormat(32, 5)):
+            for rnd in [r for r in Rounding if r is not Rounding.STOCHASTIC]:
+                for ovf in Overflow:
+                    f_src = dst.frac_bits + s
+                    want = requant_reference(x, f_src, dst, rnd, ovf)
+                    got, top = requant_tracked(x, f_src, dst, rnd, ovf)
+                    assert np.array_equal(got, want), (s, dst, rnd, ovf)
+                    assert top == lanes.maxabs(x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.int64, st.integers(0, 12), elements=wide_codes(60)), width=st.integers(2, 16),
+       f=st.integers(0, 40), rounding=rounding_modes())
+def test_narrowing_through_the_lanes_is_shift_round_and_saturate(x, width, f, rounding):
+    codes, fmt = narrow(x, f, width, rounding)
+    s = f - fmt.frac_bits
+    assert np.array_equal(codes, saturate(shift_round(x, s, rounding), fmt, "AP_SAT"))

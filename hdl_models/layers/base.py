@@ -130,12 +130,13 @@ class HwLayer:
         return cost
 
     # ---- §13 outputs: a max tracker on the requantizer's input while training
-    def track(self, key: str, codes, frac: int) -> None:
-        """Record the largest magnitude of a wide value bound for a managed format."""
+    def track(self, key: str, codes, frac: int, top: int | None = None) -> None:
+        """Record the largest magnitude of a wide value bound for a managed format (``top``:
+        already measured on the way through the requantizer)."""
         codes = np.asarray(codes)
         if not codes.size:
             return
-        top = maxabs(codes)
+        top = maxabs(codes) if top is None else int(top)
         if key in self.peaks:
             t0, f0 = self.peaks[key]
             f = max(f0, int(frac))

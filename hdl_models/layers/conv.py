@@ -14,7 +14,7 @@ from edgedfa.errors import EdgeDFAError
 from ..accounting import Cost
 from ..lanes import maxabs
 from ..mac_array import operand_dtype
-from ..requant_unit import narrow, requant
+from ..requant_unit import narrow, requant, requant_tracked
 from .base import HwLayer, T, acc_fmt, register
 from .window import from4d, gather_rows, im2col, out_hw, patches, to4d
 
@@ -104,9 +104,9 @@ class ConvHw(HwLayer):
             cost.add(acc.gemm_cost(st, ("act", x.fmt.width), ("weight", w.fmt.width, f"param/{self.name}/W"),
                                    ("act", self.out_fmt.width)))
         accs = out.reshape(bsz, oh, ow, cout).transpose(0, 3, 1, 2)
-        y = requant(accs, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
+        y, top = requant_tracked(accs, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
         if train:
-            self.track("out", accs, f_acc)
+            self.track("out", accs, f_acc, top)
         return T(from4d(y, geo.ndim), self.out_fmt), ((x, cols, x_top) if train else None), cost
 
     def backward(self, acc, cache, dy, need):

@@ -8,7 +8,7 @@ import numpy as np
 from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost
-from ..requant_unit import narrow, requant
+from ..requant_unit import narrow, requant, requant_tracked
 from .base import HwLayer, T, acc_fmt, register
 
 
@@ -40,9 +40,9 @@ class DenseHw(HwLayer):
                            self.num.act_rounding, self.num.acc_overflow)[None, :]
         a, st = acc.array.gemm(x2, w.codes.T, init, self.num.acc_bits, self.num.acc_overflow,
                                x.fmt.width, w.fmt.width)
-        y = requant(a, f_acc, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        y, top = requant_tracked(a, f_acc, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
         if train:
-            self.track("out", a, f_acc)
+            self.track("out", a, f_acc, top)
         cost = acc.gemm_cost(st, ("act", x.fmt.width), ("weight", w.fmt.width, f"param/{self.name}/W"),
                              ("act", self.out_fmt.width))
         out = T(y.reshape(x.codes.shape[:-1] + (-1,)), self.out_fmt)

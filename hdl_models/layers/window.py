@@ -56,31 +56,34 @@ def gather_rows(x4, rows, cols, c0: int, cg: int, dtype=np.int64) -> np.ndarray:
     zero where that index falls outside x4 (a padding tap, or no output under the tap).
     ``dtype`` float32 / float64 writes the MAC array's operand directly: the caller vouches
     (``mac_array.operand_dtype``) that it holds every code exactly."""
-    i_n, u_n = np.shape(rows)
-    j_n, v_n = np.shape(cols)
-    out = np.empty((x4.shape[0] * i_n * j_n, int(cg) * u_n * v_n), dtype=dtype)  # every element written once
-    _gather_rows(np.ascontiguousarray(x4, dtype=np.int64), np.ascontiguousarray(rows, dtype=np.int64),
-                 np.ascontiguousarray(cols, dtype=np.int64), int(c0), int(cg), out)
+    b_n, _, h_n, w_n = x4.shape
+    # the source behind a zero border (row and column 0): every tap reads in bounds, no branch
+    xp = np.zeros((b_n, int(cg), h_n + 1, w_n + 1), dtype=dtype)
+    xp[:, :, 1:, 1:] = x4[:, c0:c0 + cg]
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    rr = np.where((rows >= 0) & (rows < h_n), rows + 1, 0).astype(np.int64)
+    cc = np.where((cols >= 0) & (cols < w_n), cols + 1, 0).astype(np.int64)
+    out = np.empty((b_n * rr.shape[0] * cc.shape[0], int(cg) * rr.shape[1] * cc.shape[1]), dtype=dtype)
+    _gather_rows(xp, rr, cc, out)  # every element written once
     return out
 
 
 @numba.njit(cache=True)
-def _gather_rows(x, rows, cols, c0, cg, out):
-    b_n, _, h_n, w_n = x.shape
+def _gather_rows(xp, rows, cols, out):
+    b_n, c_n = xp.shape[:2]
     i_n, u_n = rows.shape
     j_n, v_n = cols.shape
     for b in range(b_n):
         for i in range(i_n):
             for j in range(j_n):
-                row = (b * i_n + i) * j_n + j
-                for c in range(cg):
+                dst = out[(b * i_n + i) * j_n + j]
+                k = 0
+                for c in range(c_n):
                     for u in range(u_n):
-                        r = rows[i, u]
-                        inside = 0 <= r < h_n
+                        src = xp[b, c, rows[i, u]]
                         for v in range(v_n):
-                            q = cols[j, v]
-                            k = (c * u_n + u) * v_n + v
-                            out[row, k] = x[b, c0 + c, r, q] if (inside and 0 <= q < w_n) else 0
+                            dst[k] = src[cols[j, v]]
+                            k += 1
 
 
 def window_max(x4, geo, pad_value: int):
