@@ -99,16 +99,28 @@ def _window_max(x, pad, kh_n, kw_n, sh, sw, dh, dw, pt, pl, oh_n, ow_n):
     arg = np.empty((b_n, c_n, oh_n, ow_n), dtype=np.int64)
     for b in range(b_n):
         for c in range(c_n):
+            plane = x[b, c]
             for oh in range(oh_n):
+                ih0 = oh * sh - pt
+                rows_in = ih0 >= 0 and ih0 + (kh_n - 1) * dh < h_n
                 for ow in range(ow_n):
-                    best, tap = pad, -1
-                    for kh in range(kh_n):
-                        ih = oh * sh - pt + kh * dh
-                        for kw in range(kw_n):
-                            iw = ow * sw - pl + kw * dw
-                            v = x[b, c, ih, iw] if (0 <= ih < h_n and 0 <= iw < w_n) else pad
-                            if tap < 0 or v > best:
-                                best, tap = v, kh * kw_n + kw
+                    iw0 = ow * sw - pl
+                    if rows_in and iw0 >= 0 and iw0 + (kw_n - 1) * dw < w_n:  # no tap in the padding
+                        best, tap = plane[ih0, iw0], 0
+                        for kh in range(kh_n):
+                            for kw in range(kw_n):
+                                v = plane[ih0 + kh * dh, iw0 + kw * dw]
+                                if v > best:
+                                    best, tap = v, kh * kw_n + kw
+                    else:
+                        best, tap = pad, -1
+                        for kh in range(kh_n):
+                            ih = ih0 + kh * dh
+                            for kw in range(kw_n):
+                                iw = iw0 + kw * dw
+                                v = plane[ih, iw] if (0 <= ih < h_n and 0 <= iw < w_n) else pad
+                                if tap < 0 or v > best:
+                                    best, tap = v, kh * kw_n + kw
                     y[b, c, oh, ow], arg[b, c, oh, ow] = best, tap
     return y, arg
 
