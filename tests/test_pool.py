@@ -15,6 +15,8 @@ from edgedfa.layers.base import LayerSpec
 from edgedfa.numerics import Numerics
 from edgedfa.layers.pool import AveragePool, GlobalAveragePool, MaxPool, reciprocal
 
+STATIC = Numerics(scaling="static")  # average pooling keeps the input's format
+
 
 def make_pool(cls, attrs, in_shape, num=None):
     node = Node("pool", cls.__name__, ["x"], ["y"], dict(attrs), {})
@@ -156,16 +158,19 @@ def test_maxpool_ties_go_to_first_tap():
 
 # ---------------------------------------------------------------- average pooling
 
-@given(pool_cases(), st.sampled_from([8, 16]))
-def test_averagepool_forward_backward_against_float(case, bits):
+@given(pool_cases(), st.sampled_from([8, 16]), st.sampled_from(["adaptive", "static"]))
+def test_averagepool_forward_backward_against_float(case, bits, scaling):
+    """Static: the mean in the input's format; adaptive: in the layer's own, calibrated on the
+    batch (one spare integer bit over its largest mean), managed like a conv output's."""
     attrs, in_shape, rng = case
-    num = Numerics.from_bits(bits)
+    num = Numerics.from_bits(bits, scaling=scaling)
     layer = make_pool(AveragePool, attrs, in_shape, num)
     x = qinput(rng, 2, in_shape, bits)
     layer.calibrate([x])
     y, cache = layer.forward([x], train=True)
     fy, adjoint = float_pool("avg", x.value(), attrs, in_shape)
-    assert y.codes.shape == fy.shape and y.fmt == x.fmt
+    assert y.codes.shape == fy.shape and y.fmt == (x.fmt if scaling == "static" else layer.out_fmt)
+    assert layer.managed_formats() == ({} if scaling == "static" else {"out": y.fmt})
     bound = y.fmt.lsb / 2 + np.abs(x.value()).max() * 2.0**-17
     assert np.abs(y.value() - fy).max() <= bound
     n = layer.counts
@@ -183,7 +188,7 @@ def test_averagepool_forward_backward_against_float(case, bits):
 
 def test_average_of_three_in_integers():
     """sum 3 codes, multiply by 87381 (= round(2^18/3)), drop 18 bits with AP_RND."""
-    layer = make_pool(AveragePool, {"kernel_shape": [3]}, (1, 3))
+    layer = make_pool(AveragePool, {"kernel_shape": [3]}, (1, 3), STATIC)  # the mean in the input's format
     x = QTensor(np.array([[[10, 20, 31]]]), FixedFormat(8, 4))
     y, _ = layer.forward([x])
     assert y.codes.item() == (61 * 87381 + (1 << 17)) >> 18 == 20
@@ -192,8 +197,8 @@ def test_average_of_three_in_integers():
 def test_count_include_pad_changes_border_windows():
     attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     x = QTensor(np.full((1, 1, 3, 3), 64), FixedFormat(8, 2))
-    y0 = make_pool(AveragePool, attrs, (1, 3, 3)).forward([x])[0].codes[0, 0]
-    y1 = make_pool(AveragePool, {**attrs, "count_include_pad": 1}, (1, 3, 3)).forward([x])[0].codes[0, 0]
+    y0 = make_pool(AveragePool, attrs, (1, 3, 3), STATIC).forward([x])[0].codes[0, 0]
+    y1 = make_pool(AveragePool, {**attrs, "count_include_pad": 1}, (1, 3, 3), STATIC).forward([x])[0].codes[0, 0]
     assert (y0 == 64).all()
     assert y1[1, 1] == 64 and y1[0, 0] == round(64 * 4 / 9) and y1[0, 1] == round(64 * 6 / 9)
 
@@ -203,11 +208,13 @@ def test_global_average_pool(in_shape):
     rng = np.random.default_rng(4)
     layer = make_pool(GlobalAveragePool, {}, in_shape, Numerics.from_bits(12))
     x = qinput(rng, 2, in_shape, 12)
+    layer.calibrate([x])
     y, cache = layer.forward([x], train=True)
     assert layer.out_shape == (in_shape[0],) + (1,) * (len(in_shape) - 1) == y.codes.shape[1:]
     mean = x.value().mean(axis=tuple(range(2, x.codes.ndim)), keepdims=True)
     assert np.abs(y.value() - mean).max() <= y.fmt.lsb / 2 + 2.0**-17
     as_avg = make_pool(AveragePool, {"kernel_shape": list(in_shape[1:])}, in_shape, Numerics.from_bits(12))
+    as_avg.calibrate([x])
     np.testing.assert_array_equal(as_avg.forward([x])[0].codes, y.codes)
     (dx,), _ = layer.backward(cache, QTensor(np.ones(y.codes.shape, np.int64) * 100, FixedFormat(12, 1)), [True])
     n = int(np.prod(in_shape[1:]))
@@ -251,6 +258,7 @@ def test_matches_onnxruntime(attrs, op):
         a.pop("count_include_pad", None)
     layer = make_pool(MaxPool if op == "MaxPool" else AveragePool, a, in_shape, Numerics.from_bits(12))
     x = qinput(np.random.default_rng(6), 2, in_shape, 12)
+    layer.calibrate([x])
     y = layer.forward([x])[0]
     node = helper.make_node(op, ["x"], ["y"], **a)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],

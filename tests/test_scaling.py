@@ -152,6 +152,43 @@ def test_conv_and_recurrent_cells_agree_with_hdl_models(name):
     assert report["bit_exact"], report["first_mismatch"]
 
 
+def gap_cnn_model(**num):
+    """conv3x3(6) - ReLU - GlobalAveragePool - Flatten - Dense on 8x8 digits, calibrated."""
+    from edgedfa.graph import Graph, Node
+
+    rng = np.random.default_rng(7)
+    nodes = [Node("conv1", "Conv", ["input"], ["c1"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+                  {"W": rng.uniform(-1 / 3, 1 / 3, (6, 1, 3, 3)), "B": rng.uniform(-.1, .1, 6)}),
+             Node("relu2", "Relu", ["c1"], ["r2"], {}, {}),
+             Node("gap3", "GlobalAveragePool", ["r2"], ["g3"], {}, {}),
+             Node("flat4", "Flatten", ["g3"], ["f4"], {"axis": 1}, {}),
+             Node("dense5", "Dense", ["f4"], ["out"], {}, {"W": rng.uniform(-.4, .4, (10, 6)), "B": np.zeros(10)})]
+    model = build_model(Graph("gap", "input", (1, 8, 8), "out", nodes, {}), Numerics.from_bits(8, **num), 0)
+    model.calibrate(SMALL.x_train.reshape(-1, 1, 8, 8))
+    return model
+
+
+def test_global_average_pooling_has_a_managed_format_of_its_own():
+    """Adaptive: the mean gets its own format, finer than its input's, moved by the exponent
+    unit and bit-exact with hdl_models; static: the input's, as before."""
+    model = gap_cnn_model(exp_patience=1)
+    fmts = model.formats()
+    assert FixedFormat.parse(fmts["gap3"]["output"]).frac_bits > FixedFormat.parse(fmts["relu2"]["output"]).frac_bits
+    gap = next(layer for layer in model.layers if layer.name == "gap3")
+    gap.set_managed_format("out", FixedFormat(8, gap.out_fmt.int_bits + 3))  # too coarse: it must shrink
+    fmts = model.formats()
+    x = SMALL.x_train.reshape(-1, 1, 8, 8)
+    cfg = TrainConfig(algo="bp", batch_size=16, seed=4, lr_shift=4)
+    tr = make_trainer(copy.deepcopy(model), cfg)
+    for s in range(6):
+        tr.step(tr.model.quantize_input(x[16 * s:16 * (s + 1)]), SMALL.y_train[16 * s:16 * (s + 1)], s, tr.cfg.shift_at(0))
+    assert tr.model.formats()["gap3"]["output"] != fmts["gap3"]["output"]  # the exponent unit moved it
+    report = emulate(model, x[:96], SMALL.y_train[:96], 6, HwConfig(rows=4, cols=4), train_cfg=cfg)
+    assert report["bit_exact"], report["first_mismatch"]
+    static = gap_cnn_model(scaling="static").formats()
+    assert static["gap3"]["output"] == static["relu2"]["output"]
+
+
 # --------------------------------------------------------------------------- resume, export
 
 def test_resume_moves_exponents_exactly_as_an_uninterrupted_run(tmp_path):

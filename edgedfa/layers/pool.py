@@ -1,5 +1,6 @@
 """Pooling layers (MaxPool, AveragePool, GlobalAveragePool; 1-d/2-d): forward and backward
-side by side (§8.2-8.3). Outputs keep the input's static format; nothing is trained.
+side by side (§8.2-8.3). Max pooling keeps the input's format; average pooling requantizes
+into a format of its own under adaptive scaling (the input's under static); nothing is trained.
 
 Average pooling divides by the window count ``n`` in integers: the exact window sum is
 multiplied by ``r_n = round(2^(16+L) / n)`` with ``L = ceil(log2 n)`` (a 17-bit unsigned
@@ -14,7 +15,9 @@ from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, QTensor, narrow_dynamic, requantize
 from ..kernels import conv as K
 from ..kernels.pool import max_forward, max_backward
+from ..scaling import observe
 from .base import Layer, register
+from .dense import calibrated_format
 
 RECIP_BITS = 16  # fraction bits of the normalised reciprocal 2^(16+L)/n, §8.3
 WIDE_BITS = 48  # width of the exact product register of the average unit
@@ -135,13 +138,32 @@ class AveragePool(_Pool):
         self.shift = int(L.max()) + RECIP_BITS  # common fraction bits added by the multiply
         self.scale = r << (L.max() - L)  # (OH, OW) reciprocal codes aligned to 2^-shift
 
-    def forward(self, xs, train=False):
-        x = xs[0]
+    @property
+    def changes_scale(self) -> bool:
+        """Adaptive scaling: the mean has a format of its own, calibrated and managed like a
+        conv output's (a window's mean is often far below the peak of its inputs, whose format
+        would leave it few levels: §8.3); static: the input's format, as before."""
+        return self.num.adaptive
+
+    def _mean(self, x: QTensor) -> QTensor:
+        """Window sums times the reciprocal of the counts: the wide mean (B, C, OH, OW)."""
         s = K.patches(K.to4d(x.codes, self.geo), self.geo).sum(axis=(2, 3))
         prod = s * self.scale
-        src = self._wide(x.fmt, prod)
-        y = requantize(prod, src, x.fmt, self.num.act_rounding, self.num.act_overflow)
-        return QTensor(K.from4d(y, self.geo), x.fmt), x.codes.shape[:2] if train else None
+        return QTensor(prod, self._wide(x.fmt, prod))
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        wide = self._mean(x)
+        fmt = self.out_fmt if self.changes_scale else x.fmt
+        y = requantize(wide.codes, wide.fmt, fmt, self.num.act_rounding, self.num.act_overflow)
+        if train and self.changes_scale:
+            observe(self, "out", wide, fmt, y)
+        return QTensor(K.from4d(y, self.geo), fmt), x.codes.shape[:2] if train else None
+
+    def calibrate(self, xs):
+        if not self.changes_scale:
+            return super().calibrate(xs)
+        self.out_fmt = calibrated_format(self._mean(xs[0]), self.num)
 
     def backward(self, cache, dy, need_dx):
         b, c = cache

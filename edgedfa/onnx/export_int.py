@@ -415,8 +415,9 @@ def _avgpool(em: IntEmitter, node, layer, ins):
         s = o.op("ReduceSum", [im2col(em, x, geo, channels, base), o.k([2])], f"{base}/sum", keepdims=0)
         p = o.op("Mul", [s, o.k(layer.scale.reshape(-1))], f"{base}/times_reciprocal")
         p = o.op("Reshape", [p, o.k([0, channels] + list(geo.out_spatial()))], f"{base}/unfold")
-    y = o.requantize(p, xf.frac_bits + layer.shift, xf, num.act_rounding, num.act_overflow, f"{base}/requantize")
-    return [(y, xf)]
+    yf = layer.out_fmt if layer.changes_scale else xf  # the mean's own format under adaptive scaling
+    y = o.requantize(p, xf.frac_bits + layer.shift, yf, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, yf)]
 
 
 @INT_OPS.register("BatchNorm")

@@ -99,15 +99,24 @@ class AveragePoolHw(HwLayer):
             raise EdgeDFAError(f"node {self.name!r}: a pooling window counts no input")
         return n.astype(np.int64)
 
+    @property
+    def own_format(self) -> bool:
+        """Adaptive scaling: the mean is requantized into the layer's own managed format (§8.5,
+        §13); static: into the input's."""
+        return self.num.adaptive
+
     def forward(self, acc, xs, train):
         x = xs[0]
         p = patches(to4d(x.codes, self.geo.ndim), self.geo)
         s = p.sum(axis=(4, 5))
         prod = s * self.scale
-        y = requant(prod, x.fmt.frac_bits + self.S, x.fmt, self.num.act_rounding, self.num.act_overflow)
+        fmt = self.out_fmt if self.own_format else x.fmt
+        y = requant(prod, x.fmt.frac_bits + self.S, fmt, self.num.act_rounding, self.num.act_overflow)
+        if train and self.own_format:
+            self.track("out", prod, x.fmt.frac_bits + self.S)
         cost = Cost().use("act", acc.act.cycles(p.size))
         cost.adds, cost.macs = int(p.size), int(s.size)
-        return T(from4d(y, self.geo.ndim), x.fmt), (x.codes.shape if train else None), cost
+        return T(from4d(y, self.geo.ndim), fmt), (x.codes.shape if train else None), cost
 
     def backward(self, acc, cache, dy, need):
         dy4 = to4d(dy.codes, self.geo.ndim)
