@@ -259,6 +259,11 @@ def transpose(node, x):
     return np.transpose(x, node.attrs.get("perm"))
 
 
+@op("Gather")
+def gather(node, x):
+    return np.take(x, node.attrs["indices"], axis=int(node.attrs["axis"]))
+
+
 @op("Squeeze")
 def squeeze(node, x):
     axes = node.attrs.get("axes")

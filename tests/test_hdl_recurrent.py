@@ -26,7 +26,7 @@ ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
 
 def rnn_graph(op, seed, seq, n_in, hidden, n_classes, direction="forward", lbr=0, act=None, read="last",
               bptt=None, w_scale=0.6):
-    """input (N, T, I) -> op (layout 1) -> read Y_h, Y, both (Concat) or Y_c -> Dense."""
+    """input (N, T, I) -> op (layout 1) -> read Y_h, Y, both (Concat), one step of Y (Gather) -> Dense."""
     rng = np.random.default_rng(seed)
     g, d = GATES[op], 2 if direction == "bidirectional" else 1
     params = {"W": rng.uniform(-w_scale, w_scale, (d, g * hidden, n_in)),
@@ -46,6 +46,10 @@ def rnn_graph(op, seed, seq, n_in, hidden, n_classes, direction="forward", lbr=0
         width = seq * d * hidden
     elif read == "last":
         nodes.append(Node("flat", "Flatten", ["yh"], ["f"], {"axis": 1}, {}))
+        width = d * hidden
+    elif read == "step":  # one time step of Y (out[:, -1] of a bidirectional layer, ...)
+        nodes.append(Node("pick", "Gather", ["y"], ["yt"], {"axis": 1, "indices": int(rng.integers(0, seq))}, {}))
+        nodes.append(Node("flat", "Flatten", ["yt"], ["f"], {"axis": 1}, {}))
         width = d * hidden
     else:  # both: the sequence and the last state (LSTM: the last cell state), concatenated
         nodes.append(Node("flat_y", "Flatten", ["y"], ["fy"], {"axis": 1}, {}))
@@ -73,7 +77,7 @@ def rnn_cases(draw):
             "n_in": draw(st.integers(1, 5)), "hidden": draw(st.integers(4, 16)),
             "n_classes": draw(st.integers(2, 5)),
             "direction": draw(st.sampled_from(["forward", "reverse", "bidirectional"])),
-            "read": draw(st.sampled_from(["last", "seq", "both"])),
+            "read": draw(st.sampled_from(["last", "seq", "both", "step"])),
             "bptt": draw(st.sampled_from([None, None, 0, 1, 2]))}
     if op == "GRU":
         case["lbr"] = draw(st.integers(0, 1))
@@ -197,3 +201,13 @@ def test_residual_cnn_merge_layers(algo):
     assert r["bit_exact"], r["first_mismatch"]
     add = layer_row(r, "add", "forward")
     assert add["adds"] == 4 * 3 * 16 * 2  # one add per element, two steps
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("algo", ["bp", "hybrid"])
+def test_a_gathered_time_step_of_a_bidirectional_layer(op, algo):
+    """out[:, -1] of a bidirectional layer (a Gather of one step of Y): the error enters the
+    forward direction at its last step and the backward one at its first, bit-exact."""
+    r = run(rnn_graph(op, 3, 5, 3, 6, 4, direction="bidirectional", read="step"), 4, 8, 3, algo, steps=2)
+    assert r["bit_exact"], r["first_mismatch"]
+    assert r["checked"] >= 16

@@ -352,7 +352,8 @@ def test_int_export_equals_engine_recurrent(graph, num, seed):
 
 def test_recurrent_fixtures_export_bit_exact():
     rng = np.random.default_rng(3)
-    for name in ("gru_bidir_seq_ts.onnx", "lstm_2layer_dynamo.onnx", "rnn_relu_hn_ts.onnx"):
+    for name in ("gru_bidir_seq_ts.onnx", "lstm_2layer_dynamo.onnx", "rnn_relu_hn_ts.onnx",
+                 "gru_bidir_last_ts.onnx", "lstm_bidir2_hn_dynamo.onnx"):
         model = edgedfa.load_onnx(os.path.join(FIXTURES, name), numerics=Numerics.from_bits(10))
         model.calibrate(f32(rng.standard_normal((32,) + model.input_shape)))
         x = sample_inputs(model, rng, 32)
@@ -382,7 +383,8 @@ def test_float_export_follows_float_reference(graph, bits, seed):
 
 
 RECURRENT_FIXTURES = ["gru_bidir_seq_ts.onnx", "gru_dynamo.onnx", "lstm_2layer_ts.onnx",
-                      "lstm_hn_ts.onnx", "rnn_bidir_seq_dynamo.onnx", "rnn_relu_hn_ts.onnx"]
+                      "lstm_hn_ts.onnx", "rnn_bidir_seq_dynamo.onnx", "rnn_relu_hn_ts.onnx",
+                      "gru_bidir_last_dynamo.onnx", "lstm_bidir2_hn_ts.onnx"]
 
 
 @pytest.mark.parametrize("name", RECURRENT_FIXTURES + ["arch:gru", "arch:lstm", "arch:rnn"])

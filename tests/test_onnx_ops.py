@@ -363,3 +363,22 @@ def test_softmax_not_at_output_is_rejected():
              helper.make_node("Relu", ["s"], ["y"])]
     with pytest.raises(EdgeDFAError, match="Softmax is supported only as the last node"):
         check(model(nodes, {}, ["N", 4], opset=13), rand(N, 4))
+
+
+@pytest.mark.parametrize("indices", [np.array(2, np.int64), np.array(-1, np.int64), np.array([3, 0], np.int64)])
+def test_gather_of_constant_places_on_data_matches_onnxruntime(indices):
+    nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=1)]
+    g = check(model(nodes, {"i": indices}, ["N", 4, 3], opset=13), rand(N, 4, 3))
+    assert [n.op for n in g.nodes] == ["Gather"]
+
+
+@pytest.mark.parametrize("indices, axis, message", [
+    (np.array([1, 1], np.int64), 1, "none twice"),
+    (np.array(5, np.int64), 1, "each must lie in -4..3"),
+    (np.array(0, np.int64), 0, "only axes other than the batch's"),
+])
+def test_gather_that_is_no_data_move_is_refused_by_name(indices, axis, message):
+    nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=axis, name="pick")]
+    with pytest.raises(EdgeDFAError, match=message) as err:
+        load_graph_bytes(model(nodes, {"i": indices}, ["N", 4, 3], opset=13, out_shape=None).SerializeToString())
+    assert "pick" in str(err.value)

@@ -43,7 +43,7 @@ def _assert_batch_first(g):
 
 
 def test_every_recurrent_fixture_is_covered():
-    assert len(RECURRENT_FIXTURES) == 17
+    assert len(RECURRENT_FIXTURES) == 21
 
 
 @pytest.mark.parametrize("name", RECURRENT_FIXTURES)
@@ -75,6 +75,10 @@ CANONICAL = {
     "rnn_bidir_seq_dynamo.onnx": ["RNN", "RNN", "Squeeze", "Squeeze", "Concat", "Reshape",
                                   "Dense"],
     "rnn_relu_hn_dynamo.onnx": ["RNN", "Squeeze", "Unsqueeze", "Squeeze", "Dense"],
+    # out[:, -1] of a bidirectional layer: the backward direction's last step is not its final
+    # state, so a time step is gathered; cat(h_n[-2], h_n[-1]) of two bidirectional layers
+    "gru_bidir_last_ts.onnx": ["GRU", "Reshape", "Gather", "Dense"],
+    "lstm_bidir2_hn_dynamo.onnx": ["LSTM", "Reshape", "LSTM", "Concat", "Gather", "Gather", "Concat", "Dense"],
 }
 
 

@@ -108,6 +108,23 @@ class WholeSequence(nn.Module):
         return self.fc(out.reshape(out.shape[0], -1))
 
 
+class BidirectionalRead(nn.Module):
+    """A bidirectional layer read the two ways PyTorch users classify with: the last step of
+    its output sequence (out[:, -1]: Gather of a time step), or the last layer's two final
+    states (cat(h_n[-2], h_n[-1]): Gathers of h_n)."""
+
+    def __init__(self, kind, layers=1, read="last"):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(6, 10, num_layers=layers, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(20, 4)
+        self.read = read
+
+    def forward(self, x):
+        out, h = self.rnn(x)
+        h = h[0] if isinstance(h, tuple) else h
+        return self.fc(out[:, -1, :] if self.read == "last" else torch.cat([h[-2], h[-1]], dim=1))
+
+
 class BNNet(nn.Module):
     """BatchNorm2d after a Conv2d and BatchNorm1d on (N, C) after a Linear (momentum 0.2, eps 1e-3)."""
 
@@ -152,6 +169,8 @@ CASES = {
     "lstm": (lambda: LastStep("LSTM"), SEQ, ("ts", "dynamo"), None),
     "lstm_2layer": (lambda: LastStep("LSTM", layers=2), SEQ, ("ts", "dynamo"), None),
     "lstm_hn": (lambda: FinalHidden("LSTM"), SEQ, ("ts",), None),
+    "gru_bidir_last": (lambda: BidirectionalRead("GRU"), SEQ, ("ts", "dynamo"), None),
+    "lstm_bidir2_hn": (lambda: BidirectionalRead("LSTM", layers=2, read="hn"), SEQ, ("ts", "dynamo"), None),
     "bn_cnn2d": (BNNet, (1, 8, 8), ("ts", "dynamo"), None),
     "bn_cnn1d": (BN1dNet, (2, 16), ("ts", "dynamo"), None),
     "bn_cnn1d_training": (BN1dNet, (2, 16), ("ts",), None),

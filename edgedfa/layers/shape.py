@@ -1,4 +1,4 @@
-"""Data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze) and merges (Add, Concat)."""
+"""Data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Gather) and merges (Add, Concat)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,27 @@ class Unsqueeze(_Move):
         out = codes
         for a in axes:
             out = np.expand_dims(out, a)
+        return out
+
+
+@register("Gather")
+class Gather(_Move):
+    """Constant indices along a non-batch axis (attrs ``axis`` with the batch at 0, ``indices``:
+    an int removes the axis, a list of distinct ints keeps it); the error goes back to the
+    gathered places, zeros elsewhere (exact: no place is read twice)."""
+
+    def move(self, codes):
+        axis = int(self.node.attrs["axis"])
+        if axis == 0:
+            raise EdgeDFAError(f"node {self.name!r}: Gather along the batch axis")
+        return np.take(codes, self.node.attrs["indices"], axis=axis)
+
+    def unmove(self, codes, in_shape):
+        axis, idx = int(self.node.attrs["axis"]), self.node.attrs["indices"]
+        out = np.zeros(in_shape, dtype=codes.dtype)
+        where = [slice(None)] * len(in_shape)
+        where[axis] = idx
+        out[tuple(where)] = codes
         return out
 
 

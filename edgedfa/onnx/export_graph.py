@@ -84,6 +84,9 @@ def emit_move(b: Builder, node, x: str, out: str, in_shape) -> str:
     if node.op == "Transpose":
         perm = [int(p) for p in a.get("perm", list(range(len(in_shape) + 1))[::-1])]
         return b.node("Transpose", [x], node.name, [out], perm=perm)
+    if node.op == "Gather":
+        ind = b.i64(a["indices"], f"{node.name}/indices")  # an int stays 0-d: the axis goes
+        return b.node("Gather", [x, ind], node.name, [out], axis=int(a["axis"]))
     rank = len(in_shape) + 1
     if node.op == "Squeeze":
         axes = sorted(int(v) % rank for v in a.get("axes", []))

@@ -94,6 +94,24 @@ class ConcatHw(HwLayer):
         return [T(p, dy.fmt) for p in np.split(dy.codes, bounds, axis=ax)], {}, Cost(), Cost()
 
 
+@register("Gather")
+class GatherHw(HwLayer):
+    """Data movement: the address generator reads the given places of one axis (free); the
+    error is written back to them, zeros elsewhere."""
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        sel = [slice(None)] * x.codes.ndim
+        sel[int(self.attrs["axis"])] = self.attrs["indices"]
+        return T(x.codes[tuple(sel)], x.fmt), ((x.codes.shape, tuple(sel)) if train else None), Cost()
+
+    def backward(self, acc, cache, dy, need):
+        shape, sel = cache
+        dx = np.zeros(shape, dtype=np.int64)
+        dx[sel] = dy.codes
+        return [T(dx, dy.fmt)], {}, Cost(), Cost()
+
+
 @register("Transpose")
 class TransposeHw(HwLayer):
     def _perm(self, ndim):

@@ -96,6 +96,33 @@ def unsqueeze(node, ctx):
     ctx.emit(node, "Unsqueeze", [x], [node.outputs[0]], {"axes": axes})
 
 
+@register("Gather", 1, 11, 13)
+def gather(node, ctx):
+    """Constant indices into a data tensor along an axis other than the batch's (a time step of
+    a recurrent output, a layer and direction of h_n): a data move."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, f"Gather from {x!r} whose batch is not on axis 0 (shape {_show(shape)})")
+    value = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if value is None:
+        ctx.fail(node, "the indices (input 1) must be a constant")
+    idx = np.asarray(value)
+    axis = int(node.attr("axis", 0))
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 0 < axis < len(shape):
+        ctx.fail(node, f"Gather along axis {axis} of shape {_show(shape)}: only axes other than the batch's")
+    if idx.ndim > 1 or idx.dtype.kind not in "iu":
+        ctx.fail(node, f"indices of shape {list(idx.shape)}: a scalar or a list of integers is supported")
+    n = int(shape[axis])
+    flat = [int(i) + n if int(i) < 0 else int(i) for i in idx.reshape(-1)]
+    if any(not 0 <= i < n for i in flat) or len(set(flat)) != len(flat):
+        ctx.fail(node, f"indices {idx.reshape(-1).tolist()} on an axis of length {n}: each must lie in"
+                 f" -{n}..{n - 1}, none twice")
+    attrs = {"axis": axis, "indices": flat[0] if idx.ndim == 0 else flat}
+    ctx.emit(node, "Gather", [x], [node.outputs[0]], attrs)
+
+
 @register("Concat", 4, 11, 13)
 def concat(node, ctx):
     names = [i for i in node.inputs if i]
