@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import overflow_modes, rounding_modes
+from strategies import formats, overflow_modes, rounding_modes, wide_codes
 
 import edgedfa.fixed as fixed
 from edgedfa.bench.workloads import Workload, dataset, engine
@@ -98,6 +98,20 @@ def run(layer, x, dy, compiled: bool):
     observed = (dict(layer.peaks), {k: v.tolist() for k, v in layer.state.items() if k.startswith("tally:")})
     return ([flat(y) for y in ys], recs, [flat(d) for d in dxs], {k: flat(g) for k, g in grads.items()},
             sum(np.array(t) for t in tallies).tolist() if tallies else [], observed)
+
+
+@given(x=st.lists(wide_codes(64), min_size=1, max_size=12), dst=formats(), shift=st.integers(-70, 62),
+       rounding=rounding_modes(), overflow=overflow_modes())
+def test_requantize_one_is_fixed_requantize(x, dst, shift, rounding, overflow):
+    """The scalar requantization every compiled cell step uses (rounding.requantize_one through
+    layers/cell_loops.requantize_into) against fixed.requantize: any int64 code, any shift the
+    reference takes (left shifts widened into the destination), every deterministic mode."""
+    src = FixedFormat.with_frac(48, dst.frac_bits + shift) if abs(dst.frac_bits + shift) <= 64 else None
+    assume(src is not None)
+    codes = np.array([x], np.int64)
+    out = np.zeros_like(codes)
+    cell_loops.requantize_into(out, QTensor(codes, src), dst, rounding, overflow)
+    assert out.tolist() == fixed.requantize(codes, src, dst, rounding, overflow).tolist()
 
 
 @given(case=cell_cases())

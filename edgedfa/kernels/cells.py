@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT
-from ..rounding import _carry_terms, _rounded, bitlen, observe_counts, requantize_one
+from ..rounding import _carry_terms, _rounded, bitlen, observe_counts, overflow_one, requantize_one
 from ..wide import WIDE_BITS
 from .acc import step
 
@@ -93,6 +93,21 @@ def copy_into(src, dst):
     for i in range(src.shape[0]):
         for j in range(src.shape[1]):
             dst[i, j] = src[i, j]
+
+
+@numba.njit(cache=True)
+def requantize_block(src, shift, rnd, lo, hi, ovf, width, out):
+    """out = ``fixed.requantize`` of a 2-D block by one shift (<= 62; none or a left shift too)."""
+    if shift <= 0:
+        for i in range(src.shape[0]):
+            for j in range(src.shape[1]):
+                out[i, j] = requantize_one(src[i, j], shift, rnd, lo, hi, ovf, width)
+        return
+    base, odd, neg, pos = _carry_terms(shift, rnd)  # a right shift: the carry terms once per block
+    mask = (np.int64(1) << shift) - 1
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            out[i, j] = overflow_one(_rounded(src[i, j], shift, mask, base, odd, neg, pos), lo, hi, ovf, width)
 
 
 # --------------------------------------------------------------------------- exact wide sums (wide.py)

@@ -48,6 +48,21 @@ class StepRecords:
         return QTensor(self.arrays[key], self.fmts[key])
 
 
+def requantize_into(out: np.ndarray, t: QTensor, fmt: FixedFormat, rounding, overflow) -> None:
+    """out[...] = fixed.requantize(t.codes, t.fmt, fmt, rounding, overflow): one compiled pass
+    (any shift up to 62 bits, none included) for a 2-D block and a deterministic rounding."""
+    shift = t.fmt.frac_bits - fmt.frac_bits
+    if not (COMPILED and rounding is not Rounding.STOCHASTIC and shift <= 62 and out.ndim == 2
+            and out.flags.c_contiguous and t.codes.flags.c_contiguous):
+        out[...] = fixed.requantize(t.codes, t.fmt, fmt, rounding, overflow)
+        return
+    from ..kernels import cells
+
+    lo = -fmt.max_code if overflow is Overflow.AP_SAT_SYM and fmt.signed else fmt.min_code
+    cells.requantize_block(t.codes, shift, _ROUNDING_CODE[rounding], lo, fmt.max_code, _OVERFLOW_CODE[overflow],
+                           fmt.width, out)
+
+
 def covers(layer, steps: int) -> bool:
     """Whether the compiled forward loop applies to this layer's numerics."""
     return COMPILED and steps > 0 and layer.num.act_rounding is not Rounding.STOCHASTIC

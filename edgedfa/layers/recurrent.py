@@ -65,7 +65,7 @@ def common_stack(ts, shape, num):
     out = np.zeros((len(ts),) + tuple(shape), np.int64)
     for i, t in enumerate(ts):
         if t is not None:
-            out[i] = requantize(t.codes, t.fmt, fmt, num.err_rounding, Overflow.AP_SAT)
+            cell_loops.requantize_into(out[i], t, fmt, num.err_rounding, Overflow.AP_SAT)
     return QTensor(out, fmt)
 
 
