@@ -93,6 +93,16 @@ def test_a_stop_before_training_leaves_nothing(tmp_path, data):
     assert not out.exists()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc; elsewhere the wall clock)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return time.monotonic()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_the_batch_and_exits_130(tmp_path, data, sig):
     """A real process: the signal arrives in the middle of epoch 2 (batch size 1: 200 steps an epoch)."""
@@ -105,7 +115,12 @@ def test_a_signal_saves_the_batch_and_exits_130(tmp_path, data, sig):
     deadline = time.monotonic() + 120
     while not (out / "metrics.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)
+    # epoch 1 is saved; let the process work into epoch 2 by its own CPU time, not the clock's:
+    # on a loaded machine 0.3 s of waiting could pass before it ran a batch of epoch 2, and the
+    # signal then stopped it at the epoch boundary (batch 0)
+    start = _cpu_seconds(proc.pid)
+    while _cpu_seconds(proc.pid) < start + 0.1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err
