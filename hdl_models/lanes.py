@@ -142,6 +142,30 @@ def _requant(x, s, mode, ovf, lo, hi):
     return out, top
 
 
+def from_float(x, frac: int, span: float, lo: int, hi: int):
+    """Codes of float x (host-side input conversion, §2): clip to +-span, scale by 2^frac,
+    round to nearest even, saturate to lo..hi; None when x holds a NaN."""
+    xc = np.ascontiguousarray(x, dtype=np.float64)
+    out, nan = _from_float(xc.reshape(-1), np.float64(span), np.float64(np.ldexp(1.0, int(frac))), int(lo), int(hi))
+    return None if nan else out.reshape(xc.shape)
+
+
+@numba.njit(cache=True)
+def _from_float(x, span, scale, lo, hi):
+    out = np.empty(x.size, dtype=np.int64)
+    nan = False
+    for i in range(x.size):
+        v = x[i]
+        nan |= v != v
+        y = min(max(v, -span), span) * scale  # a power of two: exact, as ldexp
+        f = np.floor(y)
+        r = y - f
+        q = np.int64(f) if f == f else np.int64(0)  # |f| <= 2^49: exact
+        q += np.int64(r > 0.5) | (np.int64(r == 0.5) & (q & 1))
+        out[i] = min(max(q, lo), hi)
+    return out, nan
+
+
 def round_clamp(x, d: int, lim: int) -> np.ndarray:
     """round(x · 2^-d) to nearest even, clamped to -lim-1..lim (a moment register's narrowing)."""
     return _round_clamp(np.ascontiguousarray(x, dtype=np.int64).reshape(-1), int(d), int(lim)).reshape(np.shape(x))

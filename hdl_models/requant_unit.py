@@ -150,7 +150,16 @@ class RequantUnit:
 
 
 def from_float(x, fmt: FixedFormat) -> np.ndarray:
-    """Host-side input conversion (§2 'from floats'): AP_RND_CONV, AP_SAT, exact scaling."""
+    """Host-side input conversion (§2 'from floats'): AP_RND_CONV, AP_SAT, exact scaling; one
+    compiled pass (``from_float_reference`` is the numpy form)."""
+    codes = lanes.from_float(x, fmt.frac_bits, np.ldexp(1.0, fmt.int_bits + 1), fmt.min_code, fmt.max_code)
+    if codes is None:
+        raise EdgeDFAError("input has NaN values")
+    return codes
+
+
+def from_float_reference(x, fmt: FixedFormat) -> np.ndarray:
+    """``from_float`` in numpy, one operation at a time."""
     x = np.asarray(x, dtype=np.float64)
     if np.isnan(x).any():
         raise EdgeDFAError("input has NaN values")

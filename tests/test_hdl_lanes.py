@@ -2,6 +2,7 @@
 address generator's im2col and transposed im2col, max pooling) against the numpy forms, bit for bit."""
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -18,9 +19,11 @@ from hdl_models.layers.window import out_hw
 from hdl_models.mac_array import F32_EXACT, MacArray, operand_dtype
 from hdl_models.update_unit import UpdateUnit, top_bits
 
-from hdl_models.requant_unit import narrow, requant_reference, requant_tracked, saturate, shift_round
+from hdl_models.requant_unit import (from_float, from_float_reference, narrow, requant_reference, requant_tracked,
+                                     saturate, shift_round)
 
-from strategies import adam_operands, formats, moment_registers, overflow_modes, rounding_modes, wide_codes
+from strategies import (adam_operands, floats_near, formats, moment_registers, overflow_modes, rounding_modes,
+                        wide_codes)
 
 INT64_MIN = -(1 << 63)
 
@@ -240,3 +243,25 @@ def test_narrowing_through_the_lanes_is_shift_round_and_saturate(x, width, f, ro
     codes, fmt = narrow(x, f, width, rounding)
     s = f - fmt.frac_bits
     assert np.array_equal(codes, saturate(shift_round(x, s, rounding), fmt, "AP_SAT"))
+
+
+@st.composite
+def float_inputs(draw):
+    fmt = draw(formats())
+    x = draw(hnp.arrays(np.float64, st.integers(0, 8), elements=st.one_of(
+        floats_near(fmt), st.sampled_from([np.inf, -np.inf, 1e308, -1e308]))))
+    return fmt, x
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=float_inputs(), nan=st.booleans())
+def test_compiled_input_conversion_is_the_numpy_form(case, nan):
+    """Ties and near-ties of the LSB, the range's edges and beyond, infinities, subnormals, NaN."""
+    fmt, x = case
+    if nan:
+        x = np.append(x, np.nan)
+        for conv in (from_float, from_float_reference):
+            with pytest.raises(EdgeDFAError, match="NaN"):
+                conv(x, fmt)
+        return
+    assert np.array_equal(from_float(x, fmt), from_float_reference(x, fmt))
