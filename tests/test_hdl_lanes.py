@@ -264,4 +264,6 @@ def test_compiled_input_conversion_is_the_numpy_form(case, nan):
             with pytest.raises(EdgeDFAError, match="NaN"):
                 conv(x, fmt)
         return
-    assert np.array_equal(from_float(x, fmt), from_float_reference(x, fmt))
+    with np.errstate(under="ignore"):  # numpy's ldexp of a subnormal warns; the value is exact
+        want = from_float_reference(x, fmt)
+    assert np.array_equal(from_float(x, fmt), want)
