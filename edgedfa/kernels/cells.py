@@ -732,7 +732,7 @@ def lstm_chain(start, stop, carry, inj, inj_frac, injc, injc_frac, gi, go, gf_, 
                     terms[1, a, b] = dh[a, b] * o[a, b] * d_tc[a, b]
         f = add_into(terms, tf, 2, w, rnd)
         fdn = f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, dc, tallies)
-        if fdn == FAIL or (fdh == NONE and fdn == NONE):  # the reference fails there (no shape to take)
+        if fdn == FAIL or (fdh == NONE and fdn == NONE):  # rare: the reference runs the chain (no error at this step)
             return 1
         # dA = N([dc g sigma'(i) | dh tanh(c') sigma'(o) | dc c sigma'(f) | dc i tanh'(g)])
         cfr[0] = fdn + 2 * gf + 2 if fdn != NONE else NONE

@@ -410,14 +410,19 @@ class Recurrent(Layer):
             return {k: QTensor(np.zeros_like(p.codes[d]), acc_format(grad_acc_bits(num), 0))
                     for k, p in self.params.items()}
         a2 = QTensor(A.codes.reshape(T * N, gh), A.fmt)
-        r2 = QTensor(Rst.codes.reshape(T * N, gh), Rst.fmt)
         out = {"W": self._gemm(QTensor(a2.codes.T, a2.fmt), x.codes.reshape(T * N, n_in), x.fmt, backward=True)}
-        blocks = [self._gemm(QTensor(r2.codes[:, rows].T, r2.fmt), op.codes.reshape(T * N, hidden), op.fmt,
-                             backward=True) for rows, op in self.recurrent_operands(c["recs"])]
-        out["R"] = QTensor(np.concatenate([b.codes for b in blocks]), blocks[0].fmt)
+        if Rst is None:  # every step's dR narrowed to nothing (GRU, linear_before_reset): R and Rb get none
+            zero = acc_format(grad_acc_bits(num), 0)
+            out["R"] = QTensor(np.zeros_like(self.params["R"].codes[d]), zero)
+            br = QTensor(np.zeros(gh, np.int64), zero)
+        else:
+            r2 = QTensor(Rst.codes.reshape(T * N, gh), Rst.fmt)
+            blocks = [self._gemm(QTensor(r2.codes[:, rows].T, r2.fmt), op.codes.reshape(T * N, hidden), op.fmt,
+                                 backward=True) for rows, op in self.recurrent_operands(c["recs"])]
+            out["R"] = QTensor(np.concatenate([b.codes for b in blocks]), blocks[0].fmt)
+            br = QTensor(r2.codes.sum(axis=0), acc_format(grad_acc_bits(num), Rst.fmt.frac_bits))
         if "B" in self.params:
             bw = QTensor(a2.codes.sum(axis=0), acc_format(grad_acc_bits(num), A.fmt.frac_bits))
-            br = QTensor(r2.codes.sum(axis=0), acc_format(grad_acc_bits(num), Rst.fmt.frac_bits))
             both = align_grads([bw, br], num)
             out["B"] = QTensor(both.codes.reshape(-1), both.fmt)
         return out
@@ -674,6 +679,8 @@ class LSTM(Recurrent):
         num, rnd = self.num, self.num.err_rounding
         i, o, f, g, tc = rec["i"], rec["o"], rec["f"], rec["g"], rec["tc"]
         dc = narrow(add([dc, mul(dh, o, dtanh(tc))], rnd), num)
+        if dh is None and dc is None:  # only a carried cell error, and it narrowed to nothing
+            return None, None, None, None
         parts = [mul(dc, g, dsig(i)), mul(dh, tc, dsig(o)), mul(dc, rec["c_prev"], dsig(f)), mul(dc, i, dtanh(g))]
         shape = (dh if dh is not None else dc).codes.shape
         dA = narrow(cat(parts, shape, rnd), num)

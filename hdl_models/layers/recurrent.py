@@ -416,23 +416,24 @@ class RecurrentHw(HwLayer):
         if A is None:
             return {k: V(np.zeros_like(p.codes[d]), 0) for k, p in self.params.items()}
         a2 = A.codes.reshape(steps * n, gh)
-        r2 = Rs.codes.reshape(steps * n, gh)
+        r2 = None if Rs is None else Rs.codes.reshape(steps * n, gh)  # None: every dR narrowed to nothing
         out = {}
         gw, st = acc.array.gemm(a2.T, x.codes.reshape(steps * n, n_in), None, grad_width(num), num.acc_overflow,
                                 num.state_err_width, c.get("x_width", num.act_bits))
         cost.add(acc.gemm_cost(st, ("err", num.state_err_width), ("act", num.act_bits), None, requant_out=False))
         out["W"] = V(gw, A.frac + x.frac)
         blocks, frac = [], None
-        for rows, op, f in self.recurrent_operands(c["recs"]):
+        for rows, op, f in ([] if r2 is None else self.recurrent_operands(c["recs"])):
             g, st = acc.array.gemm(r2[:, rows].T, op.reshape(steps * n, H), None, grad_width(num), num.acc_overflow,
                                    num.state_err_width, num.act_bits)
             cost.add(acc.gemm_cost(st, ("err", num.state_err_width), ("act", num.act_bits), None, requant_out=False))
             blocks.append(g)
             frac = Rs.frac + f if frac is None else frac
-        out["R"] = V(np.concatenate(blocks), frac)
+        out["R"] = V(np.concatenate(blocks), frac) if blocks else V(np.zeros_like(self.params["R"].codes[d]), 0)
         if "B" in self.params:
-            bw, br = V(a2.sum(axis=0), A.frac), V(r2.sum(axis=0), Rs.frac)
-            cost.adds += a2.size + r2.size
+            bw = V(a2.sum(axis=0), A.frac)
+            br = V(np.zeros(gh, np.int64), 0) if r2 is None else V(r2.sum(axis=0), Rs.frac)
+            cost.adds += a2.size + (0 if r2 is None else r2.size)
             both = align_grads([bw, br], num)
             out["B"] = V(both.codes.reshape(-1), both.frac)
         return out
@@ -598,6 +599,8 @@ class LstmHw(RecurrentHw):
         i, o, f, g, tc = rec["i"], rec["o"], rec["f"], rec["g"], rec["tc"]
         c_prev = rec["c_prev"]
         dc = N(oplus([dc, otimes(dh, o, self.dtanh(tc, gf))], rnd), num)
+        if dh is None and dc is None:  # a carried cell error alone, narrowed to nothing: no error here
+            return None, None, None, None
         parts = [otimes(dc, g, self.dsig(i, gf)), otimes(dh, tc, self.dsig(o, gf)),
                  otimes(dc, c_prev, self.dsig(f, gf)), otimes(dc, i, self.dtanh(g, gf))]
         shape = (dh if dh is not None else dc).codes.shape
