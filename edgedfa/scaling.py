@@ -90,7 +90,7 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
         flat = np.ascontiguousarray(c).reshape(-1)
         has_out = out_codes is not None
         outs = np.ascontiguousarray(out_codes, dtype=np.int64).reshape(-1) if has_out else flat
-        mn, mx, clipped, zeroed = observe_counts(flat, max(lo, -(1 << 63)), min(hi, (1 << 63) - 1), outs, has_out)
+        mn, mx, clipped, zeroed = observe_counts(flat, lo, hi, outs, has_out)
     else:
         mn, mx = c.min(), c.max()
         clipped = np.count_nonzero((c < lo) | (c > hi))
@@ -99,10 +99,12 @@ def observe(layer, key: str, wide: QTensor, out_fmt: FixedFormat, out_codes=None
 
 
 def in_range(frac: int, out_fmt: FixedFormat) -> tuple:
-    """(lo, hi): the wide codes with ``frac`` fraction bits that land inside ``out_fmt``'s range."""
+    """(lo, hi): the wide codes with ``frac`` fraction bits that land inside ``out_fmt``'s range,
+    clamped to int64 (a bound beyond it excludes no int64 code either way)."""
     s = frac - out_fmt.frac_bits
-    return ((out_fmt.min_code << s, ((out_fmt.max_code + 1) << s) - 1) if s >= 0 else
-            (-((-out_fmt.min_code) >> -s), out_fmt.max_code >> -s))
+    lo, hi = ((out_fmt.min_code << s, ((out_fmt.max_code + 1) << s) - 1) if s >= 0 else
+              (-((-out_fmt.min_code) >> -s), out_fmt.max_code >> -s))
+    return max(lo, -(1 << 63)), min(hi, (1 << 63) - 1)
 
 
 def observed(layer, key: str, maxabs: int, frac: int, count: int, clipped: int, zeroed: int) -> None:

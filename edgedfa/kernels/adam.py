@@ -5,9 +5,9 @@ One call narrows the gradient, moves both moment registers, derives each lane's 
 the leading one of ``v``, rounds ``m`` by it (stochastic words generated in the loop, §5) and
 saturates into the parameter's format, in three passes over memory (one thread: the lanes
 are cheap, and a parallel region stalls whenever another process holds a core). Inputs the
-compiled passes do not model exactly
-(codes near the int64 rails, a left shift that would overflow) return ``None``: the caller
-then runs the reference, which computes or raises as it always did.
+compiled passes do not model exactly (codes near the int64 rails, a left shift that would
+overflow) return ``None``: the caller then runs the reference, which computes or raises as it
+always did.
 """
 
 from __future__ import annotations

@@ -242,11 +242,10 @@ ACTIVATIONS = {"Tanh": 0, "Sigmoid": 1, "Relu": 2}  # kernels.cells' TANH, SIGMO
 
 @functools.lru_cache(maxsize=64)
 def observe_limits(out_fmt: FixedFormat):
-    """scaling.in_range of ``out_fmt`` for every wide fraction -64..64, clamped to int64 (the
-    compiled loops index it by fraction + 64)."""
-    rows = [in_range(f, out_fmt) for f in range(-64, 65)]
-    return (np.array([max(lo, -(1 << 63)) for lo, _ in rows], np.int64),
-            np.array([min(hi, (1 << 63) - 1) for _, hi in rows], np.int64))
+    """scaling.in_range of ``out_fmt`` for every wide fraction -64..64 (the compiled loops
+    index it by fraction + 64)."""
+    rows = np.array([in_range(f, out_fmt) for f in range(-64, 65)], np.int64)
+    return np.ascontiguousarray(rows[:, 0]), np.ascontiguousarray(rows[:, 1])
 
 
 def record_observations(layer, key: str, obs: np.ndarray, count: int) -> None:

@@ -77,8 +77,8 @@ def remove_orphan_trial_dirs(root: str | None = None) -> list:
     except OSError:
         return removed
     for name in names:
-        pid = name[len(host):].split("-", 1)[0]
-        if not name.startswith(host) or not pid.isdigit() or _alive(int(pid)):
+        pid = name[len(host):].split("-", 1)[0] if name.startswith(host) else ""
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         path = os.path.join(root, name)
         shutil.rmtree(path, ignore_errors=True)
@@ -92,7 +92,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # another user's process, or no way to tell: keep it
+    except OSError:  # another user's process, or no way to tell: keep it
         return True
     return True
 
