@@ -18,6 +18,7 @@ import numpy as np
 from ..fixed import Overflow, Rounding
 from ..prng import key32
 from ..rounding import bitlen as _bitlen
+from ..rounding import inner
 from ..rounding import lshift as _lshift
 from ..rounding import mix32 as _mix32
 from ..rounding import overflow_one as _overflow
@@ -82,19 +83,19 @@ def _warmup(shift: int, step: int) -> int:
     return min(int(shift), (int(step) + 1).bit_length() - 1)
 
 
-@numba.njit(cache=True)
+@inner()
 def _conv(x, s):
     """Round to nearest even by s >= 0 bits."""
-    return x if s == 0 else _round_shift(x, s, 6, 0)
+    return x if s == 0 else _round_shift(x, s, np.int64(6), np.int64(0))  # no literal: one compilation
 
 
-@numba.njit(cache=True)
+@inner()
 def _narrow_shift(mx, bits):
     """``update.narrow_frac``'s shift for max|x| = mx: keep the top ``bits`` bits."""
     return max(0, _bitlen(mx) - (bits - 1))
 
 
-@numba.njit(cache=True)
+@inner()
 def _clamp(x, bits):
     lim = (np.int64(1) << (bits - 1)) - 1
     return min(max(x, -lim - 1), lim)
@@ -103,7 +104,7 @@ def _clamp(x, bits):
 _MIN64 = -(1 << 63)
 
 
-@numba.njit(cache=True)
+@inner()
 def _first_pass(g, m, has_m, v, has_v):
     """(max|g|, #codes of g at or beyond +-2^62, whether m and v hold a non-zero code): the
     gradient's exponent, the codes whose numpy passes could wrap (the reference then runs),
@@ -123,7 +124,7 @@ def _first_pass(g, m, has_m, v, has_v):
     return mx, bad, m_any, v_any
 
 
-@numba.njit(cache=True)
+@inner()
 def _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, gf2, out):
     """Narrowed gradient and both moment EMAs before their narrowing (``update.ema``), in
     out[1] and out[2]; (max|m|, max|v|, #codes at -2^63)."""
@@ -165,7 +166,7 @@ def _adam(g, gf, m_old, mof, has_m, v_old, vof, has_v, bits, b1, b2, lr_shift, p
     return _apply_steps(out, sm, sv, bits, mf - sm, vf - sv, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width)
 
 
-@numba.njit(cache=True)
+@inner()
 def _apply_steps(out, sm, sv, bits, mf, vf, lr_shift, p, pfrac, rmode, key, lo, hi, omode, width):
     """Narrow both moments, then each lane's step m / 2^k (2^k nearest sqrt(v)), rounded,
     subtracted and saturated."""

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT
-from ..rounding import _carry_terms, _rounded, bitlen, observe_counts, overflow_one, requantize_one
+from ..rounding import _carry_terms, _rounded, bitlen, inner, observe_counts, overflow_one, requantize_one
 from ..wide import WIDE_BITS
 from .acc import step
 
@@ -39,7 +39,7 @@ A_LO, A_HI, A_MODE, A_BITS, A_EXACT = range(5)
 
 # --------------------------------------------------------------------------- the table unit (§9.2-9.3)
 
-@numba.njit(VOID(MAT, I64, I64, VEC, MAT), cache=True)
+@inner(VOID(MAT, I64, I64, VEC, MAT))
 def table_unit(pre, frac, sigmoid, table, u):
     """u = ``lut._tanh_magnitude`` of |pre| (``frac`` fraction bits; sigmoid: read as pre/2,
     then 1 ± that): the value the output rounding takes, with INTERP_FRAC (+1) fraction bits.
@@ -59,7 +59,7 @@ def table_unit(pre, frac, sigmoid, table, u):
             u[i, j] = one + ((y ^ sign) - sign) if sigmoid else y
 
 
-@numba.njit(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64), cache=True)
+@inner(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64))
 def sigmoid_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
     """out = ``lut.sigmoid_codes(pre)`` into the gate format (gf fraction bits, codes glo..ghi,
     gw bits, rounding rnd); u: scratch like pre."""
@@ -69,7 +69,7 @@ def sigmoid_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
             out[i, j] = requantize_one(u[i, j], INTERP_FRAC + 1 - gf, rnd, glo, ghi, AP_SAT, gw)
 
 
-@numba.njit(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64), cache=True)
+@inner(VOID(MAT, I64, VEC, MAT, MAT, I64, I64, I64, I64, I64))
 def tanh_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
     """out = ``lut.tanh_codes(pre)`` into the gate format (exactly odd)."""
     table_unit(pre, frac, 0, table, u)
@@ -80,14 +80,14 @@ def tanh_block(pre, frac, table, u, out, gf, glo, ghi, gw, rnd):
             out[i, j] = (m ^ sign) - sign
 
 
-@numba.njit(BOOL(I64), cache=True)
+@inner(BOOL(I64))
 def lut_shift_ok(frac):
     """Whether a sum with ``frac`` fraction bits has a format and the table unit's input shift
     (sigmoid: one more) is one the reference takes."""
     return -64 <= frac <= 64 and frac + 1 - LUT_FRAC <= MAX_RIGHT
 
 
-@numba.njit(VOID(MAT, MAT), cache=True)
+@inner(VOID(MAT, MAT))
 def copy_into(src, dst):
     """dst[...] = src for 2-D arrays (an explicit loop compiles far faster than a slice store)."""
     for i in range(src.shape[0]):
@@ -112,7 +112,7 @@ def requantize_block(src, shift, rnd, lo, hi, ovf, width, out):
 
 # --------------------------------------------------------------------------- exact wide sums (wide.py)
 
-@numba.njit(I64(MAT, I64, I64), cache=True)
+@inner(I64(MAT, I64, I64))
 def block_max(a, c0, width):
     """max |a[:, c0:c0 + width]| (0 when every code is zero: the term is not live)."""
     m = np.int64(0)
@@ -122,7 +122,7 @@ def block_max(a, c0, width):
     return m
 
 
-@numba.njit(I64(VEC, VEC), cache=True)
+@inner(I64(VEC, VEC))
 def common_frac(fracs, maxes):
     """``wide.common_frac`` over the live terms (max != 0); the first term's fraction when no
     term is live (``wide.total``'s zeros keep the first term's format); FAIL when aligning a
@@ -153,7 +153,7 @@ def align_one(v, shift, rmode):
     return _rounded(v, shift, (np.int64(1) << shift) - 1, base, odd, neg, pos)
 
 
-@numba.njit(I64(MAT, I64, I64, MAT, I64, I64, MAT, I64), cache=True)
+@inner(I64(MAT, I64, I64, MAT, I64, I64, MAT, I64))
 def total2(a, ca, fa, b, cb, fb, out, rmode):
     """out = ``wide.total([a[:, ca:], b[:, cb:]])`` over out's width; returns its fraction
     (FAIL: not covered)."""
@@ -177,8 +177,7 @@ def total2(a, ca, fa, b, cb, fb, out, rmode):
 
 # --------------------------------------------------------------------------- the recurrent GEMM (§4)
 
-@numba.njit([VOID(numba.int32[:, ::1], numba.int32[:, ::1], VEC, BOOL, MAT, I64), VOID(MAT, MAT, VEC, BOOL, MAT, I64)],
-            cache=True)
+@inner()  # compiled for the operand type a run uses (int32 or int64), on first use
 def _exact_gemm(a, rt, init, has_init, out, oc):
     """The plain sum, four rows at a time (each loaded row of rt serves four accumulators)."""
     m, n = a.shape[0], rt.shape[1]
@@ -209,8 +208,7 @@ def _exact_gemm(a, rt, init, has_init, out, oc):
                 out[i0 + q, oc + j] = rows[q, j]
 
 
-@numba.njit([VOID(numba.int32[:, ::1], numba.int32[:, ::1], VEC, BOOL, MAT, I64, VEC),
-             VOID(MAT, MAT, VEC, BOOL, MAT, I64, VEC)], cache=True)
+@inner()  # callers pass no literal argument: one compilation per operand type
 def recurrent_gemm(a, rt, init, has_init, out, oc, acc):
     """out[:, oc:oc + n] = a @ rt (+ init) as ``kernels.reference.gemm``: init first, k
     ascending, the register's overflow after every addition; with ``acc[A_EXACT]`` (a bound
@@ -259,7 +257,7 @@ def gru_forward(xg, fx, rt, rt_h, rb, rb_h, has_bias, acc, fr, lbr, fmt, table, 
     for s in range(T):
         x = xg[s]
         copy_into(h, hp[s])
-        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        recurrent_gemm(hb, rt, rb, has_bias, hg, np.int64(0), acc)
         f = total2(x, 0, fx, hg, 0, fr, pre, rnd)
         if not lut_shift_ok(f):
             return 1
@@ -312,14 +310,14 @@ NONE = -(1 << 41)  # the fraction of an error that is Python's None: absent, or 
 TEN = numba.int64[:, :, ::1]
 
 
-@numba.njit(BOOL(I64), cache=True)
+@inner(BOOL(I64))
 def frac_ok(frac):
     """Whether a format with ``frac`` fraction bits exists (FixedFormat: |W - I| <= 64); the
     reference raises where it does not, so the compiled loop leaves such a step to it."""
     return -64 <= frac <= 64
 
 
-@numba.njit(I64(MAT, I64, I64, I64, I64, MAT, VEC), cache=True)
+@inner(I64(MAT, I64, I64, I64, I64, MAT, VEC))
 def narrow_into(x, frac, bits, rnd, frac_max, out, tallies):
     """out = ``recurrent.narrow(x)``: the top ``bits`` under a dynamic exponent
     (``fixed.narrow_dynamic``, its values / clipped / rounded-to-zero added to ``tallies``),
@@ -358,7 +356,7 @@ def narrow_into(x, frac, bits, rnd, frac_max, out, tallies):
     return nf if block_max(out, 0, out.shape[1]) != 0 else NONE
 
 
-@numba.njit(I64(TEN, VEC, I64, MAT, I64), cache=True)
+@inner(I64(TEN, VEC, I64, MAT, I64))
 def add_into(terms, fracs, count, out, rnd):
     """out = ``wide.add`` of the first ``count`` terms (a term whose fraction is NONE is None);
     returns its fraction, NONE when no term is live, FAIL when not covered."""
@@ -387,7 +385,7 @@ def add_into(terms, fracs, count, out, rnd):
     return frac
 
 
-@numba.njit(I64(MAT, VEC, VEC, I64), cache=True)
+@inner(I64(MAT, VEC, VEC, I64))
 def cat_into(buf, starts, fracs, rnd):
     """``wide.cat`` in place: buf's column blocks starts[p]..starts[p+1] (zeros where the part
     is None: fraction NONE) aligned to one common fraction; returns it, NONE when no part is
@@ -414,7 +412,7 @@ def cat_into(buf, starts, fracs, rnd):
     return frac
 
 
-@numba.njit(I64(MAT, I64, MAT, I64, TEN, VEC, MAT, MAT, I64, I64, I64, VEC), cache=True)
+@inner(I64(MAT, I64, MAT, I64, TEN, VEC, MAT, MAT, I64, I64, I64, VEC))
 def step_error(inj, inj_frac, carry, carry_frac, terms, tf, w, out, bits, rnd, fmax, tallies):
     """out = dh = N(inj_t + carry_h), the error at h entering a step (``Recurrent._run_chain``):
     its fraction, NONE or FAIL (terms, tf, w: scratch)."""
@@ -425,7 +423,7 @@ def step_error(inj, inj_frac, carry, carry_frac, terms, tf, w, out, bits, rnd, f
     return f if f == NONE or f == FAIL else narrow_into(w, f, bits, rnd, fmax, out, tallies)
 
 
-@numba.njit(VOID(MAT, MAT, I64, I64, I64), cache=True)
+@inner(VOID(MAT, MAT, I64, I64, I64))
 def derivative(y, out, frac, sigmoid, width):
     """``lut.dtanh_codes`` (1 - t^2, AP_RND into ap_ufixed<W,1>) or ``lut.dsigmoid_codes``
     (s (1 - s) into ap_ufixed<W,-1>) of gate codes y (``frac`` fraction bits)."""
@@ -440,7 +438,7 @@ def derivative(y, out, frac, sigmoid, width):
                 out[i, j] = requantize_one((one << frac) - v * v, frac, AP_RND, 0, hi, AP_SAT, width)
 
 
-@numba.njit(cache=True)
+@inner()
 def to_operand(src, c0, dst):
     """dst = src[:, c0:c0 + dst's width] in the GEMM's integer type."""
     for i in range(dst.shape[0]):
@@ -448,14 +446,14 @@ def to_operand(src, c0, dst):
             dst[i, j] = src[i, c0 + j]
 
 
-@numba.njit(cache=True)
+@inner()
 def error_gemm(a, c0, frac, buf, rt, rf, acc, out):
     """out = gemm(a[:, c0:], rt) through the backward register (no init); returns the product's
     fraction (``frac`` + rf), FAIL when its format would not exist."""
     if not frac_ok(frac + rf):
         return FAIL
     to_operand(a, c0, buf)
-    recurrent_gemm(buf, rt, np.zeros(0, np.int64), False, out, 0, acc)
+    recurrent_gemm(buf, rt, np.zeros(0, np.int64), np.bool_(False), out, np.int64(0), acc)
     return frac + rf
 
 
@@ -607,7 +605,7 @@ def gru_chain(start, stop, carry, lbr, inj, inj_frac, zs, rs, ns, hp, hh, hh_fra
 
 # --------------------------------------------------------------------------- LSTM (§9.6-9.7)
 
-@numba.njit(VOID(MAT, I64, MAT), cache=True)
+@inner(VOID(MAT, I64, MAT))
 def column_block(src, c0, dst):
     """dst = src[:, c0:c0 + dst's width] (one gate's block, contiguous for the table unit)."""
     for i in range(dst.shape[0]):
@@ -642,7 +640,7 @@ def lstm_forward(xg, fx, rt, rb, has_bias, acc, fr, fmt, cfmt, table, observing,
     for s in range(T):
         copy_into(h, hp[s])
         copy_into(c, cp[s])
-        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        recurrent_gemm(hb, rt, rb, has_bias, hg, np.int64(0), acc)
         f = total2(xg[s], 0, fx, hg, 0, fr, pre, rnd)  # one fraction for all four gates
         if not lut_shift_ok(f):
             return 1
@@ -792,7 +790,7 @@ def rnn_forward(xg, fx, rt, rb, has_bias, acc, fr, act, fmt, table, observing, l
     hg, pre, u = np.empty((N, H), np.int64), np.empty((N, H), np.int64), np.empty((N, H), np.int64)
     for s in range(T):
         copy_into(h, hp[s])
-        recurrent_gemm(hb, rt, rb, has_bias, hg, 0, acc)
+        recurrent_gemm(hb, rt, rb, has_bias, hg, np.int64(0), acc)
         f = total2(xg[s], 0, fx, hg, 0, fr, pre, rnd)
         if f == FAIL or not frac_ok(f):
             return 1
