@@ -4,7 +4,9 @@ numpy reference ``update.adam_update_reference``.
 One call narrows the gradient, moves both moment registers, derives each lane's shift from
 the leading one of ``v``, rounds ``m`` by it (stochastic words generated in the loop, §5) and
 saturates into the parameter's format, in three passes over memory (one thread: the lanes
-are cheap, and a parallel region stalls whenever another process holds a core). Inputs the
+are cheap, and a parallel region stalls whenever another process holds a core). The passes
+are branch-free where they can be (rounding terms worked out once per pass, the moment
+registers' presence read up to their first non-zero code), so that they vectorise. Inputs the
 compiled passes do not model exactly (codes near the int64 rails, a left shift that would
 overflow) return ``None``: the caller then runs the reference, which computes or raises as it
 always did.
@@ -19,7 +21,6 @@ from ..fixed import Overflow, Rounding
 from ..prng import key32
 from ..rounding import bitlen as _bitlen
 from ..rounding import inner
-from ..rounding import lshift as _lshift
 from ..rounding import mix32 as _mix32
 from ..rounding import overflow_one as _overflow
 from ..rounding import round_shift_one as _round_shift
@@ -84,9 +85,26 @@ def _warmup(shift: int, step: int) -> int:
 
 
 @inner()
-def _conv(x, s):
-    """Round to nearest even by s >= 0 bits."""
-    return x if s == 0 else _round_shift(x, s, np.int64(6), np.int64(0))  # no literal: one compilation
+def _rne_terms(s):
+    """(mask, base, odd) of a round to nearest even by a fixed s >= 0 bits (``rounding._carry_terms``
+    of AP_RND_CONV; all zero for s = 0, which leaves a code as it is): worked out once per pass."""
+    if s == 0:
+        return np.int64(0), np.int64(0), np.int64(0)
+    return (np.int64(1) << s) - 1, (np.int64(1) << (s - 1)) - 1, np.int64(1)
+
+
+@inner()
+def _rne(x, s, mask, base, odd):
+    """x rounded to nearest even by s bits, with ``_rne_terms(s)``: no branch, so a pass over a
+    tensor vectorises."""
+    q = x >> s
+    return q + (((x & mask) + base + odd * (q & 1)) >> s)
+
+
+@inner()
+def _shl(x, s):
+    """``rounding.lshift`` (x << s, 0 from 64 bits on) without a branch."""
+    return (x << min(s, 63)) * (s < 64)
 
 
 @inner()
@@ -111,17 +129,20 @@ def _first_pass(g, m, has_m, v, has_v):
     and whether each moment register is present (§12: an all-zero one counts as absent)."""
     mx = 0
     bad = 0
-    m_any = False
-    v_any = False
     for i in range(g.size):
         x = g[i]
-        bad += x >= _SAFE or x <= -_SAFE
+        bad += (x >= _SAFE) | (x <= -_SAFE)
         mx = max(mx, abs(x))
-        if has_m:
-            m_any |= m[i] != 0
-        if has_v:
-            v_any |= v[i] != 0
-    return mx, bad, m_any, v_any
+    return mx, bad, has_m and _any(m), has_v and _any(v)
+
+
+@inner()
+def _any(x):
+    """Whether x holds a non-zero code (reads up to the first one)."""
+    for i in range(x.size):
+        if x[i] != 0:
+            return True
+    return False
 
 
 @inner()
@@ -131,12 +152,19 @@ def _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, 
     mx_m = 0
     mx_v = 0
     bad = 0
+    gmask, gbase, godd = _rne_terms(sg)
+    mmask, mbase, modd = _rne_terms(b1)
+    vmask, vbase, vodd = _rne_terms(b2)
+    sm_old, sv_old = (mf - mof) * has_m, (vf - vof) * has_v  # every shift >= 0
+    sm_g, sv_g = mf - gf2, vf - 2 * gf2
+    m_in = m_old if has_m else g  # read (times 0) when absent: one loop either way
+    v_in = v_old if has_v else g
     for i in range(g.size):
-        gc = _clamp(_conv(g[i], sg), bits)
-        a = _lshift(m_old[i], mf - mof) if has_m else 0
-        dm = a + _conv(_lshift(gc, mf - gf2) - a, b1)
-        a = _lshift(v_old[i], vf - vof) if has_v else 0
-        dv = a + _conv(_lshift(gc * gc, vf - 2 * gf2) - a, b2)
+        gc = _clamp(_rne(g[i], sg, gmask, gbase, godd), bits)
+        a = _shl(m_in[i], sm_old) * has_m
+        dm = a + _rne(_shl(gc, sm_g) - a, b1, mmask, mbase, modd)
+        a = _shl(v_in[i], sv_old) * has_v
+        dv = a + _rne(_shl(gc * gc, sv_g) - a, b2, vmask, vbase, vodd)
         out[1, i] = dm
         out[2, i] = dv
         bad += (dm == _MIN64) + (dv == _MIN64)
@@ -173,26 +201,31 @@ def _apply_steps(out, sm, sv, bits, mf, vf, lr_shift, p, pfrac, rmode, key, lo, 
     clipped = 0
     zeroed = 0
     failed = 0
+    mmask, mbase, modd = _rne_terms(sm)
+    vmask, vbase, vodd = _rne_terms(sv)
     for i in range(out.shape[1]):
-        x = _clamp(_conv(out[1, i], sm), bits)
-        v = _clamp(_conv(out[2, i], sv), bits)
+        x = _clamp(_rne(out[1, i], sm, mmask, mbase, modd), bits)
+        v = _clamp(_rne(out[2, i], sv, vmask, vbase, vodd), bits)
         out[1, i] = x
         out[2, i] = v
         sh = min(max(lr_shift + mf + ((_bitlen(v) - vf) >> 1) - pfrac, -16), 62)
-        if sh <= 0:  # the reference raises on a left shift that overflows: let it
-            if sh < 0 and (x >= (np.int64(1) << (63 + sh)) or x < -(np.int64(1) << (63 + sh))):
-                failed += 1
-                step = 0
-            else:
-                step = x << -sh
+        # sh <= 0: x << -sh, where the reference raises on a left shift that overflows (then let it)
+        lim = np.int64(1) << min(63 + sh, 62)
+        failed += (sh < 0) & ((x >= lim) | (x < -lim))
+        left = x << max(-sh, 0)
+        s = max(sh, 1)  # sh > 0: x rounded by sh bits
+        if rmode == _STOCHASTIC:  # floor((x + r) / 2^s), r the top s bits of the lane's word
+            word = _mix32(key ^ i)
+            r = (word >> max(32 - s, 0)) if s <= 32 else (word << max(s - 32, 0))
+            right = (x >> s) + (((x & ((np.int64(1) << s) - 1)) + r) >> s)
         else:
-            word = _mix32(key ^ i) if rmode == 7 else 0
-            step = _round_shift(x, sh, rmode, word)
+            right = _round_shift(x, s, rmode, 0)
+        step = left if sh <= 0 else right
         delta = step if v > 0 else 0
         raw = p[i] - delta
         new = _overflow(raw, lo, hi, omode, width)
         clipped += new != raw
-        zeroed += delta == 0 and x != 0
+        zeroed += (delta == 0) & (x != 0)
         out[0, i] = new
     if failed:
         return 1, 0, 0, 0, 0
