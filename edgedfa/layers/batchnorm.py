@@ -282,7 +282,7 @@ class BatchNorm(Layer):
     # ------------------------------------------------------------------ backward
     def backward(self, cache, dy, need_dx):
         xhat, n = cache["xhat"], cache["n"]
-        d3 = np.where(cache["live"], dy.codes.reshape(cache["live"].shape), 0)
+        d3 = dy.codes.reshape(cache["live"].shape) * cache["live"]  # masked as activations.masked
         f_dy, f_xh, num = dy.fmt.frac_bits, self.xhat_fmt.frac_bits, self.num
         db, dg = d3.sum(axis=(0, 2)), (d3 * xhat).sum(axis=(0, 2))
         grads = {"B": QTensor(db, acc_format(num.acc_bits, f_dy)),
