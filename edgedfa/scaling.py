@@ -131,7 +131,7 @@ def remember_floors(layer) -> None:
 def manage_param(layer, name: str) -> int:
     """Grow or shrink a parameter's exponent after its update; returns the change."""
     p = layer.params[name]
-    b = int(np.abs(p.codes).max()).bit_length() if p.codes.size else 0
+    b = _peak(p.codes).bit_length() if p.codes.size else 0
     delta, low = decide(b, p.fmt.width, int(layer.state.get(LOW + name, 0)), layer.num.exp_patience)
     if delta < 0 and p.fmt.frac_bits + 1 > int(layer.state.get(FLOOR + name, p.fmt.frac_bits)):
         delta, low = 0, 0
@@ -143,6 +143,15 @@ def manage_param(layer, name: str) -> int:
         if v is not None:  # SGD momentum is kept in the parameter's LSBs: it moves with them
             layer.state[f"velocity_{name}"] = round_shift(v, delta, "AP_RND_CONV")
     return delta
+
+
+def _peak(codes) -> int:
+    """``np.abs(codes).max()`` of a non-empty tensor; one compiled pass for int64 codes."""
+    if fixed.COMPILED and codes.dtype == np.int64:
+        from .rounding import max_abs
+
+        return int(max_abs(np.ascontiguousarray(codes).reshape(-1)))
+    return int(np.abs(codes).max())
 
 
 def manage_outputs(layer) -> dict:
