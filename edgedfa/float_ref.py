@@ -287,6 +287,11 @@ def add(node, *xs):
     return out
 
 
+@op("Mul")
+def mul(node, a, b):
+    return a * b
+
+
 @op("Concat")
 def concat(node, *xs):
     return np.concatenate(xs, axis=int(node.attrs["axis"]))

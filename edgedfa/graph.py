@@ -11,7 +11,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   ``GlobalAveragePool``
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
   ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
-- ``Add`` (two or more inputs), ``Concat`` (attr axis)
+- ``Add`` (two or more inputs), ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``
+  (attr axis)
 - ``BatchNorm``  params scale, B, mean, var (C,); attrs epsilon, momentum (ONNX
                  BatchNormalization over channel axis 1); trained with batch statistics,
                  inference with the running ones (docs/datapath.md §8.7)
@@ -37,7 +38,7 @@ CONV = ("Conv",)
 ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
-MERGES = ("Add", "Concat")
+MERGES = ("Add", "Mul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
 NORMS = ("BatchNorm",)  # trained, but part of the layer before them: they start no module
 

@@ -74,11 +74,13 @@ class _G:
     def activation(self, kind, x):
         if kind == "none":
             return x
+        if kind == "SiLU":  # x * sigmoid(x), as PyTorch exports nn.SiLU: a Mul of two activations
+            return self.add("Mul", [x, self.add("Sigmoid", [x])])
         attrs = {"LeakyRelu": {"alpha": 0.1}, "Clip": {"min": -0.75, "max": 1.5}}.get(kind, {})
         return self.add(kind, [x], attrs)
 
 
-ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid")
+ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid", "SiLU")
 
 
 @st.composite

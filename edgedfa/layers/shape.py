@@ -1,11 +1,11 @@
-"""Data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Gather) and merges (Add, Concat)."""
+"""Data movement (Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Gather) and merges (Add, Mul, Concat)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, QTensor, align_add, requantize
+from ..fixed import FixedFormat, QTensor, align_add, narrow_dynamic, requantize
 from ..scaling import observe
 from .base import Layer, register
 from .dense import calibrated_format
@@ -140,15 +140,57 @@ class Add(Layer):
         self.out_fmt = calibrated_format(self._wide(xs), self.num)
 
     def backward(self, cache, dy, need_dx):
+        return [QTensor(unbroadcast(dy.codes, shape), dy.fmt) for shape in cache], {}
+
+
+def unbroadcast(codes, shape):
+    """Sum an error over the axes its input was broadcast along (exact: int64 codes)."""
+    while codes.ndim > len(shape):
+        codes = codes.sum(axis=0)
+    for ax, s in enumerate(shape):
+        if s == 1 and codes.shape[ax] != 1:
+            codes = codes.sum(axis=ax, keepdims=True)
+    return codes
+
+
+@register("Mul")
+class Mul(Layer):
+    """Element-wise product of two activations (a gate; ``x * sigmoid(x)``, PyTorch's SiLU):
+    the exact product of the codes, requantized to a format of its own (calibrated, or moved
+    by the exponent unit). Each input's error is dy times the other input, exact, summed
+    over the axes that input was broadcast along, then its top err_bits kept (§9.4)."""
+
+    changes_scale = True
+
+    def infer_shape(self):
+        return tuple(np.broadcast_shapes(*self.in_shapes))
+
+    @staticmethod
+    def _wide(xs) -> QTensor:
+        a, b = xs
+        frac = a.fmt.frac_bits + b.fmt.frac_bits
+        return QTensor(np.asarray(a.codes, np.int64) * np.asarray(b.codes, np.int64), FixedFormat.with_frac(48, frac))
+
+    def forward(self, xs, train=False):
+        wide = self._wide(xs)
+        y = requantize(wide.codes, wide.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            observe(self, "out", wide, self.out_fmt, y)
+        return QTensor(y, self.out_fmt), (list(xs) if train else None)
+
+    def calibrate(self, xs):
+        self.out_fmt = calibrated_format(self._wide(xs), self.num)
+
+    def backward(self, cache, dy, need_dx):
         outs = []
-        for shape in cache:
-            g = dy.codes
-            while g.ndim > len(shape):
-                g = g.sum(axis=0)
-            for ax, s in enumerate(shape):
-                if s == 1 and g.shape[ax] != 1:
-                    g = g.sum(axis=ax, keepdims=True)
-            outs.append(QTensor(g, dy.fmt))
+        for i, x in enumerate(cache):
+            if not need_dx[i]:
+                outs.append(None)
+                continue
+            other = cache[1 - i]
+            wide = unbroadcast(dy.codes * np.asarray(other.codes, np.int64), x.codes.shape)
+            fmt = FixedFormat.with_frac(48, dy.fmt.frac_bits + other.fmt.frac_bits)
+            outs.append(narrow_dynamic(wide, fmt, self.num.err_bits, self.num.err_rounding))
         return outs, {}
 
 

@@ -97,7 +97,7 @@ def qdq_reasons(model) -> list:
     reasons, rounding, overflow = [], {}, {}
     for node, layer in zip(model.graph.nodes, model.layers):
         num, name = layer.num, node.name
-        if node.op in ("Dense", "Conv", "Add", "Concat", "AveragePool", "GlobalAveragePool"):
+        if node.op in ("Dense", "Conv", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"):
             act_rounding, act_overflow = Rounding.parse(num.act_rounding), Overflow.parse(num.act_overflow)
             if act_rounding is not Rounding.AP_RND_CONV:
                 rounding.setdefault(act_rounding.value, []).append(name)
@@ -132,6 +132,10 @@ def _layer_reasons(node, layer, fmts) -> list:
         total = sum((-fmts[i].min_code) << (frac - fmts[i].frac_bits) for i in node.inputs if i)
         if total >= FLOAT32_EXACT:
             return [f"{name}: the aligned sum may reach 2^{total.bit_length()}, beyond float32's exact integers"]
+    if op == "Mul":
+        top = (-fmts[node.inputs[0]].min_code) * (-fmts[node.inputs[1]].min_code)
+        if top >= FLOAT32_EXACT:
+            return [f"{name}: the product may reach 2^{top.bit_length()}, beyond float32's exact integers"]
     if op == "LeakyRelu":
         return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds the product"]
     if op == "BatchNorm":

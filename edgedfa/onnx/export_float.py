@@ -212,6 +212,8 @@ def _pool(em, node, layer, ins, outs):
 def _merge(em, node, layer, ins, outs):
     if node.op == "Concat":
         em.b.node("Concat", ins, node.name, outs[:1], axis=int(node.attrs.get("axis", 1)))
+    elif node.op == "Mul":
+        em.b.node("Mul", ins, node.name, outs[:1])
     else:
         em.b.node("Add" if len(ins) == 2 else "Sum", ins, node.name, outs[:1])
 

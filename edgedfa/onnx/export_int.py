@@ -486,6 +486,17 @@ def _add(em, node, layer, ins):
     return [(y, layer.out_fmt)]
 
 
+@INT_OPS.register("Mul")
+def _mul(em, node, layer, ins):
+    """The exact product of the codes (fraction bits add), requantized to out_fmt."""
+    o, base, num = em.ops, node.name, layer.num
+    (a, af), (b, bf) = ins
+    p = o.op("Mul", [a, b], f"{base}/product")
+    y = o.requantize(p, af.frac_bits + bf.frac_bits, layer.out_fmt, num.act_rounding, num.act_overflow,
+                     f"{base}/requantize")
+    return [(y, layer.out_fmt)]
+
+
 @INT_OPS.register("Concat")
 def _concat(em, node, layer, ins):
     o, base, num, fmt = em.ops, node.name, layer.num, layer.out_fmt

@@ -1,10 +1,14 @@
 """Data movement and merges on the accelerator (§7): Flatten, Reshape, Squeeze, Unsqueeze,
-Transpose, Add, Concat.
+Transpose, Add, Mul, Concat.
 
 - **Add**: the aligners left-shift every input to the finest fraction (exact), the adders
   sum them (numpy broadcasting = the address generator re-reading a broadcast operand), the
   requantization unit brings the sum to the calibrated ``out_fmt``. The error goes back
   unchanged to every input (summed over the axes an input was broadcast along).
+- **Mul**: the multipliers of the activation unit form the exact product of two activations
+  (fraction bits add), the requantization unit brings it to the layer's own ``out_fmt``.
+  Each input's error is dy times the other input (exact; summed over the axes it was
+  broadcast along), narrowed to err_bits by the leading-one detector (§9.4).
 - **Concat**: each input requantized to ``out_fmt`` = ``ap_fixed<A, max I>`` and written
   at its offset; the error is split.
 - **Flatten / Reshape / Squeeze / Unsqueeze / Transpose**: the address generator reads the
@@ -20,7 +24,7 @@ from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost, nbytes
-from ..requant_unit import requant
+from ..requant_unit import narrow, requant
 from .base import HwLayer, T, register
 
 
@@ -57,16 +61,57 @@ class AddHw(HwLayer):
         outs = []
         c = Cost()
         for shape in cache:
-            g = dy.codes
-            while g.ndim > len(shape):
-                g = g.sum(axis=0)
-            for ax, s in enumerate(shape):
-                if s == 1 and g.shape[ax] != 1:
-                    g = g.sum(axis=ax, keepdims=True)
+            g = _unbroadcast(dy.codes, shape)
             if g.size != dy.codes.size:
                 c.adds += dy.codes.size
             outs.append(T(g, dy.fmt))
         c.use("act", acc.act.cycles(dy.codes.size))
+        acc.read(c, "err", dy.codes.size * nbytes(dy.fmt.width))
+        return outs, {}, c, Cost()
+
+
+def _unbroadcast(g, shape):
+    """The address generator's accumulation of an error over a broadcast input's axes."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for ax, s in enumerate(shape):
+        if s == 1 and g.shape[ax] != 1:
+            g = g.sum(axis=ax, keepdims=True)
+    return g
+
+
+@register("Mul")
+class MulHw(HwLayer):
+    own_format = True
+
+    def forward(self, acc, xs, train):
+        a, b = xs
+        f = a.fmt.frac_bits + b.fmt.frac_bits
+        wide = np.asarray(a.codes, dtype=np.int64) * np.asarray(b.codes, dtype=np.int64)
+        y = requant(wide, f, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        if train:
+            self.track("out", wide, f)
+        c = Cost().use("act", acc.act.cycles(y.size)).use("requant", acc.requant.cycles(y.size))
+        c.macs += y.size
+        for x in xs:
+            acc.read(c, "act", x.codes.size * nbytes(x.fmt.width))
+        acc.write(c, "act", y.size * nbytes(self.out_fmt.width))
+        return T(y, self.out_fmt), (list(xs) if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        outs = []
+        c = Cost()
+        for i, x in enumerate(cache):
+            if not need[i]:
+                outs.append(None)
+                continue
+            other = cache[1 - i]
+            g = _unbroadcast(dy.codes * np.asarray(other.codes, dtype=np.int64), x.codes.shape)
+            codes, fmt = narrow(g, dy.fmt.frac_bits + other.fmt.frac_bits, self.num.err_bits, self.num.err_rounding)
+            c.macs += dy.codes.size
+            c.use("act", acc.act.cycles(dy.codes.size))
+            acc.write(c, "err", codes.size * nbytes(fmt.width))
+            outs.append(T(codes, fmt))
         acc.read(c, "err", dy.codes.size * nbytes(dy.fmt.width))
         return outs, {}, c, Cost()
 

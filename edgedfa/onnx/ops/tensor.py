@@ -157,6 +157,19 @@ def add(node, ctx):
     _merge(node, ctx, [a, b])
 
 
+@register("Mul", 6, 7, 13, 14)
+def mul(node, ctx):
+    """The product of two data tensors (a gate, PyTorch's SiLU x * sigmoid(x)); by a constant
+    it is not a layer the engine has (scale the weights before it instead)."""
+    a, b = node.inputs[0], node.inputs[1]
+    if any(ctx.const(n) is not None for n in (a, b)):
+        ctx.fail(node, "Mul by a constant is not supported (only the product of two data tensors; "
+                 "fold a constant scale into the weights of the layer before it)")
+    if node.attr("broadcast", 0) and ctx.shape(a) != ctx.shape(b):
+        ctx.fail(node, "Mul-6 with legacy broadcasting between two data tensors is not supported")
+    _merge(node, ctx, [a, b], "Mul")
+
+
 @register("Sum", 6, 8, 13)
 def sum_(node, ctx):
     names = [i for i in node.inputs if i]
@@ -168,9 +181,9 @@ def sum_(node, ctx):
     _merge(node, ctx, names)
 
 
-def _merge(node, ctx, names):
+def _merge(node, ctx, names, op="Add"):
     shapes = [ctx.known_shape(node, n) for n in names]
     if len({ctx.batch_at(node, n) for n in names}) != 1 or len({len(s) for s in shapes}) != 1:
         ctx.fail(node, f"inputs of shapes {[_show(s) for s in shapes]} do not line up on "
                  "the batch dimension")
-    ctx.emit(node, "Add", names, [node.outputs[0]])
+    ctx.emit(node, op, names, [node.outputs[0]])
