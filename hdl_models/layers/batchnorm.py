@@ -140,7 +140,7 @@ class BatchNormHw(HwLayer):
     # ------------------------------------------------------------------ backward
     def backward(self, acc, cache, dy, need):
         xhat, n, num = cache["xhat"], cache["n"], self.num
-        d = np.where(cache["live"], dy.codes.reshape(cache["live"].shape), 0)
+        d = dy.codes.reshape(cache["live"].shape) * cache["live"]
         f_dy, f_xh = dy.fmt.frac_bits, self.xh.frac_bits
         dbeta, dgamma = d.sum(axis=(0, 2)), (d * xhat).sum(axis=(0, 2))
         grads = {"B": T(dbeta, acc_fmt(num.acc_bits, f_dy)), "scale": T(dgamma, acc_fmt(num.acc_bits, f_dy + f_xh))}

@@ -53,7 +53,7 @@ class DenseHw(HwLayer):
         x, live = cache
         num = self.num
         x2 = x.codes.reshape(-1, x.codes.shape[-1])
-        d = np.where(live, dy.codes, 0).reshape(-1, live.shape[-1])
+        d = (dy.codes * live).reshape(-1, live.shape[-1])
         w = self.params["W"]
         ecost, gcost = Cost().use("act", acc.act.cycles(d.size)), Cost()
         gw, st = acc.array.gemm(d.T, x2, None, num.acc_bits, num.acc_overflow, dy.fmt.width, x.fmt.width)
