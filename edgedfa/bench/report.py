@@ -98,7 +98,8 @@ def markdown(report: dict) -> str:
            f" {report['load_average_after'][0]:.1f} after; {report['seconds']:.0f} s in all.", ""]
     opts = report["options"]
     if any(r["engine"] for r in report.get("training", [])) and "train" in opts["sections"]:
-        out += [f"Training throughput, samples/s (median of {opts['repeats']} timed repeats after warm-up):", ""]
+        apart = "; PyTorch timed in a process of its own" if any(_sps(r.get("torch")) for r in report["training"]) else ""
+        out += [f"Training throughput, samples/s (median of {opts['repeats']} timed repeats after warm-up{apart}):", ""]
         out += training_table(report["training"], opts["algos"]) + [""]
     if opts.get("compare_route") and report.get("training"):
         out += ["The int8 route on and off, interleaved in the same run:", ""]

@@ -3,6 +3,7 @@ the same machine load; the report as a dict (written as JSON and as markdown).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -150,7 +151,8 @@ def run(opts: Options, progress=None, command: str = "edgedfa bench") -> dict:
         report = {"command": command, "options": asdict(opts), "machine": machine(),
                   "load_average_before": list(os.getloadavg())}
         if "train" in opts.sections or "emulate" in opts.sections:
-            report["training"] = [_training(name, opts, say) for name in opts.workloads]
+            with _torch_child(opts) as child:
+                report["training"] = [_training(name, opts, say, child) for name in opts.workloads]
     finally:
         onnxrt.enable(True)
     if "gemm" in opts.sections:
@@ -167,9 +169,16 @@ def run(opts: Options, progress=None, command: str = "edgedfa bench") -> dict:
     return report
 
 
-def _training(name: str, opts: Options, say) -> dict:
+def _torch_child(opts: Options):
+    """The process that times the PyTorch column (started on first use), or no column."""
+    if opts.torch and "train" in opts.sections:
+        return torch_ref.Child()
+    return contextlib.nullcontext()
+
+
+def _training(name: str, opts: Options, say, child) -> dict:
     say(f"training: {name}")
     train = "train" in opts.sections
     return training.workload_row(WORKLOADS[name], opts.algos if train else opts.algos[:1], opts.repeats,
-                                 opts.seconds, opts.torch and train, "emulate" in opts.sections, opts.int8_route,
+                                 opts.seconds, child, "emulate" in opts.sections, opts.int8_route,
                                  opts.compare_route and train)

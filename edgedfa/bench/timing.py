@@ -17,19 +17,26 @@ MAX_CALLS = 1000
 @dataclass
 class Side:
     """One side of a comparison: ``fn(i)`` does one call (a step, a product); ``setup()``
-    runs untimed before each of its timed repeats (e.g. to set a thread count)."""
+    runs untimed before each of its timed repeats (e.g. to set a thread count).
+
+    A side that runs elsewhere (PyTorch's, in a process of its own) is any object with
+    ``setup()`` and ``timed(n, i)``, timing its calls where they run."""
 
     fn: Callable[[int], object]
     setup: Callable[[], object] = lambda: None
 
+    def timed(self, n: int, i: int) -> float:
+        """Seconds taken by the ``n`` calls ``fn(i)``, ``fn(i + 1)``, ..."""
+        t0 = time.perf_counter()
+        for k in range(i, i + n):
+            self.fn(k)
+        return time.perf_counter() - t0
 
-def calls_per_repeat(fn, target_seconds: float) -> int:
-    """Warm ``fn`` up, then time one call: how many calls last about ``target_seconds``."""
-    for i in range(WARMUP_CALLS):
-        fn(i)
-    t0 = time.perf_counter()
-    fn(WARMUP_CALLS)
-    once = max(time.perf_counter() - t0, 1e-7)
+
+def calls_per_repeat(side, target_seconds: float) -> int:
+    """Warm ``side`` up, then time one call: how many calls last about ``target_seconds``."""
+    side.timed(WARMUP_CALLS, 0)
+    once = max(side.timed(1, WARMUP_CALLS), 1e-7)
     return max(1, min(MAX_CALLS, round(target_seconds / once)))
 
 
@@ -39,18 +46,15 @@ def interleaved(sides: dict, repeats: int, target_seconds: float) -> dict:
     calls = {}
     for name in names:
         sides[name].setup()
-        calls[name] = calls_per_repeat(sides[name].fn, target_seconds)
+        calls[name] = calls_per_repeat(sides[name], target_seconds)
     per_call = {name: [] for name in names}
     i = WARMUP_CALLS + 1
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             side, n = sides[name], calls[name]
             side.setup()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                side.fn(i)
-                i += 1
-            per_call[name].append((time.perf_counter() - t0) / n)
+            per_call[name].append(side.timed(n, i) / n)
+            i += n
     return {name: {"seconds": statistics.median(ts), "repeats": ts, "calls_per_repeat": calls[name]}
             for name, ts in per_call.items()}
 
