@@ -18,6 +18,7 @@ import numpy as np
 from .errors import EdgeDFAError
 
 MAX_WIDTH = 48  # widest storage/accumulator format; float64 holds every code exactly
+MAX_FRAC = 64  # the most fraction bits (|W - I|) a format has
 _FORMAT_RE = re.compile(
     r"^\s*ap_(u?)(fixed|int)\s*<\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?((?:,[^,>]*)*)>\s*$",
     re.ASCII,  # \d must not match non-ASCII digits: the name has to parse back to itself
@@ -100,7 +101,7 @@ class FixedFormat:
             raise EdgeDFAError(
                 f"fixed-point format {self._name()}: width W={self.width} outside 1..{MAX_WIDTH}"
             )
-        if abs(self.width - self.int_bits) > 64:
+        if abs(self.width - self.int_bits) > MAX_FRAC:
             raise EdgeDFAError(
                 f"fixed-point format {self._name()}: |W - I| = {abs(self.width - self.int_bits)}"
                 " fractional bits is beyond the supported 64"
@@ -469,6 +470,13 @@ def acc_format(acc_bits: int, frac_bits: int) -> FixedFormat:
 def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
                    rng=None, step=0) -> QTensor:
     """Keep the top ``bits`` of a wide signed tensor: shift = bitlen(max|x|) - (bits - 1)."""
+    return narrow_wide(codes, fmt.frac_bits, bits, rounding, rng, step)
+
+
+def narrow_wide(codes, frac: int, bits: int, rounding=Rounding.AP_RND, rng=None, step=0) -> QTensor:
+    """``narrow_dynamic`` of codes with ``frac`` fraction bits, which may exceed the 64 a format
+    holds (an exact product of two fine operands); the shift also brings the result to 64 at
+    most (datapath §7)."""
     codes = np.asarray(codes, dtype=np.int64)
     flat = None
     if COMPILED and codes.size:
@@ -478,8 +486,8 @@ def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
         maxabs = int(max_abs(flat))
     else:
         maxabs = int(np.abs(codes).max()) if codes.size else 0
-    shift = max(0, bit_length(maxabs) - (bits - 1))
-    out_fmt = FixedFormat.with_frac(bits, fmt.frac_bits - shift)
+    shift = max(0, bit_length(maxabs) - (bits - 1), int(frac) - MAX_FRAC)
+    out_fmt = FixedFormat.with_frac(bits, int(frac) - shift)
     rounding = Rounding.parse(rounding)
     if shift == 0 and flat is not None:  # every code fits already: nothing rounds, nothing clips
         if NARROW_TALLIES:

@@ -94,6 +94,11 @@ def leaky_relu(node, x):
     return np.where(x >= 0, x, float(node.attrs.get("alpha", 0.01)) * x)
 
 
+@op("HardSigmoid")
+def hard_sigmoid(node, x):
+    return np.clip(float(node.attrs.get("alpha", 0.2)) * x + float(node.attrs.get("beta", 0.5)), 0.0, 1.0)
+
+
 @op("Clip")
 def clip(node, x):
     lo, hi = node.attrs.get("min"), node.attrs.get("max")

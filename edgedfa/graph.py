@@ -6,7 +6,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``Dense``      params W (out, in), B (out,) optional; y = x @ W.T + B on the last axis
 - ``Conv``       params W (out, in/group, *k), B; attrs strides, pads (begin..., end...),
                  dilations, group (ONNX Conv semantics, 1-d or 2-d)
-- ``Relu``, ``Tanh``, ``Sigmoid``, ``LeakyRelu`` (attr alpha), ``Clip`` (attrs min, max)
+- ``Relu``, ``Tanh``, ``Sigmoid``, ``LeakyRelu`` (attr alpha), ``Clip`` (attrs min, max),
+  ``HardSigmoid`` (attrs alpha, beta)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
   ``GlobalAveragePool``
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
@@ -35,7 +36,7 @@ from .errors import EdgeDFAError
 
 DENSE = ("Dense",)
 CONV = ("Conv",)
-ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip")
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")

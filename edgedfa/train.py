@@ -160,7 +160,10 @@ class Trainer:
             need = [self._needs[(node.name, t)] for t in node.inputs if t]
             dy = dys if getattr(layer, "n_outputs", 1) > 1 else dys[0]
             with tallying(layer, "error"):
-                dxs, g = layer.backward(caches[node.name], dy, need)
+                try:
+                    dxs, g = layer.backward(caches[node.name], dy, need)
+                except EdgeDFAError as exc:  # name the layer whose arithmetic refused
+                    raise EdgeDFAError(f"{node.name} ({node.op}), backward: {exc}") from None
             if g:
                 grads[node.name] = g
             for t, dx in zip([t for t in node.inputs if t], dxs):

@@ -122,7 +122,7 @@ def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     """
     x = np.asarray(x, dtype=np.int64)
     maxabs = lanes.maxabs(x)
-    s = max(0, maxabs.bit_length() - (err_width - 1))
+    s = max(0, maxabs.bit_length() - (err_width - 1), int(f_src) - 64)  # no format is finer than 2^-64
     fmt = FixedFormat.with_frac(err_width, int(f_src) - s)
     return requant(x, f_src, fmt, rounding, Overflow.AP_SAT), fmt
 

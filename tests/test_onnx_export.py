@@ -76,11 +76,14 @@ class _G:
             return x
         if kind == "SiLU":  # x * sigmoid(x), as PyTorch exports nn.SiLU: a Mul of two activations
             return self.add("Mul", [x, self.add("Sigmoid", [x])])
-        attrs = {"LeakyRelu": {"alpha": 0.1}, "Clip": {"min": -0.75, "max": 1.5}}.get(kind, {})
+        if kind == "HardSwish":  # x * hardsigmoid(x), as the importer reads ONNX HardSwish
+            return self.add("Mul", [x, self.add("HardSigmoid", [x], {"alpha": 1 / 6, "beta": 0.5})])
+        attrs = {"LeakyRelu": {"alpha": 0.1}, "Clip": {"min": -0.75, "max": 1.5},
+                 "HardSigmoid": {"alpha": 0.2, "beta": 0.5}}.get(kind, {})
         return self.add(kind, [x], attrs)
 
 
-ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid", "SiLU")
+ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid", "SiLU", "HardSigmoid", "HardSwish")
 
 
 @st.composite

@@ -1,10 +1,12 @@
-"""Tanh and Sigmoid layers: the §9 table unit forward, integer derivative backward."""
+"""Tanh and Sigmoid layers: the §9 table unit forward, integer derivative backward; HardSigmoid,
+the piecewise-linear one (§7)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..fixed import FixedFormat, QTensor, narrow_dynamic
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, Overflow, QTensor, narrow_wide, quantize, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
 from .base import Layer, register
 
@@ -17,8 +19,7 @@ def bounded_format(num) -> FixedFormat:
 def times_derivative(dy: QTensor, d_codes, d_fmt: FixedFormat, num) -> QTensor:
     """dy * f'(x): exact product, then the top err_bits kept (dynamic exponent, §9.4)."""
     wide = dy.codes * np.asarray(d_codes, dtype=np.int64)
-    fmt = FixedFormat.with_frac(48, dy.fmt.frac_bits + d_fmt.frac_bits)
-    return narrow_dynamic(wide, fmt, num.err_bits, num.err_rounding)
+    return narrow_wide(wide, dy.fmt.frac_bits + d_fmt.frac_bits, num.err_bits, num.err_rounding)
 
 
 class _Bounded(Layer):
@@ -64,3 +65,50 @@ class Sigmoid(_Bounded):
     func = staticmethod(sigmoid_codes)
     deriv = staticmethod(dsigmoid_codes)
     deriv_format = staticmethod(dsigmoid_format)
+
+
+SLOPE_FRAC = 16  # HardSigmoid's alpha is ap_fixed<17,1>, as LeakyRelu's
+
+
+@register("HardSigmoid")
+class HardSigmoid(Layer):
+    """y = clip(alpha x + beta, 0, 1) (ONNX HardSigmoid; PyTorch's nn.Hardsigmoid has alpha
+    1/6, beta 1/2, and its nn.Hardswish is x times it): alpha as a code of ap_fixed<17,1>, beta
+    in the product's format, the sum requantized into ap_fixed<act_bits,1> (1 saturates one
+    LSB under, as the sigmoid table's) and floored at 0. The error passes where
+    0 < alpha x + beta < 1, times alpha, its top err_bits kept (§7, §9.4)."""
+
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        self.alpha_code = int(quantize(np.array(float(node.attrs.get("alpha", 0.2))),
+                                       FixedFormat(SLOPE_FRAC + 1, 1), "AP_RND_CONV", "AP_SAT"))
+        self.beta = float(node.attrs.get("beta", 0.5))
+        self.out_fmt = bounded_format(self.num)
+
+    def calibrate(self, xs):
+        self.out_fmt = bounded_format(self.num)
+
+    def refresh_format(self, in_fmts):
+        pass  # bounded values: the format never moves
+
+    def beta_code(self, in_fmt: FixedFormat) -> tuple:
+        """(beta's code, the fraction bits of alpha x + beta) for an input in ``in_fmt``."""
+        frac = in_fmt.frac_bits + SLOPE_FRAC
+        if frac > 46:
+            raise EdgeDFAError(f"{self.name}: an input with {in_fmt.frac_bits} fraction bits leaves beta no "
+                               "48-bit format; HardSigmoid takes inputs of at most 30 fraction bits")
+        return int(quantize(np.array(self.beta), FixedFormat.with_frac(48, frac), "AP_RND_CONV", "AP_SAT")), frac
+
+    def _wide(self, x: QTensor):
+        """(alpha x + beta codes, their fraction bits)."""
+        beta, frac = self.beta_code(x.fmt)
+        return np.asarray(x.codes, np.int64) * self.alpha_code + beta, frac
+
+    def forward(self, xs, train=False):
+        wide, frac = self._wide(xs[0])
+        y = np.maximum(requantize(wide, FixedFormat.with_frac(48, frac), self.out_fmt, self.num.act_rounding,
+                                  Overflow.AP_SAT), 0)
+        return QTensor(y, self.out_fmt), (((wide > 0) & (wide < (1 << frac))) if train else None)
+
+    def backward(self, cache, dy, need_dx):
+        return [times_derivative(dy, cache * self.alpha_code, FixedFormat(SLOPE_FRAC + 1, 1), self.num)], {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, QTensor, align_add, narrow_dynamic, requantize
+from ..fixed import FixedFormat, QTensor, align_add, narrow_wide, requantize
 from ..scaling import observe
 from .base import Layer, register
 from .dense import calibrated_format
@@ -189,8 +189,8 @@ class Mul(Layer):
                 continue
             other = cache[1 - i]
             wide = unbroadcast(dy.codes * np.asarray(other.codes, np.int64), x.codes.shape)
-            fmt = FixedFormat.with_frac(48, dy.fmt.frac_bits + other.fmt.frac_bits)
-            outs.append(narrow_dynamic(wide, fmt, self.num.err_bits, self.num.err_rounding))
+            outs.append(narrow_wide(wide, dy.fmt.frac_bits + other.fmt.frac_bits, self.num.err_bits,
+                                    self.num.err_rounding))
         return outs, {}
 
 

@@ -136,6 +136,8 @@ def _layer_reasons(node, layer, fmts) -> list:
         top = (-fmts[node.inputs[0]].min_code) * (-fmts[node.inputs[1]].min_code)
         if top >= FLOAT32_EXACT:
             return [f"{name}: the product may reach 2^{top.bit_length()}, beyond float32's exact integers"]
+    if op == "HardSigmoid":
+        return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds alpha x + beta"]
     if op == "LeakyRelu":
         return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds the product"]
     if op == "BatchNorm":

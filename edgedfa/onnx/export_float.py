@@ -161,6 +161,12 @@ def _leaky(em, node, layer, ins, outs):
     em.b.node("LeakyRelu", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.01)))
 
 
+@FLOAT_OPS.register("HardSigmoid")
+def _hard_sigmoid(em, node, layer, ins, outs):
+    em.b.node("HardSigmoid", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.2)),
+              beta=float(node.attrs.get("beta", 0.5)))
+
+
 @FLOAT_OPS.register("Clip")
 def _clip(em, node, layer, ins, outs):
     bounds = []

@@ -472,6 +472,17 @@ def _leaky(em, node, layer, ins):
     return [(o.op("Where", [keep, x, neg], base), xf)]
 
 
+@INT_OPS.register("HardSigmoid")
+def _hard_sigmoid(em, node, layer, ins):
+    """max(0, requantize(x * alpha_code + beta_code)) into ap_fixed<act_bits,1> (datapath §7)."""
+    (x, xf), = ins
+    o, base = em.ops, node.name
+    beta, frac = layer.beta_code(xf)
+    s = o.op("Add", [o.op("Mul", [x, o.k(layer.alpha_code)], f"{base}/times_alpha"), o.k(beta)], f"{base}/plus_beta")
+    y = o.requantize(s, frac, layer.out_fmt, layer.num.act_rounding, Overflow.AP_SAT, f"{base}/requantize")
+    return [(o.op("Max", [y, o.k(0)], base), layer.out_fmt)]
+
+
 @INT_OPS.register("Add")
 def _add(em, node, layer, ins):
     """Inputs aligned exactly to the finest fraction, summed, requantized to out_fmt."""

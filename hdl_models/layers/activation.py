@@ -1,15 +1,16 @@
-"""Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks and the
-§9 ROM for tanh/sigmoid with their derivatives."""
+"""Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks, the
+piecewise-linear hard sigmoid and the §9 ROM for tanh/sigmoid with their derivatives."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgedfa.fixed import FixedFormat
+from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat, Overflow
 
 from .. import activation_unit as act
 from ..accounting import Cost, nbytes
-from ..requant_unit import narrow, shift_round
+from ..requant_unit import narrow, requant, shift_round
 from .base import HwLayer, T, register
 
 
@@ -79,3 +80,35 @@ class TanhHw(HwLayer):
 @register("Sigmoid")
 class SigmoidHw(TanhHw):
     func, deriv = staticmethod(act.sigmoid), staticmethod(act.sigmoid_deriv)
+
+
+@register("HardSigmoid")
+class HardSigmoidHw(HwLayer):
+    """clip(alpha x + beta, 0, 1) on the activation unit: one multiply by the ap_fixed<17,1>
+    slope, one add of beta aligned to the product, the requantizer into ap_fixed<act_bits,1>
+    and a floor at 0; the error is dy times the slope where the sum lies strictly inside."""
+
+    SLOPE_FRAC = 16
+
+    def _wide(self, x):
+        self.alpha = act.quantize_bound(float(self.attrs.get("alpha", 0.2)), FixedFormat(self.SLOPE_FRAC + 1, 1))
+        f = x.fmt.frac_bits + self.SLOPE_FRAC
+        if f > 46:
+            raise EdgeDFAError(f"{self.name}: an input with {x.fmt.frac_bits} fraction bits leaves beta no 48-bit format")
+        beta = act.quantize_bound(float(self.attrs.get("beta", 0.5)), FixedFormat.with_frac(48, f))
+        return np.asarray(x.codes, dtype=np.int64) * self.alpha + beta, f
+
+    def forward(self, acc, xs, train):
+        wide, f = self._wide(xs[0])
+        fmt = FixedFormat(self.num.act_bits, 1)
+        y = np.maximum(requant(wide, f, fmt, self.num.act_rounding, Overflow.AP_SAT), 0)
+        c = Cost().use("act", acc.act.cycles(y.size)).use("requant", acc.requant.cycles(y.size))
+        c.macs += y.size
+        return T(y, fmt), (((wide > 0) & (wide < (1 << f))) if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        codes, efmt = narrow(dy.codes * (cache * self.alpha), dy.fmt.frac_bits + self.SLOPE_FRAC, self.num.err_bits,
+                             self.num.err_rounding)
+        c = Cost().use("act", acc.act.cycles(codes.size))
+        c.macs += codes.size
+        return [T(codes, efmt)], {}, c, Cost()

@@ -23,6 +23,26 @@ def leaky_relu(node, ctx):
              {"alpha": float(node.attr("alpha", 0.01))})
 
 
+def _slope(node, ctx, alpha, beta):
+    if not (0 < alpha < 1 and 0 <= beta <= 1):
+        ctx.fail(node, f"alpha {alpha} and beta {beta}: HardSigmoid takes 0 < alpha < 1 and 0 <= beta <= 1")
+    return {"alpha": alpha, "beta": beta}
+
+
+@register("HardSigmoid", 6, 22)
+def hard_sigmoid(node, ctx):
+    attrs = _slope(node, ctx, float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5)))
+    ctx.emit(node, "HardSigmoid", [ctx.data_input(node)], [node.outputs[0]], attrs)
+
+
+@register("HardSwish", 14, 22)
+def hard_swish(node, ctx):
+    """x * HardSigmoid(x) with alpha 1/6, beta 1/2 (PyTorch's nn.Hardswish): two layers."""
+    x, gate = ctx.data_input(node), node.outputs[0] + "/hardsigmoid"
+    ctx.emit(node, "HardSigmoid", [x], [gate], {"alpha": 1.0 / 6.0, "beta": 0.5}, suffix="/hardsigmoid")
+    ctx.emit(node, "Mul", [x, gate], [node.outputs[0]])
+
+
 @register("Clip", 6)
 def clip_attrs(node, ctx):
     lo = float(node.attr("min", -np.inf))
