@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from . import memory
 from .errors import EdgeDFAError
 from .version import __version__
 
@@ -194,6 +195,7 @@ def _add_sweep(sub):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    memory.hold_freed_memory()
     try:
         return _run(argv)
     except SystemExit as exc:  # --help and --version

@@ -21,7 +21,7 @@ PACKAGES = ("edgedfa", "hdl_models")
 # decision to make on purpose.
 LAYERS = [
     ("foundation", ["edgedfa.errors", "edgedfa.version", "edgedfa.registry", "edgedfa.prng", "edgedfa.schema",
-                    "edgedfa.progress"]),
+                    "edgedfa.progress", "edgedfa.memory"]),
     ("numbers", ["edgedfa.fixed", "edgedfa.rounding", "edgedfa.numerics", "edgedfa.wide", "edgedfa.lut", "edgedfa.scaling"]),
     ("graph", ["edgedfa.graph", "edgedfa.float_ref", "edgedfa.fold_batchnorm", "edgedfa.float_mlp", "edgedfa.data", "edgedfa.arch"]),
     ("kernels", ["edgedfa.kernels", "edgedfa.kernels.*"]),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 
 import numpy as np
 import pytest
@@ -263,3 +264,20 @@ def test_every_kernel_backend_is_a_choice_and_trains_the_same_bits(tmp_path, cap
     for backend in ("fast", "int8"):
         got = load_checkpoint(tmp_path / backend).state_arrays()
         assert got.keys() == ref.keys() and all(np.array_equal(got[k], ref[k]) for k in ref), backend
+
+
+def test_every_command_holds_freed_memory(monkeypatch, capsys):
+    """The CLI keeps freed memory before any command runs (numpy's large temporaries reused)."""
+    from edgedfa import cli, memory
+
+    calls = []
+    monkeypatch.setattr(memory, "hold_freed_memory", lambda: calls.append(1) or True)
+    assert cli.main(["--version"]) == 0
+    assert calls == [1]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_hold_freed_memory_applies_under_glibc():
+    from edgedfa import memory
+
+    assert memory.hold_freed_memory() is True
