@@ -9,7 +9,8 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
+from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
 from edgedfa import load_onnx
@@ -88,14 +89,11 @@ def test_hard_sigmoid_follows_the_float_reference_at_16_bits():
 
 def _onnx(path, op, **attrs):
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (8, 16)).astype(np.float32), "W1"),
-             numpy_helper.from_array(rng.uniform(-.3, .3, (16, 10)).astype(np.float32), "W2")]
+    inits = {"W1": rng.uniform(-.5, .5, (8, 16)).astype(np.float32), "W2": rng.uniform(-.3, .3, (16, 10)).astype(np.float32)}
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="/fc1/MatMul"),
              helper.make_node(op, ["h"], ["a"], name=f"/act/{op}", **attrs),
              helper.make_node("MatMul", ["a", "W2"], ["y"], name="/fc2/MatMul")]
-    g = helper.make_graph(nodes, "hard", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(onnx_model(nodes, inits, ["N", 8]), path)
 
 
 @pytest.mark.parametrize("op,ops", [("HardSwish", ["Dense", "HardSigmoid", "Mul", "Dense"]),

@@ -9,7 +9,8 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
+from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
 from edgedfa import load_onnx
@@ -119,19 +120,15 @@ def test_trained_mul_format_is_managed_and_frozen_by_the_int_export():
 def _silu_onnx(path, const_factor=False):
     """What torch.onnx.export writes for Linear -> SiLU -> Linear (MatMul/Add, Sigmoid, Mul)."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.uniform(-.5, .5, (8, 16)).astype(np.float32), "W1"),
-             numpy_helper.from_array(rng.uniform(-.1, .1, 16).astype(np.float32), "B1"),
-             numpy_helper.from_array(rng.uniform(-.3, .3, (16, 10)).astype(np.float32), "W2"),
-             numpy_helper.from_array(np.float32(1.5).reshape(()), "k")]
+    inits = {"W1": rng.uniform(-.5, .5, (8, 16)).astype(np.float32), "B1": rng.uniform(-.1, .1, 16).astype(np.float32),
+             "W2": rng.uniform(-.3, .3, (16, 10)).astype(np.float32), "k": np.float32(1.5).reshape(())}
     other = "k" if const_factor else "/act/Sigmoid_output_0"
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["mm"], name="/fc1/MatMul"),
              helper.make_node("Add", ["mm", "B1"], ["h"], name="/fc1/Add"),
              helper.make_node("Sigmoid", ["h"], ["/act/Sigmoid_output_0"], name="/act/Sigmoid"),
              helper.make_node("Mul", ["h", other], ["a"], name="/act/Mul"),
              helper.make_node("MatMul", ["a", "W2"], ["y"], name="/fc2/MatMul")]
-    g = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(onnx_model(nodes, inits, ["N", 8]), path)
 
 
 def test_pytorch_silu_imports_as_a_mul_of_two_activations(tmp_path):
