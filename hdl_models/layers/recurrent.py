@@ -187,6 +187,7 @@ class RecurrentHw(HwLayer):
         k = len(self.default_acts)
         self.acts = [acts[i * k:(i + 1) * k] for i in range(self.n_dirs)]
         self.gate_fmt = FixedFormat(self.num.gate_width, 1)
+        self._inits = {}  # _bias: (d, half, frac, B's format) -> (B's codes, the init row)
         self.h_fmt = layer.out_fmt
         self.bptt_steps = getattr(layer, "bptt_steps", None)
         self.lbr = int(a.get("linear_before_reset", 0))
@@ -207,12 +208,21 @@ class RecurrentHw(HwLayer):
         return V(r.reshape(a.codes.shape[:-1] + (b_codes.shape[1],)), a.frac + b_fmt.frac_bits)
 
     def _bias(self, d: int, half: int, frac: int):
+        """The bias half (0: W's, 1: R's) of direction d in the accumulator's format, read once
+        per parameter version like the accumulator's init register (every time step reuses it)."""
         b = self.params.get("B")
         if b is None:
             return None
+        key = (d, half, frac, b.fmt)
+        held = self._inits.get(key)
+        if held is not None and held[0] is b.codes:
+            return held[1]
         gh = self.gates * self.hidden
-        return requant(b.codes[d, half * gh:(half + 1) * gh], b.fmt.frac_bits, acc_fmt(self.num.acc_bits, frac),
+        init = requant(b.codes[d, half * gh:(half + 1) * gh], b.fmt.frac_bits, acc_fmt(self.num.acc_bits, frac),
                        self.num.act_rounding, self.num.acc_overflow)[None, :]
+        init.flags.writeable = False
+        self._inits[key] = (b.codes, init)
+        return init
 
     def hg(self, acc, cost, d: int, v: V, rows: slice) -> V:
         """Hg(rows, v) = gemm(v, R[rows]^T, init = Rb[rows]) (§9.6)."""
