@@ -1,6 +1,8 @@
 """HardSigmoid (clip(alpha x + beta, 0, 1)) and HardSwish (x times it, PyTorch's nn.Hardswish
 of MobileNetV3): imported, trained by every algorithm bit-exactly with hdl_models, exported
-bit-exactly (int), close to the float reference; out-of-range slopes refused by name."""
+bit-exactly (int), close to the float reference; out-of-range slopes refused by name. Also the
+BP gradients of the Mul graphs (a gate, SiLU, x·x with one tensor as both factors) against
+central differences of the float reference."""
 
 from __future__ import annotations
 
@@ -47,6 +49,15 @@ def _model(graph, bits, seed, **num):
     model = IntModel(graph, Numerics.from_bits(bits, **num), seed)
     model.calibrate(np.random.default_rng(seed + 1).normal(0, 2, (32,) + tuple(graph.input_shape)))
     return model
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_a_square_trains_bit_exact_with_the_datapath_model(algo):
+    model = _model(square_mlp(4), 8, 4)
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(0, 1, (12, 5)), rng.integers(0, 3, 12)
+    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
+    assert r["bit_exact"], r["first_mismatch"]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -124,7 +135,16 @@ def _loss(graph, x, y):
     return float(-(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean())
 
 
-@pytest.mark.parametrize("name", ["gated_mlp", "hard_cnn"])
+def square_mlp(seed):
+    """Dense -> Mul(h, h) -> Dense: one tensor as both factors (its two errors add up)."""
+    rng = np.random.default_rng(seed)
+    return Graph("square", "input", (5,), "y", [
+        Node("d1", "Dense", ["input"], ["h"], {}, {"W": rng.uniform(-1, 1, (6, 5)), "B": rng.uniform(-.2, .2, 6)}),
+        Node("sq", "Mul", ["h", "h"], ["a"], {}, {}),
+        Node("out", "Dense", ["a"], ["y"], {}, {"W": rng.uniform(-1, 1, (3, 6)), "B": np.zeros(3)})], {})
+
+
+@pytest.mark.parametrize("name", ["gated_mlp", "hard_cnn", "square_mlp"])
 def test_bp_gradients_of_mul_and_hard_sigmoid_match_the_float_adjoint(name):
     """At 16 bits the wide gradient of every weight points where central differences of the
     float reference's cross-entropy do (the engine sums over the batch: a scale, not a
@@ -134,7 +154,8 @@ def test_bp_gradients_of_mul_and_hard_sigmoid_match_the_float_adjoint(name):
     from edgedfa.api import make_trainer
     from edgedfa.fixed import dequantize
 
-    graph, shape = (gated_mlp(3), (5,)) if name == "gated_mlp" else (hard_cnn(3), (2, 4, 4))
+    graph, shape = {"gated_mlp": (gated_mlp(3), (5,)), "hard_cnn": (hard_cnn(3), (2, 4, 4)),
+                    "square_mlp": (square_mlp(3), (5,))}[name]
     model = IntModel(graph, Numerics.from_bits(16, scaling="static"), 3)
     rng = np.random.default_rng(1)
     x, y = rng.normal(0, 1.5, (16,) + shape), rng.integers(0, 3, 16)
