@@ -7,7 +7,13 @@ import numpy as np
 from ..fixed import FixedFormat, QTensor, quantize, round_shift
 from .base import Layer, register
 
-ALPHA_FRAC = 16  # LeakyRelu slope is ap_ufixed<16,0>
+ALPHA_FRAC = 16  # a slope (LeakyRelu's alpha, HardSigmoid's) is ap_fixed<17,1>
+SLOPE_FMT = FixedFormat(ALPHA_FRAC + 1, 1)
+
+
+def slope_code(value: float) -> int:
+    """A slope constant as a code of SLOPE_FMT (nearest, ties to even, saturating)."""
+    return int(quantize(np.array(value), SLOPE_FMT, "AP_RND_CONV", "AP_SAT"))
 
 
 def relu_forward(x: QTensor) -> QTensor:
@@ -59,7 +65,7 @@ class LeakyRelu(Layer):
     def __init__(self, node, spec):
         super().__init__(node, spec)
         alpha = float(node.attrs.get("alpha", 0.01))
-        self.alpha_code = int(quantize(np.array(alpha), FixedFormat(ALPHA_FRAC + 1, 1), "AP_RND_CONV", "AP_SAT"))
+        self.alpha_code = slope_code(alpha)
 
     def _scale(self, codes, rounding):
         return round_shift(codes * self.alpha_code, ALPHA_FRAC, rounding)

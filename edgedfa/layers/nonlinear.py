@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, narrow_wide, quantize, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
+from .activations import ALPHA_FRAC, SLOPE_FMT, slope_code
 from .base import Layer, register
 
 
@@ -67,9 +68,6 @@ class Sigmoid(_Bounded):
     deriv_format = staticmethod(dsigmoid_format)
 
 
-SLOPE_FRAC = 16  # HardSigmoid's alpha is ap_fixed<17,1>, as LeakyRelu's
-
-
 @register("HardSigmoid")
 class HardSigmoid(Layer):
     """y = clip(alpha x + beta, 0, 1) (ONNX HardSigmoid; PyTorch's nn.Hardsigmoid has alpha
@@ -80,8 +78,7 @@ class HardSigmoid(Layer):
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
-        self.alpha_code = int(quantize(np.array(float(node.attrs.get("alpha", 0.2))),
-                                       FixedFormat(SLOPE_FRAC + 1, 1), "AP_RND_CONV", "AP_SAT"))
+        self.alpha_code = slope_code(float(node.attrs.get("alpha", 0.2)))
         self.beta = float(node.attrs.get("beta", 0.5))
         self.out_fmt = bounded_format(self.num)
 
@@ -93,7 +90,7 @@ class HardSigmoid(Layer):
 
     def beta_code(self, in_fmt: FixedFormat) -> tuple:
         """(beta's code, the fraction bits of alpha x + beta) for an input in ``in_fmt``."""
-        frac = in_fmt.frac_bits + SLOPE_FRAC
+        frac = in_fmt.frac_bits + ALPHA_FRAC
         if frac > 46:
             raise EdgeDFAError(f"{self.name}: an input with {in_fmt.frac_bits} fraction bits leaves beta no "
                                "48-bit format; HardSigmoid takes inputs of at most 30 fraction bits")
@@ -111,4 +108,4 @@ class HardSigmoid(Layer):
         return QTensor(y, self.out_fmt), (((wide > 0) & (wide < (1 << frac))) if train else None)
 
     def backward(self, cache, dy, need_dx):
-        return [times_derivative(dy, cache * self.alpha_code, FixedFormat(SLOPE_FRAC + 1, 1), self.num)], {}
+        return [times_derivative(dy, cache * self.alpha_code, SLOPE_FMT, self.num)], {}

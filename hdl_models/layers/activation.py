@@ -14,6 +14,13 @@ from ..requant_unit import narrow, requant, shift_round
 from .base import HwLayer, T, register
 
 
+SLOPE_FRAC = 16  # a slope constant (LeakyRelu's alpha, HardSigmoid's) is ap_fixed<17,1>
+
+
+def _slope(value: float) -> int:
+    return act.quantize_bound(value, FixedFormat(SLOPE_FRAC + 1, 1))
+
+
 @register("Relu")
 class ReluHw(HwLayer):
     def forward(self, acc, xs, train):
@@ -43,16 +50,14 @@ class ClipHw(ReluHw):
 
 @register("LeakyRelu")
 class LeakyReluHw(HwLayer):
-    ALPHA_FRAC = 16
-
     def forward(self, acc, xs, train):
         x = xs[0]
-        self.alpha = act.quantize_bound(float(self.attrs.get("alpha", 0.01)), FixedFormat(self.ALPHA_FRAC + 1, 1))
-        y, mask = act.leaky(x.codes, self.alpha, self.ALPHA_FRAC, self.num.act_rounding)
+        self.alpha = _slope(float(self.attrs.get("alpha", 0.01)))
+        y, mask = act.leaky(x.codes, self.alpha, SLOPE_FRAC, self.num.act_rounding)
         return T(y, x.fmt), (mask if train else None), Cost().use("act", acc.act.cycles(y.size))
 
     def backward(self, acc, cache, dy, need):
-        neg = shift_round(dy.codes * self.alpha, self.ALPHA_FRAC, self.num.err_rounding)
+        neg = shift_round(dy.codes * self.alpha, SLOPE_FRAC, self.num.err_rounding)
         return [T(np.where(cache, dy.codes, neg), dy.fmt)], {}, Cost().use("act", acc.act.cycles(dy.codes.size)), Cost()
 
 
@@ -88,11 +93,9 @@ class HardSigmoidHw(HwLayer):
     slope, one add of beta aligned to the product, the requantizer into ap_fixed<act_bits,1>
     and a floor at 0; the error is dy times the slope where the sum lies strictly inside."""
 
-    SLOPE_FRAC = 16
-
     def _wide(self, x):
-        self.alpha = act.quantize_bound(float(self.attrs.get("alpha", 0.2)), FixedFormat(self.SLOPE_FRAC + 1, 1))
-        f = x.fmt.frac_bits + self.SLOPE_FRAC
+        self.alpha = _slope(float(self.attrs.get("alpha", 0.2)))
+        f = x.fmt.frac_bits + SLOPE_FRAC
         if f > 46:
             raise EdgeDFAError(f"{self.name}: an input with {x.fmt.frac_bits} fraction bits leaves beta no 48-bit format")
         beta = act.quantize_bound(float(self.attrs.get("beta", 0.5)), FixedFormat.with_frac(48, f))
@@ -107,7 +110,7 @@ class HardSigmoidHw(HwLayer):
         return T(y, fmt), (((wide > 0) & (wide < (1 << f))) if train else None), c
 
     def backward(self, acc, cache, dy, need):
-        codes, efmt = narrow(dy.codes * (cache * self.alpha), dy.fmt.frac_bits + self.SLOPE_FRAC, self.num.err_bits,
+        codes, efmt = narrow(dy.codes * (cache * self.alpha), dy.fmt.frac_bits + SLOPE_FRAC, self.num.err_bits,
                              self.num.err_rounding)
         c = Cost().use("act", acc.act.cycles(codes.size))
         c.macs += codes.size
