@@ -19,6 +19,7 @@ from .errors import EdgeDFAError
 
 MAX_WIDTH = 48  # widest storage/accumulator format; float64 holds every code exactly
 MAX_FRAC = 64  # the most fraction bits (|W - I|) a format has
+ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§7): error products stay <= 64
 _FORMAT_RE = re.compile(
     r"^\s*ap_(u?)(fixed|int)\s*<\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?((?:,[^,>]*)*)>\s*$",
     re.ASCII,  # \d must not match non-ASCII digits: the name has to parse back to itself
@@ -469,14 +470,34 @@ def acc_format(acc_bits: int, frac_bits: int) -> FixedFormat:
 
 def narrow_dynamic(codes, fmt: FixedFormat, bits: int, rounding=Rounding.AP_RND,
                    rng=None, step=0) -> QTensor:
-    """Keep the top ``bits`` of a wide signed tensor: shift = bitlen(max|x|) - (bits - 1)."""
+    """Keep the top ``bits`` of a wide signed error: shift = bitlen(max|x|) - (bits - 1), then
+    no finer than 2^-ERR_FRAC_MAX."""
     return narrow_wide(codes, fmt.frac_bits, bits, rounding, rng, step)
 
 
 def narrow_wide(codes, frac: int, bits: int, rounding=Rounding.AP_RND, rng=None, step=0) -> QTensor:
     """``narrow_dynamic`` of codes with ``frac`` fraction bits, which may exceed the 64 a format
     holds (an exact product of two fine operands); the shift also brings the result to 64 at
-    most (datapath §7)."""
+    most, and a result finer than 2^-ERR_FRAC_MAX is then rounded there (datapath §7)."""
+    q = _narrow_top(codes, frac, bits, rounding, rng, step)
+    codes, frac = error_floor(q.codes, q.fmt.frac_bits, bits, rounding, rng, step)
+    return QTensor(codes, FixedFormat.with_frac(bits, frac))
+
+
+def error_floor(codes, frac: int, bits: int, rounding=Rounding.AP_RND, rng=None, step=0) -> tuple:
+    """(codes, frac) of a ``bits``-wide error no finer than 2^-ERR_FRAC_MAX: a finer one is
+    rounded there (``rounding``, AP_SAT; §7), so an error times an operand stays <= 64."""
+    if frac <= ERR_FRAC_MAX:
+        return codes, frac
+    lim = (1 << (bits - 1)) - 1
+    q = np.clip(round_shift(codes, frac - ERR_FRAC_MAX, rounding, rng, step), -lim - 1, lim)
+    if NARROW_TALLIES:
+        NARROW_TALLIES[-1](0, 0, np.count_nonzero((q == 0) & (codes != 0)))
+    return q, ERR_FRAC_MAX
+
+
+def _narrow_top(codes, frac: int, bits: int, rounding, rng, step) -> QTensor:
+    """The top ``bits`` of a wide tensor under one block exponent (no finer than 2^-64)."""
     codes = np.asarray(codes, dtype=np.int64)
     flat = None
     if COMPILED and codes.size:

@@ -112,11 +112,13 @@ def requant_reference(x, f_src: int, dst: FixedFormat, rounding, overflow, rand=
     return saturate(q, dst, overflow)
 
 
+ERR_FRAC_MAX = 32  # no error is finer than 2^-32 (§7): error x operand products stay <= 64
 MAX_TRACKER_LATENCY = 2  # |x| and lane max | running max + leading-one detector (rtl/max_tracker.v)
 
 
 def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
-    """Block-exponent narrowing (§7): keep the top ``err_width`` bits; (codes, FixedFormat).
+    """Block-exponent narrowing (§7): keep the top ``err_width`` bits, then no finer than
+    2^-ERR_FRAC_MAX; (codes, FixedFormat).
 
     Hardware: a max|x| tracker and a leading-zero count set the shift for the whole tensor.
     """
@@ -124,7 +126,17 @@ def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     maxabs = lanes.maxabs(x)
     s = max(0, maxabs.bit_length() - (err_width - 1), int(f_src) - 64)  # no format is finer than 2^-64
     fmt = FixedFormat.with_frac(err_width, int(f_src) - s)
-    return requant(x, f_src, fmt, rounding, Overflow.AP_SAT), fmt
+    codes, f = floor_error(requant(x, f_src, fmt, rounding, Overflow.AP_SAT), fmt.frac_bits, err_width, rounding)
+    return codes, FixedFormat.with_frac(err_width, f)
+
+
+def floor_error(codes, frac: int, err_width: int, rounding) -> tuple:
+    """(codes, fraction) of an error no finer than 2^-ERR_FRAC_MAX, the exponent register's
+    floor (§7): a finer one goes through the requantizer once more (``rounding``, AP_SAT)."""
+    if frac <= ERR_FRAC_MAX:
+        return codes, frac
+    floor = FixedFormat.with_frac(err_width, ERR_FRAC_MAX)
+    return requant(codes, frac, floor, rounding, Overflow.AP_SAT), ERR_FRAC_MAX
 
 
 class RequantUnit:

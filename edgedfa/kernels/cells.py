@@ -348,10 +348,15 @@ def narrow_into(x, frac, bits, rnd, frac_max, out, tallies):
     tallies[0] += x.size
     tallies[1] += clipped
     tallies[2] += zeroed
-    if nf > frac_max:  # errors finer than 2^-frac_max are rounded there (recurrent.ERR_FRAC_MAX)
+    if nf > frac_max:  # errors finer than 2^-frac_max are rounded there (fixed.ERR_FRAC_MAX)
+        capped = 0
         for i in range(x.shape[0]):
             for j in range(x.shape[1]):
-                out[i, j] = requantize_one(out[i, j], nf - frac_max, rnd, -lim - 1, lim, AP_SAT, bits)
+                v = out[i, j]
+                c = requantize_one(v, nf - frac_max, rnd, -lim - 1, lim, AP_SAT, bits)
+                capped += c == 0 and v != 0
+                out[i, j] = c
+        tallies[2] += capped
         nf = frac_max
     return nf if block_max(out, 0, out.shape[1]) != 0 else NONE
 

@@ -15,8 +15,8 @@ import math
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import (NARROW_TALLIES, FixedFormat, QTensor, acc_format, acc_step, apply_overflow, int_bits_for,
-                     requantize, round_shift)
+from ..fixed import (NARROW_TALLIES, FixedFormat, QTensor, acc_format, acc_step, apply_overflow, error_floor,
+                     int_bits_for, requantize, round_shift)
 from ..scaling import FLOOR, manage_param, observe, tally
 from ..update import update_params
 from .base import Layer, register
@@ -296,6 +296,7 @@ class BatchNorm(Layer):
         c, f_c = narrow(c, f_dy + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
         s, f_s = self.channel_scale(cache["units"])
         codes, f_dx = narrow(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
+        codes, f_dx = error_floor(codes, f_dx, num.err_bits, num.err_rounding)
         fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)  # 0 keeps dy's format
         return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads
 

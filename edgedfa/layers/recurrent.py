@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import gemm
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
+from ..fixed import ERR_FRAC_MAX, FixedFormat, Overflow, QTensor, acc_format, int_bits_for, narrow_dynamic, requantize
 from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
 from ..scaling import observe
 from ..update import update_params
@@ -28,7 +28,6 @@ from .cell_loops import StepRecords
 from .dense import quantize_param, weight_format_bits
 from .nonlinear import bounded_format
 
-ERR_FRAC_MAX = 32  # errors finer than 2^-32 are rounded there (§9.7): products stay <= 64 fraction bits
 MAX_BITS = 16  # act/weight widths the wide products are specified for
 
 
@@ -41,9 +40,6 @@ def narrow(t, num, bits=None):
         return None
     bits = num.state_err_width if bits is None else bits
     q = narrow_dynamic(t.codes, t.fmt, bits, num.err_rounding)
-    if q.fmt.frac_bits > ERR_FRAC_MAX:
-        fmt = FixedFormat.with_frac(bits, ERR_FRAC_MAX)
-        q = QTensor(requantize(q.codes, q.fmt, fmt, num.err_rounding, Overflow.AP_SAT), fmt)
     return q if q.codes.any() else None
 
 

@@ -12,7 +12,7 @@ from edgedfa.fixed import FixedFormat
 from ..accounting import Cost, nbytes
 from ..norm_unit import (BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, MANT, SCALAR_CYCLES, gain, leading_one,
                          momentum_steps, moving, rne, rsqrt)
-from ..requant_unit import requant, saturate, shift_round
+from ..requant_unit import floor_error, requant, saturate, shift_round
 from .base import HwLayer, T, acc_fmt, register
 from .dense import live_mask
 
@@ -159,6 +159,7 @@ class BatchNormHw(HwLayer):
         c, f_c = top_bits(bracket, f_dy + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
         s, f_s = self._channel_scale(cache["units"])
         codes, f_dx = top_bits(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
+        codes, f_dx = floor_error(codes, f_dx, num.err_bits, num.err_rounding)
         fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
         ecost.use("norm", 2 * acc.norm.cycles(size) + div + BACKWARD_SCALAR_CYCLES * self.channels)
         ecost.use("requant", acc.requant.cycles(size))

@@ -33,11 +33,10 @@ from edgedfa.fixed import FixedFormat, Overflow
 
 from .. import activation_unit as act
 from ..accounting import Cost, nbytes
-from ..requant_unit import narrow, requant, shift_round
+from ..requant_unit import ERR_FRAC_MAX, narrow, requant, shift_round
 from .base import HwLayer, T, acc_fmt, register
 
 WIDE_BITS = 60  # ⊕ aligns to the finest fraction that keeps every term below 2^60 (§9.6)
-ERR_FRAC_MAX = 32  # N(v): errors finer than 2^-32 are requantized there (§9.7)
 CELL_BITS_MIN = 16  # LSTM cell state width: max(16, act_bits) (§9.6)
 
 
@@ -121,10 +120,6 @@ def N(v: V | None, num, width=None) -> V | None:
         return None
     width = num.state_err_width if width is None else width
     codes, fmt = narrow(v.codes, v.frac, width, num.err_rounding)
-    if fmt.frac_bits > ERR_FRAC_MAX:
-        codes = requant(codes, fmt.frac_bits, FixedFormat.with_frac(width, ERR_FRAC_MAX),
-                        num.err_rounding, Overflow.AP_SAT)
-        fmt = FixedFormat.with_frac(width, ERR_FRAC_MAX)
     return V(codes, fmt.frac_bits) if codes.any() else None
 
 
