@@ -9,6 +9,8 @@ overflow ``SATURATE``, ``WRAP``, ``SAT_ZERO`` (AP_SAT_SYM is a saturation with l
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
@@ -173,42 +175,115 @@ def round_clamp(x, d: int, lim: int) -> np.ndarray:
 @numba.njit(cache=True)
 def _round_clamp(x, d, lim):
     out = np.empty_like(x)
-    mask = (np.int64(1) << d) - 1
+    mask, half, on = _rne_terms(d)
     for i in range(x.size):
-        v = x[i]
-        if d > 0:
-            q = v >> d
-            v = q + _round_up(q, v & mask, v, d, 6)
-        out[i] = min(max(v, -lim - 1), lim)
+        out[i] = _clamp(_rne(x[i], d, mask, half, on), lim)
     return out
 
 
-def moment_sum(old, new, old_shift: int, new_shift: int, k: int, square: bool) -> tuple:
-    """(exact register value, its max |.|): old·2^a + round_conv((n·2^b - old·2^a) · 2^-k), n = new or new²."""
-    o = np.ascontiguousarray(old, dtype=np.int64).reshape(-1)
-    n = np.ascontiguousarray(new, dtype=np.int64).reshape(-1)
-    out, top = _moment_sum(o, n, int(old_shift), int(new_shift), int(k), bool(square))
-    return out.reshape(np.shape(new)), int(top)
+@numba.njit(cache=True, inline="always")
+def _rne_terms(s):
+    """(mask, half, carry enable) of a right shift by s in 0..62 to nearest even, taken out of the loops."""
+    return (np.int64(1) << s) - 1, (np.int64(1) << s) >> 1, np.int64(s > 0)
+
+
+@numba.njit(cache=True, inline="always")
+def _rne(v, s, mask, half, on):
+    """round(v · 2^-s) to nearest even without a branch (s = 0: on = 0, v itself)."""
+    q = v >> s
+    r = v & mask
+    return q + ((np.int64(r > half) | (np.int64(r == half) & (q & 1))) & on)
+
+
+@numba.njit(cache=True, inline="always")
+def _clamp(v, lim):
+    return min(max(v, -lim - 1), lim)
+
+
+@numba.njit(cache=True, inline="always")
+def _moment_one(o, n, a, b, k, mask, half, on):
+    """old·2^a + round_conv((n·2^b - old·2^a) · 2^-k): one lane of a moment register's sum."""
+    oa = o << a
+    return oa + _rne((n << b) - oa, k, mask, half, on)
+
+
+def any_nonzero(x) -> bool:
+    """Whether an integer register holds a non-zero code (stops at the first)."""
+    x = np.asarray(x)
+    if x.dtype != np.int64:
+        return bool(np.any(x))
+    return bool(_any_nonzero(np.ravel(x, order="K")))
 
 
 @numba.njit(cache=True)
-def _moment_sum(o, n, a, b, k, square):
-    out = np.empty_like(n)
-    top = np.int64(0)
-    mask = (np.int64(1) << k) - 1
-    for i in range(n.size):
-        nv = n[i] * n[i] if square else n[i]
-        oa = o[i] << a
-        diff = (nv << b) - oa
-        if k > 0:
-            q = diff >> k
-            diff = q + _round_up(q, diff & mask, diff, k, 6)
-        t = oa + diff
-        out[i] = t
-        at = t if t >= 0 else -t
-        if at > top:
-            top = at
-    return out, top
+def _any_nonzero(x):
+    for i in range(x.size):
+        if x[i] != 0:
+            return True
+    return False
+
+
+class Moment(NamedTuple):
+    """A moment register's update plan: old codes (None: zero), shifts a, b, k of ``_moment_one``."""
+
+    old: np.ndarray | None
+    a: int
+    b: int
+    k: int
+
+
+def _old(r: Moment, n: int) -> np.ndarray:
+    """The old register's codes, flat (zeros when absent)."""
+    return np.zeros(n, np.int64) if r.old is None else np.ascontiguousarray(r.old, dtype=np.int64).reshape(-1)
+
+
+def moment_tops(g, d: int, lim: int, m: Moment, v: Moment) -> tuple:
+    """(max |m sum|, max |v sum|): the exact register sums of the gradient narrowed to
+    round_clamp(g, d, lim) (squared for v), measured without storing them."""
+    gf = np.ascontiguousarray(g, dtype=np.int64).reshape(-1)
+    return tuple(int(t) for t in _moment_tops(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k,
+                                              _old(v, gf.size), v.a, v.b, v.k))
+
+
+@numba.njit(cache=True)
+def _moment_tops(g, d, lim, mo, am, bm, km, vo, av, bv, kv):
+    top_m = np.int64(0)
+    top_v = np.int64(0)
+    gm, gh, gon = _rne_terms(d)
+    mm, mh, mon = _rne_terms(km)
+    vm, vh, von = _rne_terms(kv)
+    for i in range(g.size):
+        gc = _clamp(_rne(g[i], d, gm, gh, gon), lim)
+        tm = _moment_one(mo[i], gc, am, bm, km, mm, mh, mon)
+        tv = _moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von)
+        top_m = max(top_m, tm if tm >= 0 else -tm)
+        top_v = max(top_v, tv if tv >= 0 else -tv)
+    return top_m, top_v
+
+
+def moment_registers(g, d: int, lim: int, m: Moment, dm: int, v: Moment, dv: int) -> tuple:
+    """(new m codes, new v codes): §12's moment registers, each exact sum narrowed by its own
+    dm, dv (``moment_tops`` measured them), in one pass."""
+    gf = np.ascontiguousarray(g, dtype=np.int64).reshape(-1)
+    mc, vc = _moment_registers(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k, int(dm),
+                               _old(v, gf.size), v.a, v.b, v.k, int(dv))
+    return mc.reshape(np.shape(g)), vc.reshape(np.shape(g))
+
+
+@numba.njit(cache=True)
+def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
+    m_new = np.empty_like(g)
+    v_new = np.empty_like(g)
+    gm, gh, gon = _rne_terms(d)
+    mm, mh, mon = _rne_terms(km)
+    vm, vh, von = _rne_terms(kv)
+    m2, mh2, mon2 = _rne_terms(dm)
+    v2, vh2, von2 = _rne_terms(dv)
+    for i in range(g.size):
+        gc = _clamp(_rne(g[i], d, gm, gh, gon), lim)
+        m_new[i] = _clamp(_rne(_moment_one(mo[i], gc, am, bm, km, mm, mh, mon), dm, m2, mh2, mon2), lim)
+        v_new[i] = _clamp(_rne(_moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von), dv, v2, vh2, von2), lim)
+    return m_new, v_new
 
 
 def adam_step(p, m, m_frac: int, v, v_frac: int, lr_minus_frac: int, rounding: int, key: int,
@@ -250,3 +325,4 @@ def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
         out[i] = new
         count += new != raw
     return out, count
+

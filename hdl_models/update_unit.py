@@ -73,21 +73,24 @@ class UpdateUnit:
         (``hdl_models.lanes``); a shift no 64-bit lane takes falls back to ``adam_reference``."""
         rounding = Rounding.parse(rounding)
         g = np.asarray(g, dtype=np.int64)
-        d = max(0, leading_one(lanes.maxabs(g)) - (num.moment_bits - 1))  # top_bits, in the lanes
-        g_c = lanes.round_clamp(g, d, (1 << (num.moment_bits - 1)) - 1)
+        width = num.moment_bits
+        lim = (1 << (width - 1)) - 1
+        d = max(0, leading_one(lanes.maxabs(g)) - (width - 1))  # top_bits, in the lanes
         warm = leading_one(step + 1) - 1
-        m = _moving_lanes(moments.get("m"), g_c, f_g - d, min(num.beta1_shift, warm), num.moment_bits, False)
-        v = _moving_lanes(moments.get("v"), g_c, f_g - d, min(num.beta2_shift, warm), num.moment_bits, True)
-        if m is None or v is None or p_fmt.width > 62:
+        m, f_m = _moment_plan(moments.get("m"), f_g - d, min(num.beta1_shift, warm))
+        v, f_v = _moment_plan(moments.get("v"), 2 * (f_g - d), min(num.beta2_shift, warm))
+        if not lanes.fits(m.a, m.b, m.k, v.a, v.b, v.k) or p_fmt.width > 62:
             return self.adam_reference(p, p_fmt, g, f_g, lr, rounding, weight_overflow, seed, layer_index,
                                        purpose, step, num, moments)
-        moments["m"], moments["v"] = m, v
+        dm, dv = (max(0, leading_one(t) - (width - 1)) for t in lanes.moment_tops(g, d, lim, m, v))
         key = 0
         if rounding is Rounding.STOCHASTIC:
             key = key_register(seed, stream_of(layer_index, purpose), step)
             self.prng.words_generated += int(np.size(g))
-        return lanes.adam_step(p, m[0], m[1], v[0], v[1], lr - p_fmt.frac_bits, lanes.ROUNDING[rounding], key,
-                               lanes.overflow_mode(p_fmt, weight_overflow))
+        m_codes, v_codes = lanes.moment_registers(g, d, lim, m, dm, v, dv)
+        moments["m"], moments["v"] = (m_codes, f_m - dm), (v_codes, f_v - dv)
+        return lanes.adam_step(p, m_codes, f_m - dm, v_codes, f_v - dv, lr - p_fmt.frac_bits, lanes.ROUNDING[rounding],
+                               key, lanes.overflow_mode(p_fmt, weight_overflow))
 
     def adam_reference(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr: int, rounding,
                        weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num,
@@ -140,19 +143,14 @@ def moving(old, new: tuple, k: int, width: int) -> tuple:
     return top_bits(o_al + shift_round(n_al - o_al, k, Rounding.AP_RND_CONV), f, width)
 
 
-def _moving_lanes(old, g_c, g_f: int, k: int, width: int, square: bool):
-    """``moving`` of the narrowed gradient (squared for v) in the compiled lanes; None when a
-    shift is out of a lane's range."""
-    n_f = 2 * g_f if square else g_f
-    if old is None or not np.any(old[0]):
-        old = (np.zeros(g_c.shape, dtype=np.int64), n_f)
+def _moment_plan(old, n_f: int, k: int) -> tuple:
+    """(lanes.Moment, F of the exact sum) of ``moving`` with the narrowed gradient term at
+    fraction ``n_f``: an absent or all-zero register counts as zeros at ``n_f``."""
+    if old is None or not lanes.any_nonzero(old[0]):
+        return lanes.Moment(None, 0, 0, k), n_f
     o_c, o_f = old
     f = max(o_f, n_f)
-    if not lanes.fits(f - o_f, f - n_f, k):
-        return None
-    t, top = lanes.moment_sum(o_c, g_c, f - o_f, f - n_f, k, square)
-    d = max(0, leading_one(top) - (width - 1))
-    return lanes.round_clamp(t, d, (1 << (width - 1)) - 1), f - d
+    return lanes.Moment(o_c, f - o_f, f - n_f, k), f
 
 
 def lane_shift(x, s, rounding, rand=None) -> np.ndarray:
