@@ -16,6 +16,7 @@ import numpy as np
 
 from edgedfa.fixed import FixedFormat, Overflow, Rounding
 
+from . import lanes
 from .requant_unit import requant, shift_round
 
 ROM_DEPTH = 1024
@@ -68,12 +69,37 @@ def _interp(q, f_in: int):
 
 
 def tanh(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """tanh through the ROM (§9.2), in the compiled lanes where they apply."""
+    return _gate(q, f_in, out_fmt, rounding, False)
+
+
+def sigmoid(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """sigmoid(x) = (1 + tanh(x/2)) / 2 through the ROM (§9.3), in the compiled lanes where they apply."""
+    return _gate(q, f_in, out_fmt, rounding, True)
+
+
+def _gate(q, f_in: int, out_fmt: FixedFormat, rounding, is_sigmoid: bool):
+    rounding = Rounding.parse(rounding)
+    s_addr = int(f_in) + is_sigmoid - ADDR_FMT.frac_bits
+    s_out = INTERP_FRAC + is_sigmoid - out_fmt.frac_bits
+    out = None
+    if rounding is not Rounding.STOCHASTIC and out_fmt.width <= 62:
+        out = lanes.rom_gate(q, s_addr, TANH_ROM, s_out, is_sigmoid, lanes.ROUNDING[rounding], out_fmt.min_code,
+                             out_fmt.max_code)
+    if out is None:
+        return (sigmoid_reference if is_sigmoid else tanh_reference)(q, f_in, out_fmt, rounding)
+    return out
+
+
+def tanh_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """``tanh`` in numpy, one operation per pass."""
     y = _interp(q, f_in)
     m = requant(y, INTERP_FRAC, out_fmt, rounding, Overflow.AP_SAT)
     return np.where(np.asarray(q) < 0, -m, m)
 
 
-def sigmoid(q, f_in: int, out_fmt: FixedFormat, rounding):
+def sigmoid_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """``sigmoid`` in numpy, one operation per pass."""
     y = _interp(q, f_in + 1)  # x/2: the same bits read with one more fraction bit
     one = 1 << INTERP_FRAC
     w = np.where(np.asarray(q) >= 0, one + y, one - y)

@@ -326,3 +326,122 @@ def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
         count += new != raw
     return out, count
 
+
+def rom_gate(q, s_addr: int, rom, s_out: int, sigmoid: bool, rounding: int, lo: int, hi: int):
+    """The activation unit's interpolated tanh / sigmoid (§9.2) over a tensor in one pass: |q|
+    to a 19-bit ROM address (a shift by ``s_addr``, negative for a left shift; AP_RND, AP_SAT),
+    the interpolation between two words (26 fraction bits), then tanh's sign, or sigmoid's
+    1 ± y, shifted right by ``s_out`` (0..62, deterministic ``rounding``) and saturated to
+    lo..hi. None where a shift is out of a lane's range (the caller takes the numpy form)."""
+    if not (-62 <= s_addr <= 62 and fits(s_out)) or rounding == STOCHASTIC:
+        return None
+    qc = np.ascontiguousarray(q, dtype=np.int64)
+    return _rom_gate(qc.reshape(-1), int(s_addr), rom, int(s_out), bool(sigmoid), int(rounding), int(lo),
+                     int(hi)).reshape(qc.shape)
+
+
+WIDE_BITS = 60  # ⊕ aligns to the finest fraction that keeps every term below 2^60 (§9.6)
+ADDR_HI, ADDR_WIDTH, SEG_BITS, INTERP_FRAC = (1 << 19) - 1, 19, 9, 26  # activation_unit's ROM address
+
+
+@numba.njit(cache=True, inline="always")
+def _shift_saturate(v, s, mode, lo, hi):
+    """round(v · 2^-s) (s in 0..62, modes 0..6), saturated to lo..hi."""
+    if s > 0:
+        q = v >> s
+        v = q + _round_up(q, v & ((np.int64(1) << s) - 1), v, s, mode)
+    return min(max(v, lo), hi)
+
+
+@numba.njit(cache=True)
+def _rom_gate(q, s_addr, rom, s_out, sigmoid, mode, lo, hi):
+    out = np.empty_like(q)
+    t = max(-s_addr, 0)
+    t_eff = min(t, ADDR_WIDTH + 1)  # requant_unit._left_into: past w+1 bits only the side is kept
+    cap = np.int64(1) << (ADDR_WIDTH + 1 - t_eff)
+    one = np.int64(1) << INTERP_FRAC
+    for i in range(q.size):
+        x = q[i]
+        m = x if x >= 0 else -x
+        if s_addr >= 0:
+            u = _shift_saturate(m, s_addr, 2, 0, ADDR_HI)
+        else:
+            u = min(max(min(max(m, -cap), cap) << t_eff, 0), ADDR_HI)
+        k = u >> SEG_BITS
+        y = rom[k] * (np.int64(1) << SEG_BITS) + (rom[k + 1] - rom[k]) * (u & ((np.int64(1) << SEG_BITS) - 1))
+        if sigmoid:
+            out[i] = _shift_saturate(one + y if x >= 0 else one - y, s_out, mode, lo, hi)
+        else:
+            r = _shift_saturate(y, s_out, mode, lo, hi)
+            out[i] = -r if x < 0 else r
+    return out
+
+
+
+
+def oplus2(a, fa: int, b, fb: int, rounding: int) -> tuple | None:
+    """a ⊕ b (§9.6) of two same-shaped integer matrices in one compiled pass: (codes, fraction),
+    (None, None) when both are zero, or None where the numpy form must run (a STOCHASTIC
+    rounding, a right shift past 62, a code at -2^63 to be shifted left)."""
+    if rounding == STOCHASTIC:
+        return None
+    out = np.empty(a.shape, dtype=np.int64)
+    f, live, ok = _oplus2(a, int(fa), b, int(fb), int(rounding), out)
+    if not ok:
+        return None
+    return (out, int(f)) if live else (None, None)
+
+
+@numba.njit(cache=True, inline="always")
+def _measure(a):
+    """(max |a| wrapping at -2^63 as numpy's abs, any code non-zero, any code at -2^63)."""
+    int64_min = np.int64(-9223372036854775807) - 1
+    top = int64_min
+    nz = False
+    rail = False
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[i, j]
+            nz |= v != 0
+            rail |= v == int64_min
+            top = max(top, v if v >= 0 else -v)
+    return top, nz, rail
+
+
+@numba.njit(cache=True, inline="always")
+def _align_shift(fa, f, rail):
+    """The shift bringing a live term at fraction fa to f, and whether a lane takes it."""
+    s = fa - f
+    return s, not (s > 62 or (s < 0 and rail))
+
+
+@numba.njit(cache=True, inline="always")
+def _aligned(v, s, mode):
+    if s <= 0:
+        return v << -s  # never past 2^60: the common fraction keeps every term below it
+    q = v >> s
+    return q + _round_up(q, v & ((np.int64(1) << s) - 1), v, s, mode)
+
+
+@numba.njit(cache=True)
+def _oplus2(a, fa, b, fb, mode, out):
+    """(fraction, any term live, every shift one a lane takes); out = the aligned sum of the
+    live terms. The common fraction is the finest among the live terms unless one aligned
+    there reaches 2^60 (layers/recurrent.common_frac)."""
+    ta, la, ra = _measure(a)
+    tb, lb, rb = _measure(b)
+    if not (la or lb):
+        return 0, False, True
+    f = max(fa if la else fb, fb if lb else fa)
+    if la:
+        f = min(f, fa + WIDE_BITS - (64 - leading_zeros(ta) if ta != 0 else 0))
+    if lb:
+        f = min(f, fb + WIDE_BITS - (64 - leading_zeros(tb) if tb != 0 else 0))
+    sa, oka = _align_shift(fa, f, ra)
+    sb, okb = _align_shift(fb, f, rb)
+    if (la and not oka) or (lb and not okb):
+        return f, True, False
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i, j] = (_aligned(a[i, j], sa, mode) if la else 0) + (_aligned(b[i, j], sb, mode) if lb else 0)
+    return f, True, True

@@ -99,6 +99,69 @@ def test_moment_narrowing_matches_top_bits(x, width, frac):
     assert np.array_equal(lanes.round_clamp(x, d, (1 << (width - 1)) - 1), codes)
 
 
+@settings(max_examples=300, deadline=None)
+@given(q=hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=2, max_side=6),
+                    elements=st.one_of(wide_codes(64), st.just(INT64_MIN), st.integers(-1 << 20, 1 << 20))),
+       f_in=st.one_of(st.integers(12, 22), st.integers(-70, 80)),  # mid-ROM addresses, or any shift
+       out=st.one_of(formats(min_width=12, max_width=30, min_frac=12, max_frac=28),
+                     formats(min_width=2, max_width=48, min_frac=-8, max_frac=60)),
+       rounding=rounding_modes(stochastic=True), sigmoid=st.booleans(), transpose=st.booleans())
+def test_compiled_rom_gates_are_the_numpy_unit(q, f_in, out, rounding, sigmoid, transpose):
+    """tanh and sigmoid through the ROM (address at every shift, left or right, the rails,
+    every output format and rounding) against the numpy forms, raising where they raise."""
+    from hdl_models import activation_unit as act
+
+    q = q.T if transpose else q
+    fast, ref = (act.sigmoid, act.sigmoid_reference) if sigmoid else (act.tanh, act.tanh_reference)
+    outcome = []
+    for fn in (fast, ref):
+        try:
+            outcome.append(fn(q, f_in, out, rounding))
+        except EdgeDFAError as err:
+            outcome.append(("error", str(err)))
+    assert _same(*outcome)
+
+
+@st.composite
+def cell_terms(draw, same_shape: bool):
+    """Terms of the cell unit's ⊕ / concatenation: absent, all zero, small or at the int64
+    rails, at any fraction; same-shaped, or blocks of one height and any widths."""
+    from hdl_models.layers.recurrent import V
+
+    rows = draw(st.integers(1, 3))
+    widths = [draw(st.integers(0, 4))] * 4 if same_shape else [draw(st.integers(0, 4)) for _ in range(4)]
+    terms = []
+    for w in widths[:draw(st.integers(1, 4))]:
+        kind = draw(st.sampled_from(["none", "zero", "small", "wide"]))
+        if kind == "none":
+            terms.append(None)
+            continue
+        elems = st.integers(-300, 300) if kind == "small" else st.one_of(wide_codes(64), st.just(INT64_MIN))
+        codes = draw(hnp.arrays(np.int64, (rows, w), elements=elems))
+        if kind == "zero":
+            codes[...] = 0
+        terms.append(V(codes, draw(st.one_of(st.integers(-8, 40), st.integers(-120, 120)))))
+    return terms
+
+
+def _outcome(fn, *args):
+    try:
+        out = fn(*args)
+    except EdgeDFAError as err:
+        return ("error", str(err))
+    return None if out is None else (out.codes, out.frac)
+
+
+@settings(max_examples=400, deadline=None)
+@given(terms=cell_terms(same_shape=True), rounding=rounding_modes(stochastic=True))
+def test_compiled_cell_sum_is_the_numpy_form(terms, rounding):
+    """⊕ through the compiled aligners against the term-by-term numpy form (common fraction
+    near the 2^60 guard, rails, right shifts past 62, dead and absent terms)."""
+    from hdl_models.layers.recurrent import oplus, oplus_reference
+
+    assert _same(_outcome(oplus, terms, rounding), _outcome(oplus_reference, terms, rounding))
+
+
 def test_adam_lanes_fall_back_when_a_register_shift_leaves_the_lane():
     num = Numerics.from_bits(8, update_rule="adam")
     p, g = np.array([3, -5, 7], dtype=np.int64), np.array([100, -3, 0], dtype=np.int64)

@@ -29,14 +29,15 @@ from typing import NamedTuple
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
-from edgedfa.fixed import FixedFormat, Overflow
+from edgedfa.fixed import FixedFormat, Overflow, Rounding
 
 from .. import activation_unit as act
+from .. import lanes
+from ..lanes import WIDE_BITS
 from ..accounting import Cost, nbytes
 from ..requant_unit import ERR_FRAC_MAX, narrow, requant, shift_round
 from .base import HwLayer, T, acc_fmt, register
 
-WIDE_BITS = 60  # ⊕ aligns to the finest fraction that keeps every term below 2^60 (§9.6)
 CELL_BITS_MIN = 16  # LSTM cell state width: max(16, act_bits) (§9.6)
 
 
@@ -72,7 +73,18 @@ def align(v: V, frac: int, rounding) -> np.ndarray:
 
 
 def oplus(vs, rounding) -> V | None:
-    """a ⊕ b ⊕ ...: exact sum of the non-zero terms; None when every term is zero."""
+    """a ⊕ b ⊕ ...: exact sum of the non-zero terms; None when every term is zero. Two terms of
+    one matrix shape go through the compiled aligners and adder (``lanes.oplus2``)."""
+    vs = [v for v in vs if v is not None]
+    if len(vs) == 2 and vs[0].codes.ndim == 2 and vs[0].codes.shape == vs[1].codes.shape:
+        got = lanes.oplus2(vs[0].codes, vs[0].frac, vs[1].codes, vs[1].frac, lanes.ROUNDING[Rounding.parse(rounding)])
+        if got is not None:
+            return None if got[0] is None else V(*got)
+    return oplus_reference(vs, rounding)
+
+
+def oplus_reference(vs, rounding) -> V | None:
+    """``oplus`` in numpy, term by term."""
     vs = _live(vs)
     if not vs:
         return None
