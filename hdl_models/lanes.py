@@ -288,14 +288,14 @@ def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
 
 def adam_step(p, m, m_frac: int, v, v_frac: int, lr_minus_frac: int, rounding: int, key: int,
               ovf: tuple) -> tuple:
-    """(new parameter codes, saturated count) of §12's last stage, lane by lane: the shift
+    """(new parameter codes, saturated count, max |new code|) of §12's last stage, lane by lane: the shift
     s = clip(lr + F_m + floor((lod(v) - F_v) / 2) - F_p, -16, 62), round(m · 2^-s) with the
     element's PRNG word when STOCHASTIC, subtracted where v > 0, saturated."""
     shape = np.shape(p)
     flat = [np.ascontiguousarray(a, dtype=np.int64).reshape(-1) for a in (p, m, v)]
-    new, count = _adam_step(*flat, int(m_frac), int(v_frac), int(lr_minus_frac), int(rounding),
-                            np.uint64(key), *ovf)
-    return new.reshape(shape), int(count)
+    new, count, top = _adam_step(*flat, int(m_frac), int(v_frac), int(lr_minus_frac), int(rounding),
+                                 np.uint64(key), *ovf)
+    return new.reshape(shape), int(count), int(top)
 
 
 @numba.njit(cache=True)
@@ -304,6 +304,7 @@ def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
     directions are formed and one kept; a lane whose v is not positive steps by nothing."""
     out = np.empty_like(p)
     count = 0
+    top = np.int64(0)  # the exponent unit's max tracker on the update unit's output (§13)
     for i in range(p.size):
         vi = v[i]
         lod = np.int64(64 - leading_zeros(max(vi, np.int64(1))))  # the leading-one detector
@@ -324,7 +325,8 @@ def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
         new = _saturate(raw, ovf, lo, hi)
         out[i] = new
         count += new != raw
-    return out, count
+        top = max(top, new if new >= 0 else -new)  # saturated into a format of <= 62 bits: no wrap
+    return out, count, top
 
 
 def rom_gate(q, s_addr: int, rom, s_out: int, sigmoid: bool, rounding: int, lo: int, hi: int):

@@ -26,6 +26,7 @@ step and take the exact sum; the others replay the per-k saturation loop.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,9 +128,10 @@ class MacArray:
         if k != k2:
             raise EdgeDFAError(f"MAC array: GEMM shapes {a.shape} x {b.shape} do not chain")
         ovf = Overflow.parse(acc_overflow)
-        fmt = FixedFormat(acc_width, acc_width)
+        fmt = _acc_format(acc_width)
         init = np.zeros((1, n), dtype=np.int64) if init is None else np.asarray(init, dtype=np.int64)
-        init = saturate(init, fmt, ovf)  # per output; broadcast over (M, N) where it is read
+        if not 0 <= _maxabs(init) <= fmt.max_code:  # in range, every overflow mode leaves it as it is
+            init = saturate(init, fmt, ovf)  # per output; broadcast over (M, N) where it is read
         tops = (_maxabs(a) if a_max is None else int(a_max), _maxabs(b) if b_max is None else int(b_max))
         stats = self.cost(m, n, k, a_width, b_width)
         if tile_by_tile:
@@ -147,14 +149,19 @@ class MacArray:
         return acc, stats
 
     def _compute(self, a, b, init, fmt: FixedFormat, ovf: Overflow, tops: tuple):
+        """(acc, outputs replayed) of ``init + a @ b``; ``init`` is [1, N] (one value per
+        column) or [M, N]."""
         m, k = a.shape
         n = b.shape[1]
-        init = np.broadcast_to(init, (m, n))
         if m * n == 0:
-            return init.copy(), 0
+            return np.broadcast_to(init, (m, n)).copy(), 0
         term = tops[0] * tops[1]
-        bound = k * term + _maxabs(init[:1] if init.strides[0] == 0 else init)
-        exact = _exact_product(a, b, term) + init
+        init_top = _maxabs(init if init.strides[0] else init[:1])
+        bound = k * term + init_top
+        exact = _exact_product(a, b, term)  # a fresh array: the initial values are added in place
+        if init_top:
+            exact += init
+        init = np.broadcast_to(init, (m, n))
         if ovf is Overflow.AP_WRAP:
             return saturate(exact, fmt, ovf), 0  # arithmetic modulo 2^acc_width: order-free
         hi = (1 << (fmt.width - 1)) - 1
@@ -173,6 +180,12 @@ class MacArray:
         out = exact.copy()
         out[rows, cols] = acc
         return out, len(rows)
+
+
+@functools.lru_cache(maxsize=None)
+def _acc_format(width: int) -> FixedFormat:
+    """The accumulator register's format (all integer bits), one object per width."""
+    return FixedFormat(width, width)
 
 
 def _operand(x) -> np.ndarray:

@@ -35,6 +35,7 @@ class UpdateUnit:
     def __init__(self, lanes: int = 16, prng: PrngUnit | None = None):
         self.lanes = int(lanes)
         self.prng = prng or PrngUnit(lanes)
+        self.peak = None  # max |code| written by the last ``adam`` through the lanes (None: not tracked)
 
     def apply(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr_shift: int,
               rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int,
@@ -72,6 +73,7 @@ class UpdateUnit:
         learning-rate shift with the schedule's decays. The lanes run compiled
         (``hdl_models.lanes``); a shift no 64-bit lane takes falls back to ``adam_reference``."""
         rounding = Rounding.parse(rounding)
+        self.peak = None
         g = np.asarray(g, dtype=np.int64)
         width = num.moment_bits
         lim = (1 << (width - 1)) - 1
@@ -89,8 +91,9 @@ class UpdateUnit:
             self.prng.words_generated += int(np.size(g))
         m_codes, v_codes = lanes.moment_registers(g, d, lim, m, dm, v, dv)
         moments["m"], moments["v"] = (m_codes, f_m - dm), (v_codes, f_v - dv)
-        return lanes.adam_step(p, m_codes, f_m - dm, v_codes, f_v - dv, lr - p_fmt.frac_bits, lanes.ROUNDING[rounding],
-                               key, lanes.overflow_mode(p_fmt, weight_overflow))
+        new, count, self.peak = lanes.adam_step(p, m_codes, f_m - dm, v_codes, f_v - dv, lr - p_fmt.frac_bits,
+                                                lanes.ROUNDING[rounding], key, lanes.overflow_mode(p_fmt, weight_overflow))
+        return new, count
 
     def adam_reference(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr: int, rounding,
                        weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num,

@@ -67,6 +67,18 @@ def test_compiled_adam_lanes_are_the_numpy_unit_bit_for_bit(case):
     assert _same(_run("adam", case), _run("adam_reference", case))
 
 
+@settings(max_examples=200, deadline=None)
+@given(case=adam_cases())
+def test_update_unit_tracks_the_max_of_what_it_writes(case):
+    """The peak the exponent unit reads off the update unit's output is max |new code|."""
+    unit = UpdateUnit()
+    try:
+        new, _ = unit.adam(**dict(case, moments={k: (np.copy(c), f) for k, (c, f) in case["moments"].items()}))
+    except EdgeDFAError:
+        return
+    assert unit.peak is None or unit.peak == lanes.maxabs(new)
+
+
 @settings(max_examples=100, deadline=None)
 @given(case=adam_cases(), steps=st.integers(2, 5))
 def test_compiled_adam_lanes_follow_the_reference_over_steps(case, steps):

@@ -88,12 +88,13 @@ class HwLayer:
         for pos, (name, g) in enumerate(sorted(grads.items())):
             if name in frozen:  # §12: a frozen parameter is never written
                 continue
-            p = self.params[name]
+            p, peak = self.params[name], None
             if num.rule == "adam":
                 lr = lr_shift if lr0 is None or lr_base is None else lr0 + lr_shift - lr_base
                 new, _ = acc.update.adam(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr, num.update_rounding,
                                          num.weight_overflow, self.seed, self.index, purpose_of(name, pos),
                                          step, num, self.moments.setdefault(name, {}))
+                peak = acc.update.peak
                 cost.use("update", acc.update.cycles(p.codes.size))  # m, v and p in one pass
             else:
                 new, _, vel = acc.update.apply(p.codes, p.fmt, g.codes, g.fmt.frac_bits, lr_shift,
@@ -110,13 +111,14 @@ class HwLayer:
             acc.read(cost, "weight", n * nbytes(p.fmt.width), f"param/{self.name}/{name}")
             acc.write(cost, "weight", n * nbytes(p.fmt.width), f"param/{self.name}/{name}")
             if num.adaptive:
-                cost.add(self._manage_param(acc, name))
+                cost.add(self._manage_param(acc, name, peak))
         return cost
 
-    def _manage_param(self, acc, name: str) -> Cost:
-        """§13 on a parameter just written: decide, and rescale it when its exponent moves."""
+    def _manage_param(self, acc, name: str, top: int | None = None) -> Cost:
+        """§13 on a parameter just written: decide, and rescale it when its exponent moves
+        (``top``: its max |code|, when the update unit tracked it on the way out)."""
         p, unit, cost = self.params[name], acc.exponent, Cost()
-        top = maxabs(p.codes)
+        top = maxabs(p.codes) if top is None else top
         delta, self.low[name] = unit.decide(leading_one(top), p.fmt, self.low.get(name, 0),
                                             self.num.exp_patience, self.floor.get(name, p.fmt.frac_bits))
         if delta:

@@ -35,6 +35,7 @@ from .. import activation_unit as act
 from .. import lanes
 from ..lanes import WIDE_BITS
 from ..accounting import Cost, nbytes
+from ..mac_array import operand_dtype
 from ..requant_unit import ERR_FRAC_MAX, narrow, requant, shift_round
 from .base import HwLayer, T, acc_fmt, register
 
@@ -195,6 +196,7 @@ class RecurrentHw(HwLayer):
         self.acts = [acts[i * k:(i + 1) * k] for i in range(self.n_dirs)]
         self.gate_fmt = FixedFormat(self.num.gate_width, 1)
         self._inits = {}  # _bias: (d, half, frac, B's format) -> (B's codes, the init row)
+        self._operands = {}  # _operand: (param, d, rows, transposed) -> (its codes, operand, max)
         self.h_fmt = layer.out_fmt
         self.bptt_steps = getattr(layer, "bptt_steps", None)
         self.lbr = int(a.get("linear_before_reset", 0))
@@ -203,16 +205,33 @@ class RecurrentHw(HwLayer):
         return {"h": self.h_fmt}
 
     # ------------------------------------------------------------ array operations
-    def _gemm(self, acc, cost, a: V, b_codes, b_fmt, init=None, a_width=None, what="weight", out=None):
-        num = self.num
+    def _gemm(self, acc, cost, a: V, what: str, d: int, rows=slice(None), transpose=False, init=None, a_width=None,
+              out=None):
+        """a @ (rows of parameter ``what``, direction d, transposed or not) on the array."""
+        num, b_fmt = self.num, self.params[what].fmt
+        b, b_max = self._operand(what, d, rows, transpose)
         width = grad_width(num) if out == "err" else num.acc_bits
-        r, st = acc.array.gemm(a.codes.reshape(-1, a.codes.shape[-1]), b_codes, init, width,
-                               num.acc_overflow, a_width or num.act_bits, b_fmt.width)
-        tag = f"param/{self.name}/{what}" if what in self.params else None
+        r, st = acc.array.gemm(a.codes.reshape(-1, a.codes.shape[-1]), b, init, width,
+                               num.acc_overflow, a_width or num.act_bits, b_fmt.width, b_max=b_max)
         cost.add(acc.gemm_cost(st, ("act" if out != "err" else "err", a_width or num.act_bits),
-                               ("weight", b_fmt.width, tag), None, requant_out=False))
+                               ("weight", b_fmt.width, f"param/{self.name}/{what}"), None, requant_out=False))
         self._seq += st.cycles
-        return V(r.reshape(a.codes.shape[:-1] + (b_codes.shape[1],)), a.frac + b_fmt.frac_bits)
+        return V(r.reshape(a.codes.shape[:-1] + (b.shape[1],)), a.frac + b_fmt.frac_bits)
+
+    def _operand(self, what: str, d: int, rows: slice, transpose: bool) -> tuple:
+        """(B operand, its max |code|) of a parameter's rows as the array reads them, laid out
+        once per parameter version (every time step and sample reuses it)."""
+        p = self.params[what]
+        key = (what, d, rows.start, rows.stop, transpose)
+        held = self._operands.get(key)
+        if held is not None and held[0] is p.codes:
+            return held[1], held[2]
+        view = p.codes[d, rows].T if transpose else p.codes[d, rows]
+        top = lanes.maxabs(view)
+        op = np.ascontiguousarray(view, dtype=operand_dtype(top))
+        op.flags.writeable = False
+        self._operands[key] = (p.codes, op, top)
+        return op, top
 
     def _bias(self, d: int, half: int, frac: int):
         """The bias half (0: W's, 1: R's) of direction d in the accumulator's format, read once
@@ -235,7 +254,7 @@ class RecurrentHw(HwLayer):
         """Hg(rows, v) = gemm(v, R[rows]^T, init = Rb[rows]) (§9.6)."""
         R = self.params["R"]
         init = self._bias(d, 1, v.frac + R.fmt.frac_bits)
-        return self._gemm(acc, cost, v, R.codes[d, rows].T, R.fmt, None if init is None else init[:, rows], what="R")
+        return self._gemm(acc, cost, v, "R", d, rows, True, None if init is None else init[:, rows])
 
     # ------------------------------------------------------------ cell-unit operations
     def gate(self, pre: V, func: str) -> V:
@@ -280,7 +299,7 @@ class RecurrentHw(HwLayer):
             order = np.arange(steps)[::-1] if self.reverse[d] else np.arange(steps)
             xd = V(xc[order], x.fmt.frac_bits)
             init = self._bias(d, 0, xd.frac + W.fmt.frac_bits)
-            xg = self._gemm(acc, cost, xd, W.codes[d].T, W.fmt, init, a_width=x.fmt.width, what="W")
+            xg = self._gemm(acc, cost, xd, "W", d, transpose=True, init=init, a_width=x.fmt.width)
             acc.write(cost, "act", xg.codes.size * nbytes(num.acc_bits))  # X for every step
             state = {k: V(np.zeros((n, H), np.int64), f.frac_bits) for k, f in self.state_fmts().items()}
             recs = []
@@ -392,9 +411,8 @@ class RecurrentHw(HwLayer):
             for k, g in self._param_grads(acc, gcost, d, c, A, Rs).items():
                 grads[k].append(g)
             if need and need[0] and A is not None:
-                W = self.params["W"]
                 seq0 = self._seq
-                a = self._gemm(acc, ecost, A, W.codes[d], W.fmt, a_width=num.state_err_width, what="W", out="err")
+                a = self._gemm(acc, ecost, A, "W", d, a_width=num.state_err_width, out="err")
                 self._seq = seq0  # after the chain, not on its critical path per step
                 codes = np.zeros(a.codes.shape, np.int64)
                 codes[c["order"]] = a.codes
@@ -498,9 +516,7 @@ class RnnHw(RecurrentHw):
             dA = N(otimes(dh, deriv), self.num)
         carry_h = None
         if carry and dA is not None:
-            R = self.params["R"]
-            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=self.num.state_err_width, what="R",
-                                 out="err")
+            carry_h = self._gemm(acc, cost, dA, "R", d, a_width=self.num.state_err_width, out="err")
         return dA, dA, carry_h, None
 
 
@@ -536,7 +552,6 @@ class GruHw(RecurrentHw):
 
     def cell_back(self, acc, cost, d, rec, dh, dc, carry):
         num, rnd, H, g = self.num, self.num.err_rounding, self.hidden, self.gate_fmt
-        R = self.params["R"]
         z, r, n, h = rec["z"], rec["r"], rec["n"], rec["h_prev"]
         d_n = N(otimes(dh, one_minus(z), self.dtanh(n, g)), num)
         d_z = otimes(dh, total([h, V(-n.codes, n.frac)], rnd), self.dsig(z, g))
@@ -549,18 +564,17 @@ class GruHw(RecurrentHw):
             dR = None if dA is None else N(cat([cols(dA, 0, 2 * H), dhh], shape, rnd), num)
             rec_h = None
             if dR is not None and carry:
-                rec_h = self._gemm(acc, cost, dR, R.codes[d], R.fmt, a_width=eb, what="R", out="err")
+                rec_h = self._gemm(acc, cost, dR, "R", d, a_width=eb, out="err")
             terms = [otimes(dh, z), rec_h]
         else:
             drh = None
             if d_n is not None:
-                drh = N(self._gemm(acc, cost, d_n, R.codes[d, 2 * H:], R.fmt, a_width=eb, what="R", out="err"), num)
+                drh = N(self._gemm(acc, cost, d_n, "R", d, slice(2 * H, None), a_width=eb, out="err"), num)
             d_r = otimes(drh, h, self.dsig(r, g))
             dA = dR = N(cat([d_z, d_r, d_n], shape, rnd), num)
             rec_zr = None
             if dA is not None and carry:
-                rec_zr = self._gemm(acc, cost, cols(dA, 0, 2 * H), R.codes[d, :2 * H], R.fmt, a_width=eb,
-                                    what="R", out="err")
+                rec_zr = self._gemm(acc, cost, cols(dA, 0, 2 * H), "R", d, slice(0, 2 * H), a_width=eb, out="err")
             terms = [otimes(dh, z), otimes(drh, r), rec_zr]
         return dA, dR, (oplus(terms, rnd) if carry else None), None
 
@@ -624,9 +638,7 @@ class LstmHw(RecurrentHw):
         dA = N(cat(parts, shape, rnd), num)
         if not carry:
             return dA, dA, None, None
-        R = self.params["R"]
         carry_h = None
         if dA is not None:
-            carry_h = self._gemm(acc, cost, dA, R.codes[d], R.fmt, a_width=num.state_err_width, what="R",
-                                 out="err")
+            carry_h = self._gemm(acc, cost, dA, "R", d, a_width=num.state_err_width, out="err")
         return dA, dA, carry_h, otimes(dc, f)
