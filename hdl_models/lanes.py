@@ -262,18 +262,21 @@ def _moment_tops(g, d, lim, mo, am, bm, km, vo, av, bv, kv):
 
 
 def moment_registers(g, d: int, lim: int, m: Moment, dm: int, v: Moment, dv: int) -> tuple:
-    """(new m codes, new v codes): §12's moment registers, each exact sum narrowed by its own
-    dm, dv (``moment_tops`` measured them), in one pass."""
+    """(new m codes, new v codes, max |m sum|, max |v sum|): §12's moment registers, each exact
+    sum narrowed by dm, dv, in one pass that also measures the sums (as ``moment_tops``): the
+    registers are right when dm, dv are the shifts those maxima give."""
     gf = np.ascontiguousarray(g, dtype=np.int64).reshape(-1)
-    mc, vc = _moment_registers(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k, int(dm),
-                               _old(v, gf.size), v.a, v.b, v.k, int(dv))
-    return mc.reshape(np.shape(g)), vc.reshape(np.shape(g))
+    mc, vc, top_m, top_v = _moment_registers(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k, int(dm),
+                                             _old(v, gf.size), v.a, v.b, v.k, int(dv))
+    return mc.reshape(np.shape(g)), vc.reshape(np.shape(g)), int(top_m), int(top_v)
 
 
 @numba.njit(cache=True)
 def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
     m_new = np.empty_like(g)
     v_new = np.empty_like(g)
+    top_m = np.int64(0)
+    top_v = np.int64(0)
     gm, gh, gon = _rne_terms(d)
     mm, mh, mon = _rne_terms(km)
     vm, vh, von = _rne_terms(kv)
@@ -281,9 +284,13 @@ def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
     v2, vh2, von2 = _rne_terms(dv)
     for i in range(g.size):
         gc = _clamp(_rne(g[i], d, gm, gh, gon), lim)
-        m_new[i] = _clamp(_rne(_moment_one(mo[i], gc, am, bm, km, mm, mh, mon), dm, m2, mh2, mon2), lim)
-        v_new[i] = _clamp(_rne(_moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von), dv, v2, vh2, von2), lim)
-    return m_new, v_new
+        tm = _moment_one(mo[i], gc, am, bm, km, mm, mh, mon)
+        tv = _moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von)
+        top_m = max(top_m, tm if tm >= 0 else -tm)
+        top_v = max(top_v, tv if tv >= 0 else -tv)
+        m_new[i] = _clamp(_rne(tm, dm, m2, mh2, mon2), lim)
+        v_new[i] = _clamp(_rne(tv, dv, v2, vh2, von2), lim)
+    return m_new, v_new, top_m, top_v
 
 
 def adam_step(p, m, m_frac: int, v, v_frac: int, lr_minus_frac: int, rounding: int, key: int,

@@ -67,6 +67,32 @@ def test_compiled_adam_lanes_are_the_numpy_unit_bit_for_bit(case):
     assert _same(_run("adam", case), _run("adam_reference", case))
 
 
+@settings(max_examples=100, deadline=None)
+@given(case=adam_cases(), scales=st.lists(st.integers(-12, 12), min_size=2, max_size=6))
+def test_adam_lanes_on_one_unit_over_steps_whatever_shifts_it_held(case, scales):
+    """One update unit carried from step to step (it starts each tensor's registers from the
+    shifts of their last update) against the reference, gradients rescaled each step so that
+    those shifts are sometimes right and sometimes not."""
+    unit, ref_unit = UpdateUnit(), UpdateUnit()
+    fast, ref = {}, {}
+    p_fast = p_ref = case["p"]
+    for s, k in enumerate(scales):
+        g = case["g"] >> -k if k < 0 else np.clip(case["g"], -(1 << 40), 1 << 40) << k
+        args = dict(case, g=g, step=s)
+        try:
+            got = unit.adam(**dict(args, p=p_fast, moments=fast))
+        except EdgeDFAError as err:
+            got = ("error", str(err))
+        try:
+            want = ref_unit.adam_reference(**dict(args, p=p_ref, moments=ref))
+        except EdgeDFAError as err:
+            want = ("error", str(err))
+        assert _same(got, want) and _same(fast, ref)
+        if not isinstance(got[0], np.ndarray):
+            break
+        p_fast, p_ref = got[0], want[0]
+
+
 @settings(max_examples=200, deadline=None)
 @given(case=adam_cases())
 def test_update_unit_tracks_the_max_of_what_it_writes(case):
