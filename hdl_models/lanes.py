@@ -249,16 +249,22 @@ def moment_tops(g, d: int, lim: int, m: Moment, v: Moment) -> tuple:
 def _moment_tops(g, d, lim, mo, am, bm, km, vo, av, bv, kv):
     top_m = np.int64(0)
     top_v = np.int64(0)
-    gm, gh, gon = _rne_terms(d)
-    mm, mh, mon = _rne_terms(km)
-    vm, vh, von = _rne_terms(kv)
+    terms = (_rne_terms(d), _rne_terms(km), _rne_terms(kv))
     for i in range(g.size):
-        gc = _clamp(_rne(g[i], d, gm, gh, gon), lim)
-        tm = _moment_one(mo[i], gc, am, bm, km, mm, mh, mon)
-        tv = _moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von)
-        top_m = max(top_m, tm if tm >= 0 else -tm)
-        top_v = max(top_v, tv if tv >= 0 else -tv)
+        tm, tv = _exact_sums(g[i], mo[i], vo[i], d, lim, am, bm, km, av, bv, kv, terms)
+        top_m = max(top_m, abs(tm))
+        top_v = max(top_v, abs(tv))
     return top_m, top_v
+
+
+@numba.njit(cache=True, inline="always")
+def _exact_sums(gi, mi, vi, d, lim, am, bm, km, av, bv, kv, terms):
+    """One lane's exact m and v sums (``_moment_one``) from its gradient narrowed by d;
+    ``terms``: the ``_rne_terms`` of d, km and kv."""
+    gt, mt, vt = terms
+    gc = _clamp(_rne(gi, d, gt[0], gt[1], gt[2]), lim)
+    return (_moment_one(mi, gc, am, bm, km, mt[0], mt[1], mt[2]),
+            _moment_one(vi, gc * gc, av, bv, kv, vt[0], vt[1], vt[2]))
 
 
 def moment_registers(g, d: int, lim: int, m: Moment, dm: int, v: Moment, dv: int) -> tuple:
@@ -277,17 +283,13 @@ def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
     v_new = np.empty_like(g)
     top_m = np.int64(0)
     top_v = np.int64(0)
-    gm, gh, gon = _rne_terms(d)
-    mm, mh, mon = _rne_terms(km)
-    vm, vh, von = _rne_terms(kv)
+    terms = (_rne_terms(d), _rne_terms(km), _rne_terms(kv))
     m2, mh2, mon2 = _rne_terms(dm)
     v2, vh2, von2 = _rne_terms(dv)
     for i in range(g.size):
-        gc = _clamp(_rne(g[i], d, gm, gh, gon), lim)
-        tm = _moment_one(mo[i], gc, am, bm, km, mm, mh, mon)
-        tv = _moment_one(vo[i], gc * gc, av, bv, kv, vm, vh, von)
-        top_m = max(top_m, tm if tm >= 0 else -tm)
-        top_v = max(top_v, tv if tv >= 0 else -tv)
+        tm, tv = _exact_sums(g[i], mo[i], vo[i], d, lim, am, bm, km, av, bv, kv, terms)
+        top_m = max(top_m, abs(tm))
+        top_v = max(top_v, abs(tv))
         m_new[i] = _clamp(_rne(tm, dm, m2, mh2, mon2), lim)
         v_new[i] = _clamp(_rne(tv, dv, v2, vh2, von2), lim)
     return m_new, v_new, top_m, top_v
