@@ -237,26 +237,6 @@ def _old(r: Moment, n: int) -> np.ndarray:
     return np.zeros(n, np.int64) if r.old is None else np.ascontiguousarray(r.old, dtype=np.int64).reshape(-1)
 
 
-def moment_tops(g, d: int, lim: int, m: Moment, v: Moment) -> tuple:
-    """(max |m sum|, max |v sum|): the exact register sums of the gradient narrowed to
-    round_clamp(g, d, lim) (squared for v), measured without storing them."""
-    gf = np.ascontiguousarray(g, dtype=np.int64).reshape(-1)
-    return tuple(int(t) for t in _moment_tops(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k,
-                                              _old(v, gf.size), v.a, v.b, v.k))
-
-
-@numba.njit(cache=True)
-def _moment_tops(g, d, lim, mo, am, bm, km, vo, av, bv, kv):
-    top_m = np.int64(0)
-    top_v = np.int64(0)
-    terms = (_rne_terms(d), _rne_terms(km), _rne_terms(kv))
-    for i in range(g.size):
-        tm, tv = _exact_sums(g[i], mo[i], vo[i], d, lim, am, bm, km, av, bv, kv, terms)
-        top_m = max(top_m, abs(tm))
-        top_v = max(top_v, abs(tv))
-    return top_m, top_v
-
-
 @numba.njit(cache=True, inline="always")
 def _exact_sums(gi, mi, vi, d, lim, am, bm, km, av, bv, kv, terms):
     """One lane's exact m and v sums (``_moment_one``) from its gradient narrowed by d;
@@ -267,58 +247,60 @@ def _exact_sums(gi, mi, vi, d, lim, am, bm, km, av, bv, kv, terms):
             _moment_one(vi, gc * gc, av, bv, kv, vt[0], vt[1], vt[2]))
 
 
-def moment_registers(g, d: int, lim: int, m: Moment, dm: int, v: Moment, dv: int) -> tuple:
-    """(new m codes, new v codes, max |m sum|, max |v sum|): §12's moment registers, each exact
-    sum narrowed by dm, dv, in one pass that also measures the sums (as ``moment_tops``): the
-    registers are right when dm, dv are the shifts those maxima give."""
+def moment_sums(g, d: int, lim: int, m: Moment, v: Moment) -> tuple:
+    """(exact sums [2, size], max |m sum|, max |v sum|) of §12's moment registers in one pass:
+    old·2^a + round_conv((n·2^b - old·2^a) · 2^-k), n the gradient narrowed to
+    round_clamp(g, d, lim) (squared for v); ``adam_step`` narrows them in place."""
     gf = np.ascontiguousarray(g, dtype=np.int64).reshape(-1)
-    mc, vc, top_m, top_v = _moment_registers(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k, int(dm),
-                                             _old(v, gf.size), v.a, v.b, v.k, int(dv))
-    return mc.reshape(np.shape(g)), vc.reshape(np.shape(g)), int(top_m), int(top_v)
+    sums, top_m, top_v = _moment_sums(gf, int(d), int(lim), _old(m, gf.size), m.a, m.b, m.k, _old(v, gf.size),
+                                      v.a, v.b, v.k)
+    return sums, int(top_m), int(top_v)
 
 
 @numba.njit(cache=True)
-def _moment_registers(g, d, lim, mo, am, bm, km, dm, vo, av, bv, kv, dv):
-    m_new = np.empty_like(g)
-    v_new = np.empty_like(g)
+def _moment_sums(g, d, lim, mo, am, bm, km, vo, av, bv, kv):
+    sums = np.empty((2, g.size), dtype=np.int64)
     top_m = np.int64(0)
     top_v = np.int64(0)
     terms = (_rne_terms(d), _rne_terms(km), _rne_terms(kv))
-    m2, mh2, mon2 = _rne_terms(dm)
-    v2, vh2, von2 = _rne_terms(dv)
     for i in range(g.size):
         tm, tv = _exact_sums(g[i], mo[i], vo[i], d, lim, am, bm, km, av, bv, kv, terms)
         top_m = max(top_m, abs(tm))
         top_v = max(top_v, abs(tv))
-        m_new[i] = _clamp(_rne(tm, dm, m2, mh2, mon2), lim)
-        v_new[i] = _clamp(_rne(tv, dv, v2, vh2, von2), lim)
-    return m_new, v_new, top_m, top_v
+        sums[0, i] = tm
+        sums[1, i] = tv
+    return sums, top_m, top_v
 
 
-def adam_step(p, m, m_frac: int, v, v_frac: int, lr_minus_frac: int, rounding: int, key: int,
-              ovf: tuple) -> tuple:
-    """(new parameter codes, saturated count, max |new code|) of §12's last stage, lane by lane: the shift
+def adam_step(p, sums, lim: int, dm: int, dv: int, m_frac: int, v_frac: int, lr_minus_frac: int, rounding: int,
+              key: int, ovf: tuple) -> tuple:
+    """(new parameter codes, saturated count, max |new code|) of §12's last stage, lane by lane:
+    both moment sums narrowed by dm, dv in place (the new registers, F_m and F_v), the shift
     s = clip(lr + F_m + floor((lod(v) - F_v) / 2) - F_p, -16, 62), round(m · 2^-s) with the
     element's PRNG word when STOCHASTIC, subtracted where v > 0, saturated."""
     shape = np.shape(p)
-    flat = [np.ascontiguousarray(a, dtype=np.int64).reshape(-1) for a in (p, m, v)]
-    new, count, top = _adam_step(*flat, int(m_frac), int(v_frac), int(lr_minus_frac), int(rounding),
-                                 np.uint64(key), *ovf)
+    new, count, top = _adam_step(np.ascontiguousarray(p, dtype=np.int64).reshape(-1), sums, int(lim), int(dm),
+                                   int(dv), int(m_frac), int(v_frac), int(lr_minus_frac), int(rounding),
+                                   np.uint64(key), *ovf)
     return new.reshape(shape), int(count), int(top)
 
 
 @numba.njit(cache=True)
-def _adam_step(p, m, v, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
+def _adam_step(p, sums, lim, dm, dv, m_frac, v_frac, lr_minus_frac, mode, key, ovf, lo, hi):
     """Each lane's step without a branch on its data (the lanes vectorise): both shift
     directions are formed and one kept; a lane whose v is not positive steps by nothing."""
     out = np.empty_like(p)
     count = 0
     top = np.int64(0)  # the exponent unit's max tracker on the update unit's output (§13)
+    m2, mh2, mon2 = _rne_terms(dm)
+    v2, vh2, von2 = _rne_terms(dv)
     for i in range(p.size):
-        vi = v[i]
+        x = _clamp(_rne(sums[0, i], dm, m2, mh2, mon2), lim)
+        vi = _clamp(_rne(sums[1, i], dv, v2, vh2, von2), lim)
+        sums[0, i] = x
+        sums[1, i] = vi
         lod = np.int64(64 - leading_zeros(max(vi, np.int64(1))))  # the leading-one detector
         s = min(max(lr_minus_frac + m_frac + ((lod - v_frac) >> 1), -16), 62)
-        x = m[i]
         left = x << max(-s, 0)
         sr = max(s, 1)
         q = x >> sr

@@ -36,7 +36,6 @@ class UpdateUnit:
         self.lanes = int(lanes)
         self.prng = prng or PrngUnit(lanes)
         self.peak = None  # max |code| written by the last ``adam`` through the lanes (None: not tracked)
-        self._narrowing = {}  # (seed, layer, purpose) -> the moment registers' shifts of its last update
 
     def apply(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr_shift: int,
               rounding, weight_overflow, seed: int, layer_index: int, purpose: int, step: int,
@@ -85,30 +84,16 @@ class UpdateUnit:
         if not lanes.fits(m.a, m.b, m.k, v.a, v.b, v.k) or p_fmt.width > 62:
             return self.adam_reference(p, p_fmt, g, f_g, lr, rounding, weight_overflow, seed, layer_index,
                                        purpose, step, num, moments)
-        m_codes, v_codes, dm, dv = self._registers(g, d, lim, m, v, width, (seed, layer_index, purpose))
+        sums, top_m, top_v = lanes.moment_sums(g, d, lim, m, v)
+        dm, dv = (max(0, leading_one(t) - (width - 1)) for t in (top_m, top_v))
         key = 0
         if rounding is Rounding.STOCHASTIC:
             key = key_register(seed, stream_of(layer_index, purpose), step)
             self.prng.words_generated += int(np.size(g))
-        moments["m"], moments["v"] = (m_codes, f_m - dm), (v_codes, f_v - dv)
-        new, count, self.peak = lanes.adam_step(p, m_codes, f_m - dm, v_codes, f_v - dv, lr - p_fmt.frac_bits,
+        new, count, self.peak = lanes.adam_step(p, sums, lim, dm, dv, f_m - dm, f_v - dv, lr - p_fmt.frac_bits,
                                                 lanes.ROUNDING[rounding], key, lanes.overflow_mode(p_fmt, weight_overflow))
+        moments["m"], moments["v"] = (sums[0].reshape(np.shape(g)), f_m - dm), (sums[1].reshape(np.shape(g)), f_v - dv)
         return new, count
-
-    def _registers(self, g, d: int, lim: int, m, v, width: int, tensor: tuple) -> tuple:
-        """(m codes, v codes, dm, dv): both moment registers narrowed by the shifts their exact
-        sums' maxima set. The pass takes the tensor's shifts of its last update and measures the
-        sums on the way; only where a shift moved does it run again (the maxima measured first
-        when there is none): the registers are the same either way."""
-        narrowing = self._narrowing.get(tensor)
-        if narrowing is None:
-            narrowing = tuple(max(0, leading_one(t) - (width - 1)) for t in lanes.moment_tops(g, d, lim, m, v))
-        m_codes, v_codes, top_m, top_v = lanes.moment_registers(g, d, lim, m, narrowing[0], v, narrowing[1])
-        dm, dv = (max(0, leading_one(t) - (width - 1)) for t in (top_m, top_v))
-        if (dm, dv) != narrowing:
-            m_codes, v_codes, _, _ = lanes.moment_registers(g, d, lim, m, dm, v, dv)
-        self._narrowing[tensor] = (dm, dv)
-        return m_codes, v_codes, dm, dv
 
     def adam_reference(self, p: np.ndarray, p_fmt: FixedFormat, g: np.ndarray, f_g: int, lr: int, rounding,
                        weight_overflow, seed: int, layer_index: int, purpose: int, step: int, num,

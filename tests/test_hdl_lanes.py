@@ -69,10 +69,9 @@ def test_compiled_adam_lanes_are_the_numpy_unit_bit_for_bit(case):
 
 @settings(max_examples=100, deadline=None)
 @given(case=adam_cases(), scales=st.lists(st.integers(-12, 12), min_size=2, max_size=6))
-def test_adam_lanes_on_one_unit_over_steps_whatever_shifts_it_held(case, scales):
-    """One update unit carried from step to step (it starts each tensor's registers from the
-    shifts of their last update) against the reference, gradients rescaled each step so that
-    those shifts are sometimes right and sometimes not."""
+def test_adam_lanes_on_one_unit_over_steps_whose_shifts_move(case, scales):
+    """One update unit carried from step to step against the reference, the gradient rescaled
+    each step so that the registers' narrowing shifts move up and down."""
     unit, ref_unit = UpdateUnit(), UpdateUnit()
     fast, ref = {}, {}
     p_fast = p_ref = case["p"]
