@@ -102,11 +102,13 @@ class FixedFormat:
             raise EdgeDFAError(
                 f"fixed-point format {self._name()}: width W={self.width} outside 1..{MAX_WIDTH}"
             )
-        if abs(self.width - self.int_bits) > MAX_FRAC:
-            raise EdgeDFAError(
-                f"fixed-point format {self._name()}: |W - I| = {abs(self.width - self.int_bits)}"
-                " fractional bits is beyond the supported 64"
-            )
+        frac = self.width - self.int_bits
+        if frac > MAX_FRAC:
+            raise EdgeDFAError(f"fixed-point format {self._name()}: W - I = {frac} fraction bits is beyond"
+                               f" the supported {MAX_FRAC} (an LSB finer than 2^-{MAX_FRAC})")
+        if frac < -MAX_FRAC:
+            raise EdgeDFAError(f"fixed-point format {self._name()}: its LSB 2^{-frac} is coarser than the"
+                               f" supported 2^{MAX_FRAC} (values this large: a diverging run?)")
 
     def _name(self) -> str:
         return f"ap_{'' if self.signed else 'u'}fixed<{self.width},{self.int_bits}>"
@@ -293,7 +295,9 @@ def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step
     if shift <= 0:
         return _left_shift(x, -shift)
     if shift > 62:
-        raise EdgeDFAError(f"requantize: right shift of {shift} bits is beyond 62")
+        if rounding is Rounding.STOCHASTIC:
+            raise EdgeDFAError(f"requantize: stochastic right shift of {shift} bits is beyond 62")
+        x, shift = _sticky_right(x, shift - 62), 62
     if rounding is not Rounding.STOCHASTIC and COMPILED and x.ndim:
         return _compiled(x, shift, rounding, 0, 0, None, 0)
     q = x >> shift
@@ -304,6 +308,14 @@ def round_shift(codes, shift: int, rounding=Rounding.AP_RND_CONV, rng=None, step
         return q + ((residual + r) >> shift)
     half = 1 << (shift - 1)
     return q + _round_up(q, residual > half, residual == half, residual != 0, x < 0, rounding)
+
+
+def _sticky_right(x, k: int) -> np.ndarray:
+    """x >> k with the OR of the dropped bits in the LSB (a sticky bit): a further right shift
+    of 2 or more rounds it as it would round x itself, in every deterministic mode (§2)."""
+    if k >= 63:  # every magnitude bit is dropped: the sign, and whether anything was there
+        return (x >> 63) | (x != 0)
+    return (x >> k) | ((x & ((1 << k) - 1)) != 0)
 
 
 def _widen_into(x, shift: int, dst: FixedFormat, overflow: Overflow):

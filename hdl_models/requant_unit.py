@@ -46,8 +46,12 @@ def shift_round(x, s: int, rounding, rand=None) -> np.ndarray:
         if x.size and (int(x.max()) >= lim or int(x.min()) < -lim) and -s > 0:
             raise EdgeDFAError(f"requant unit: left shift by {-s} overflows 64 bits")
         return x << -s
-    if s > 62:
-        raise EdgeDFAError(f"requant unit: right shift {s} beyond 62")
+    if s > 62:  # past the 62-position barrel: what falls off is kept as one sticky bit
+        if rounding is R.STOCHASTIC:
+            raise EdgeDFAError(f"requant unit: stochastic right shift {s} beyond 62")
+        drop = min(s - 62, 63)
+        sticky = (x != 0) if drop == 63 else (x & ((1 << drop) - 1)) != 0
+        x, s = (x >> drop) | sticky.astype(np.int64), 62
     q = x >> s
     r = x & ((1 << s) - 1)
     if rounding is R.STOCHASTIC:

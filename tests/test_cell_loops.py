@@ -167,8 +167,8 @@ def test_training_gives_the_same_weights_with_the_compiled_loops_on_and_off(arch
 
 
 def test_a_step_the_compiled_chain_does_not_cover_runs_in_the_reference(monkeypatch):
-    """An error whose narrowing would need a format beyond |W - I| <= 64: the compiled chain
-    reports the step, the reference runs it and raises the error it always raised."""
+    """An error so large that its narrowing would need a format beyond |W - I| <= 64: the
+    compiled chain reports the step, the reference runs it and raises the error it always raised."""
     from edgedfa.kernels import cells
 
     statuses = []
@@ -182,10 +182,10 @@ def test_a_step_the_compiled_chain_does_not_cover_runs_in_the_reference(monkeypa
     fmt = FixedFormat(8, 3)
     x = QTensor(quantize(rng.normal(size=(T, N, 2)), fmt), fmt)
     layer.calibrate([x])
-    dy = [None, QTensor(np.full((1, N, H), 1 << 15), FixedFormat(17, 17 + 64))]  # 2^-64 LSBs, 16 bits of them
+    dy = [None, QTensor(np.full((1, N, H), 1 << 15), FixedFormat(17, 17 + 64))]  # LSBs of 2^64, 16 bits of them
     got = run(layer, x, dy, True)
     assert statuses == [1] and got == run(layer, x, dy, False)
-    assert got.startswith("EdgeDFAError") and "fractional bits" in got
+    assert got.startswith("EdgeDFAError") and "coarser than the supported 2^64" in got
 
 
 def _trained_cell(op, lbr=0):

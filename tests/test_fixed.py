@@ -18,6 +18,7 @@ import edgedfa.prng
 from edgedfa import (EdgeDFAError, FixedFormat, Overflow, Rounding, apply_overflow, dequantize,
                      quantize, requantize, round_shift)
 from edgedfa.prng import PURPOSE_QUANTIZE, Stream, stream_id, words
+from hdl_models.requant_unit import shift_round as hw_shift_round
 from strategies import (DETERMINISTIC_MODES, NEAREST_MODES, OVERFLOW_MODES, TRUNCATING_MODES,
                         code_arrays, float_arrays, floats_near, formats, overflow_modes,
                         rounding_modes, seeds, signed_formats, small_shapes, wide_codes)
@@ -254,8 +255,8 @@ def test_round_shift_limits():
         round_shift(np.array([1]), -63)  # would not fit int64
     with pytest.raises(EdgeDFAError, match="70"):
         round_shift(np.array([1]), -70)
-    with pytest.raises(EdgeDFAError, match="63"):
-        round_shift(np.array([1]), 63)
+    with pytest.raises(EdgeDFAError, match="stochastic right shift of 63"):
+        round_shift(np.array([1]), 63, R.STOCHASTIC)
     assert round_shift(np.array([2**62, -(2**62)]), 62, R.AP_TRN).tolist() == [1, -1]
 
 
@@ -286,6 +287,20 @@ def test_requantize_matches_exact_model(src, dst, rounding, overflow, data):
 def test_round_shift_matches_exact_model_on_wide_codes(x, shift, rounding):
     got = round_shift(np.array(x, dtype=np.int64), shift, rounding)
     assert got.tolist() == [ref_round(Fraction(v, 2**shift), rounding) for v in x]
+
+
+@given(x=st.lists(wide_codes(64), min_size=1, max_size=8), shift=st.integers(63, 140),
+       rounding=rounding_modes(), data=st.data())
+def test_right_shifts_past_62_bits_match_the_exact_model_in_both_implementations(x, shift, rounding, data):
+    """Beyond the 62-bit shifter the dropped bits fold into a sticky bit (§2): still exact,
+    ties included (2^(s-1) and its neighbours), in the engine and in hdl_models' requantizer."""
+    if shift <= 64 and data.draw(st.booleans()):
+        x = x + [v for v in (1 << (shift - 1), -(1 << (shift - 1))) if -(1 << 63) <= v < 1 << 63]
+        x = x + [(1 << 62) + 1, -(1 << 62) - 1, (1 << 63) - 1, -(1 << 63)]
+    codes = np.array(x, dtype=np.int64)
+    want = [ref_round(Fraction(v, 2**shift), rounding) for v in x]
+    assert round_shift(codes, shift, rounding).tolist() == want
+    assert hw_shift_round(codes, shift, rounding).tolist() == want
 
 
 @given(x=st.lists(wide_codes(62), min_size=1, max_size=8), fmt=formats(),
@@ -558,6 +573,14 @@ def test_format_string_round_trip(fmt):
     assert eval(repr(fmt), {"FixedFormat": FixedFormat}) == fmt
     assert FixedFormat.parse(fmt) is fmt
     assert FixedFormat.parse(f"  {text[:-1]} , AP_RND, AP_SAT_SYM, 0 > ") == fmt
+
+
+def test_formats_beyond_64_bits_either_way_are_refused_saying_which_way():
+    assert FixedFormat(32, -32).frac_bits == 64 and FixedFormat(48, 112).frac_bits == -64
+    with pytest.raises(EdgeDFAError, match=r"ap_fixed<32,-34>: W - I = 66 fraction bits .* finer than 2\^-64"):
+        FixedFormat(32, -34)
+    with pytest.raises(EdgeDFAError, match=r"ap_fixed<48,113>: its LSB 2\^65 is coarser than the supported 2\^64"):
+        FixedFormat(48, 113)
 
 
 @given(fmt=formats())
