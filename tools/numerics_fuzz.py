@@ -51,7 +51,6 @@ NUMERICS = {
     "static": 'scaling = "static"', "sgd": 'update_rule = "sgd"', "momentum": "momentum_shift = 3",
     "normalized": "update_norm_bits = 8", "moments4": "moment_bits = 4", "moments32": "moment_bits = 32",
     "gate2": "gate_bits = 2", "serr2": "state_err_bits = 2", "serr24": "state_err_bits = 24",
-    "bptt0": "bptt_steps = 0", "bptt3": "bptt_steps = 3",
     "wint": "weight_int_bits = -4", "aint": "act_int_bits = 0",
 }
 TRAIN = {"batch1": "batch_size = 1", "batch7": "batch_size = 7", "lr0": "lr_shift = 0", "lr30": "lr_shift = 30"}
@@ -88,7 +87,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--out", required=True, help="directory for the settings, runs and results.jsonl")
     ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS))
-    ap.add_argument("--models", nargs="+", default=None, help="graphs to train (default: all)")
+    ap.add_argument("--models", nargs="+", default=None, help="graphs to train (default: all; per-layer keys such"
+                    " as bptt_steps need a layer's name and are not swept)")
     ap.add_argument("--zoo", help="a directory of tools/zoo.py exports: adds " + ", ".join(ZOO))
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
