@@ -15,8 +15,11 @@ MAX_EXP_SHIFT = 31
 def softmax_codes(logits: QTensor, prob_bits: int) -> np.ndarray:
     """Integer softmax: probabilities as codes with ``prob_bits`` fraction bits (0..2^prob_bits)."""
     z = logits.codes
-    d = z - z.max(axis=1, keepdims=True)  # <= 0
-    t = round_shift(d * LOG2E_Q14, logits.fmt.frac_bits + 14 - EXP2_FRAC_BITS, "AP_RND")
+    d = (z - z.max(axis=1, keepdims=True)) * LOG2E_Q14  # <= 0
+    shift = logits.fmt.frac_bits + 14 - EXP2_FRAC_BITS
+    if shift < 0:  # a coarse logit format: -t >= 2^13 means 2^-32 or less, a 0 as -t = 2^13 is
+        d = np.maximum(d, -(1 << max(13 + shift, 0)))
+    t = round_shift(d, shift, "AP_RND")
     n = np.minimum((-t) >> EXP2_FRAC_BITS, MAX_EXP_SHIFT)
     frac = (-t) & ((1 << EXP2_FRAC_BITS) - 1)
     num = EXP2_LUT[frac] >> n

@@ -26,8 +26,11 @@ class SoftmaxUnit:
     def output_error(self, z: np.ndarray, f_z: int, labels: np.ndarray, err_width: int):
         """(e codes, FixedFormat ap_fixed<err_width, 1>)."""
         z = np.asarray(z, dtype=np.int64)
-        d = z - z.max(axis=1, keepdims=True)
-        t = shift_round(d * LOG2E_Q14, f_z + 14 - EXP_FRAC_BITS, Rounding.AP_RND)
+        x = (z - z.max(axis=1, keepdims=True)) * LOG2E_Q14
+        s = f_z + 14 - EXP_FRAC_BITS
+        if s < 0:  # a left shift: the shifter saturates at -2^13 (a 0 from the ROM path either way)
+            x = np.maximum(x, -((1 << 13) >> -s) if -s <= 13 else -1)
+        t = shift_round(x, s, Rounding.AP_RND)
         n = np.minimum((-t) >> EXP_FRAC_BITS, MAX_SHIFT)
         num = EXP2_ROM[(-t) & 255] >> n
         s = num.sum(axis=1, keepdims=True)

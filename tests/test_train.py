@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgedfa import arch, data, float_mlp
 from edgedfa.api import build_model, fit, make_trainer
@@ -175,6 +177,32 @@ def test_softmax_lut_close_to_float():
     ref = np.exp(zq - zq.max(1, keepdims=True))
     ref /= ref.sum(1, keepdims=True)
     assert np.abs(p - ref).max() < 5e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(frac=st.integers(-40, -7), width=st.integers(2, 16), seed=st.integers(0, 2**16))
+def test_softmax_of_a_coarse_logit_format_is_that_of_the_same_values_finer(frac, width, seed):
+    """A diverging run's logits grow to formats with LSBs of 2^7 and more; the softmax's
+    left shift then clamps at 2^-32 instead of overflowing (§11): the same codes as the same
+    values in a finer format, in the engine and in hdl_models' output-error unit."""
+    from edgedfa.fixed import FixedFormat, QTensor
+    from hdl_models.softmax_unit import SoftmaxUnit
+
+    rng = np.random.default_rng(seed)
+    fmt = FixedFormat.with_frac(width, frac)
+    codes = rng.integers(fmt.min_code, fmt.max_code + 1, (6, 5))
+    codes[0] = codes[0, 0]  # a sample of ties
+    lift = -6 - frac  # the same values with F = -6: a right shift of 0
+    fine = QTensor(codes << lift, FixedFormat.with_frac(min(width + lift, 48), -6))
+    if lift + width > 40:  # the finer form would overflow its own product: compare across units only
+        fine = None
+    got = softmax_codes(QTensor(codes, fmt), 7)
+    if fine is not None:
+        assert got.tolist() == softmax_codes(fine, 7).tolist()
+    labels = rng.integers(0, 5, 6)
+    hw, hw_fmt = SoftmaxUnit().output_error(codes, frac, labels, 8)
+    e = output_error(QTensor(codes, fmt), labels, 8)
+    assert hw_fmt == e.fmt and hw.tolist() == e.codes.tolist()
 
 
 def test_saturated_outputs_pass_no_error():
