@@ -101,7 +101,6 @@ class MacArray:
         if rows < 1 or cols < 1:
             raise EdgeDFAError(f"MAC array {rows}x{cols}: both sides must be >= 1")
         self.rows, self.cols, self.pe_width = int(rows), int(cols), int(pe_width)
-        self.log: list = []
 
     # ---------------------------------------------------------------- cost
     def cost(self, m: int, n: int, k: int, a_width: int = 8, b_width: int = 8) -> GemmStats:
@@ -145,7 +144,6 @@ class MacArray:
         else:
             acc, sat = self._compute(a, b, init, fmt, ovf, tops)
         stats.saturating_outputs = sat
-        self.log.append(stats)
         return acc, stats
 
     def _compute(self, a, b, init, fmt: FixedFormat, ovf: Overflow, tops: tuple):

@@ -112,6 +112,31 @@ def test_emulate_memory_does_not_grow_with_steps(trained):
     assert peaks[1] < 1.3 * peaks[0], peaks
 
 
+def test_the_datapath_units_keep_nothing_per_step(trained):
+    """What a long emulate holds must not grow with the steps it has run: no unit's list,
+    dict or set grows from step 1 to step 3 (the MAC array kept a record of every GEMM it
+    ran, read by nothing)."""
+    from edgedfa.cosim.driver import CoSim
+    from edgedfa.cosim.run import _load
+    from hdl_models.hwconfig import hw_config
+
+    out, data = trained
+    ds = edgedfa.data.load_npz(str(data))
+    model, cfg, modules, _, _ = _load(str(out / "checkpoint.npz"), None, None)
+    sim = CoSim(model, cfg, modules, hw_config({"rows": 4, "cols": 4}))
+
+    def held():
+        units = {"accelerator": sim.ctl.acc, **vars(sim.ctl.acc)}
+        return {(u, k): len(v) for u, unit in units.items() for k, v in getattr(unit, "__dict__", {}).items()
+                if isinstance(v, (list, dict, set))}
+
+    sizes = []
+    for step in range(3):
+        sim.hdl_step(ds.x_train[8 * step:8 * step + 8], ds.y_train[8 * step:8 * step + 8], step, cfg.shift_at(0))
+        sizes.append(held())
+    assert sizes[0] and sizes[0] == sizes[2], {k: (v, sizes[2][k]) for k, v in sizes[0].items() if v != sizes[2][k]}
+
+
 def test_progress_lines_show_rate_and_time_left(trained, monkeypatch, capsys):
     out, data = trained
 
