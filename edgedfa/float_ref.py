@@ -99,6 +99,18 @@ def hard_sigmoid(node, x):
     return np.clip(float(node.attrs.get("alpha", 0.2)) * x + float(node.attrs.get("beta", 0.5)), 0.0, 1.0)
 
 
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
+GELU_TANH_SCALE, GELU_TANH_CUBIC = math.sqrt(2.0 / math.pi), 0.044715  # PyTorch's approximate="tanh"
+
+
+@op("NormalCdf")
+def normal_cdf(node, x):
+    """Phi(x) = erfc(-x/sqrt 2) / 2, or PyTorch's tanh approximation of it."""
+    if node.attrs.get("approximate", "none") == "tanh":
+        return 0.5 * (1.0 + np.tanh(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * x ** 3)))
+    return 0.5 * _ERFC(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0)).astype(np.float64)
+
+
 @op("Clip")
 def clip(node, x):
     lo, hi = node.attrs.get("min"), node.attrs.get("max")

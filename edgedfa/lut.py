@@ -1,4 +1,4 @@
-"""Integer tanh and sigmoid: one interpolated table, derivatives from output codes (§9).
+"""Integer tanh, sigmoid and the normal CDF: interpolated tables, integer derivatives (§9).
 
 One ROM of ``TABLE_SIZE`` entries holds ``tanh`` on ``[0, 8)`` in steps of ``2^-7``; both
 functions are read from it by linear interpolation:
@@ -10,6 +10,11 @@ functions are read from it by linear interpolation:
 
 Derivatives are computed from the output codes in integers: ``tanh' = 1 - t^2`` in
 ``ap_ufixed<W,1>``, ``sigmoid' = s(1 - s)`` in ``ap_ufixed<W,-1>`` (``W``: the output width).
+
+The normal CDF ``Phi(x) = (1 + erf(x/sqrt 2)) / 2`` (GELU is ``x Phi(x)``) has two more ROMs
+of the same shape and address (§9.8): ``erf(x/sqrt 2)`` read as sigmoid reads tanh, and the
+normal density ``phi`` for its derivative, read at the input's address in the backward pass
+(``phi`` is no function of ``Phi``'s output).
 """
 
 from __future__ import annotations
@@ -37,15 +42,31 @@ def _build_table() -> np.ndarray:
 
 
 TANH_TABLE = _build_table()
+PDF_FRAC = 19  # the density's entries are phi * 2^19 (max 0.3989: 18-bit unsigned)
+
+
+def _rom(func, frac: int) -> np.ndarray:
+    """E[k] = floor(func(k / 2^7) * 2^frac + 1/2), k = 0..1024 (entry 1024 is not stored)."""
+    return np.array([math.floor(func(k / (1 << SEG_BITS)) * (1 << frac) + 0.5) for k in range(TABLE_SIZE + 1)],
+                    dtype=np.int64)
+
+
+ERF_TABLE = _rom(lambda x: math.erf(x / math.sqrt(2.0)), TABLE_FRAC)  # 2 Phi(x) - 1; 2^17 from k = 592
+PDF_TABLE = _rom(lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # phi(x); 0 from k = 652
+
+
+def interpolate(table, mag, mag_fmt):
+    """Linear interpolation in ``table`` at a non-negative wide code (its fraction bits + 9)."""
+    u = requantize(mag, mag_fmt, LUT_IN_FMT, Rounding.AP_RND, "AP_SAT")
+    k = u >> INTERP_BITS
+    r = u & ((1 << INTERP_BITS) - 1)
+    lo = table[k]
+    return (lo << INTERP_BITS) + (table[k + 1] - lo) * r
 
 
 def _tanh_magnitude(mag, mag_fmt):
     """Interpolated tanh of a non-negative wide code: int64 with INTERP_FRAC fraction bits."""
-    u = requantize(mag, mag_fmt, LUT_IN_FMT, Rounding.AP_RND, "AP_SAT")
-    k = u >> INTERP_BITS
-    r = u & ((1 << INTERP_BITS) - 1)
-    lo = TANH_TABLE[k]
-    return (lo << INTERP_BITS) + (TANH_TABLE[k + 1] - lo) * r
+    return interpolate(TANH_TABLE, mag, mag_fmt)
 
 
 def _check_out(out_fmt) -> FixedFormat:
@@ -83,6 +104,33 @@ def sigmoid_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarra
     return requantize(w, FixedFormat.with_frac(48, INTERP_FRAC + 1), out_fmt, rounding, "AP_SAT")
 
 
+def normal_cdf_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarray:
+    """Integer Phi(x) = (1 + erf(x/sqrt 2)) / 2 from the erf table, as sigmoid from tanh's (§9.8).
+
+    >>> normal_cdf_codes(np.array([-128, 0, 32, 127]), "ap_fixed<8,3>", "ap_fixed<8,1>")
+    array([  0,  64, 108, 127])
+    """
+    in_fmt, out_fmt = as_format(in_fmt), _check_out(out_fmt)
+    x = np.asarray(codes, dtype=np.int64)
+    y = interpolate(ERF_TABLE, np.abs(x), in_fmt)
+    one = 1 << INTERP_FRAC
+    w = np.where(x < 0, one - y, one + y)  # 1 + erf(x/sqrt 2) with INTERP_FRAC fraction bits
+    return requantize(w, FixedFormat.with_frac(48, INTERP_FRAC + 1), out_fmt, rounding, "AP_SAT")
+
+
+def dnormal_cdf_codes(x_codes, in_fmt, out_fmt) -> np.ndarray:
+    """Phi'(x) = phi(x) from the density table at the input's address, in dnormal_cdf_format
+    (AP_RND, AP_SAT)."""
+    y = interpolate(PDF_TABLE, np.abs(np.asarray(x_codes, dtype=np.int64)), as_format(in_fmt))
+    return requantize(y, FixedFormat.with_frac(48, PDF_FRAC + INTERP_BITS), dnormal_cdf_format(out_fmt),
+                      Rounding.AP_RND, "AP_SAT")
+
+
+def dnormal_cdf_format(out_fmt) -> FixedFormat:
+    """Format of Phi' codes (values in [0, 0.399]): ap_ufixed<W,-1>, as sigmoid's."""
+    return dsigmoid_format(out_fmt)
+
+
 def dtanh_format(out_fmt) -> FixedFormat:
     """Format of tanh' codes for outputs of ``out_fmt``: ap_ufixed<W,1> (holds 1 exactly)."""
     out_fmt = as_format(out_fmt)
@@ -117,29 +165,53 @@ def dsigmoid_codes(s_codes, s_fmt) -> np.ndarray:
 # interpolation max|tanh''| h^2 / 8 + table rounding 2^-18 + input rounding 2^-17.
 TANH_CORE_BOUND = 0.7699 / 8 * 2.0**-14 + 2.0**-18 + 2.0**-17  # 1.732e-5
 SIGMOID_CORE_BOUND = TANH_CORE_BOUND / 2  # tanh(x/2) / 2
+# Phi = (1 + g) / 2 with g(x) = erf(x/sqrt 2): max|g''| = 0.4839, max|g'| = 0.7979 (§9.8)
+NORMAL_CDF_CORE_BOUND = (0.4839 / 8 * 2.0**-14 + 2.0**-18 + 0.7979 * 2.0**-17) / 2  # 6.80e-6
+# phi: max|phi''| = 0.3990 (x = 0), table rounding 2^-20, input rounding 2^-17 times max|phi'| = 0.2420
+PDF_CORE_BOUND = 0.3990 / 8 * 2.0**-14 + 2.0**-20 + 0.2420 * 2.0**-17  # 5.84e-6
+CORE_BOUNDS = {"tanh": TANH_CORE_BOUND, "sigmoid": SIGMOID_CORE_BOUND, "normal_cdf": NORMAL_CDF_CORE_BOUND}
 
 
 def error_bound(func: str, out_fmt) -> float:
     """Max |integer f(x) - float f(x)| for any input: core error + half an LSB, or one LSB
     where the float value lies above the output's largest code (saturation)."""
     out_fmt = as_format(out_fmt)
-    core = TANH_CORE_BOUND if func == "tanh" else SIGMOID_CORE_BOUND
-    return max(core + out_fmt.lsb / 2, out_fmt.lsb)
+    return max(CORE_BOUNDS[func] + out_fmt.lsb / 2, out_fmt.lsb)
+
+
+def _erfc(v):
+    return np.frompyfunc(math.erfc, 1, 1)(v).astype(np.float64)
+
+
+REFERENCE = {"tanh": np.tanh, "sigmoid": lambda v: 0.5 * (1.0 + np.tanh(v / 2)),
+             "normal_cdf": lambda v: 0.5 * _erfc(-v / math.sqrt(2.0)),
+             "normal_pdf": lambda v: np.exp(-v * v / 2) / math.sqrt(2 * math.pi)}
+
+
+def _core(func: str, codes, frac: int):
+    """The interpolated value before the output rounding, as a float."""
+    fmt = FixedFormat.with_frac(48, frac + (func == "sigmoid"))
+    if func == "normal_pdf":
+        return interpolate(PDF_TABLE, np.abs(codes), fmt) * 2.0**-(PDF_FRAC + INTERP_BITS)
+    table = ERF_TABLE if func == "normal_cdf" else TANH_TABLE
+    y = interpolate(table, np.abs(codes), fmt) * 2.0**-INTERP_FRAC
+    y = np.where(codes < 0, -y, y)
+    return y if func == "tanh" else 0.5 * (1.0 + y)
 
 
 def max_error(func: str, out_fmt=None, in_fmt="ap_fixed<40,6>", n: int = 1 << 20):
-    """Measured max |integer - float| over an input grid (core error when out_fmt is None)."""
+    """Measured max |integer - float| over an input grid (core error when out_fmt is None);
+    ``func`` is tanh, sigmoid, normal_cdf or normal_pdf (Phi' by its own table)."""
     in_fmt = as_format(in_fmt)
     x = np.linspace(in_fmt.min_value, in_fmt.max_value, n)
     codes = np.round(np.ldexp(x, in_fmt.frac_bits)).astype(np.int64)
-    xv = np.ldexp(codes.astype(np.float64), -in_fmt.frac_bits)
-    ref = np.tanh(xv) if func == "tanh" else 0.5 * (1.0 + np.tanh(xv / 2))
+    ref = REFERENCE[func](np.ldexp(codes.astype(np.float64), -in_fmt.frac_bits))
     if out_fmt is None:  # before the output rounding: the interpolated value itself
-        half = in_fmt.frac_bits + (func != "tanh")
-        y = _tanh_magnitude(np.abs(codes), FixedFormat.with_frac(48, half)) * 2.0**-INTERP_FRAC
-        y = np.where(codes < 0, -y, y)
-        got = y if func == "tanh" else 0.5 * (1.0 + y)
+        got = _core(func, codes, in_fmt.frac_bits)
+    elif func == "normal_pdf":
+        dfmt = dnormal_cdf_format(out_fmt)
+        got = np.ldexp(dnormal_cdf_codes(codes, in_fmt, out_fmt).astype(np.float64), -dfmt.frac_bits)
     else:
-        f = tanh_codes if func == "tanh" else sigmoid_codes
+        f = {"tanh": tanh_codes, "sigmoid": sigmoid_codes, "normal_cdf": normal_cdf_codes}[func]
         got = np.ldexp(f(codes, in_fmt, out_fmt).astype(np.float64), -as_format(out_fmt).frac_bits)
     return float(np.abs(got - ref).max())

@@ -3,7 +3,9 @@
 Ports: ``din`` (activation code, any format), ``mode`` -> ``dout`` and the derivative
 (mask for the piecewise-linear functions, a code for tanh/sigmoid, §9.4). ``lanes``
 elements per cycle. The tanh ROM holds 1024 18-bit words (§9.1); a lookup reads two
-adjacent words, one 11x9-bit multiplier and one adder interpolate.
+adjacent words, one 11x9-bit multiplier and one adder interpolate. Two more ROMs of the same
+shape, on the same address path, hold erf(x/sqrt 2) and the normal density for the normal
+CDF and its derivative (§9.8).
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def _tanh_rom() -> np.ndarray:
 
 TANH_ROM = _tanh_rom()
 ROM_CRC32 = zlib.crc32(TANH_ROM[:ROM_DEPTH].astype("<u4").tobytes())  # §9.1: 0xFBC1031B
+PDF_FRAC = 19  # the density ROM's words are phi * 2^19
+
+
+def _rom(func, frac: int) -> np.ndarray:
+    return np.array([math.floor(func(k / 128) * 2 ** frac + 0.5) for k in range(ROM_DEPTH + 1)], dtype=np.int64)
+
+
+ERF_ROM = _rom(lambda v: math.erf(v / math.sqrt(2)), ROM_FRAC)  # §9.8: CRC-32 0x383702E2
+PDF_ROM = _rom(lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # §9.8: CRC-32 0x245D0C7A
 
 
 def relu(x):
@@ -59,13 +70,13 @@ def clip(x, lo: int, hi: int):
     return np.clip(x, lo, hi), (x > lo) & (x < hi)
 
 
-def _interp(q, f_in: int):
-    """Steps 1-4 of §9.2: |q| -> ROM address and linear interpolation (26 fraction bits)."""
+def _interp(q, f_in: int, rom=TANH_ROM):
+    """Steps 1-4 of §9.2: |q| -> ROM address and linear interpolation (ROM fraction bits + 9)."""
     m = np.abs(np.asarray(q, dtype=np.int64))
     u = requant(m, f_in, ADDR_FMT, Rounding.AP_RND, Overflow.AP_SAT)
     k = u >> SEG_BITS
     r = u & ((1 << SEG_BITS) - 1)
-    return TANH_ROM[k] * (1 << SEG_BITS) + (TANH_ROM[k + 1] - TANH_ROM[k]) * r
+    return rom[k] * (1 << SEG_BITS) + (rom[k + 1] - rom[k]) * r
 
 
 def tanh(q, f_in: int, out_fmt: FixedFormat, rounding):
@@ -104,6 +115,20 @@ def sigmoid_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
     one = 1 << INTERP_FRAC
     w = np.where(np.asarray(q) >= 0, one + y, one - y)
     return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
+
+
+def normal_cdf(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """§9.8: (1 + erf(x/sqrt 2)) / 2 from the erf ROM, as sigmoid from the tanh ROM."""
+    y = _interp(q, f_in, ERF_ROM)
+    one = 1 << INTERP_FRAC
+    w = np.where(np.asarray(q) >= 0, one + y, one - y)
+    return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
+
+
+def normal_cdf_deriv(q, f_in: int, fmt: FixedFormat):
+    """(code, format) of phi(x) in ap_ufixed<W,-1> from the density ROM at the input's address (§9.8)."""
+    dfmt = FixedFormat(fmt.width, -1, signed=False)
+    return requant(_interp(q, f_in, PDF_ROM), PDF_FRAC + SEG_BITS, dfmt, Rounding.AP_RND, Overflow.AP_SAT), dfmt
 
 
 def tanh_deriv(t, fmt: FixedFormat):

@@ -146,16 +146,20 @@ def square_mlp(seed):
 
 @pytest.mark.parametrize("name", ["gated_mlp", "hard_cnn", "square_mlp"])
 def test_bp_gradients_of_mul_and_hard_sigmoid_match_the_float_adjoint(name):
-    """At 16 bits the wide gradient of every weight points where central differences of the
-    float reference's cross-entropy do (the engine sums over the batch: a scale, not a
-    direction)."""
     from test_mul import gated_mlp
-
-    from edgedfa.api import make_trainer
-    from edgedfa.fixed import dequantize
 
     graph, shape = {"gated_mlp": (gated_mlp(3), (5,)), "hard_cnn": (hard_cnn(3), (2, 4, 4)),
                     "square_mlp": (square_mlp(3), (5,))}[name]
+    check_bp_gradients(graph, shape)
+
+
+def check_bp_gradients(graph, shape):
+    """At 16 bits the wide gradient of every weight points where central differences of the
+    float reference's cross-entropy do (the engine sums over the batch: a scale, not a
+    direction)."""
+    from edgedfa.api import make_trainer
+    from edgedfa.fixed import dequantize
+
     model = IntModel(graph, Numerics.from_bits(16, scaling="static"), 3)
     rng = np.random.default_rng(1)
     x, y = rng.normal(0, 1.5, (16,) + shape), rng.integers(0, 3, 16)

@@ -78,12 +78,16 @@ class _G:
             return self.add("Mul", [x, self.add("Sigmoid", [x])])
         if kind == "HardSwish":  # x * hardsigmoid(x), as the importer reads ONNX HardSwish
             return self.add("Mul", [x, self.add("HardSigmoid", [x], {"alpha": 1 / 6, "beta": 0.5})])
+        if kind in ("GELU", "GELU-tanh"):  # x * Phi(x), as the importer reads PyTorch's nn.GELU
+            form = "tanh" if kind == "GELU-tanh" else "none"
+            return self.add("Mul", [x, self.add("NormalCdf", [x], {"approximate": form})])
         attrs = {"LeakyRelu": {"alpha": 0.1}, "Clip": {"min": -0.75, "max": 1.5},
                  "HardSigmoid": {"alpha": 0.2, "beta": 0.5}}.get(kind, {})
         return self.add(kind, [x], attrs)
 
 
-ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid", "SiLU", "HardSigmoid", "HardSwish")
+ACTS = ("none", "Relu", "LeakyRelu", "Clip", "Tanh", "Sigmoid", "SiLU", "HardSigmoid", "HardSwish", "GELU",
+        "GELU-tanh")
 
 
 @st.composite

@@ -150,6 +150,18 @@ class BN1dNet(nn.Module):
         return self.net(x)
 
 
+class GeluNet(nn.Module):
+    """Both forms of GELU: the exact one after a Conv2d, the tanh approximation after a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 8),
+                                 nn.GELU(approximate="tanh"), nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -174,12 +186,16 @@ CASES = {
     "bn_cnn2d": (BNNet, (1, 8, 8), ("ts", "dynamo"), None),
     "bn_cnn1d": (BN1dNet, (2, 16), ("ts", "dynamo"), None),
     "bn_cnn1d_training": (BN1dNet, (2, 16), ("ts",), None),
+    "gelu": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
+    "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
 KEEP_BN = {"ts": {"do_constant_folding": False}, "dynamo": {"optimize": False}}
 EXPORT_OPTIONS = {"bn_cnn2d": KEEP_BN, "bn_cnn1d": KEEP_BN,
-                  "bn_cnn1d_training": {"ts": {"training": torch.onnx.TrainingMode.TRAINING}}}
+                  "bn_cnn1d_training": {"ts": {"training": torch.onnx.TrainingMode.TRAINING}},
+                  # GELU is one Gelu node from opset 20 (both exporters' default), a decomposition before
+                  "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}}}
 
 
 def export(name, factory, shape, exporter, fixed, out_dir):

@@ -1,5 +1,5 @@
-"""Tanh and Sigmoid layers: the §9 table unit forward, integer derivative backward; HardSigmoid,
-the piecewise-linear one (§7)."""
+"""Tanh, Sigmoid and NormalCdf layers: the §9 table unit forward, integer derivative backward;
+HardSigmoid, the piecewise-linear one (§7)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, narrow_wide, quantize, requantize
-from ..lut import dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format, sigmoid_codes, tanh_codes
+from ..lut import (dnormal_cdf_codes, dnormal_cdf_format, dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format,
+                   normal_cdf_codes, sigmoid_codes, tanh_codes)
 from .activations import ALPHA_FRAC, SLOPE_FMT, slope_code
 from .base import Layer, register
 
@@ -66,6 +67,22 @@ class Sigmoid(_Bounded):
     func = staticmethod(sigmoid_codes)
     deriv = staticmethod(dsigmoid_codes)
     deriv_format = staticmethod(dsigmoid_format)
+
+
+@register("NormalCdf")
+class NormalCdf(_Bounded):
+    """y = Phi(x) = (1 + erf(x/sqrt 2)) / 2 by the §9.8 erf table (PyTorch's GELU is x times it,
+    either form: the tanh approximation is read as the exact Phi); dx = dy * phi(x), the density
+    from its own table at the cached input's address."""
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        y = normal_cdf_codes(x.codes, x.fmt, self.out_fmt, self.num.act_rounding)
+        return QTensor(y, self.out_fmt), (x if train else None)
+
+    def backward(self, cache, dy, need_dx):
+        d = dnormal_cdf_codes(cache.codes, cache.fmt, self.out_fmt)
+        return [times_derivative(dy, d, dnormal_cdf_format(self.out_fmt), self.num)], {}
 
 
 @register("HardSigmoid")

@@ -113,9 +113,14 @@ def check_supported(og: OGraph):
             f"{', '.join(sorted(FOLDABLE))}")
 
 
+HINTS = {"Erf": ", only inside GELU: x·(1 + erf(x/√2))/2 (or the normal CDF (1 + erf(x/√2))/2)"}
+
+
 def _why(n: ONode, og: OGraph) -> str:
     from .passes.fold_constants import FOLDABLE
 
+    if n.op_type in HINTS and not n.domain:
+        return HINTS[n.op_type]
     if n.op_type in FOLDABLE:
         return ", not constant: it reads data or the batch size"
     if schema_version(n.op_type, og.opset, n.domain) is not None and any(

@@ -8,11 +8,14 @@ format (zero point 0), the convention of onnxruntime's quantization tools and Br
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from onnx import TensorProto
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, requantize
+from ..float_ref import GELU_TANH_CUBIC, GELU_TANH_SCALE
 from ..layers.pool import given_pads, window_counts
 from ..graph import MERGES, MOVES, RECURRENT
 from ..registry import Registry
@@ -165,6 +168,21 @@ def _leaky(em, node, layer, ins, outs):
 def _hard_sigmoid(em, node, layer, ins, outs):
     em.b.node("HardSigmoid", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.2)),
               beta=float(node.attrs.get("beta", 0.5)))
+
+
+@FLOAT_OPS.register("NormalCdf")
+def _normal_cdf(em, node, layer, ins, outs):
+    """(1 + erf(x/sqrt 2)) / 2, or PyTorch's tanh form of it: what the importer fuses back."""
+    b, base = em.b, node.name
+    k = lambda v, name: b.const(np.float32(v), np.float32, f"{base}/{name}")  # noqa: E731
+    x = ins[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        cube = b.node("Mul", [x, b.node("Mul", [x, x], f"{base}/square")], f"{base}/cube")
+        inner = b.node("Add", [x, b.node("Mul", [cube, k(GELU_TANH_CUBIC, "cubic")], f"{base}/cubic")], f"{base}/inner")
+        core = b.node("Tanh", [b.node("Mul", [inner, k(GELU_TANH_SCALE, "scale")], f"{base}/scaled")], f"{base}/tanh")
+    else:
+        core = b.node("Erf", [b.node("Div", [x, k(math.sqrt(2.0), "sqrt2")], f"{base}/div")], f"{base}/erf")
+    b.node("Mul", [b.node("Add", [core, k(1.0, "one")], f"{base}/one_plus"), k(0.5, "half")], base, outs[:1])
 
 
 @FLOAT_OPS.register("Clip")

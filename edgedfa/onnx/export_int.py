@@ -19,7 +19,7 @@ from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
 from ..layers.batchnorm import GUARD as BN_GUARD
 from ..layers.batchnorm import gain_unit
-from ..lut import INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
+from ..lut import ERF_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
 from ..graph import MOVES, RECURRENT
 from ..registry import Registry
 from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
@@ -136,14 +136,14 @@ class IntOps:
 
 
     # ---------------------------------------------------------------- table functions (§9)
-    def tanh_magnitude(self, mag, mag_frac: int, base: str) -> str:
-        """Interpolated tanh of non-negative codes: T[k]*2^9 + (T[k+1]-T[k])*r, 26 fraction bits."""
+    def tanh_magnitude(self, mag, mag_frac: int, base: str, table=TANH_TABLE, name="tanh") -> str:
+        """Interpolated tanh (or another §9 table) of non-negative codes: T[k]*2^9 + (T[k+1]-T[k])*r."""
         u = self.requantize(mag, mag_frac, LUT_IN_FMT, Rounding.AP_RND, Overflow.AP_SAT, f"{base}/lut_in")
         k, r = self.floor_shift(u, INTERP_BITS, f"{base}/segment")
-        lo = self.op("Gather", [self.c.i64(TANH_TABLE[:-1], "tanh_table"), k], f"{base}/table")
-        step = self.op("Gather", [self.c.i64(np.diff(TANH_TABLE), "tanh_steps"), k], f"{base}/steps")
+        lo = self.op("Gather", [self.c.i64(table[:-1], f"{name}_table"), k], f"{base}/table")
+        step = self.op("Gather", [self.c.i64(np.diff(table), f"{name}_steps"), k], f"{base}/steps")
         return self.op("Add", [self.op("Mul", [lo, self.k(1 << INTERP_BITS)], f"{base}/base"),
-                               self.op("Mul", [step, r], f"{base}/interpolate")], f"{base}/tanh")
+                               self.op("Mul", [step, r], f"{base}/interpolate")], f"{base}/{name}")
 
     def tanh(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
         """lut.tanh_codes: |x| through the table, rounded to ``out``, sign restored (odd)."""
@@ -154,7 +154,15 @@ class IntOps:
 
     def sigmoid(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
         """lut.sigmoid_codes: (1 + tanh(x/2)) / 2 from the same table."""
-        y = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac + 1, base)
+        return self.half_one_plus(x, in_frac + 1, out, rounding, base, TANH_TABLE, "tanh")
+
+    def normal_cdf(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
+        """lut.normal_cdf_codes: (1 + erf(x/sqrt 2)) / 2 from the erf table (§9.8)."""
+        return self.half_one_plus(x, in_frac, out, rounding, base, ERF_TABLE, "erf")
+
+    def half_one_plus(self, x, in_frac: int, out: FixedFormat, rounding, base: str, table, name) -> str:
+        """(1 ± table(|x|)) / 2 by the sign of x, one rounding into ``out``."""
+        y = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac, base, table, name)
         one = self.k(1 << INTERP_FRAC)
         neg = self.op("Less", [x, self.k(0)], f"{base}/negative")
         w = self.op("Where", [neg, self.op("Sub", [one, y], f"{base}/below"),
@@ -522,3 +530,10 @@ def _table(em, node, layer, ins):
     (x, xf), = ins
     func = em.ops.tanh if node.op == "Tanh" else em.ops.sigmoid
     return [(func(x, xf.frac_bits, layer.out_fmt, layer.num.act_rounding, node.name), layer.out_fmt)]
+
+
+@INT_OPS.register("NormalCdf")
+def _normal_cdf(em, node, layer, ins):
+    """(1 + erf(x/sqrt 2)) / 2 from the §9.8 erf table, as sigmoid reads tanh's."""
+    (x, xf), = ins
+    return [(em.ops.normal_cdf(x, xf.frac_bits, layer.out_fmt, layer.num.act_rounding, node.name), layer.out_fmt)]

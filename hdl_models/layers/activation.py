@@ -1,5 +1,6 @@
 """Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks, the
-piecewise-linear hard sigmoid and the §9 ROM for tanh/sigmoid with their derivatives."""
+piecewise-linear hard sigmoid and the §9 ROMs for tanh/sigmoid and the normal CDF with their
+derivatives."""
 
 from __future__ import annotations
 
@@ -85,6 +86,27 @@ class TanhHw(HwLayer):
 @register("Sigmoid")
 class SigmoidHw(TanhHw):
     func, deriv = staticmethod(act.sigmoid), staticmethod(act.sigmoid_deriv)
+
+
+@register("NormalCdf")
+class NormalCdfHw(HwLayer):
+    """§9.8: the erf ROM forward into ap_fixed<act_bits,1>; the input codes are kept, and the
+    backward reads the density ROM at their address (phi is no function of the output)."""
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        fmt = FixedFormat(self.num.act_bits, 1)
+        y = act.normal_cdf(x.codes, x.fmt.frac_bits, fmt, self.num.act_rounding)
+        c = Cost().use("act", acc.act.cycles(y.size))
+        c.lut_lookups = int(y.size)
+        return T(y, fmt), (x if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        d, dfmt = act.normal_cdf_deriv(cache.codes, cache.fmt.frac_bits, FixedFormat(self.num.act_bits, 1))
+        codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + dfmt.frac_bits, self.num.err_bits, self.num.err_rounding)
+        c = Cost().use("act", acc.act.cycles(codes.size))
+        c.lut_lookups = int(codes.size)
+        return [T(codes, efmt)], {}, c, Cost()
 
 
 @register("HardSigmoid")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..registry import register
+from ..registry import register, register_fused
 
 
 def _simple(op):
@@ -41,6 +41,27 @@ def hard_swish(node, ctx):
     x, gate = ctx.data_input(node), node.outputs[0] + "/hardsigmoid"
     ctx.emit(node, "HardSigmoid", [x], [gate], {"alpha": 1.0 / 6.0, "beta": 0.5}, suffix="/hardsigmoid")
     ctx.emit(node, "Mul", [x, gate], [node.outputs[0]])
+
+
+@register("Gelu", 20)
+def gelu(node, ctx):
+    """x * Phi(x) (PyTorch's nn.GELU, both forms, from opset 20): a NormalCdf and a Mul."""
+    x, cdf = ctx.data_input(node), node.outputs[0] + "/normal_cdf"
+    ctx.emit(node, "NormalCdf", [x], [cdf], _approximate(node, ctx), suffix="/normal_cdf")
+    ctx.emit(node, "Mul", [x, cdf], [node.outputs[0]])
+
+
+@register_fused("NormalCdf")
+def normal_cdf(node, ctx):
+    """Phi(x) as the import passes fuse it from an Erf or Tanh decomposition (passes/gelu.py)."""
+    ctx.emit(node, "NormalCdf", [ctx.data_input(node)], [node.outputs[0]], _approximate(node, ctx))
+
+
+def _approximate(node, ctx) -> dict:
+    form = node.attr("approximate", "none")
+    if form not in ("none", "tanh"):
+        ctx.fail(node, f"approximate={form!r}: GELU takes 'none' (erf) or 'tanh'")
+    return {"approximate": form}
 
 
 @register("Clip", 6)
