@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -159,11 +160,8 @@ class Trainer:
                 continue
             need = [self._needs[(node.name, t)] for t in node.inputs if t]
             dy = dys if getattr(layer, "n_outputs", 1) > 1 else dys[0]
-            with tallying(layer, "error"):
-                try:
-                    dxs, g = layer.backward(caches[node.name], dy, need)
-                except EdgeDFAError as exc:  # name the layer whose arithmetic refused
-                    raise EdgeDFAError(f"{node.name} ({node.op}), backward: {exc}") from None
+            with tallying(layer, "error"), named(node, "backward"):
+                dxs, g = layer.backward(caches[node.name], dy, need)
             if g:
                 grads[node.name] = g
             for t, dx in zip([t for t in node.inputs if t], dxs):
@@ -171,7 +169,9 @@ class Trainer:
                     with tallying(layer, "error"):
                         self._accumulate(errors, t, dx, layer.num)
         for name, g in grads.items():
-            clipped = self.nodes[name][1].weight_update(g, step, lr_shift)
+            node, layer = self.nodes[name]
+            with named(node, "update"):
+                clipped = layer.weight_update(g, step, lr_shift)
             for k, v in clipped.items():
                 self.saturation[name][k] += v
         self.manage_formats()
@@ -180,8 +180,9 @@ class Trainer:
     def manage_formats(self) -> None:
         """§13 after the updates: output exponents move by this step's peaks, in node order;
         layers that keep their input's format follow."""
-        for layer in self.model.layers:
-            manage_outputs(layer)
+        for node, layer in zip(self.model.graph.nodes, self.model.layers):
+            with named(node, "exponent unit"):
+                manage_outputs(layer)
         refresh_formats(self.model)
 
     @staticmethod
@@ -191,6 +192,15 @@ class Trainer:
             return
         wide = align_add(errors[t], dx)
         errors[t] = narrow_dynamic(wide.codes, wide.fmt, num.err_bits, num.err_rounding)
+
+
+@contextmanager
+def named(node, stage: str):
+    """A refusal inside a layer's arithmetic names the layer and the stage it came from."""
+    try:
+        yield
+    except EdgeDFAError as exc:
+        raise EdgeDFAError(f"{node.name} ({node.op}), {stage}: {exc}") from None
 
 
 def apply_layer_options(layer, opts: dict, module: str) -> None:

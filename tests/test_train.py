@@ -9,6 +9,7 @@ from edgedfa import arch, data, float_mlp
 from edgedfa.api import build_model, fit, make_trainer
 from edgedfa.checkpoint import load_checkpoint
 from edgedfa.credit import make_plan
+from edgedfa.errors import EdgeDFAError
 from edgedfa.feedback import FeedbackSpec, make_projector
 from edgedfa.fixed import dequantize
 from edgedfa.numerics import Numerics
@@ -203,6 +204,29 @@ def test_softmax_of_a_coarse_logit_format_is_that_of_the_same_values_finer(frac,
     hw, hw_fmt = SoftmaxUnit().output_error(codes, frac, labels, 8)
     e = output_error(QTensor(codes, fmt), labels, 8)
     assert hw_fmt == e.fmt and hw.tolist() == e.codes.tolist()
+
+
+@pytest.mark.parametrize("stage", ["backward", "update", "exponent unit"])
+def test_a_refusal_inside_a_step_names_the_layer_and_the_stage(stage, monkeypatch):
+    """A diverging run ends in a format no register holds; the message says where."""
+    import edgedfa.train
+
+    m = small_model()
+    tr = make_trainer(m, TrainConfig(algo="bp"))
+    layer = m.layer("dense3")
+
+    def refuse(*args, **kwargs):
+        raise EdgeDFAError("its LSB 2^65 is coarser than the supported 2^64")
+
+    if stage == "backward":
+        monkeypatch.setattr(layer, "backward", refuse)
+    elif stage == "update":
+        monkeypatch.setattr(layer, "weight_update", refuse)
+    else:
+        manage = edgedfa.train.manage_outputs
+        monkeypatch.setattr(edgedfa.train, "manage_outputs", lambda l: refuse() if l is layer else manage(l))
+    with pytest.raises(EdgeDFAError, match=rf"^dense3 \(Dense\), {stage}: its LSB 2\^65"):
+        tr.step(m.quantize_input(DS.x_train[:32]), DS.y_train[:32], 0, 10)
 
 
 def test_saturated_outputs_pass_no_error():
