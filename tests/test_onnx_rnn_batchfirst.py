@@ -141,6 +141,38 @@ def test_elementwise_before_and_per_step_dense_after_a_seq_first_lstm(opset):
     assert np.abs(m.run(x) - ref).max() <= INT_REL_ERR * np.abs(ref).max()
 
 
+GATED = {  # a per-step activation of a [T, N, H] output, as the exporters write them
+    "silu": (17, [helper.make_node("Sigmoid", ["Ys"], ["sg"]), helper.make_node("Mul", ["Ys", "sg"], ["th"])], {}),
+    "hardswish": (17, [helper.make_node("HardSwish", ["Ys"], ["th"])], {}),
+    "gelu_erf": (17, [helper.make_node("Div", ["Ys", "r2"], ["dv"]), helper.make_node("Erf", ["dv"], ["ef"]),
+                      helper.make_node("Add", ["ef", "one"], ["ad"]), helper.make_node("Mul", ["Ys", "ad"], ["ml"]),
+                      helper.make_node("Mul", ["ml", "half"], ["th"])],
+                 {"r2": np.float32(math.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}),
+    "gelu": (20, [helper.make_node("Gelu", ["Ys"], ["th"])], {}),
+}
+
+
+@pytest.mark.parametrize("act", sorted(GATED))
+def test_gated_activations_after_a_seq_first_lstm(act):
+    """SiLU's Mul of two activations, HardSwish and GELU (Erf subgraph or Gelu node) on a
+    seq-first LSTM's [T, N, H] output follow the layout like any element-wise op."""
+    opset, act_nodes, consts = GATED[act]
+    sq_y, c1 = _axes_node("Squeeze", "Y", "Ys", [1], opset)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("LSTM", ["xt", "W", "R", "B"], ["Y", "Yh", "Yc"], hidden_size=H, name="lstm"),
+             *sq_y, *act_nodes,
+             helper.make_node("Transpose", ["th"], ["tb"], perm=[1, 0, 2]),
+             helper.make_node("Flatten", ["tb"], ["y"], axis=1)]
+    g = check(model(nodes, dict(_weights(4), **c1, **consts), ["N", T, FEAT], opset=opset), rand(7, T, FEAT))
+    _assert_batch_first(g)
+    assert g.nodes[0].op == "LSTM" and g.nodes[-1].op == "Flatten"
+    x = rand(9, T, FEAT).astype(np.float64)
+    m = build_model(g, Numerics.from_bits(16, acc_bits=48), seed=0)
+    m.calibrate(x)
+    ref = run_float(g, x)
+    assert np.abs(m.run(x) - ref).max() <= INT_REL_ERR * np.abs(ref).max()
+
+
 def test_seq_first_model_input_is_rejected_with_advice():
     """A model fed [seq, batch, features]: the input's first axis is not the batch."""
     nodes = [helper.make_node("GRU", ["x", "W", "R", "B"], ["Y", "Yh"], hidden_size=H,

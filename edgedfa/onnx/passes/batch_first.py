@@ -14,7 +14,8 @@ from .rnn import RECURRENT
 
 LAYOUT1_PERMS = ([1, 2, 0, 3], [1, 0, 2], [1, 0, 2])  # Y, Y_h, Y_c: layout 0 from layout 1
 SEQ_FIRST = [1, 0, 2]  # X [T, N, I] from [N, T, I]
-ELEMENTWISE = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast")
+ELEMENTWISE = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast", "HardSigmoid",
+               "HardSwish", "Gelu", "NormalCdf")
 REGROUP = ("Squeeze", "Unsqueeze", "Reshape", "Flatten")
 MIN_OPSET = 14  # the first opset whose RNN/GRU/LSTM have the layout attribute
 EXPORT_HINT = ("export the recurrent layer with batch_first=True and read its output batch "
@@ -184,7 +185,7 @@ class _Rewrite:
                  f"reads {name!r}, which {origin} writes with the batch on axis "
                  f"{perm.index(0)}")
         self.og.fail(f"it {where}{why}; edgedfa keeps the batch first and rewrites only "
-                     "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Concat, Add/Sum, "
+                     "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Concat, Add/Sum/Mul, "
                      "MatMul by a constant and element-wise readers of such a tensor, and only "
                      "when they keep the batch apart from other axes. Instead, " + EXPORT_HINT,
                      node)
@@ -251,7 +252,7 @@ class _Rewrite:
             return self.same_layout(node, [first])
         if op in ("MatMul", "Add") and data == [first] and self.on_last_axis(node, first):
             return self.same_layout(node, data)
-        if op in ("Concat", "Add", "Sum") and data == [i for i in node.inputs if i]:
+        if op in ("Concat", "Add", "Sum", "Mul") and data == [i for i in node.inputs if i]:
             return self.same_layout(node, data)
         self.unsupported(node, first)
 
@@ -283,7 +284,7 @@ class _Rewrite:
         self.finish(node, out, perm, origin)
 
     def same_layout(self, node, names):
-        """Element-wise ops, Add/Sum and Concat: every data input tracked with one perm."""
+        """Element-wise ops, Add/Sum/Mul and Concat: every data input tracked with one perm."""
         found = [self.tracked.get(n) for n in names]
         if any(f is None for f in found) or len({tuple(f[1]) for f in found}) != 1 or (
                 node.op_type != "Concat" and len({self.shape(n) for n in names}) != 1):
