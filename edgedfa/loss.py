@@ -17,7 +17,7 @@ def softmax_codes(logits: QTensor, prob_bits: int) -> np.ndarray:
     z = logits.codes
     d = (z - z.max(axis=1, keepdims=True)) * LOG2E_Q14  # <= 0
     shift = logits.fmt.frac_bits + 14 - EXP2_FRAC_BITS
-    if shift < 0:  # a coarse logit format: -t >= 2^13 means 2^-32 or less, a 0 as -t = 2^13 is
+    if shift < 0:  # a coarse logit format: any t <= -2^13 gives 0, as t = -2^13 does: clamp first
         d = np.maximum(d, -(1 << max(13 + shift, 0)))
     t = round_shift(d, shift, "AP_RND")
     n = np.minimum((-t) >> EXP2_FRAC_BITS, MAX_EXP_SHIFT)
