@@ -81,25 +81,31 @@ def _interp(q, f_in: int, rom=TANH_ROM):
 
 def tanh(q, f_in: int, out_fmt: FixedFormat, rounding):
     """tanh through the ROM (§9.2), in the compiled lanes where they apply."""
-    return _gate(q, f_in, out_fmt, rounding, False)
+    return _gate(q, f_in, out_fmt, rounding, TANH_ROM, False, tanh_reference)
 
 
 def sigmoid(q, f_in: int, out_fmt: FixedFormat, rounding):
     """sigmoid(x) = (1 + tanh(x/2)) / 2 through the ROM (§9.3), in the compiled lanes where they apply."""
-    return _gate(q, f_in, out_fmt, rounding, True)
+    return _gate(q, f_in, out_fmt, rounding, TANH_ROM, True, sigmoid_reference)
 
 
-def _gate(q, f_in: int, out_fmt: FixedFormat, rounding, is_sigmoid: bool):
+def normal_cdf(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """§9.8: (1 + erf(x/sqrt 2)) / 2 from the erf ROM, as sigmoid from the tanh ROM, in the
+    compiled lanes where they apply."""
+    return _gate(q, f_in, out_fmt, rounding, ERF_ROM, True, normal_cdf_reference, halve=False)
+
+
+def _gate(q, f_in: int, out_fmt: FixedFormat, rounding, rom, one_plus: bool, reference, halve=None):
+    """The ROM read of ``rom`` at |q| (at x/2 when ``halve``, sigmoid's default), then its sign
+    (tanh) or 1 ± it (``one_plus``) into ``out_fmt``."""
     rounding = Rounding.parse(rounding)
-    s_addr = int(f_in) + is_sigmoid - ADDR_FMT.frac_bits
-    s_out = INTERP_FRAC + is_sigmoid - out_fmt.frac_bits
+    s_addr = int(f_in) + (one_plus if halve is None else halve) - ADDR_FMT.frac_bits
+    s_out = INTERP_FRAC + one_plus - out_fmt.frac_bits
     out = None
     if rounding is not Rounding.STOCHASTIC and out_fmt.width <= 62:
-        out = lanes.rom_gate(q, s_addr, TANH_ROM, s_out, is_sigmoid, lanes.ROUNDING[rounding], out_fmt.min_code,
+        out = lanes.rom_gate(q, s_addr, rom, s_out, one_plus, lanes.ROUNDING[rounding], out_fmt.min_code,
                              out_fmt.max_code)
-    if out is None:
-        return (sigmoid_reference if is_sigmoid else tanh_reference)(q, f_in, out_fmt, rounding)
-    return out
+    return reference(q, f_in, out_fmt, rounding) if out is None else out
 
 
 def tanh_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
@@ -117,8 +123,8 @@ def sigmoid_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
     return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
 
 
-def normal_cdf(q, f_in: int, out_fmt: FixedFormat, rounding):
-    """§9.8: (1 + erf(x/sqrt 2)) / 2 from the erf ROM, as sigmoid from the tanh ROM."""
+def normal_cdf_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """``normal_cdf`` in numpy, one operation per pass."""
     y = _interp(q, f_in, ERF_ROM)
     one = 1 << INTERP_FRAC
     w = np.where(np.asarray(q) >= 0, one + y, one - y)

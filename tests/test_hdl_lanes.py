@@ -142,14 +142,16 @@ def test_moment_narrowing_matches_top_bits(x, width, frac):
        f_in=st.one_of(st.integers(12, 22), st.integers(-70, 80)),  # mid-ROM addresses, or any shift
        out=st.one_of(formats(min_width=12, max_width=30, min_frac=12, max_frac=28),
                      formats(min_width=2, max_width=48, min_frac=-8, max_frac=60)),
-       rounding=rounding_modes(stochastic=True), sigmoid=st.booleans(), transpose=st.booleans())
-def test_compiled_rom_gates_are_the_numpy_unit(q, f_in, out, rounding, sigmoid, transpose):
-    """tanh and sigmoid through the ROM (address at every shift, left or right, the rails,
-    every output format and rounding) against the numpy forms, raising where they raise."""
+       rounding=rounding_modes(stochastic=True), gate=st.sampled_from(["tanh", "sigmoid", "normal_cdf"]),
+       transpose=st.booleans())
+def test_compiled_rom_gates_are_the_numpy_unit(q, f_in, out, rounding, gate, transpose):
+    """tanh, sigmoid and GELU's Phi through their ROMs (address at every shift, left or right,
+    the rails, every output format and rounding) against the numpy forms, raising where they
+    raise."""
     from hdl_models import activation_unit as act
 
     q = q.T if transpose else q
-    fast, ref = (act.sigmoid, act.sigmoid_reference) if sigmoid else (act.tanh, act.tanh_reference)
+    fast, ref = getattr(act, gate), getattr(act, f"{gate}_reference")
     outcome = []
     for fn in (fast, ref):
         try:
