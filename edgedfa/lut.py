@@ -95,12 +95,19 @@ def sigmoid_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarra
     >>> sigmoid_codes(np.array([-128, 0, 32, 127]), "ap_fixed<8,3>", "ap_fixed<8,1>")
     array([  2,  64,  94, 126])
     """
-    in_fmt, out_fmt = as_format(in_fmt), _check_out(out_fmt)
-    x = np.asarray(codes, dtype=np.int64)
+    in_fmt = as_format(in_fmt)
     half_fmt = FixedFormat.with_frac(48, in_fmt.frac_bits + 1)  # x/2: one more fraction bit
-    y = _tanh_magnitude(np.abs(x), half_fmt)
+    return _one_plus_half(TANH_TABLE, codes, half_fmt, out_fmt, rounding)
+
+
+def _one_plus_half(table, codes, mag_fmt, out_fmt, rounding) -> np.ndarray:
+    """(1 ± table(|x|)) / 2 into ``out_fmt``, the sign of x choosing: sigmoid from the tanh
+    table at x/2, Phi from the erf table at x."""
+    out_fmt = _check_out(out_fmt)
+    x = np.asarray(codes, dtype=np.int64)
+    y = interpolate(table, np.abs(x), mag_fmt)
     one = 1 << INTERP_FRAC
-    w = np.where(x < 0, one - y, one + y)  # 1 + tanh(x/2) with INTERP_FRAC fraction bits
+    w = np.where(x < 0, one - y, one + y)  # with INTERP_FRAC fraction bits
     return requantize(w, FixedFormat.with_frac(48, INTERP_FRAC + 1), out_fmt, rounding, "AP_SAT")
 
 
@@ -110,12 +117,7 @@ def normal_cdf_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.nda
     >>> normal_cdf_codes(np.array([-128, 0, 32, 127]), "ap_fixed<8,3>", "ap_fixed<8,1>")
     array([  0,  64, 108, 127])
     """
-    in_fmt, out_fmt = as_format(in_fmt), _check_out(out_fmt)
-    x = np.asarray(codes, dtype=np.int64)
-    y = interpolate(ERF_TABLE, np.abs(x), in_fmt)
-    one = 1 << INTERP_FRAC
-    w = np.where(x < 0, one - y, one + y)  # 1 + erf(x/sqrt 2) with INTERP_FRAC fraction bits
-    return requantize(w, FixedFormat.with_frac(48, INTERP_FRAC + 1), out_fmt, rounding, "AP_SAT")
+    return _one_plus_half(ERF_TABLE, codes, as_format(in_fmt), out_fmt, rounding)
 
 
 def dnormal_cdf_codes(x_codes, in_fmt, out_fmt) -> np.ndarray:

@@ -117,7 +117,12 @@ def tanh_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
 
 def sigmoid_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
     """``sigmoid`` in numpy, one operation per pass."""
-    y = _interp(q, f_in + 1)  # x/2: the same bits read with one more fraction bit
+    return _one_plus_reference(q, f_in + 1, TANH_ROM, out_fmt, rounding)  # x/2: one more fraction bit
+
+
+def _one_plus_reference(q, f_addr: int, rom, out_fmt: FixedFormat, rounding):
+    """(1 ± rom(|q|)) / 2 by q's sign, one operation per pass (sigmoid's and Phi's read)."""
+    y = _interp(q, f_addr, rom)
     one = 1 << INTERP_FRAC
     w = np.where(np.asarray(q) >= 0, one + y, one - y)
     return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
@@ -125,10 +130,7 @@ def sigmoid_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
 
 def normal_cdf_reference(q, f_in: int, out_fmt: FixedFormat, rounding):
     """``normal_cdf`` in numpy, one operation per pass."""
-    y = _interp(q, f_in, ERF_ROM)
-    one = 1 << INTERP_FRAC
-    w = np.where(np.asarray(q) >= 0, one + y, one - y)
-    return requant(w, INTERP_FRAC + 1, out_fmt, rounding, Overflow.AP_SAT)
+    return _one_plus_reference(q, f_in, ERF_ROM, out_fmt, rounding)
 
 
 def normal_cdf_deriv(q, f_in: int, fmt: FixedFormat):

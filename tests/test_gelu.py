@@ -5,6 +5,8 @@ central differences; what is not GELU refused by name."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import math
 import os
 import zlib
@@ -15,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from model_helpers import calibrated
 from onnx_helpers import model as onnx_model
 from onnx_helpers import ort_run as ort_run_model
 from test_hard_sigmoid import check_bp_gradients
@@ -131,10 +134,7 @@ def gelu_cnn(seed, c=3, n_classes=3):
 GRAPHS = {"mlp": (gelu_mlp, (5,)), "cnn": (gelu_cnn, (2, 4, 4))}
 
 
-def _model(graph, bits, seed, **num):
-    model = IntModel(graph, Numerics.from_bits(bits, **num), seed)
-    model.calibrate(np.random.default_rng(seed + 1).normal(0, 1.5, (32,) + tuple(graph.input_shape)))
-    return model
+_model = partial(calibrated, scale=1.5)  # this file's calibration spread
 
 
 # -- bit-exact with hdl_models and onnxruntime ------------------------------------------------

@@ -6,12 +6,15 @@ central differences of the float reference."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from model_helpers import calibrated
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
@@ -45,10 +48,7 @@ def hard_cnn(seed, c=3, n_classes=3):
     return Graph("hard", "input", (2, 4, 4), "out", nodes, {})
 
 
-def _model(graph, bits, seed, **num):
-    model = IntModel(graph, Numerics.from_bits(bits, **num), seed)
-    model.calibrate(np.random.default_rng(seed + 1).normal(0, 2, (32,) + tuple(graph.input_shape)))
-    return model
+_model = partial(calibrated, scale=2.0)  # this file's calibration spread
 
 
 @pytest.mark.parametrize("algo", ALGOS)

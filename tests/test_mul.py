@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
+from model_helpers import calibrated
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
@@ -20,7 +21,6 @@ from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat
 from edgedfa.float_ref import run_float
 from edgedfa.graph import Graph, Node
-from edgedfa.model import IntModel
 from edgedfa.numerics import Numerics
 from edgedfa.onnx.export import build_proto
 from edgedfa.train import TrainConfig
@@ -46,10 +46,6 @@ def gated_mlp(seed, n_in=5, hidden=6, n_classes=3):
     return Graph("gated", "input", (n_in,), "y", nodes, {})
 
 
-def _model(graph, bits, seed, **num):
-    model = IntModel(graph, Numerics.from_bits(bits, **num), seed)
-    model.calibrate(np.random.default_rng(seed + 1).normal(0, 1, (32,) + tuple(graph.input_shape)))
-    return model
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -57,7 +53,7 @@ def test_gated_mlp_trains_bit_exact_with_the_datapath_model(algo):
     """Forward products, both factors' errors (one broadcast back over the features) and every
     update agree with hdl_models, integer for integer, over two steps."""
     graph = gated_mlp(3)
-    model = _model(graph, 8, 3)
+    model = calibrated(graph, 8, 3)
     rng = np.random.default_rng(4)
     x, y = rng.normal(0, 1, (12, 5)), rng.integers(0, 3, 12)
     r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
@@ -70,7 +66,7 @@ def test_gated_mlp_trains_bit_exact_with_the_datapath_model(algo):
        scaling=st.sampled_from(["adaptive", "static"]))
 def test_mul_bit_exact_with_the_datapath_model_any_width(seed, bits, algo, scaling):
     graph = gated_mlp(seed, n_in=3, hidden=4)
-    model = _model(graph, bits, seed, scaling=scaling)
+    model = calibrated(graph, bits, seed, scaling=scaling)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(0, 2, (8, 3)), rng.integers(0, 3, 8)
     r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
@@ -85,7 +81,7 @@ def test_int_export_of_mul_equals_engine(seed, bits):
 
 def test_mul_follows_the_float_reference_at_16_bits():
     graph = gated_mlp(5)
-    model = _model(graph, 16, 5)
+    model = calibrated(graph, 16, 5)
     x = np.random.default_rng(6).normal(0, 1, (64, 5))
     ref = run_float(model.to_graph(), x)
     assert np.abs(model.run(x) - ref).max() < 0.02 * np.abs(ref).max()
@@ -98,7 +94,7 @@ def test_trained_mul_format_is_managed_and_frozen_by_the_int_export():
     integer bits too narrow, it grows back while training (bit-exact with hdl_models), and the
     int export, which freezes the formats reached, equals the engine bit for bit."""
     graph = gated_mlp(7)
-    model = _model(graph, 8, 7, scaling="adaptive")
+    model = calibrated(graph, 8, 7, scaling="adaptive")
     mul = next(layer for layer in model.layers if layer.name == "gate")
     assert set(mul.managed_formats()) == {"out"}
     narrow = FixedFormat(8, mul.out_fmt.int_bits - 3)

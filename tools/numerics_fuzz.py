@@ -70,8 +70,8 @@ def outcome(done: subprocess.CompletedProcess) -> tuple:
     return f"DEFECT: exit {done.returncode}", last
 
 
-def run_one(out: str, setting: str, graph: str, algo: str, epochs: int, timeout: float) -> dict:
-    flag, src, dataset, _ = GRAPHS[graph]
+def run_one(out: str, setting: str, graph: str, spec: tuple, algo: str, epochs: int, timeout: float) -> dict:
+    flag, src, dataset, _ = spec
     cfg = os.path.join(out, "settings", f"{setting}.toml")
     cmd = [sys.executable, "-m", "edgedfa.cli", "train", flag, src, "--dataset", dataset, "--algo", algo,
            "--epochs", str(epochs), "--config", cfg, "--quiet", "--force", "--out",
@@ -93,13 +93,14 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     args = ap.parse_args(argv)
+    graphs = dict(GRAPHS)
     if args.zoo:
         for name, (file, dataset, algo) in ZOO.items():
-            GRAPHS[name] = ("--model", os.path.join(args.zoo, file), dataset, algo)
-    models = args.models or list(GRAPHS)
-    unknown = sorted(set(models) - set(GRAPHS))
+            graphs[name] = ("--model", os.path.join(args.zoo, file), dataset, algo)
+    models = args.models or list(graphs)
+    unknown = sorted(set(models) - set(graphs))
     if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from {sorted(GRAPHS)}")
+        ap.error(f"unknown model(s) {unknown}; choose from {sorted(graphs)}")
     os.makedirs(os.path.join(args.out, "settings"), exist_ok=True)
     for name in args.settings:
         with open(os.path.join(args.out, "settings", f"{name}.toml"), "w") as f:
@@ -107,9 +108,8 @@ def main(argv=None) -> int:
     defects = 0
     with open(os.path.join(args.out, "results.jsonl"), "a") as log:
         for setting, graph in itertools.product(args.settings, models):
-            algos = dict.fromkeys(["bp", GRAPHS[graph][3]])
-            for algo in algos:
-                r = run_one(args.out, setting, graph, algo, args.epochs, args.timeout)
+            for algo in dict.fromkeys(["bp", graphs[graph][3]]):
+                r = run_one(args.out, setting, graph, graphs[graph], algo, args.epochs, args.timeout)
                 defects += r["outcome"].startswith("DEFECT")
                 print(f"{r['outcome']:18s} {setting}-{graph}-{algo}: {r['message'][:200]}", flush=True)
                 log.write(json.dumps(r) + "\n")
