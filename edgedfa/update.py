@@ -86,14 +86,40 @@ def narrow_frac(codes, frac: int, bits: int):
 
 def ema(old, new, shift: int, bits: int):
     """old + (new - old) >> shift for (codes, frac) pairs, exact in the finer fraction, then
-    narrowed to ``bits``; an absent or all-zero ``old`` counts as zero."""
+    narrowed to ``bits``; an absent or all-zero ``old`` counts as zero. Where an operand
+    aligned to the finer fraction would pass 62 bits (a gradient 2^47 finer than the register,
+    or an all-zero one with a fine fraction), the same sum is taken on Python integers."""
     (nc, nf) = new
     if old is None or not old[0].any():
         old = (np.zeros_like(nc), nf)
     (oc, of) = old
     f = max(of, nf)
+    if max(_maxabs(oc).bit_length() + f - of, _maxabs(nc).bit_length() + f - nf) > 62:
+        return _ema_exact(oc, of, nc, nf, f, shift, bits)
     a, b = oc << (f - of), nc << (f - nf)
     return narrow_frac(a + round_shift(b - a, shift, "AP_RND_CONV"), f, bits)
+
+
+def _maxabs(codes) -> int:
+    return max(int(codes.max(initial=0)), -int(codes.min(initial=0)))
+
+
+def _rne(x: int, k: int) -> int:
+    """x · 2^-k rounded to nearest, ties to even (``AP_RND_CONV``), on a Python integer."""
+    if k <= 0:
+        return x << -k
+    q, r = x >> k, x & ((1 << k) - 1)
+    return q + int(r > 1 << (k - 1) or (r == 1 << (k - 1) and q & 1))
+
+
+def _ema_exact(oc, of: int, nc, nf: int, f: int, shift: int, bits: int):
+    """``ema`` past 64 bits: the exact sum of every element, then ``narrow_frac``'s top bits."""
+    sums = [a + _rne(b - a, shift) for a, b in zip((int(x) << (f - of) for x in oc.flat),
+                                                  (int(x) << (f - nf) for x in nc.flat))]
+    d = max(0, max(map(abs, sums), default=0).bit_length() - (bits - 1))
+    lim = (1 << (bits - 1)) - 1
+    codes = [min(max(_rne(s, d), -lim - 1), lim) for s in sums]
+    return np.array(codes, np.int64).reshape(np.shape(nc)), f - d
 
 
 def shift_round_each(x, shifts, rounding, stream: Stream, step: int) -> np.ndarray:

@@ -77,11 +77,13 @@ class UpdateUnit:
         g = np.asarray(g, dtype=np.int64)
         width = num.moment_bits
         lim = (1 << (width - 1)) - 1
-        d = max(0, leading_one(lanes.maxabs(g)) - (width - 1))  # top_bits, in the lanes
+        g_top = leading_one(lanes.maxabs(g))
+        d = max(0, g_top - (width - 1))  # top_bits, in the lanes
         warm = leading_one(step + 1) - 1
         m, f_m = _moment_plan(moments.get("m"), f_g - d, min(num.beta1_shift, warm))
         v, f_v = _moment_plan(moments.get("v"), 2 * (f_g - d), min(num.beta2_shift, warm))
-        if not lanes.fits(m.a, m.b, m.k, v.a, v.b, v.k) or p_fmt.width > 62:
+        if not lanes.fits(m.a, m.b, m.k, v.a, v.b, v.k) or p_fmt.width > 62 \
+                or not _aligned_fit(width, g_top - d, m, v):
             return self.adam_reference(p, p_fmt, g, f_g, lr, rounding, weight_overflow, seed, layer_index,
                                        purpose, step, num, moments)
         sums, top_m, top_v = lanes.moment_sums(g, d, lim, m, v)
@@ -134,16 +136,48 @@ def top_bits(x, frac: int, width: int) -> tuple:
     return np.minimum(np.maximum(shift_round(x, d, Rounding.AP_RND_CONV), -lim - 1), lim), frac - d
 
 
+def _aligned_fit(width: int, g_bits: int, m: lanes.Moment, v: lanes.Moment) -> bool:
+    """Whether a 64-bit lane holds every aligned operand of both moment sums: registers of
+    ``width`` bits shifted by a, the narrowed gradient (at most ``g_bits`` + 1 bits, and
+    ``width``) and its square shifted by b, all within 62 bits."""
+    gb = min(g_bits + 1, width)
+    return max(width + m.a * (m.old is not None), gb + m.b, width + v.a * (v.old is not None), 2 * gb + v.b) <= 62
+
+
 def moving(old, new: tuple, k: int, width: int) -> tuple:
-    """Moment register update old + (new - old) · 2^-k, exact then ``width`` bits kept."""
+    """Moment register update old + (new - old) · 2^-k, exact then ``width`` bits kept. The
+    aligned operands of a gradient far finer (or coarser) than the register pass 64 bits:
+    then the sum is taken on Python integers, the value the wide adder would hold."""
     n_c, n_f = new
     if old is None or not np.any(old[0]):
         old = (np.zeros_like(n_c), n_f)
     o_c, o_f = old
     f = max(o_f, n_f)
-    o_al = np.asarray(o_c, dtype=np.int64) << (f - o_f)
-    n_al = np.asarray(n_c, dtype=np.int64) << (f - n_f)
-    return top_bits(o_al + shift_round(n_al - o_al, k, Rounding.AP_RND_CONV), f, width)
+    if max(_top(o_c) + f - o_f, _top(n_c) + f - n_f) <= 62:
+        o_al = np.asarray(o_c, dtype=np.int64) << (f - o_f)
+        n_al = np.asarray(n_c, dtype=np.int64) << (f - n_f)
+        return top_bits(o_al + shift_round(n_al - o_al, k, Rounding.AP_RND_CONV), f, width)
+    o_al = [int(x) << (f - o_f) for x in np.ravel(o_c)]
+    n_al = [int(x) << (f - n_f) for x in np.ravel(n_c)]
+    sums = [o + _conv(n - o, k) for o, n in zip(o_al, n_al)]
+    drop = max(0, leading_one(max((abs(x) for x in sums), default=0)) - (width - 1))
+    lim = (1 << (width - 1)) - 1
+    codes = np.array([min(max(_conv(x, drop), -lim - 1), lim) for x in sums], np.int64)
+    return codes.reshape(np.shape(n_c)), f - drop
+
+
+def _top(codes) -> int:
+    """Leading one of max |code| (a tensor's max tracker)."""
+    c = np.asarray(codes, dtype=np.int64)
+    return leading_one(max(int(c.max(initial=0)), -int(c.min(initial=0))))
+
+
+def _conv(x: int, k: int) -> int:
+    """x · 2^-k to nearest even on an unbounded integer (the shifter with a sticky bit)."""
+    if k == 0:
+        return x
+    q, rest, half = x >> k, x & ((1 << k) - 1), 1 << (k - 1)
+    return q + (1 if rest > half or (rest == half and q & 1) else 0)
 
 
 def _moment_plan(old, n_f: int, k: int) -> tuple:

@@ -187,6 +187,13 @@ def _adam(g, gf, m_old, mof, has_m, v_old, vof, has_v, bits, b1, b2, lr_shift, p
     gf2 = gf - sg
     mf = max(mof, gf2) if has_m else gf2
     vf = max(vof, 2 * gf2) if has_v else 2 * gf2
+    # every operand aligned to the finer fraction stays within 62 bits (moment codes of ``bits``
+    # bits, the narrowed gradient and its square from max|g|), or the reference takes the sum
+    # on Python integers (``update.ema``)
+    gmax = min((mx >> sg) + 1, np.int64(1) << (bits - 1))
+    if max(bits + (mf - mof) * has_m, _bitlen(gmax) + mf - gf2, bits + (vf - vof) * has_v,
+           _bitlen(gmax * gmax) + vf - 2 * gf2) > 62:
+        return 1, 0, 0, 0, 0
     mx_m, mx_v, bad = _moments(g, sg, bits, m_old, mof, has_m, mf, b1, v_old, vof, has_v, vf, b2, gf2, out)
     sm, sv = _narrow_shift(mx_m, bits), _narrow_shift(mx_v, bits)
     if bad or sm > 62 or sv > 62:
