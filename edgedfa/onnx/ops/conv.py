@@ -138,9 +138,13 @@ def global_average_pool(node, ctx):
 
 @register("ReduceMean", 1, 11, 13, 18)
 def reduce_mean(node, ctx):
-    """A mean over every spatial axis is a GlobalAveragePool (then Flatten if keepdims=0)."""
+    """A mean over non-batch axes is a GlobalAveragePool: over the spatial axes of [N, C, ...]
+    directly (then Flatten if keepdims=0); over any other set (a sequence's time axis of
+    [N, T, C], ...) with the reduced axes moved last by a Transpose and merged into [N, K, R]
+    by a Reshape, pooled, and reshaped to the output's shape."""
     x = ctx.data_input(node)
     shape = ctx.known_shape(node, x)
+    rank = len(shape)
     if "axes" in node.attrs:
         axes = list(node.attrs["axes"])
     elif len(node.inputs) > 1 and node.inputs[1]:
@@ -149,15 +153,32 @@ def reduce_mean(node, ctx):
             ctx.fail(node, "the axes input must be a constant")
         axes = [int(a) for a in np.asarray(value).reshape(-1)]
     else:
-        axes = list(range(len(shape)))
-    axes = sorted(a + len(shape) if a < 0 else a for a in axes)
-    if ctx.batch_at(node, x) != 0 or len(shape) not in (3, 4) or axes != list(
-            range(2, len(shape))):
-        ctx.fail(node, f"ReduceMean over axes {axes} of a rank-{len(shape)} tensor is "
-                 "supported only as a global average over the spatial axes of [N, C, ...]")
-    if node.attr("keepdims", 1):
-        ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
+        axes = []
+    if not axes and node.attr("noop_with_empty_axes", 0):
+        ctx.emit(node, "Reshape", [x], [node.outputs[0]], {"shape": [-1] + [int(d) for d in shape[1:]]})
         return
-    pooled = node.outputs[0] + "__pooled"
-    ctx.emit(node, "GlobalAveragePool", [x], [pooled], suffix="__pool")
-    ctx.emit(node, "Flatten", [pooled], [node.outputs[0]], {"axis": 1})
+    axes = sorted({a + rank if a < 0 else a for a in axes} if axes else set(range(rank)))
+    if ctx.batch_at(node, x) != 0 or 0 in axes:
+        ctx.fail(node, f"ReduceMean over axes {axes} of a rank-{rank} tensor would average over the "
+                 "batch dimension (supported: means over non-batch axes)")
+    keepdims = node.attr("keepdims", 1)
+    if rank in (3, 4) and axes == list(range(2, rank)):
+        if keepdims:
+            ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
+            return
+        pooled = node.outputs[0] + "__pooled"
+        ctx.emit(node, "GlobalAveragePool", [x], [pooled], suffix="__pool")
+        ctx.emit(node, "Flatten", [pooled], [node.outputs[0]], {"axis": 1})
+        return
+    kept = [a for a in range(1, rank) if a not in axes]
+    perm = [0] + kept + axes
+    src = x
+    if perm != list(range(rank)):
+        src = node.outputs[0] + "__moved"
+        ctx.emit(node, "Transpose", [x], [src], {"perm": perm}, suffix="__move")
+    merged, pooled = node.outputs[0] + "__merged", node.outputs[0] + "__pooled"
+    k, r = math.prod(int(shape[a]) for a in kept), math.prod(int(shape[a]) for a in axes)
+    ctx.emit(node, "Reshape", [src], [merged], {"shape": [-1, k, r]}, suffix="__merge")
+    ctx.emit(node, "GlobalAveragePool", [merged], [pooled], suffix="__pool")
+    out = [1 if a in axes else int(shape[a]) for a in range(1, rank)] if keepdims else [int(shape[a]) for a in kept]
+    ctx.emit(node, "Reshape", [pooled], [node.outputs[0]], {"shape": [-1] + out})

@@ -186,7 +186,7 @@ class _Rewrite:
                  f"{perm.index(0)}")
         self.og.fail(f"it {where}{why}; edgedfa keeps the batch first and rewrites only "
                      "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Concat, Add/Sum/Mul, "
-                     "MatMul by a constant and element-wise readers of such a tensor, and only "
+                     "ReduceMean, MatMul by a constant and element-wise readers of such a tensor, and only "
                      "when they keep the batch apart from other axes. Instead, " + EXPORT_HINT,
                      node)
 
@@ -243,6 +243,8 @@ class _Rewrite:
             return self.regroup(node, first)
         if op == "Gather" and node.inputs[0] == first:
             return self.gather(node, first)
+        if op == "ReduceMean" and node.inputs[0] == first:
+            return self.reduce_mean(node, first)
         if op == "Gemm" and node.inputs[0] == first and self.tracked[first][1] == [1, 0] \
                 and node.attrs.get("transA", 0):  # Gemm(x.T, transA=1) is Gemm(x)
             node.inputs[0] = self.tracked[first][0]
@@ -282,6 +284,33 @@ class _Rewrite:
         out = self.output_for(node, perm)
         self.emit(node.name, "Gather", [new, node.inputs[1]], out, axis=new_axis)
         self.finish(node, out, perm, origin)
+
+    def reduce_mean(self, node, x):
+        """A mean over non-batch axes (a sequence's time axis: ``y.mean(dim=0)`` on [T, N, H])
+        is the same mean on the batch-first tensor, its axes mapped through perm."""
+        new, perm, origin = self.tracked[x]
+        rank = len(perm)
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+            value = self.og.consts.get(node.inputs[1])
+            if value is None:
+                self.unsupported(node, x, " (its axes are not a constant)")
+            axes = [int(a) for a in np.asarray(value).reshape(-1)]
+        if not axes and node.attrs.get("noop_with_empty_axes", 0):
+            return self.settle(node, node.outputs[0], new, perm, origin)
+        axes = sorted({int(a) % rank for a in axes}) if axes else list(range(rank))
+        if any(perm[a] == 0 for a in axes):
+            self.unsupported(node, x, " (a ReduceMean over the batch)")
+        new_axes = sorted(perm[a] for a in axes)
+        keep = int(node.attrs.get("keepdims", 1))
+        out_perm = list(perm) if keep else [p - sum(q < p for q in new_axes)
+                                            for i, p in enumerate(perm) if i not in axes]
+        out = self.output_for(node, out_perm)
+        if self.og.opset >= 18:  # axes as an input from opset 18, as an attribute before
+            self.emit(node.name, "ReduceMean", [new, self.const(node.name + "_axes", new_axes)], out, keepdims=keep)
+        else:
+            self.emit(node.name, "ReduceMean", [new], out, axes=new_axes, keepdims=keep)
+        self.finish(node, out, out_perm, origin)
 
     def same_layout(self, node, names):
         """Element-wise ops, Add/Sum/Mul and Concat: every data input tracked with one perm."""

@@ -1,0 +1,132 @@
+"""ReduceMean over any non-batch axes: a mean over a sequence's time axis (``y.mean(dim=1)``
+after a batch-first recurrent layer, ``y.mean(dim=0)`` after a seq-first one), over channels,
+over some spatial axes. The importer writes it as a GlobalAveragePool of the reduced axes moved
+last and merged (Transpose, Reshape): it matches onnxruntime, trains bit-exactly with
+hdl_models under every algorithm, and its int export is bit-exact in onnxruntime."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+from onnx_helpers import check, model, rand
+from test_onnx_export import _check_int_exact
+
+from edgedfa.cosim import emulate
+from edgedfa.errors import EdgeDFAError
+from edgedfa.onnx import load_graph_bytes
+from edgedfa.train import TrainConfig
+from hdl_models.hwconfig import HwConfig
+from model_helpers import calibrated
+
+N, T, FEAT, H = 3, 5, 2, 4
+ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
+
+
+def ops(g):
+    return [n.op for n in g.nodes]
+
+
+def _reduce(axes, keepdims, opset, x="x", out="y"):
+    """ReduceMean as each opset writes it: axes an attribute before 18, an input from 18."""
+    if opset >= 18:
+        if axes is None:
+            return [helper.make_node("ReduceMean", [x], [out], keepdims=keepdims)], {}
+        return [helper.make_node("ReduceMean", [x, out + "_axes"], [out], keepdims=keepdims)], \
+            {out + "_axes": np.array(axes, np.int64)}
+    return [helper.make_node("ReduceMean", [x], [out], axes=axes, keepdims=keepdims)], {}
+
+
+FORMS = [((4, 6), [1]), ((4, 6), [-2]), ((4, 6), [2]), ((4, 6), [1, 2]),
+         ((3, 4, 5), [1]), ((3, 4, 5), [2]), ((3, 4, 5), [1, 3]), ((3, 4, 5), [-1, 1]), ((3, 4, 5), [2, 3])]
+
+
+@pytest.mark.parametrize("shape,axes", FORMS)
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce_mean_over_non_batch_axes_matches_onnxruntime(shape, axes, keepdims, opset):
+    nodes, inits = _reduce(axes, keepdims, opset)
+    g = check(model(nodes, inits, ["N", *shape], opset=opset), rand(N, *shape, seed=len(axes)))
+    assert "GlobalAveragePool" in ops(g)
+
+
+def test_empty_axes_with_noop_is_the_identity():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], noop_with_empty_axes=1),
+             helper.make_node("Relu", ["m"], ["y"])]
+    g = check(model(nodes, {}, ["N", 4, 3], opset=18), rand(N, 4, 3))
+    assert "GlobalAveragePool" not in ops(g)
+
+
+@pytest.mark.parametrize("axes", [[0], [0, 1], None])
+def test_a_mean_over_the_batch_is_refused_by_name(axes):
+    nodes, inits = _reduce(axes, 0, 18)
+    nodes[0].name = "meanpool"
+    with pytest.raises(EdgeDFAError, match="meanpool.*average over the batch"):
+        load_graph_bytes(model(nodes, inits, ["N", 4, 3], opset=18).SerializeToString())
+
+
+def _gru_weights(seed=1):
+    return {"W": rand(1, 3 * H, FEAT, seed=seed, scale=0.5), "R": rand(1, 3 * H, H, seed=seed + 1, scale=0.5),
+            "B": rand(1, 6 * H, seed=seed + 2, scale=0.5)}
+
+
+def gru_mean(layout_first: bool, opset: int = 17, seed: int = 1):
+    """A GRU over [N, T, FEAT] as PyTorch exports it, its outputs averaged over time, then a
+    Gemm: ``y.mean(dim=1)`` of a batch_first module, or ``y.mean(dim=0)`` of a seq-first one
+    (the time axis before the batch in the ONNX graph)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+             helper.make_node("GRU", ["xt", "W", "R", "B"], ["Y", "Yh"], hidden_size=H, name="gru")]
+    inits = dict(_gru_weights(seed))
+    if opset >= 13:
+        inits["sq"] = np.array([1], np.int64)
+        nodes.append(helper.make_node("Squeeze", ["Y", "sq"], ["Ys"]))
+    else:
+        nodes.append(helper.make_node("Squeeze", ["Y"], ["Ys"], axes=[1]))
+    if layout_first:  # [T, N, H] -> [N, T, H], mean over axis 1
+        nodes.append(helper.make_node("Transpose", ["Ys"], ["Yb"], perm=[1, 0, 2]))
+        mean, extra = _reduce([1], 0, opset, "Yb", "m")
+    else:  # mean over axis 0 of [T, N, H]
+        mean, extra = _reduce([0], 0, opset, "Ys", "m")
+    nodes += mean + [helper.make_node("Gemm", ["m", "Wo", "bo"], ["y"], transB=1)]
+    inits.update(extra, Wo=rand(3, H, seed=seed + 3), bo=rand(3, seed=seed + 4))
+    return model(nodes, inits, ["N", T, FEAT], opset=opset)
+
+
+@pytest.mark.parametrize("layout_first", [True, False])
+@pytest.mark.parametrize("opset", [14, 17, 18])
+def test_a_mean_over_time_after_a_gru_imports_batch_first(layout_first, opset):
+    g = check(gru_mean(layout_first, opset), rand(N, T, FEAT, seed=2))
+    assert ops(g)[0] == "GRU" and g.nodes[0].attrs["layout"] == 1
+    assert "GlobalAveragePool" in ops(g) and ops(g)[-1] == "Dense"
+
+
+def seq_mean_mlp(seed):
+    """Dense per step on [N, T, FEAT], Relu, a mean over time, Dense to 3 classes."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), *_reduce([1], 0, 13, "r", "m")[0],
+             helper.make_node("Gemm", ["m", "W2", "b2"], ["y"], transB=1)]
+    inits = {"W1": rand(FEAT, 6, seed=seed), "b1": rand(6, seed=seed + 1), "W2": rand(3, 6, seed=seed + 2),
+             "b2": rand(3, seed=seed + 3)}
+    return load_graph_bytes(model(nodes, inits, ["N", T, FEAT], opset=13).SerializeToString())
+
+
+GRAPHS = {"gru": lambda seed: load_graph_bytes(gru_mean(True, 17, seed).SerializeToString()), "mlp": seq_mean_mlp}
+
+
+@pytest.mark.parametrize("kind", sorted(GRAPHS))
+@pytest.mark.parametrize("algo", ALGOS)
+def test_mean_over_time_trains_bit_exact_with_the_datapath_model(kind, algo):
+    m = calibrated(GRAPHS[kind](3), 8, 3, scale=1.5)
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0, 1.5, (12, T, FEAT)), rng.integers(0, 3, 12)
+    r = emulate(m, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
+    assert r["bit_exact"], r["first_mismatch"]
+    assert r["checked"] >= 10
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 2**16), bits=st.integers(4, 16), kind=st.sampled_from(sorted(GRAPHS)))
+def test_int_export_of_a_mean_over_time_equals_engine(seed, bits, kind):
+    from edgedfa.numerics import Numerics
+
+    _check_int_exact(GRAPHS[kind](seed), Numerics.from_bits(bits), seed)
