@@ -161,6 +161,35 @@ def test_shape_chain_reshape_is_folded():
     assert ops(g) == ["Reshape"] and g.nodes[0].attrs["shape"] == [-1, 12]
 
 
+def test_torchscript_unflatten_shape_chain_is_folded():
+    """nn.Unflatten(1, (2, 6)) as TorchScript writes it: the dim wrapped by a Mod of two
+    constants, Shape sliced around it, concatenated with the new sizes (it was refused: Mod)."""
+    c = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(  # noqa: E731
+        name, 7, [len(v)] if isinstance(v, list) else [], v if isinstance(v, list) else [v]))
+    nodes = [c("dim", 3), c("rank", 2), helper.make_node("Mod", ["dim", "rank"], ["m"]),
+             helper.make_node("Shape", ["x"], ["s"]), c("zero", [0]), c("one", [1]),
+             helper.make_node("Reshape", ["m", "one"], ["m1"]),
+             helper.make_node("Slice", ["s", "zero", "m1"], ["head"]),
+             helper.make_node("Add", ["m", "one_s"], ["m2"]), helper.make_node("Reshape", ["m2", "one"], ["m3"]),
+             c("big", [2**63 - 1]), helper.make_node("Slice", ["s", "m3", "big"], ["tail"]),
+             c("sizes", [2, 6]), helper.make_node("Concat", ["head", "sizes", "tail"], ["t"], axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    g = check(model(nodes, {"one_s": np.array(1, np.int64)}, ["N", 12], opset=13, out_shape=["N", 2, 6]),
+              rand(N, 12))
+    assert ops(g) == ["Reshape", "Relu"] and g.nodes[0].attrs["shape"] == [-1, 2, 6]
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_of_constants_folds_with_the_sign_rule_of_fmod(fmod):
+    from types import SimpleNamespace
+
+    from edgedfa.onnx.passes.fold_constants import ARITHMETIC
+    a, b = np.array([7, -7, 7, -7], np.int64), np.array([3, 3, -3, -3], np.int64)
+    got = ARITHMETIC["Mod"](SimpleNamespace(attrs={"fmod": fmod}), [a, b])
+    assert got.dtype == np.int64  # ONNX: the divisor's sign (fmod 0), the dividend's (fmod 1)
+    assert got.tolist() == ([1, 2, -2, -1] if fmod == 0 else [1, -1, 1, -1])
+
+
 def test_reshape_baked_to_export_batch_is_generalised():
     nodes = [helper.make_node("Reshape", ["x", "t"], ["y"])]
     m = model(nodes, {"t": np.array([2, -1], np.int64)}, [2, 3, 4], opset=13)

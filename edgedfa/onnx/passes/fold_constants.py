@@ -116,6 +116,7 @@ LAYOUT = {
 ARITHMETIC = {
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply),
     "Div": _binary(np.divide), "Equal": _binary(np.equal),
+    "Mod": lambda n, a: (np.fmod if n.attrs.get("fmod", 0) else np.mod)(a[0], a[1]).astype(np.result_type(*a[:2])),
     "Neg": lambda n, a: -a[0], "Sqrt": lambda n, a: np.sqrt(a[0]),
     "Reciprocal": lambda n, a: 1 / a[0], "Abs": lambda n, a: np.abs(a[0]),
     "Where": lambda n, a: np.where(a[0], a[1], a[2]),
