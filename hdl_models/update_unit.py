@@ -173,7 +173,7 @@ def _top(codes) -> int:
 
 
 def _conv(x: int, k: int) -> int:
-    """x · 2^-k to nearest even on an unbounded integer (the shifter with a sticky bit)."""
+    """x · 2^-k to nearest, ties to even, on an unbounded integer (the wide adder's shift)."""
     if k == 0:
         return x
     q, rest, half = x >> k, x & ((1 << k) - 1), 1 << (k - 1)

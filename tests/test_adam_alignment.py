@@ -35,11 +35,8 @@ def exact_moment(old, new, k: int, bits: int):
         old = (np.zeros(len(nc), np.int64), nf)
     oc, of = [int(x) for x in np.ravel(old[0])], old[1]
     f = max(of, nf)
-    sums = [_value(o, of) + Fraction(round((_value(n, nf) - _value(o, of)) * Fraction(2) ** (f - k)), 2 ** f)
-            if f >= 0 else None for o, n in zip(oc, nc)]
-    if f < 0:  # the same with the finer fraction's LSB above 1
-        sums = [_value(o, of) + round((_value(n, nf) - _value(o, of)) * Fraction(2) ** (f - k)) * 2 ** -f
-                for o, n in zip(oc, nc)]
+    sums = [_value(o, of) + _value(round((_value(n, nf) - _value(o, of)) * Fraction(2) ** (f - k)), f)
+            for o, n in zip(oc, nc)]  # round(): nearest, ties to even
     ints = [s * Fraction(2) ** f for s in sums]
     assert all(x.denominator == 1 for x in ints)
     d = max(0, int(max(abs(x) for x in ints)).bit_length() - (bits - 1))
