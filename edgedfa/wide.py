@@ -2,8 +2,9 @@
 
 Used where a datapath adds or multiplies values of different formats before one narrowing
 (the recurrent cells of docs/datapath.md §9.6-9.7): a sum aligns its terms to the finest
-fraction that keeps every term below 2^60 (``WIDE_BITS``); terms finer than that are
-rounded there. Results carry a nominal 48-bit format (``wide_fmt``).
+fraction that keeps every term below 2^60 (``WIDE_BITS``; a sum of eight or more terms keeps
+``sum_headroom`` bits more, so that it cannot pass int64); terms finer than that are rounded
+there. Results carry a nominal 48-bit format (``wide_fmt``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,17 @@ def mul(*ts):
     return QTensor(codes, wide_fmt(frac))
 
 
-def common_frac(ts) -> int:
-    """Finest fraction of the terms, unless aligning there would take one past 2^60."""
+def sum_headroom(k: int) -> int:
+    """Bits a sum of ``k`` live terms keeps below the 2^60 bound: none up to seven terms
+    (7 · 2^60 < 2^63), then one more per doubling, so that no sum passes int64 (§9.6)."""
+    return max(0, int(k).bit_length() - 3)
+
+
+def common_frac(ts, headroom: int = 0) -> int:
+    """Finest fraction of the terms, unless aligning there would take one to 2^(60 - headroom)."""
     finest = max(t.fmt.frac_bits for t in ts)
-    return min([finest] + [t.fmt.frac_bits + WIDE_BITS - int(np.abs(t.codes).max()).bit_length() for t in ts])
+    bound = WIDE_BITS - headroom
+    return min([finest] + [t.fmt.frac_bits + bound - int(np.abs(t.codes).max()).bit_length() for t in ts])
 
 
 def align(t: QTensor, frac: int, rounding) -> np.ndarray:
@@ -56,7 +64,7 @@ def add(ts, rounding):
     ts = live(ts)
     if not ts:
         return None
-    frac = common_frac(ts)
+    frac = common_frac(ts, sum_headroom(len(ts)))
     total = sum(align(t, frac, rounding) for t in ts)
     return QTensor(total, wide_fmt(frac))
 

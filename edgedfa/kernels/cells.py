@@ -126,7 +126,8 @@ def block_max(a, c0, width):
 def common_frac(fracs, maxes):
     """``wide.common_frac`` over the live terms (max != 0); the first term's fraction when no
     term is live (``wide.total``'s zeros keep the first term's format); FAIL when aligning a
-    term would take a right shift beyond 62 bits."""
+    term would take a right shift beyond 62 bits. Its callers sum at most three terms, where
+    ``wide.sum_headroom`` is zero."""
     finest = np.int64(-(1 << 62))
     cap = np.int64(1 << 62)
     for t in range(fracs.size):

@@ -63,9 +63,12 @@ def _live(vs):
     return [v for v in vs if v is not None and v.codes.size and v.codes.any()]
 
 
-def common_frac(vs) -> int:
-    """§9.6 ⊕: the finest fraction among the terms, unless a term aligned there reaches 2^60."""
-    return min([max(v.frac for v in vs)] + [v.frac + WIDE_BITS - _maxabs(v.codes).bit_length() for v in vs])
+def common_frac(vs, terms_summed: int = 1) -> int:
+    """§9.6 ⊕: the finest fraction among the terms, unless a term aligned there reaches the
+    adder's bound: 2^60, halved for every doubling of the terms summed from eight on, so that
+    k terms below it add up within int64."""
+    bound = WIDE_BITS - max(0, terms_summed.bit_length() - 3)
+    return min([max(v.frac for v in vs)] + [v.frac + bound - _maxabs(v.codes).bit_length() for v in vs])
 
 
 def align(v: V, frac: int, rounding) -> np.ndarray:
@@ -89,7 +92,7 @@ def oplus_reference(vs, rounding) -> V | None:
     vs = _live(vs)
     if not vs:
         return None
-    f = common_frac(vs)
+    f = common_frac(vs, len(vs))
     return V(sum(align(v, f, rounding) for v in vs), f)
 
 
