@@ -548,7 +548,21 @@ NARROW_TALLIES: list = []
 
 def align_add(a: QTensor, b: QTensor, bits: int = 40) -> QTensor:
     """Exact sum of two tensors in the finer of their formats (wide result)."""
-    f = max(a.fmt.frac_bits, b.fmt.frac_bits)
-    ca = a.codes << (f - a.fmt.frac_bits)
-    cb = b.codes << (f - b.fmt.frac_bits)
-    return QTensor(ca + cb, FixedFormat.with_frac(bits, f))
+    return exact_sum([a, b], bits)
+
+
+def exact_sum(ts, bits: int = 40) -> QTensor:
+    """Exact sum of tensors (numpy broadcasting) in the finest of their formats, a nominal
+    ``bits``-bit result. Each operand aligned there stays below 2^(62 - bitlen(k - 1)) for k
+    operands, so the sum cannot pass int64; formats further apart than that raise instead of
+    wrapping (a run whose values are diverging)."""
+    f = max(t.fmt.frac_bits for t in ts)
+    room = 62 - (len(ts) - 1).bit_length()
+    total = 0
+    for t in ts:
+        s = f - t.fmt.frac_bits
+        if t.fmt.width + s > room and t.codes.size and bit_length(np.abs(t.codes).max()) + s > room:
+            raise EdgeDFAError(f"exact sum: a {t.fmt} operand aligned {s} bits left to the finest of "
+                               f"{len(ts)} formats passes {room} bits (formats 2^{s} apart: a diverging run?)")
+        total = total + (t.codes << s)
+    return QTensor(total, FixedFormat.with_frac(bits, f))

@@ -26,7 +26,7 @@ from .error_projection_unit import Feedback, half_log2, value_bits
 from .hwconfig import HwConfig
 from .layers import T, make_hw_layer
 from .prng_unit import PrngUnit
-from .requant_unit import narrow
+from .requant_unit import align_sum, narrow
 
 GAIN_REFERENCE_SHIFT = 1  # §10.2: the units' reference, 2^(2*1) = 4
 
@@ -251,8 +251,7 @@ class Controller:
             errors[t], etask[t] = dx, tid
             return
         a = errors[t]
-        f = max(a.fmt.frac_bits, dx.fmt.frac_bits)
-        wide = (a.codes << (f - a.fmt.frac_bits)) + (dx.codes << (f - dx.fmt.frac_bits))
+        wide, f = align_sum([(a.codes, a.fmt.frac_bits, a.fmt.width), (dx.codes, dx.fmt.frac_bits, dx.fmt.width)])
         codes, fmt = narrow(wide, f, layer.num.err_bits, layer.num.err_rounding)
         errors[t] = T(codes, fmt)
         c = Cost().use("requant", self.acc.requant.cycles(codes.size))

@@ -120,6 +120,23 @@ ERR_FRAC_MAX = 32  # no error is finer than 2^-32 (§7): error x operand product
 MAX_TRACKER_LATENCY = 2  # |x| and lane max | running max + leading-one detector (rtl/max_tracker.v)
 
 
+def align_sum(terms) -> tuple:
+    """The aligners and adder of an exact sum (§7): (codes, F) of ``terms`` [(codes, F, width)]
+    shifted to the finest F and added (numpy broadcasting). Every aligned operand of k must
+    stay below 2^(62 - bitlen(k - 1)), so the adder cannot overflow its 64 bits; formats
+    further apart raise (a diverging run) instead of wrapping."""
+    f = max(frac for _, frac, _ in terms)
+    room = 62 - (len(terms) - 1).bit_length()
+    total = 0
+    for codes, frac, width in terms:
+        codes, s = np.asarray(codes, dtype=np.int64), f - frac
+        if width + s > room and codes.size and int(np.max(np.abs(codes))).bit_length() + s > room:
+            raise EdgeDFAError(f"adder: an operand of {width} bits aligned {s} bits left to the finest of "
+                               f"{len(terms)} formats passes {room} bits (a diverging run?)")
+        total = total + (codes << s)
+    return total, f
+
+
 def narrow(x, f_src: int, err_width: int, rounding) -> tuple:
     """Block-exponent narrowing (§7): keep the top ``err_width`` bits, then no finer than
     2^-ERR_FRAC_MAX; (codes, FixedFormat).

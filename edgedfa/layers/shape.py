@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, QTensor, align_add, narrow_wide, requantize
+from ..fixed import FixedFormat, QTensor, exact_sum, narrow_wide, requantize
 from ..scaling import observe
 from .base import Layer, register
 from .dense import calibrated_format
@@ -124,10 +124,7 @@ class Add(Layer):
         return tuple(np.broadcast_shapes(*self.in_shapes))
 
     def _wide(self, xs):
-        acc = xs[0]
-        for x in xs[1:]:
-            acc = align_add(acc, x)
-        return acc
+        return exact_sum(xs)
 
     def forward(self, xs, train=False):
         acc = self._wide(xs)

@@ -24,7 +24,7 @@ from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost, nbytes
-from ..requant_unit import narrow, requant
+from ..requant_unit import align_sum, narrow, requant
 from .base import HwLayer, T, register
 
 
@@ -45,8 +45,7 @@ class FlattenHw(HwLayer):
 class AddHw(HwLayer):
     own_format = True
     def forward(self, acc, xs, train):
-        f = max(x.fmt.frac_bits for x in xs)
-        wide = sum(np.asarray(x.codes, dtype=np.int64) << (f - x.fmt.frac_bits) for x in xs)
+        wide, f = align_sum([(x.codes, x.fmt.frac_bits, x.fmt.width) for x in xs])
         y = requant(wide, f, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
         if train:
             self.track("out", wide, f)
