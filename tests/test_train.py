@@ -157,6 +157,23 @@ def test_regenerated_feedback_equals_stored(kind, values):
     assert a.codes.shape == (3,) + shape and np.abs(a.codes).max() > 0
 
 
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_regenerated_feedback_is_drawn_once_when_small(monkeypatch, keep):
+    """The engine keeps a regenerated matrix up to KEEP_BYTES (one PRNG pass per run, not per
+    projection); a bigger one is drawn at every projection. The values are the same either way."""
+    import edgedfa.feedback.base as fbase
+
+    monkeypatch.setattr(fbase, "KEEP_BYTES", fbase.KEEP_BYTES if keep else 0)
+    p = make_projector(FeedbackSpec("sparse", "binary", 2, regenerate=True), 1, 5, (50,), 10)
+    drawn = []
+    generate = p.generate
+    monkeypatch.setattr(p, "generate", lambda: drawn.append(1) or generate())
+    first, second = p.matrix(), p.matrix()
+    assert len(drawn) == (1 if keep else 2)
+    stored = make_projector(FeedbackSpec("sparse", "binary", 2, regenerate=False), 1, 5, (50,), 10).matrix()
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(first, second, stored))
+
+
 def test_sparse_feedback_has_k_nonzeros_per_unit():
     p = make_projector(FeedbackSpec("sparse", "binary", 2), 1, 5, (50,), 10)
     idx, vals = p.stored_matrix()

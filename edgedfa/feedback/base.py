@@ -1,8 +1,10 @@
 """What every feedback projector shares: its settings, its values, the registry, the base class.
 
 Feedback is its own kind of state: generated from the seed by the datapath PRNG (§5), never
-touched by the optimizer. ``regenerate=True`` rebuilds it on every projection (no feedback
-memory, as DF-LNPU does); ``False`` keeps the stored matrix. Both give the same bits.
+touched by the optimizer. ``regenerate=True`` is the datapath that rebuilds it on every
+projection (no feedback memory, as DF-LNPU does; ``hdl_models`` counts that), ``False`` the
+one that stores it. Both give the same bits, so the engine draws a regenerated matrix once
+and keeps it (up to ``KEEP_BYTES``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..prng import PURPOSE_FEEDBACK, stream_id
 from ..registry import Registry
 
 VALUE_KINDS = ("uniform", "binary", "ternary")
+KEEP_BYTES = 32 << 20  # a regenerated feedback matrix up to this size is generated once per run
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Projector:
         self.n_target = int(np.prod(self.target_shape))
         self.gain_shift = int(spec.option("gain_shift", 0))  # extra 2^-s on the projection (§10.2)
         self._stored = None if spec.regenerate else self.generate()
+        self._kept = None  # a regenerated matrix the engine keeps (``matrix``)
 
     def stream(self, purpose=PURPOSE_FEEDBACK) -> int:
         return stream_id(self.index, purpose)
@@ -121,8 +125,22 @@ class Projector:
     def project_wide(self, e: QTensor, fb) -> np.ndarray:
         raise NotImplementedError
 
+    def matrix(self):
+        """The feedback a projection reads: the stored one, or, when regenerated, the same
+        values from the seed; the engine keeps a regenerated one of up to ``KEEP_BYTES``
+        instead of drawing it again at every projection (same bits; the hardware's
+        regeneration is what ``hdl_models`` models and counts)."""
+        if self._stored is not None:
+            return self._stored
+        if self._kept is not None:
+            return self._kept
+        fb = self.generate()
+        if sum(np.asarray(a).nbytes for a in (fb if isinstance(fb, tuple) else (fb,))) <= KEEP_BYTES:
+            self._kept = fb
+        return fb
+
     def project(self, e: QTensor, err_bits: int, rounding, acc_bits=32) -> QTensor:
-        fb = self._stored if self._stored is not None else self.generate()
+        fb = self.matrix()
         acc = self.project_wide(e, fb)
         fmt = FixedFormat.with_frac(acc_bits, e.fmt.frac_bits + self.frac_bits() + self.gain_shift)
         out = narrow_dynamic(acc, fmt, err_bits, rounding)
