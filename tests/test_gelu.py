@@ -20,23 +20,18 @@ from onnx import helper
 from model_helpers import calibrated
 from onnx_helpers import model as onnx_model
 from onnx_helpers import ort_run as ort_run_model
-from test_hard_sigmoid import check_bp_gradients
-from test_onnx_export import _check_int_exact, ort_run
+from table_activation_checks import TableActivationChecks, check_step_and_int_export, cnn_graph, mlp_graph
 
 from edgedfa import load_onnx, lut
-from edgedfa.cosim import emulate
 from edgedfa.errors import EdgeDFAError
 from edgedfa.float_ref import run_float
-from edgedfa.graph import Graph, Node
+from edgedfa.graph import Node
 from edgedfa.model import IntModel
 from edgedfa.numerics import Numerics
 from edgedfa.onnx import load_graph, load_graph_bytes
 from edgedfa.onnx.export import build_proto
-from edgedfa.train import TrainConfig
 from hdl_models import activation_unit
-from hdl_models.hwconfig import HwConfig
 
-ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 
 
@@ -98,37 +93,15 @@ def test_normal_cdf_error_bounds():
 
 
 # -- graphs -----------------------------------------------------------------------------------
-def gelu_mlp(seed, n_in=5, hidden=6, n_classes=3):
-    """Dense -> GELU -> Dense -> GELU (tanh form) -> Dense."""
-    rng = np.random.default_rng(seed)
-    dense = lambda name, i, o, n_o, n_i: Node(name, "Dense", [i], [o], {}, {  # noqa: E731
-        "W": rng.uniform(-1, 1, (n_o, n_i)) * np.sqrt(3 / n_i), "B": rng.uniform(-.2, .2, n_o)})
-    return Graph("gelu_mlp", "input", (n_in,), "y", [
-        dense("d1", "input", "h1", hidden, n_in),
-        Node("cdf1", "NormalCdf", ["h1"], ["p1"], {"approximate": "none"}, {}),
-        Node("gelu1", "Mul", ["h1", "p1"], ["a1"], {}, {}),
-        dense("d2", "a1", "h2", hidden, hidden),
-        Node("cdf2", "NormalCdf", ["h2"], ["p2"], {"approximate": "tanh"}, {}),
-        Node("gelu2", "Mul", ["h2", "p2"], ["a2"], {}, {}),
-        dense("out", "a2", "y", n_classes, hidden)], {})
+def _gelu(approximate):
+    def act(x, i):
+        return [Node(f"cdf{i}", "NormalCdf", [x], [f"p{i}"], {"approximate": approximate}, {}),
+                Node(f"gelu{i}", "Mul", [x, f"p{i}"], [f"a{i}"], {}, {})], f"a{i}"
+    return act
 
 
-def gelu_cnn(seed, c=3, n_classes=3):
-    """conv -> GELU -> MaxPool -> conv -> GELU -> Flatten -> Dense."""
-    rng = np.random.default_rng(seed)
-    conv = lambda name, i, o, cin: Node(name, "Conv", [i], [o], {"kernel_shape": [3, 3], "pads": [1] * 4},  # noqa: E731
-                                        {"W": rng.uniform(-.5, .5, (c, cin, 3, 3)), "B": rng.uniform(-.2, .2, c)})
-    return Graph("gelu_cnn", "input", (2, 4, 4), "out", [
-        conv("conv1", "input", "c1", 2),
-        Node("cdf1", "NormalCdf", ["c1"], ["p1"], {"approximate": "none"}, {}),
-        Node("gelu1", "Mul", ["c1", "p1"], ["a1"], {}, {}),
-        Node("pool", "MaxPool", ["a1"], ["m1"], {"kernel_shape": [2, 2], "strides": [2, 2]}, {}),
-        conv("conv2", "m1", "c2", c),
-        Node("cdf2", "NormalCdf", ["c2"], ["p2"], {"approximate": "none"}, {}),
-        Node("gelu2", "Mul", ["c2", "p2"], ["a2"], {}, {}),
-        Node("flat", "Flatten", ["a2"], ["f"], {"axis": 1}, {}),
-        Node("dense", "Dense", ["f"], ["out"], {}, {"W": rng.uniform(-.3, .3, (n_classes, c * 4)),
-                                                   "B": np.zeros(n_classes)})], {})
+gelu_mlp = partial(mlp_graph, "gelu_mlp", [_gelu("none"), _gelu("tanh")])  # the second GELU in the tanh form
+gelu_cnn = partial(cnn_graph, "gelu_cnn", [_gelu("none")] * 2)
 
 
 GRAPHS = {"mlp": (gelu_mlp, (5,)), "cnn": (gelu_cnn, (2, 4, 4))}
@@ -137,48 +110,9 @@ GRAPHS = {"mlp": (gelu_mlp, (5,)), "cnn": (gelu_cnn, (2, 4, 4))}
 _model = partial(calibrated, scale=1.5)  # this file's calibration spread
 
 
-# -- bit-exact with hdl_models and onnxruntime ------------------------------------------------
-@pytest.mark.parametrize("kind", sorted(GRAPHS))
-@pytest.mark.parametrize("algo", ALGOS)
-def test_gelu_trains_bit_exact_with_the_datapath_model(algo, kind):
-    make, shape = GRAPHS[kind]
-    model = _model(make(3), 8, 3)
-    rng = np.random.default_rng(4)
-    x, y = rng.normal(0, 1.5, (12,) + shape), rng.integers(0, 3, 12)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
-    assert r["checked"] >= 16
-
-
-@settings(max_examples=20)
-@given(seed=st.integers(0, 2**16), bits=st.integers(6, 14), algo=st.sampled_from(ALGOS),
-       kind=st.sampled_from(sorted(GRAPHS)), rounding=st.sampled_from(["AP_RND", "AP_RND_CONV", "AP_TRN"]),
-       scaling=st.sampled_from(["adaptive", "static"]))
-def test_gelu_bit_exact_with_the_datapath_model_any_width(seed, bits, algo, kind, rounding, scaling):
-    make, shape = GRAPHS[kind]
-    model = _model(make(seed), bits, seed, act_rounding=rounding, err_rounding=rounding, scaling=scaling)
-    rng = np.random.default_rng(seed)
-    x, y = rng.normal(0, 3, (8,) + shape), rng.integers(0, 3, 8)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
-
-
-@settings(max_examples=20)
-@given(seed=st.integers(0, 2**16), bits=st.integers(4, 16), kind=st.sampled_from(sorted(GRAPHS)))
-def test_int_export_of_gelu_equals_engine(seed, bits, kind):
-    _check_int_exact(GRAPHS[kind][0](seed), Numerics.from_bits(bits), seed)
-
-
-@pytest.mark.parametrize("kind", sorted(GRAPHS))
-def test_gelu_follows_the_float_reference_at_16_bits(kind):
-    make, shape = GRAPHS[kind]
-    model = _model(make(5), 16, 5)
-    x = np.clip(np.random.default_rng(6).normal(0, 1.5, (64,) + shape), -3.9, 3.9)  # inside the input format
-    ref = run_float(model.to_graph(), x)
-    assert np.abs(model.run(x) - ref).max() < 0.02 * np.abs(ref).max()
-    for fmt in ("float", "qdq"):
-        y = ort_run(build_proto(model, fmt)[0], x)
-        assert np.abs(y - ref).max() <= (1e-5 if fmt == "float" else 0.05) * max(1.0, np.abs(ref).max()), fmt
+# -- bit-exact with hdl_models and onnxruntime, the float reference, BP gradients ------------
+class TestGeluLayers(TableActivationChecks):
+    GRAPHS = GRAPHS
 
 
 def test_the_float_export_imports_back_to_the_same_graph(tmp_path):
@@ -189,15 +123,6 @@ def test_the_float_export_imports_back_to_the_same_graph(tmp_path):
     nodes = load_graph(path).nodes
     assert [(n.op, n.attrs.get("approximate")) for n in nodes] == [
         (n.op, n.attrs.get("approximate")) for n in model.graph.nodes]
-
-
-# -- BP gradients -----------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", sorted(GRAPHS))
-def test_bp_gradients_of_gelu_match_the_float_adjoint(kind):
-    """Central differences of the float reference against the engine's BP at 16 bits (the tanh
-    form's gradient is the exact Phi's: within the check's tolerance)."""
-    make, shape = GRAPHS[kind]
-    check_bp_gradients(make(3), shape)
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -276,12 +201,7 @@ def test_pytorch_gelu_fixtures_import_train_and_export(name):
         ("NormalCdf", "none"), ("Mul", None), ("NormalCdf", "tanh"), ("Mul", None)]
     rng = np.random.default_rng(2)
     x, y = rng.normal(0, 1, (8, 1, 4, 4)), rng.integers(0, 3, 8)
-    model.calibrate(x)
-    r = emulate(model, x, y, 1, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=8, algo="bp"))
-    assert r["bit_exact"], r["first_mismatch"]
-    proto, report = build_proto(model, "int")
-    assert report.startswith("int: bit-exact")
-    assert np.array_equal(ort_run(proto, x), model.run(x))
+    check_step_and_int_export(model, x, y)
 
 
 def test_erf_outside_gelu_is_refused_by_name():
