@@ -111,6 +111,14 @@ def normal_cdf(node, x):
     return 0.5 * _ERFC(-np.asarray(x, dtype=np.float64) / math.sqrt(2.0)).astype(np.float64)
 
 
+@op("Elu")
+def elu(node, x):
+    """gamma * (x if x > 0 else alpha (exp(x) - 1)): ONNX Elu (gamma 1), Selu, Celu of alpha 1."""
+    alpha, gamma = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("gamma", 1.0))
+    x = np.asarray(x, dtype=np.float64)
+    return gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
 @op("Clip")
 def clip(node, x):
     lo, hi = node.attrs.get("min"), node.attrs.get("max")

@@ -8,7 +8,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
                  dilations, group (ONNX Conv semantics, 1-d or 2-d)
 - ``Relu``, ``Tanh``, ``Sigmoid``, ``LeakyRelu`` (attr alpha), ``Clip`` (attrs min, max),
   ``HardSigmoid`` (attrs alpha, beta), ``NormalCdf`` (Phi(x) = (1 + erf(x/sqrt 2)) / 2; attr
-  approximate "none" or "tanh", PyTorch's GELU forms: GELU is x times it)
+  approximate "none" or "tanh", PyTorch's GELU forms: GELU is x times it), ``Elu`` (attrs alpha,
+  gamma: gamma * (x if x > 0 else alpha (exp(x) - 1)); ELU has gamma 1, SELU its own)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
   ``GlobalAveragePool``
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
@@ -37,7 +38,7 @@ from .errors import EdgeDFAError
 
 DENSE = ("Dense",)
 CONV = ("Conv",)
-ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf")
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")

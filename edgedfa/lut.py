@@ -15,6 +15,10 @@ The normal CDF ``Phi(x) = (1 + erf(x/sqrt 2)) / 2`` (GELU is ``x Phi(x)``) has t
 of the same shape and address (§9.8): ``erf(x/sqrt 2)`` read as sigmoid reads tanh, and the
 normal density ``phi`` for its derivative, read at the input's address in the backward pass
 (``phi`` is no function of ``Phi``'s output).
+
+ELU (and SELU, its scaled form, §9.9) has one more ROM on the same address path:
+``1 - exp(-t)`` on ``t = |x|`` in ``[0, 16)``, read at ``|x|/2`` as sigmoid reads tanh; the
+derivative comes from the output code (``y + gamma alpha`` below zero), no ROM.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import math
 import numpy as np
 
 from .errors import EdgeDFAError
-from .fixed import FixedFormat, Rounding, as_format, requantize
+from .fixed import FixedFormat, Rounding, as_format, quantize, requantize
 
 SEG_BITS = 7  # segment width 2^-7
 RANGE_INT_BITS = 3  # table covers |x| in [0, 2^3)
@@ -53,6 +57,7 @@ def _rom(func, frac: int) -> np.ndarray:
 
 ERF_TABLE = _rom(lambda x: math.erf(x / math.sqrt(2.0)), TABLE_FRAC)  # 2 Phi(x) - 1; 2^17 from k = 592
 PDF_TABLE = _rom(lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # phi(x); 0 from k = 652
+EXPM1_TABLE = _rom(lambda s: -math.expm1(-2.0 * s), TABLE_FRAC)  # 1 - exp(-2s): read at |x|/2 (§9.9)
 
 
 def interpolate(table, mag, mag_fmt):
@@ -133,6 +138,54 @@ def dnormal_cdf_format(out_fmt) -> FixedFormat:
     return dsigmoid_format(out_fmt)
 
 
+COEF_FRAC = 16  # ELU's gamma and gamma*alpha are codes of ap_ufixed<20,4> (§9.9)
+COEF_FMT = FixedFormat(COEF_FRAC + 4, 4, signed=False)  # values < 16: products fit 48 bits
+
+
+def elu_coefficients(alpha: float, gamma: float = 1.0) -> tuple:
+    """(c_pos, c_neg): gamma and gamma*alpha as COEF_FMT codes (nearest, ties to even)."""
+    return tuple(int(quantize(np.array(v, dtype=np.float64), COEF_FMT, "AP_RND_CONV", "AP_SAT"))
+                 for v in (gamma, gamma * alpha))
+
+
+def elu_format(in_fmt, c_pos: int, c_neg: int) -> FixedFormat:
+    """ELU's output format: the input's with ceil(log2 max(gamma, gamma*alpha)) more integer
+    bits when that is positive (|y| <= max(gamma, gamma*alpha)|x|: never outside, §9.9)."""
+    in_fmt = as_format(in_fmt)
+    extra = max(0, (max(c_pos, c_neg) - 1).bit_length() - COEF_FRAC)
+    return FixedFormat(in_fmt.width, in_fmt.int_bits + extra)
+
+
+def elu_codes(codes, in_fmt, out_fmt, c_pos: int, c_neg: int, rounding=Rounding.AP_RND) -> np.ndarray:
+    """Integer gamma * ELU_alpha(x) (§9.9): gamma x above zero, -gamma alpha (1 - exp(x)) from
+    the expm1 table at |x|/2 at or below, one rounding into ``out_fmt``.
+
+    >>> elu_codes(np.array([-128, -16, 0, 40]), "ap_fixed<8,4>", "ap_fixed<8,4>", 65536, 65536)
+    array([-16, -10,   0,  40])
+    """
+    in_fmt, out_fmt = as_format(in_fmt), as_format(out_fmt)
+    x = np.asarray(codes, dtype=np.int64)
+    pos = requantize(x * c_pos, FixedFormat.with_frac(48, in_fmt.frac_bits + COEF_FRAC), out_fmt, rounding, "AP_SAT")
+    v = interpolate(EXPM1_TABLE, np.abs(x), FixedFormat.with_frac(48, in_fmt.frac_bits + 1))  # |x|/2
+    neg = requantize(-v * c_neg, FixedFormat.with_frac(48, INTERP_FRAC + COEF_FRAC), out_fmt, rounding, "AP_SAT")
+    return np.where(x > 0, pos, neg)
+
+
+def delu_format(out_fmt) -> FixedFormat:
+    """Format of ELU' codes: max(F_out, 16) fraction bits, 4 integer bits (unsigned)."""
+    frac = max(as_format(out_fmt).frac_bits, COEF_FRAC)
+    return FixedFormat.with_frac(frac + 4, frac, signed=False)
+
+
+def delu_codes(y_codes, out_fmt, c_pos: int, c_neg: int) -> np.ndarray:
+    """ELU'(x) from the output code y, exact in delu_format: gamma where y > 0, else
+    max(0, y + gamma alpha) (= gamma alpha exp(x) but for y's rounding)."""
+    out_fmt = as_format(out_fmt)
+    frac = delu_format(out_fmt).frac_bits
+    y = np.asarray(y_codes, dtype=np.int64) << (frac - out_fmt.frac_bits)
+    return np.where(y > 0, c_pos << (frac - COEF_FRAC), np.maximum(y + (c_neg << (frac - COEF_FRAC)), 0))
+
+
 def dtanh_format(out_fmt) -> FixedFormat:
     """Format of tanh' codes for outputs of ``out_fmt``: ap_ufixed<W,1> (holds 1 exactly)."""
     out_fmt = as_format(out_fmt)
@@ -171,6 +224,8 @@ SIGMOID_CORE_BOUND = TANH_CORE_BOUND / 2  # tanh(x/2) / 2
 NORMAL_CDF_CORE_BOUND = (0.4839 / 8 * 2.0**-14 + 2.0**-18 + 0.7979 * 2.0**-17) / 2  # 6.80e-6
 # phi: max|phi''| = 0.3990 (x = 0), table rounding 2^-20, input rounding 2^-17 times max|phi'| = 0.2420
 PDF_CORE_BOUND = 0.3990 / 8 * 2.0**-14 + 2.0**-20 + 0.2420 * 2.0**-17  # 5.84e-6
+# 1 - exp(-t) read at s = t/2 (g(s) = 1 - exp(-2s)): max|g''| = 4, max|g'| = 2, cut off at t = 16 (§9.9)
+ELU_CORE_BOUND = 4.0 / 8 * 2.0**-14 + 2.0**-18 + 2.0 * 2.0**-17 + math.exp(-16)  # 4.97e-5, times gamma alpha
 CORE_BOUNDS = {"tanh": TANH_CORE_BOUND, "sigmoid": SIGMOID_CORE_BOUND, "normal_cdf": NORMAL_CDF_CORE_BOUND}
 
 

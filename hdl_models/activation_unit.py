@@ -5,7 +5,8 @@ Ports: ``din`` (activation code, any format), ``mode`` -> ``dout`` and the deriv
 elements per cycle. The tanh ROM holds 1024 18-bit words (§9.1); a lookup reads two
 adjacent words, one 11x9-bit multiplier and one adder interpolate. Two more ROMs of the same
 shape, on the same address path, hold erf(x/sqrt 2) and the normal density for the normal
-CDF and its derivative (§9.8).
+CDF and its derivative (§9.8), and 1 - exp(-2s) for ELU's negative branch, read at |x|/2, with
+a multiplier by gamma or gamma*alpha (16 fraction bits) before the output rounder (§9.9).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _rom(func, frac: int) -> np.ndarray:
 
 ERF_ROM = _rom(lambda v: math.erf(v / math.sqrt(2)), ROM_FRAC)  # §9.8: CRC-32 0x383702E2
 PDF_ROM = _rom(lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # §9.8: CRC-32 0x245D0C7A
+EXPM1_ROM = _rom(lambda s: 1.0 - math.exp(-2 * s), ROM_FRAC)  # §9.9: 1 - exp(-|x|) at s = |x|/2; CRC-32 0xCE9C22BE
+ELU_COEF_FMT = FixedFormat(20, 4, signed=False)  # gamma, gamma*alpha: 16 fraction bits (§9.9)
 
 
 def relu(x):
@@ -137,6 +140,38 @@ def normal_cdf_deriv(q, f_in: int, fmt: FixedFormat):
     """(code, format) of phi(x) in ap_ufixed<W,-1> from the density ROM at the input's address (§9.8)."""
     dfmt = FixedFormat(fmt.width, -1, signed=False)
     return requant(_interp(q, f_in, PDF_ROM), PDF_FRAC + SEG_BITS, dfmt, Rounding.AP_RND, Overflow.AP_SAT), dfmt
+
+
+def elu_coefficients(alpha: float, gamma: float) -> tuple:
+    """(c_pos, c_neg): the multiplier's two constants, gamma and gamma*alpha, in ap_ufixed<20,4>."""
+    return quantize_bound(gamma, ELU_COEF_FMT), quantize_bound(gamma * alpha, ELU_COEF_FMT)
+
+
+def elu_out_format(in_fmt: FixedFormat, c_pos: int, c_neg: int) -> FixedFormat:
+    """§9.9: the input's format, one more integer bit per doubling of max(gamma, gamma*alpha) over 1."""
+    top, extra = max(c_pos, c_neg), 0
+    while top > (1 << (ELU_COEF_FMT.frac_bits + extra)):
+        extra += 1
+    return FixedFormat(in_fmt.width, in_fmt.int_bits + extra)
+
+
+def elu(q, f_in: int, out_fmt: FixedFormat, c_pos: int, c_neg: int, rounding):
+    """§9.9: q > 0: q*c_pos rounded; else -(expm1 ROM at |x|/2)*c_neg rounded (both AP_SAT)."""
+    q = np.asarray(q, dtype=np.int64)
+    f_coef = ELU_COEF_FMT.frac_bits
+    above = requant(q * c_pos, f_in + f_coef, out_fmt, rounding, Overflow.AP_SAT)
+    below = requant(-(_interp(q, f_in + 1, EXPM1_ROM) * c_neg), INTERP_FRAC + f_coef, out_fmt, rounding,
+                    Overflow.AP_SAT)
+    return np.where(q > 0, above, below)
+
+
+def elu_deriv(y, fmt: FixedFormat, c_pos: int, c_neg: int):
+    """(code, fraction bits) of the derivative from the output code: c_pos where y > 0, else
+    max(0, y + c_neg), both aligned to max(F_out, 16) fraction bits (§9.9)."""
+    f_coef = ELU_COEF_FMT.frac_bits
+    f = max(fmt.frac_bits, f_coef)
+    y = np.asarray(y, dtype=np.int64) * (1 << (f - fmt.frac_bits))
+    return np.where(y > 0, c_pos * (1 << (f - f_coef)), np.maximum(y + c_neg * (1 << (f - f_coef)), 0)), f
 
 
 def tanh_deriv(t, fmt: FixedFormat):

@@ -323,7 +323,7 @@ def test_registries_reject_duplicates_and_name_what_exists():
     assert "Dense" in supported_ops()  # loads every layer module first
     with pytest.raises(EdgeDFAError, match="registered twice"):
         register("Dense")(type("Again", (), {}))
-    with pytest.raises(EdgeDFAError, match="node 'n1': unknown layer op 'Elu'; supported: .*Dense"):
-        layer_class("Elu", "n1")
+    with pytest.raises(EdgeDFAError, match="node 'n1': unknown layer op 'Softsign'; supported: .*Dense"):
+        layer_class("Softsign", "n1")
     with pytest.raises(EdgeDFAError, match="unknown feedback kind 'nope'; supported: .*sparse"):
         make_projector(FeedbackSpec("nope"), 1, 0, (4,), 10)

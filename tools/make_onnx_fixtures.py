@@ -162,6 +162,18 @@ class GeluNet(nn.Module):
         return self.net(x)
 
 
+class EluNet(nn.Module):
+    """ELU after a Conv2d, SELU and CELU (its default alpha 1, ELU's) after Linears."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ELU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 8),
+                                 nn.SELU(), nn.Linear(8, 6), nn.CELU(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -188,6 +200,7 @@ CASES = {
     "bn_cnn1d_training": (BN1dNet, (2, 16), ("ts",), None),
     "gelu": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
+    "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

@@ -1,5 +1,5 @@
-"""Tanh, Sigmoid and NormalCdf layers: the §9 table unit forward, integer derivative backward;
-HardSigmoid, the piecewise-linear one (§7)."""
+"""Tanh, Sigmoid, NormalCdf and Elu layers: the §9 table unit forward, integer derivative
+backward; HardSigmoid, the piecewise-linear one (§7)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import numpy as np
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, narrow_wide, quantize, requantize
-from ..lut import (dnormal_cdf_codes, dnormal_cdf_format, dsigmoid_codes, dsigmoid_format, dtanh_codes, dtanh_format,
-                   normal_cdf_codes, sigmoid_codes, tanh_codes)
+from ..lut import (delu_codes, delu_format, dnormal_cdf_codes, dnormal_cdf_format, dsigmoid_codes, dsigmoid_format,
+                   dtanh_codes, dtanh_format, elu_codes, elu_coefficients, elu_format, normal_cdf_codes, sigmoid_codes,
+                   tanh_codes)
 from .activations import ALPHA_FRAC, SLOPE_FMT, slope_code
 from .base import Layer, register
 
@@ -83,6 +84,36 @@ class NormalCdf(_Bounded):
     def backward(self, cache, dy, need_dx):
         d = dnormal_cdf_codes(cache.codes, cache.fmt, self.out_fmt)
         return [times_derivative(dy, d, dnormal_cdf_format(self.out_fmt), self.num)], {}
+
+
+@register("Elu")
+class Elu(Layer):
+    """y = gamma * ELU_alpha(x) (ONNX Elu; Selu with its gamma; Celu of alpha 1) by §9.9: gamma x
+    above zero, -gamma alpha (1 - exp(x)) from the expm1 table at or below; the output keeps the
+    input's format with the integer bits gamma, gamma alpha > 1 need; dx = dy * gamma above zero,
+    dy * (y + gamma alpha) at or below, from the cached output."""
+
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        self.c_pos, self.c_neg = elu_coefficients(float(node.attrs.get("alpha", 1.0)),
+                                                  float(node.attrs.get("gamma", 1.0)))
+
+    def calibrate(self, xs):
+        self.out_fmt = elu_format(xs[0].fmt, self.c_pos, self.c_neg)
+
+    def refresh_format(self, in_fmts):
+        if in_fmts and in_fmts[0] is not None:
+            self.out_fmt = elu_format(in_fmts[0], self.c_pos, self.c_neg)
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        fmt = elu_format(x.fmt, self.c_pos, self.c_neg)
+        y = QTensor(elu_codes(x.codes, x.fmt, fmt, self.c_pos, self.c_neg, self.num.act_rounding), fmt)
+        return y, (y if train else None)
+
+    def backward(self, cache, dy, need_dx):
+        d = delu_codes(cache.codes, cache.fmt, self.c_pos, self.c_neg)
+        return [times_derivative(dy, d, delu_format(cache.fmt), self.num)], {}
 
 
 @register("HardSigmoid")

@@ -170,6 +170,16 @@ def _hard_sigmoid(em, node, layer, ins, outs):
               beta=float(node.attrs.get("beta", 0.5)))
 
 
+@FLOAT_OPS.register("Elu")
+def _elu(em, node, layer, ins, outs):
+    """Elu when gamma is 1 (ELU, CELU of alpha 1), else Selu with both attributes."""
+    alpha, gamma = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("gamma", 1.0))
+    if gamma == 1.0:
+        em.b.node("Elu", ins, node.name, outs[:1], alpha=alpha)
+    else:
+        em.b.node("Selu", ins, node.name, outs[:1], alpha=alpha, gamma=gamma)
+
+
 @FLOAT_OPS.register("NormalCdf")
 def _normal_cdf(em, node, layer, ins, outs):
     """(1 + erf(x/sqrt 2)) / 2, or PyTorch's tanh form of it: what the importer fuses back."""

@@ -19,7 +19,7 @@ from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
 from ..layers.batchnorm import GUARD as BN_GUARD
 from ..layers.batchnorm import gain_unit
-from ..lut import ERF_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE
+from ..lut import COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE, elu_format
 from ..graph import MOVES, RECURRENT
 from ..registry import Registry
 from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
@@ -159,6 +159,16 @@ class IntOps:
     def normal_cdf(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
         """lut.normal_cdf_codes: (1 + erf(x/sqrt 2)) / 2 from the erf table (§9.8)."""
         return self.half_one_plus(x, in_frac, out, rounding, base, ERF_TABLE, "erf")
+
+    def elu(self, x, in_frac: int, out: FixedFormat, coefs: tuple, rounding, base: str) -> str:
+        """lut.elu_codes: x·gamma above zero, -(1 - exp(x))·gamma·alpha from the expm1 table at |x|/2."""
+        c_pos, c_neg = coefs
+        v = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac + 1, base, EXPM1_TABLE, "expm1")
+        neg = self.op("Mul", [v, self.k(-c_neg)], f"{base}/times_gamma_alpha")
+        neg = self.requantize(neg, INTERP_FRAC + COEF_FRAC, out, rounding, Overflow.AP_SAT, f"{base}/negative")
+        pos = self.requantize(self.op("Mul", [x, self.k(c_pos)], f"{base}/times_gamma"), in_frac + COEF_FRAC, out,
+                              rounding, Overflow.AP_SAT, f"{base}/positive")
+        return self.op("Where", [self.op("Greater", [x, self.k(0)], f"{base}/above_zero"), pos, neg], base)
 
     def half_one_plus(self, x, in_frac: int, out: FixedFormat, rounding, base: str, table, name) -> str:
         """(1 ± table(|x|)) / 2 by the sign of x, one rounding into ``out``."""
@@ -537,3 +547,11 @@ def _normal_cdf(em, node, layer, ins):
     """(1 + erf(x/sqrt 2)) / 2 from the §9.8 erf table, as sigmoid reads tanh's."""
     (x, xf), = ins
     return [(em.ops.normal_cdf(x, xf.frac_bits, layer.out_fmt, layer.num.act_rounding, node.name), layer.out_fmt)]
+
+
+@INT_OPS.register("Elu")
+def _elu(em, node, layer, ins):
+    """gamma * ELU_alpha(x) by §9.9, into the input's format with the integer bits gamma needs."""
+    (x, xf), = ins
+    out = elu_format(xf, layer.c_pos, layer.c_neg)
+    return [(em.ops.elu(x, xf.frac_bits, out, (layer.c_pos, layer.c_neg), layer.num.act_rounding, node.name), out)]

@@ -1,6 +1,6 @@
 """Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks, the
-piecewise-linear hard sigmoid and the §9 ROMs for tanh/sigmoid and the normal CDF with their
-derivatives."""
+piecewise-linear hard sigmoid and the §9 ROMs for tanh/sigmoid, the normal CDF and ELU with
+their derivatives."""
 
 from __future__ import annotations
 
@@ -106,6 +106,32 @@ class NormalCdfHw(HwLayer):
         codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + dfmt.frac_bits, self.num.err_bits, self.num.err_rounding)
         c = Cost().use("act", acc.act.cycles(codes.size))
         c.lut_lookups = int(codes.size)
+        return [T(codes, efmt)], {}, c, Cost()
+
+
+@register("Elu")
+class EluHw(HwLayer):
+    """§9.9: gamma*x above zero, -gamma*alpha*(1 - exp(x)) from the expm1 ROM at |x|/2 at or
+    below, one multiplier and the output rounder; the output codes are kept and the derivative
+    is gamma, or y + gamma*alpha (one adder, floored at 0), from them."""
+
+    def _coefs(self):
+        return act.elu_coefficients(float(self.attrs.get("alpha", 1.0)), float(self.attrs.get("gamma", 1.0)))
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        c_pos, c_neg = self._coefs()
+        fmt = act.elu_out_format(x.fmt, c_pos, c_neg)
+        y = act.elu(x.codes, x.fmt.frac_bits, fmt, c_pos, c_neg, self.num.act_rounding)
+        c = Cost().use("act", acc.act.cycles(y.size))
+        c.lut_lookups, c.macs = int(y.size), int(y.size)
+        return T(y, fmt), (T(y, fmt) if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        d, f_d = act.elu_deriv(cache.codes, cache.fmt, *self._coefs())
+        codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + f_d, self.num.err_bits, self.num.err_rounding)
+        c = Cost().use("act", acc.act.cycles(codes.size))
+        c.macs += codes.size
         return [T(codes, efmt)], {}, c, Cost()
 
 

@@ -1,8 +1,13 @@
 """Elementwise activations."""
 
+import math
+
 import numpy as np
 
 from ..registry import register, register_fused
+
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX's defaults (float32)
+ELU_COEF_LIMIT = 16.0  # gamma and gamma*alpha are codes of ap_ufixed<20,4> (datapath §9.9)
 
 
 def _simple(op):
@@ -62,6 +67,36 @@ def _approximate(node, ctx) -> dict:
     if form not in ("none", "tanh"):
         ctx.fail(node, f"approximate={form!r}: GELU takes 'none' (erf) or 'tanh'")
     return {"approximate": form}
+
+
+@register("Elu", 6, 22)
+def elu(node, ctx):
+    """alpha (exp(x) - 1) at or below zero, x above (PyTorch's nn.ELU)."""
+    _emit_elu(node, ctx, float(node.attr("alpha", 1.0)), 1.0)
+
+
+@register("Selu", 6, 22)
+def selu(node, ctx):
+    """gamma * ELU_alpha(x) (PyTorch's nn.SELU), with the attribute values the node carries."""
+    _emit_elu(node, ctx, float(node.attr("alpha", SELU_ALPHA)), float(node.attr("gamma", SELU_GAMMA)))
+
+
+@register("Celu", 12, 28)
+def celu(node, ctx):
+    """max(0, x) + min(0, alpha (exp(x/alpha) - 1)): ELU itself when alpha = 1 (PyTorch's default)."""
+    alpha = float(node.attr("alpha", 1.0))
+    if alpha != 1.0:
+        ctx.fail(node, f"alpha={alpha}: Celu is taken with alpha = 1 only (it is then ELU); "
+                       "another alpha scales the table's input, which the datapath does not do")
+    _emit_elu(node, ctx, 1.0, 1.0)
+
+
+def _emit_elu(node, ctx, alpha: float, gamma: float):
+    ok = all(map(math.isfinite, (alpha, gamma))) and alpha >= 0 and 0 < gamma < ELU_COEF_LIMIT
+    if not ok or gamma * alpha >= ELU_COEF_LIMIT:
+        ctx.fail(node, f"alpha={alpha}, gamma={gamma}: {node.op_type} takes alpha >= 0, 0 < gamma and "
+                       f"gamma, gamma*alpha below {ELU_COEF_LIMIT:g} (datapath §9.9)")
+    ctx.emit(node, "Elu", [ctx.data_input(node)], [node.outputs[0]], {"alpha": alpha, "gamma": gamma})
 
 
 @register("Clip", 6)
