@@ -179,6 +179,18 @@ def batch_norm(node, x):
     return (x - mean) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * scale + b
 
 
+@op("LayerNorm")
+def layer_norm(node, x):
+    """Per sample over the trailing axes from ``axis`` (ONNX LayerNormalization, biased variance)."""
+    axis = int(node.attrs.get("axis", -1))
+    axes = tuple(range(x.ndim + axis, x.ndim))
+    shape = x.shape[x.ndim + axis:]
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    scale, b = (np.reshape(_p(node, k), shape) for k in ("scale", "B"))
+    return (x - mean) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * scale + b
+
+
 def _pool_windows(node, x):
     """ONNX window geometry of a MaxPool/AveragePool node on ``x`` (N, C, *S).
 

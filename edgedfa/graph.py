@@ -19,6 +19,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``BatchNorm``  params scale, B, mean, var (C,); attrs epsilon, momentum (ONNX
                  BatchNormalization over channel axis 1); trained with batch statistics,
                  inference with the running ones (docs/datapath.md §8.7)
+- ``LayerNorm``  params scale, B (shaped like the normalised axes); attrs epsilon, axis (< 0:
+                 the trailing axes from ``axis`` on, never the batch; ONNX LayerNormalization);
+                 per-sample statistics in training and inference alike (§8.8)
 - ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
@@ -43,7 +46,7 @@ POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
-NORMS = ("BatchNorm",)  # trained, but part of the layer before them: they start no module
+NORMS = ("BatchNorm", "LayerNorm")  # trained, but part of the layer before them: they start no module
 
 TRAINABLE = DENSE + CONV + RECURRENT + NORMS
 MODULE_LEADERS = DENSE + CONV + RECURRENT  # the trainable ops a credit module is built around

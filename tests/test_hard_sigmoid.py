@@ -153,10 +153,14 @@ def test_bp_gradients_of_mul_and_hard_sigmoid_match_the_float_adjoint(name):
     check_bp_gradients(graph, shape)
 
 
-def check_bp_gradients(graph, shape):
-    """At 16 bits the wide gradient of every weight points where central differences of the
-    float reference's cross-entropy do (the engine sums over the batch: a scale, not a
-    direction)."""
+WEIGHTS = {"Dense": ("W",), "Conv": ("W",)}
+
+
+def check_bp_gradients(graph, shape, params=None) -> list:
+    """At 16 bits the wide gradient of every weight (``params``: op -> parameter names, W of
+    Dense and Conv by default) points where central differences of the float reference's
+    cross-entropy do (the engine sums over the batch: a scale, not a direction). Returns the
+    (node, parameter) pairs checked."""
     from edgedfa.api import make_trainer
     from edgedfa.fixed import dequantize
 
@@ -171,14 +175,19 @@ def check_bp_gradients(graph, shape):
     xq = model.quantize_input(x)
     make_trainer(model, TrainConfig(algo="bp")).step(xq, y, 0, 10)
     xf, float_graph = dequantize(xq.codes, model.in_fmt), model.to_graph()
-    for node in (n for n in float_graph.nodes if n.op in ("Dense", "Conv")):
-        w, num = node.params["W"], np.zeros_like(node.params["W"])
-        for idx in np.ndindex(w.shape):
-            old = w[idx]
-            w[idx] = old + 1e-4
-            up = _loss(float_graph, xf, y)
-            w[idx] = old - 1e-4
-            num[idx] = (up - _loss(float_graph, xf, y)) / 2e-4
-            w[idx] = old
-        g = seen[node.name]["W"].value()
-        assert (g * num).sum() / (np.linalg.norm(g) * np.linalg.norm(num)) >= 0.999, node.name
+    params = params or WEIGHTS
+    checked = []
+    for node in (n for n in float_graph.nodes if n.op in params):
+        for key in params[node.op]:
+            w, num = node.params[key], np.zeros_like(node.params[key])
+            for idx in np.ndindex(w.shape):
+                old = w[idx]
+                w[idx] = old + 1e-4
+                up = _loss(float_graph, xf, y)
+                w[idx] = old - 1e-4
+                num[idx] = (up - _loss(float_graph, xf, y)) / 2e-4
+                w[idx] = old
+            g = seen[node.name][key].value()
+            assert (g * num).sum() / (np.linalg.norm(g) * np.linalg.norm(num)) >= 0.999, (node.name, key)
+            checked.append((node.name, key))
+    return checked

@@ -174,6 +174,27 @@ class EluNet(nn.Module):
         return self.net(x)
 
 
+class LayerNormNet(nn.Module):
+    """nn.LayerNorm over the last axis of [N, T, F] (a row per sample and position), over the
+    two trailing axes, and over a Linear's features; non-trivial weight and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.ln1 = nn.LayerNorm(8)
+        self.ln2 = nn.LayerNorm([3, 8])
+        self.fc2 = nn.Linear(24, 6)
+        self.ln3 = nn.LayerNorm(6)
+        self.fc3 = nn.Linear(6, 3)
+        for ln in (self.ln1, self.ln2, self.ln3):
+            ln.weight.data.uniform_(0.5, 1.5)
+            ln.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        x = self.ln2(torch.relu(self.ln1(self.fc1(x))))
+        return self.fc3(torch.relu(self.ln3(self.fc2(x.flatten(1)))))
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -201,6 +222,7 @@ CASES = {
     "gelu": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
+    "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

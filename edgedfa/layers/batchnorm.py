@@ -67,6 +67,45 @@ def rsqrt(v: int, frac: int) -> tuple:
     return shift(y, 6), MANT + k // 2
 
 
+def group_statistics(s1: list, s2: list, n: int, eps_code: int, f_x: int) -> dict:
+    """Per group of ``n`` values with exact sums S1, S2 (§8.7 steps 2-4): the mean μ (F_x + G),
+    Q = N·S2 - S1², and the inverse standard deviation as a gain (v, φ). BatchNorm's groups are
+    channels over the batch, LayerNorm's (§8.8) samples over the normalised axes."""
+    r, L = reciprocal(n)
+    eps = shift(eps_code * n * n, EPS_FRAC - 2 * f_x)
+    mu, q, gains = [], [], []
+    for a, b in zip(s1, s2):
+        mu.append(shift(a * r, RECIP_BITS + L - GUARD))
+        q.append(n * b - a * a)
+        t, f = rsqrt(q[-1] + eps, 0)
+        gains.append((n * t, f - f_x))
+    return {"n": n, "mu": mu, "q": q, "gains": gains}
+
+
+def scale_shift(g: QTensor, b: QTensor, xhat, f_xh: int, num, shape) -> QTensor:
+    """acc = β' + γ·x̂ in the accumulator register (§8.7 step 6); γ and β broadcast as ``shape``
+    (per channel for BatchNorm, per feature for LayerNorm)."""
+    afmt = acc_format(num.acc_bits, g.fmt.frac_bits + f_xh)
+    init = acc_step(requantize(b.codes.reshape(-1), b.fmt, afmt, num.act_rounding, num.acc_overflow), num.acc_bits,
+                    num.acc_overflow)
+    return QTensor(acc_step(init.reshape(shape) + g.codes.reshape(shape) * xhat, num.acc_bits, num.acc_overflow), afmt)
+
+
+def normalise_groups(layer, x3, f_x: int, stats: dict, count: bool) -> tuple:
+    """(x̂ codes like ``x3``, per-group (ι, F_ι)): §8.7 steps 4-5 on codes (B, G, P) whose
+    groups (axis 1) have the means and gains of ``stats``; ``count`` tallies x̂'s clips."""
+    units = [gain_unit(v, phi, f_x, layer.xhat_fmt.frac_bits) for v, phi in stats["gains"]]
+    iota = np.array([u[0] for u in units], dtype=np.int64)
+    k = np.array([u[1] for u in units], dtype=np.int64)
+    d = (x3 << GUARD) - np.array(stats["mu"], dtype=np.int64)[None, :, None]
+    wide = shift_channels(d * iota[None, :, None], k, layer.num.act_rounding)
+    xhat = apply_overflow(wide, layer.xhat_fmt, "AP_SAT")
+    if count:
+        tally(layer, "xhat", xhat.size, int(np.count_nonzero(xhat != wide)),
+              int(np.count_nonzero((xhat == 0) & (d != 0))))
+    return xhat, [(u[0], u[2]) for u in units]
+
+
 def momentum_shift(momentum: float) -> int:
     """k_m: the running statistics move 2^-k_m of the way per step (nearest power of two)."""
     rest = 1.0 - float(momentum)
@@ -175,15 +214,7 @@ class BatchNorm(Layer):
         n = x3.shape[0] * x3.shape[2]
         self._check_width(n, x.fmt)
         s1, s2 = x3.sum(axis=(0, 2)), (x3 * x3).sum(axis=(0, 2))
-        r, L = reciprocal(n)
-        eps = shift(self.eps_code * n * n, EPS_FRAC - 2 * x.fmt.frac_bits)
-        mu, q, gains = [], [], []
-        for a, b in zip(s1.tolist(), s2.tolist()):
-            mu.append(shift(a * r, RECIP_BITS + L - GUARD))
-            q.append(n * b - a * a)
-            t, f = rsqrt(q[-1] + eps, 0)
-            gains.append((n * t, f - x.fmt.frac_bits))
-        return {"n": n, "mu": mu, "q": q, "gains": gains}
+        return group_statistics(s1.tolist(), s2.tolist(), n, self.eps_code, x.fmt.frac_bits)
 
     def running_statistics(self, x_fmt: FixedFormat) -> dict:
         """The same quantities from the running mean and variance (inference)."""
@@ -200,26 +231,12 @@ class BatchNorm(Layer):
     def normalise(self, x: QTensor, stats: dict, count: bool = True):
         """(x̂ codes (B, C, P), per-channel (ι, F_ι)): steps 4-5 of §8.7 (``count``: tally
         the values clipped at x̂'s rails)."""
-        f_x, f_xh = x.fmt.frac_bits, self.xhat_fmt.frac_bits
-        units = [gain_unit(v, phi, f_x, f_xh) for v, phi in stats["gains"]]
-        iota = np.array([u[0] for u in units], dtype=np.int64)
-        k = np.array([u[1] for u in units], dtype=np.int64)
-        d = (self._channels(x) << GUARD) - np.array(stats["mu"], dtype=np.int64)[None, :, None]
-        wide = shift_channels(d * iota[None, :, None], k, self.num.act_rounding)
-        xhat = apply_overflow(wide, self.xhat_fmt, "AP_SAT")
-        if count:
-            tally(self, "xhat", xhat.size, int(np.count_nonzero(xhat != wide)),
-                  int(np.count_nonzero((xhat == 0) & (d != 0))))
-        return xhat, [(u[0], u[2]) for u in units]
+        return normalise_groups(self, self._channels(x), x.fmt.frac_bits, stats, count)
 
     def affine(self, xhat) -> QTensor:
-        """acc = β' + γ·x̂ in the accumulator register (§8.7 step 6)."""
-        g, b, num = self.params["scale"], self.params["B"], self.num
-        afmt = acc_format(num.acc_bits, g.fmt.frac_bits + self.xhat_fmt.frac_bits)
-        init = acc_step(requantize(b.codes, b.fmt, afmt, num.act_rounding, num.acc_overflow), num.acc_bits,
-                        num.acc_overflow)
-        acc = acc_step(init[None, :, None] + g.codes[None, :, None] * xhat, num.acc_bits, num.acc_overflow)
-        return QTensor(acc, afmt)
+        """acc = β' + γ·x̂ per channel (§8.7 step 6)."""
+        return scale_shift(self.params["scale"], self.params["B"], xhat, self.xhat_fmt.frac_bits, self.num,
+                           (1, self.channels, 1))
 
     def _output(self, x: QTensor, stats: dict, count: bool = True):
         """(x̂, per-channel (ι, F_ι), acc, y codes) with y shaped (B, C, P) like acc."""

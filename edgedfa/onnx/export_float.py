@@ -221,6 +221,15 @@ def _batch_norm(em, node, layer, ins, outs):
               momentum=float(node.attrs.get("momentum", 0.9)))
 
 
+@FLOAT_OPS.register("LayerNorm")
+def _layer_norm(em, node, layer, ins, outs):
+    """ONNX LayerNormalization (opset 17) with the trained scale and bias (shaped like the
+    normalised axes)."""
+    params = [em.param(node, layer, key) for key in ("scale", "B")]
+    em.b.node("LayerNormalization", ins + params, node.name, outs[:1], axis=int(layer.axis),
+              epsilon=float(node.attrs.get("epsilon", 1e-5)))
+
+
 @FLOAT_OPS.register("MaxPool", "AveragePool")
 def _pool(em, node, layer, ins, outs):
     """Explicit pads from the engine's geometry (auto_pad and ceil_mode resolved, as it computes)."""

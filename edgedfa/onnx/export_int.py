@@ -466,6 +466,14 @@ def _batch_norm(em, node, layer, ins):
     return [(y, layer.out_fmt)]
 
 
+@INT_OPS.register("LayerNorm")
+def _layer_norm(em, node, layer, ins):
+    """Not yet: the per-sample rsqrt (leading-one normaliser, table, interpolation) has no
+    integer ONNX form here."""
+    raise EdgeDFAError(f"node {node.name!r}: int export of LayerNormalization is not supported yet"
+                       " (export --format float or qdq)")
+
+
 @INT_OPS.register("Relu")
 def _relu(em, node, layer, ins):
     (x, xf), = ins

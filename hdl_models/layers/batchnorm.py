@@ -35,6 +35,23 @@ def top_bits(x, frac: int, width: int, rounding) -> tuple:
     return np.minimum(np.maximum(shift_round(x, s, rounding), -lim - 1), lim), frac - s
 
 
+def normalise_groups(x3, mean, gains, f_x: int, xh: FixedFormat, rounding) -> tuple:
+    """(x̂ like ``x3``, per-group gain units): codes (B, G, P), a mean and a gain per group."""
+    units = [gain(v, phi, f_x, xh.frac_bits) for v, phi in gains]
+    d = (x3 << GUARD) - np.array(mean, dtype=np.int64)[None, :, None]
+    prod = d * np.array([u[0] for u in units], dtype=np.int64)[None, :, None]
+    return saturate(per_channel_shift(prod, [u[1] for u in units], rounding), xh, "AP_SAT"), units
+
+
+def scale_shift(g: T, bias: T, xhat, f_xh: int, num, shape) -> tuple:
+    """(acc, fraction): β' + γ·x̂ in the accumulator register, γ and β broadcast as ``shape``."""
+    f_acc = g.fmt.frac_bits + f_xh
+    fmt = acc_fmt(num.acc_bits, f_acc)
+    init = saturate(requant(bias.codes.reshape(-1), bias.fmt.frac_bits, fmt, num.act_rounding, num.acc_overflow), fmt,
+                    num.acc_overflow)
+    return saturate(init.reshape(shape) + g.codes.reshape(shape) * xhat, fmt, num.acc_overflow), f_acc
+
+
 @register("BatchNorm")
 class BatchNormHw(HwLayer):
     trainable = True
@@ -88,16 +105,10 @@ class BatchNormHw(HwLayer):
         else:
             sc = self._running_scalars(x.fmt)
             cost.use("norm", self.channels * SCALAR_CYCLES)
-        units = [gain(v, phi, x.fmt.frac_bits, self.xh.frac_bits) for v, phi in sc["gains"]]
-        d = (x3 << GUARD) - np.array(sc["mean"], dtype=np.int64)[None, :, None]
-        xhat = saturate(per_channel_shift(d * np.array([u[0] for u in units])[None, :, None], [u[1] for u in units],
-                                          self.num.act_rounding), self.xh, "AP_SAT")
-        g, bias, num = self.params["scale"], self.params["B"], self.num
-        f_acc = g.fmt.frac_bits + self.xh.frac_bits
-        init = saturate(requant(bias.codes, bias.fmt.frac_bits, acc_fmt(num.acc_bits, f_acc), num.act_rounding,
-                                num.acc_overflow), acc_fmt(num.acc_bits, f_acc), num.acc_overflow)
-        a = saturate(init[None, :, None] + g.codes[None, :, None] * xhat, acc_fmt(num.acc_bits, f_acc),
-                     num.acc_overflow)
+        xhat, units = normalise_groups(x3, sc["mean"], sc["gains"], x.fmt.frac_bits, self.xh, self.num.act_rounding)
+        num = self.num
+        a, f_acc = scale_shift(self.params["scale"], self.params["B"], xhat, self.xh.frac_bits, num,
+                               (1, self.channels, 1))
         y = requant(a, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
         cost.use("norm", acc.norm.cycles(n))
         cost.macs += 2 * n

@@ -1,4 +1,4 @@
-"""BatchNormalization, pass-through ops, and Softmax away from the output."""
+"""BatchNormalization, LayerNormalization, pass-through ops, and Softmax away from the output."""
 
 import numpy as np
 
@@ -48,3 +48,33 @@ def batch_norm(node, ctx):
         ctx.fail(node, "epsilon, scale, bias, mean and variance must be finite, epsilon and variance >= 0")
     ctx.emit(node, "BatchNorm", [x], [node.outputs[0]], {"epsilon": eps, "momentum": momentum},
              {k: v.reshape(-1) for k, v in zip(names, stats)})
+
+
+@register("LayerNormalization", 17)
+def layer_norm(node, ctx):
+    """A LayerNorm over the trailing axes from ``axis`` on, the batch (axis 0) never among them;
+    Scale and B broadcast to the normalised shape (B absent: zeros)."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    rank, axis = len(shape), int(node.attr("axis", -1))
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, "LayerNormalization needs the batch on axis 0")
+    a = axis - rank if axis >= 0 else axis
+    if not -(rank - 1) <= a <= -1:
+        ctx.fail(node, f"LayerNormalization over axis {axis} of a rank-{rank} input is not supported: only the"
+                 f" trailing axes after the batch (axis 1..{rank - 1} or -{rank - 1}..-1), the batch untouched")
+    if any(o and ctx.uses.get(o) for o in node.outputs[1:]):
+        ctx.fail(node, "the Mean/InvStdDev outputs of LayerNormalization are read by the graph; not supported")
+    norm = tuple(int(d) for d in shape[rank + a:])
+    params = {"scale": ctx.weight(node, 1, "scale")}
+    params["B"] = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else np.zeros(norm)
+    for k in params:
+        try:
+            params[k] = np.array(np.broadcast_to(params[k], norm))
+        except ValueError:
+            ctx.fail(node, f"{k} of shape {list(np.shape(params[k]))} does not broadcast to the normalised"
+                     f" shape {list(norm)}")
+    eps = float(node.attr("epsilon", 1e-5))
+    if not np.isfinite(eps) or eps < 0 or not all(np.all(np.isfinite(v)) for v in params.values()):
+        ctx.fail(node, "epsilon, scale and bias must be finite, epsilon >= 0")
+    ctx.emit(node, "LayerNorm", [x], [node.outputs[0]], {"epsilon": eps, "axis": a}, params)

@@ -1,0 +1,156 @@
+"""Layer normalization (docs/datapath.md §8.8): BatchNorm's arithmetic (§8.7) with the
+statistics taken per sample over the normalised trailing axes instead of per channel over the
+batch; γ and β per feature. Forward, backward and update side by side.
+
+A row is one sample's (and leading position's) ``D`` values over the normalised axes; the
+codes are viewed as (R, D). Per-row scalars (sums, mean, Q, gains) are exact Python integers
+until a rounding of §8.7; elements are int64 codes. No running statistics: training and
+inference normalise alike. Parameters ``scale`` (γ) and ``B`` (β), shaped like the normalised
+axes (their gradients too), viewed flat by the arithmetic, trained by the layer's update rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import EdgeDFAError
+from ..fixed import FixedFormat, QTensor, acc_format, error_floor, int_bits_for, requantize
+from ..scaling import observe
+from ..update import update_params
+from .base import Layer, register
+from .batchnorm import (EPS_FRAC, GUARD, MANT, RECIP_BITS, XHAT_INT, group_statistics, narrow, normalise_groups,
+                        reciprocal, scale_shift, shift)
+from .dense import calibrated_format, inside_range, quantize_param, weight_format_bits
+
+
+def normalised_axes(in_shape, axis: int) -> tuple:
+    """The per-sample shape's trailing axes ``axis`` (negative, counted on the batched shape)
+    names: -1 the last, ... -len(in_shape) the first after the batch."""
+    return tuple(int(d) for d in in_shape[len(in_shape) + axis:])
+
+
+@register("LayerNorm")
+class LayerNorm(Layer):
+    trainable = True
+    changes_scale = True
+
+    def __init__(self, node, spec):
+        super().__init__(node, spec)
+        where = f"node {node.name!r} (LayerNorm)"
+        shape = tuple(self.in_shapes[0])
+        axis = int(node.attrs.get("axis", -1))
+        if not shape or not -len(shape) <= axis <= -1:
+            raise EdgeDFAError(f"{where}: axis {axis} must name trailing axes of the {len(shape)} after the batch")
+        self.axis = axis
+        self.norm_shape = normalised_axes(shape, axis)
+        self.features = int(np.prod(self.norm_shape, dtype=np.int64))
+        for key in ("scale", "B"):
+            if np.size(node.params.get(key, ())) != self.features:
+                raise EdgeDFAError(f"{where}: parameter {key} must hold {self.features} values")
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        if not math.isfinite(eps) or eps < 0 or eps >= 2 ** 20:
+            raise EdgeDFAError(f"{where}: epsilon {eps} must be a finite number in [0, 2^20)")
+        self.eps_code = int(np.rint(np.ldexp(eps, EPS_FRAC)))
+        self.xhat_fmt = FixedFormat(min(self.num.act_bits + 8, 24), XHAT_INT)
+        if "scale" not in self.params:
+            g = np.asarray(node.params["scale"], dtype=np.float64).reshape(self.norm_shape)
+            b = np.asarray(node.params["B"], dtype=np.float64).reshape(self.norm_shape)
+            self.params["scale"] = quantize_param(g, self.num.weight_bits, weight_format_bits(self.num, g))
+            ib = max(int_bits_for(float(np.abs(b).max()), 1), self.params["scale"].fmt.int_bits + 3)
+            self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
+
+    # ------------------------------------------------------------------ statistics
+    def _rows(self, codes):
+        return codes.reshape(-1, self.features)
+
+    def _check_width(self, x_fmt: FixedFormat) -> None:
+        """The exact sums fit 62 bits: S2 over a row's activations, the backward's Σe·x̂."""
+        lg = (self.features - 1).bit_length()
+        top = max(2 * x_fmt.width - 2, self.num.err_bits + 8 + self.xhat_fmt.width - 2) + lg
+        if top > 62:
+            raise EdgeDFAError(f"node {self.name!r} (LayerNorm): {self.features} features at these widths need"
+                               f" sums of {top} bits (at most 62); use narrower words")
+
+    def statistics(self, x: QTensor) -> dict:
+        """Per row: μ, Q and the inverse standard deviation as a gain (§8.8, §8.7 steps 1-4)."""
+        x2 = self._rows(x.codes)
+        self._check_width(x.fmt)
+        s1, s2 = x2.sum(axis=1), (x2 * x2).sum(axis=1)
+        return group_statistics(s1.tolist(), s2.tolist(), self.features, self.eps_code, x.fmt.frac_bits)
+
+    # ------------------------------------------------------------------ forward
+    def normalise(self, x: QTensor, stats: dict, count: bool = True):
+        """(x̂ codes (R, D), per-row (ι, F_ι)): §8.7 steps 4-5 with a gain per row (the rows as
+        BatchNorm's channels of one sample)."""
+        xhat, units = normalise_groups(self, self._rows(x.codes)[None], x.fmt.frac_bits, stats, count)
+        return xhat[0], units
+
+    def affine(self, xhat) -> QTensor:
+        """acc = β' + γ·x̂ per feature (§8.7 step 6)."""
+        return scale_shift(self.params["scale"], self.params["B"], xhat, self.xhat_fmt.frac_bits, self.num,
+                           (1, self.features))
+
+    def _output(self, x: QTensor, count: bool = True):
+        if self.out_fmt is None:
+            raise EdgeDFAError(f"node {self.name!r} (LayerNorm): forward before calibrate (no output format)")
+        xhat, units = self.normalise(x, self.statistics(x), count)
+        acc = self.affine(xhat)
+        y = requantize(acc.codes, acc.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
+        return xhat, units, acc, y
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        xhat, units, acc, y = self._output(x)
+        out = QTensor(y.reshape(x.codes.shape), self.out_fmt)
+        if not train:
+            return out, None
+        observe(self, "out", acc, self.out_fmt, y)
+        return out, {"xhat": xhat, "live": inside_range(acc, self.out_fmt), "units": units}
+
+    def calibrate(self, xs):
+        x = xs[0]
+        xhat, _ = self.normalise(x, self.statistics(x), count=False)
+        self.out_fmt = calibrated_format(self.affine(xhat), self.num)
+
+    def calibration_output(self, xs):
+        x = xs[0]
+        return QTensor(self._output(x, count=False)[3].reshape(x.codes.shape), self.out_fmt)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, cache, dy, need_dx):
+        """dγ, dβ summed over the rows; dx = ι·(e - mean(e) - x̂·mean(e·x̂)) per row with
+        e = γ·dy narrowed to err_bits + 8 (§8.8)."""
+        xhat, num = cache["xhat"], self.num
+        d = self._rows(dy.codes) * cache["live"]  # masked as activations.masked
+        f_dy, f_xh = dy.fmt.frac_bits, self.xhat_fmt.frac_bits
+        db, dg = d.sum(axis=0), (d * xhat).sum(axis=0)
+        grads = {"B": QTensor(db.reshape(self.norm_shape), acc_format(num.acc_bits, f_dy)),
+                 "scale": QTensor(dg.reshape(self.norm_shape), acc_format(num.acc_bits, f_dy + f_xh))}
+        if not need_dx[0]:
+            return [None], grads
+        g = self.params["scale"]
+        e, f_e = narrow(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        r, L = reciprocal(self.features)
+        m1 = np.array([shift(v * r, RECIP_BITS + L - GUARD) for v in e.sum(axis=1).tolist()], dtype=np.int64)
+        m2 = np.array([shift(v * r, RECIP_BITS + L + f_xh - GUARD) for v in (e * xhat).sum(axis=1).tolist()],
+                      dtype=np.int64)
+        c = (e << (GUARD + f_xh)) - (m1[:, None] << f_xh) - xhat * m2[:, None]
+        c, f_c = narrow(c, f_e + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
+        s, f_s = row_scale(cache["units"])
+        codes, f_dx = narrow(c * s[:, None], f_c + f_s, num.err_bits, num.err_rounding)
+        codes, f_dx = error_floor(codes, f_dx, num.err_bits, num.err_rounding)
+        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)  # 0 keeps dy's format
+        return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads
+
+    def weight_update(self, grads, step, lr_shift):
+        return update_params(self, grads, step, lr_shift)
+
+
+def row_scale(units) -> tuple:
+    """ι of every row aligned to the finest fraction, kept as one 24-bit block: (codes, fraction)."""
+    f = max(fi for _, fi in units)
+    aligned = [i << (f - fi) for i, fi in units]
+    z = max(0, max(abs(v) for v in aligned).bit_length() - MANT)
+    return np.array([shift(v, z) for v in aligned], dtype=np.int64), f - z

@@ -1,0 +1,116 @@
+"""Layer normalization on the accelerator (§8.8): the normalisation unit of BatchNorm (§8.7)
+with its statistics per row (one sample's values over the normalised trailing axes) and γ, β
+per feature; no running statistics. Backward: dγ, dβ over the rows, e = γ·dy narrowed, the
+per-row bracket and the row scale."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedfa.errors import EdgeDFAError
+from edgedfa.fixed import FixedFormat
+
+from ..accounting import Cost, nbytes
+from ..norm_unit import BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, MANT, SCALAR_CYCLES, leading_one, rne, rsqrt
+from ..requant_unit import floor_error, requant
+from .base import HwLayer, T, acc_fmt, register
+from .batchnorm import XH_INT, normalise_groups, scale_shift, top_bits
+from .dense import live_mask
+
+
+@register("LayerNorm")
+class LayerNormHw(HwLayer):
+    trainable = True
+    own_format = True
+
+    def __init__(self, node, layer):
+        super().__init__(node, layer)
+        shape = self.in_shapes[0]
+        axis = int(self.attrs.get("axis", -1))
+        self.d = int(np.prod(shape[len(shape) + axis:], dtype=np.int64))
+        self.eps = int(np.rint(np.ldexp(float(self.attrs.get("epsilon", 1e-5)), EPS_FRAC)))
+        self.xh = FixedFormat(min(self.num.act_bits + 8, 24), XH_INT)
+
+    def _row_scalars(self, acc, x2, x_fmt):
+        """Per row: mean (F_x + G) and the inverse standard deviation as a gain; the divider's cycles."""
+        n, f_x = self.d, x_fmt.frac_bits
+        if max(2 * x_fmt.width - 2, self.num.err_bits + 8 + self.xh.width - 2) + leading_one(n - 1) > 62:
+            raise EdgeDFAError(f"hdl_models: node {self.name!r}: {n} features need sums beyond 62 bits")
+        r, L, div = acc.norm.reciprocal(n)
+        e = rne(self.eps * n * n, EPS_FRAC - 2 * f_x)
+        mean, gains = [], []
+        for a, b in zip(x2.sum(axis=1).tolist(), (x2 * x2).sum(axis=1).tolist()):
+            mean.append(rne(a * r, 32 + L - GUARD))
+            t, f = rsqrt(n * b - a * a + e, 0)
+            gains.append((n * t, f - f_x))
+        return mean, gains, div
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        x2 = x.codes.reshape(-1, self.d)
+        rows, n = x2.shape[0], x2.size
+        cost = Cost()
+        mean, gains, div = self._row_scalars(acc, x2, x.fmt)
+        cost.use("norm", acc.norm.cycles(n) + div + rows * SCALAR_CYCLES)
+        cost.macs += n
+        cost.adds += 2 * n
+        acc.read(cost, "act", n * nbytes(x.fmt.width))
+        xhat, units = normalise_groups(x2[None], mean, gains, x.fmt.frac_bits, self.xh, self.num.act_rounding)
+        xhat = xhat[0]
+        num = self.num
+        a, f_acc = scale_shift(self.params["scale"], self.params["B"], xhat, self.xh.frac_bits, num, (1, self.d))
+        y = requant(a, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
+        cost.use("norm", acc.norm.cycles(n))
+        cost.macs += 2 * n
+        cost.adds += 2 * n
+        acc.read(cost, "act", n * nbytes(x.fmt.width))
+        acc.write(cost, "act", n * nbytes(self.out_fmt.width))
+        out = T(y.reshape(x.codes.shape), self.out_fmt)
+        if not train:
+            return out, None, cost
+        acc.write(cost, "act", n * nbytes(self.xh.width))  # x̂ kept for the backward pass
+        self.track("out", a, f_acc)
+        return out, {"xhat": xhat, "live": live_mask(a, f_acc, self.out_fmt), "units": units}, cost
+
+    def backward(self, acc, cache, dy, need):
+        xhat, num = cache["xhat"], self.num
+        d = dy.codes.reshape(-1, self.d) * cache["live"]
+        f_dy, f_xh = dy.fmt.frac_bits, self.xh.frac_bits
+        dbeta, dgamma = d.sum(axis=0), (d * xhat).sum(axis=0)
+        shape = self.params["scale"].codes.shape
+        grads = {"B": T(dbeta.reshape(shape), acc_fmt(num.acc_bits, f_dy)),
+                 "scale": T(dgamma.reshape(shape), acc_fmt(num.acc_bits, f_dy + f_xh))}
+        size, rows = d.size, d.shape[0]
+        gcost = Cost().use("norm", acc.norm.cycles(size))
+        gcost.adds, gcost.macs = size, size
+        acc.read(gcost, "err", size * nbytes(dy.fmt.width))
+        acc.read(gcost, "act", size * nbytes(self.xh.width))
+        ecost = Cost()
+        if not need[0]:
+            return [None], grads, ecost, gcost
+        g = self.params["scale"]
+        e, f_e = top_bits(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        r, L, div = acc.norm.reciprocal(self.d)
+        m1 = np.array([rne(v * r, 32 + L - GUARD) for v in e.sum(axis=1).tolist()], dtype=np.int64)
+        m2 = np.array([rne(v * r, 32 + L + f_xh - GUARD) for v in (e * xhat).sum(axis=1).tolist()], dtype=np.int64)
+        bracket = (e << (GUARD + f_xh)) - (m1[:, None] << f_xh) - xhat * m2[:, None]
+        c, f_c = top_bits(bracket, f_e + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
+        s, f_s = self._row_scale(cache["units"])
+        codes, f_dx = top_bits(c * s[:, None], f_c + f_s, num.err_bits, num.err_rounding)
+        codes, f_dx = floor_error(codes, f_dx, num.err_bits, num.err_rounding)
+        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
+        ecost.use("norm", 3 * acc.norm.cycles(size) + div + BACKWARD_SCALAR_CYCLES * rows)
+        ecost.use("requant", acc.requant.cycles(size))
+        ecost.macs, ecost.adds = 3 * size, 3 * size
+        acc.read(ecost, "err", size * nbytes(dy.fmt.width))
+        acc.read(ecost, "act", size * nbytes(self.xh.width))
+        acc.write(ecost, "err", size * nbytes(num.err_bits))
+        return [T(codes.reshape(dy.codes.shape), fmt)], grads, ecost, gcost
+
+    @staticmethod
+    def _row_scale(units) -> tuple:
+        """ι of every row aligned to one fraction, one 24-bit block: (codes, fraction)."""
+        f = max(f_i for _, _, f_i in units)
+        aligned = [iota << (f - f_i) for iota, _, f_i in units]
+        z = max(0, leading_one(max(abs(v) for v in aligned)) - MANT)
+        return np.array([rne(v, z) for v in aligned], dtype=np.int64), f - z
