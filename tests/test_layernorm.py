@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,11 +18,12 @@ from model_helpers import calibrated
 from onnx import helper
 from onnx_helpers import model as onnx_model
 from onnx_helpers import ort_run as ort_run_model
-from table_activation_checks import ALGOS, KINDS, SHARED, TableActivationChecks, check_bit_exact, cnn_graph, mlp_graph
+from table_activation_checks import (ALGOS, KINDS, TableActivationChecks, check_bit_exact, check_step_and_int_export, cnn_graph,
+                                     mlp_graph)
+from test_onnx_export import ort_run
 from test_hard_sigmoid import WEIGHTS, check_bp_gradients
 
 from edgedfa import load_onnx
-from edgedfa.cosim import emulate
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, QTensor
 from edgedfa.float_ref import run_float
@@ -32,8 +34,6 @@ from edgedfa.layers.layernorm import LayerNorm
 from edgedfa.numerics import Numerics
 from edgedfa.onnx import load_graph_bytes
 from edgedfa.onnx.export import build_proto
-from edgedfa.train import TrainConfig
-from hdl_models.hwconfig import HwConfig
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 CNN_SHAPES = {1: (3, 4, 4), 2: (3, 2, 2)}  # cnn_graph's activations' per-sample shapes
@@ -64,14 +64,6 @@ GRAPHS = {"mlp": (ln_mlp, (5,)), "cnn": (ln_cnn, (2, 4, 4))}
 
 class TestLayerNormLayers(TableActivationChecks):
     GRAPHS = GRAPHS
-
-    @settings(**SHARED)
-    @given(seed=st.integers(0, 2**16), bits=st.integers(4, 16), kind=st.sampled_from(KINDS))
-    def test_int_export_equals_engine(self, seed, bits, kind):
-        """Not yet: the int export refuses a LayerNorm by name (docs/export.md)."""
-        m = calibrated(self.GRAPHS[kind][0](seed), bits, seed)
-        with pytest.raises(EdgeDFAError, match="node 'ln1': int export of LayerNormalization is not supported yet"):
-            build_proto(m, "int")
 
     @pytest.mark.parametrize("kind", KINDS)
     def test_bp_gradients_match_the_float_adjoint(self, kind):
@@ -120,6 +112,28 @@ def test_a_row_of_equal_values_normalises_to_beta():
     y = m.run(x).reshape(4, 2, 6)
     assert np.abs(y[:, 1] - np.linspace(-.5, .5, 6)).max() <= 2 * m.layers[0].out_fmt.lsb
     assert np.abs(y - run_float(m.to_graph(), x).reshape(4, 2, 6)).max() < 0.02
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5, 0.5])
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_int_export_of_constant_rows_and_any_epsilon(eps, bits):
+    """Rows with Q = 0 (with ε = 0: a zero gain, x̂ = 0), wide and narrow rows, every rounding
+    of §2 but stochastic: the int export equals the engine in onnxruntime."""
+    from edgedfa.graph import Graph
+    rng = np.random.default_rng(bits)
+    nodes = [Node("ln1", "LayerNorm", ["x"], ["n"], {"epsilon": eps, "axis": -1},
+                  {"scale": rng.uniform(-1.5, 1.5, 7), "B": rng.uniform(-.3, .3, 7)}),
+             Node("flat", "Flatten", ["n"], ["f"], {"axis": 1}, {}),
+             Node("out", "Dense", ["f"], ["y"], {}, {"W": rng.uniform(-.5, .5, (3, 21)), "B": np.zeros(3)})]
+    for rounding in ("AP_RND", "AP_RND_CONV", "AP_TRN", "AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF", "AP_RND_MIN_INF"):
+        m = calibrated(Graph("rows", "x", (3, 7), "y", nodes, {}), bits, 0, scale=2.0, act_rounding=rounding)
+        x = rng.normal(0, 2, (32, 3, 7)).astype(np.float32).astype(np.float64)
+        x[:4, 1] = 0.5
+        x[4:8] = 0.0
+        x[8, 2] = np.linspace(-100, 100, 7)  # saturated codes
+        proto, report = build_proto(m, "int")
+        assert report.startswith("int: bit-exact")
+        assert np.array_equal(ort_run(proto, x), m.run(x)), rounding
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -207,7 +221,7 @@ def test_the_float_export_writes_layernormalization_and_imports_back(tmp_path):
 def test_pytorch_layernorm_fixtures_import_train_and_export(name):
     """Both exporters (opset 20): nn.LayerNorm over [N, T, F]'s F, over (T, F), over a Linear's
     features; the import equals onnxruntime in float, a BP step is bit-exact with hdl_models,
-    the float export within float tolerance of onnxruntime on the original."""
+    the int export bit-exact in onnxruntime, the float export within float tolerance."""
     path = os.path.join(FIXTURES, f"{name}.onnx")
     model = load_onnx(path, numerics=Numerics.from_bits(8))
     assert [(n.attrs["axis"], np.shape(n.params["scale"])) for n in model.graph.nodes if n.op == "LayerNorm"] == [
@@ -217,18 +231,16 @@ def test_pytorch_layernorm_fixtures_import_train_and_export(name):
     import onnxruntime as ort
     ref = ort.InferenceSession(path).run(None, {"x": x.astype(np.float32)})[0]
     assert np.abs(run_float(model.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()
-    model.calibrate(x)
-    r = emulate(model, x, y, 1, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=8, algo="bp"))
-    assert r["bit_exact"], r["first_mismatch"]
+    check_step_and_int_export(model, x.astype(np.float32).astype(np.float64), y)
     exported = build_proto(model, "float")[0]
     sess = ort.InferenceSession(exported.SerializeToString())
     out = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
     assert np.abs(out - run_float(model.to_graph(), x)).max() <= 1e-5 * max(1.0, np.abs(out).max())
 
 
-def test_cli_trains_a_layernorm_model_and_refuses_only_its_int_export(tmp_path, capsys):
-    """`edgedfa train` on a LayerNorm MLP, then `export`: float and qdq written, `--format int`
-    one line on stderr naming the node, exit status 2."""
+def test_cli_trains_a_layernorm_model_and_exports_it(tmp_path, capsys):
+    """`edgedfa train` on a LayerNorm MLP, then `export` in every format; the int file equals
+    the trained model on the test set in onnxruntime."""
     from edgedfa.cli import main
     rng = np.random.default_rng(0)
     inits = {"W1": rng.uniform(-.2, .2, (64, 16)).astype(np.float32), "b1": np.zeros(16, np.float32),
@@ -244,10 +256,54 @@ def test_cli_trains_a_layernorm_model_and_refuses_only_its_int_export(tmp_path, 
     run = tmp_path / "run"
     assert main(["train", "--model", str(src), "--dataset", "digits-std", "--epochs", "1", "--out", str(run),
                  "--quiet"]) == 0
-    for fmt in ("float", "qdq"):
+    for fmt in ("float", "qdq", "int"):
         assert main(["export", str(run), "--format", fmt, "-o", str(tmp_path / f"{fmt}.onnx")]) == 0
-    capsys.readouterr()
-    assert main(["export", str(run), "--format", "int", "-o", str(tmp_path / "int.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'/ln/LayerNormalization': int export of LayerNormalization is not supported yet" in err
-    assert not (tmp_path / "int.onnx").exists()
+    assert "int: bit-exact" in capsys.readouterr().out
+    from edgedfa import load_checkpoint
+    from edgedfa.data import digits_std
+    model, x = load_checkpoint(str(run)), digits_std().x_test
+    proto = onnx.load(str(tmp_path / "int.onnx"))
+    assert np.array_equal(ort_run(proto, x), model.run(x))
+
+
+def _int_graph(build, n_in: int = 1):
+    """An onnxruntime session of int64 tensors [N, 1] in, the ops ``build(ops, inputs)`` emits out."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from edgedfa.onnx.export_graph import Builder
+    from edgedfa.onnx.export_int import OPSET, IntOps
+    b = Builder({f"v{i}" for i in range(n_in)})
+    outs = build(IntOps(b), [f"v{i}" for i in range(n_in)])
+    outs = [b.node("Identity", [o], f"out{i}", [f"out{i}"]) for i, o in enumerate(outs)]
+    g = b.graph("g", [helper.make_tensor_value_info(f"v{i}", TensorProto.INT64, ["N", 1]) for i in range(n_in)],
+                [helper.make_tensor_value_info(o, TensorProto.INT64, ["N", 1]) for o in outs])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_the_int_exports_rsqrt_is_the_engines_on_every_segment_and_tie():
+    """The graph's leading-one count, ROM read and interpolation (datapath §8.7's rsqrt) equal
+    the engine's on 0, both ends of every power of two to 2^61 and every value with u = v
+    (2^16 to 2^18: every ROM segment and position, and so the ties of the output rounding)."""
+    from edgedfa.layers.batchnorm import rsqrt
+    from edgedfa.onnx.export_int import _rsqrt
+    sess = _int_graph(lambda o, v: _rsqrt(o, v[0], "r"))
+    v = sorted({0, 1, 2, 3} | {(1 << e) + d for e in range(2, 62) for d in (-1, 0, 1)}
+               | set(range(1 << 16, 1 << 18)) | set(range(3 << 40, (3 << 40) + 4096)))
+    t, f = sess.run(None, {"v0": np.array(v, dtype=np.int64).reshape(-1, 1)})
+    assert [(int(a), int(b)) for a, b in zip(t.reshape(-1), f.reshape(-1))] == [rsqrt(x, 0) for x in v]
+
+
+@settings(max_examples=200)
+@given(shift=st.integers(0, 62), x=st.integers(-2**61, 2**61),
+       rounding=st.sampled_from(["AP_RND", "AP_RND_CONV", "AP_TRN", "AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF",
+                                 "AP_RND_MIN_INF"]))
+def test_a_computed_shift_rounds_as_a_constant_one(shift, x, rounding):
+    """round_right with the shift a tensor of the graph (LayerNorm's per-row k) equals
+    fixed.round_shift for every rounding of §2 but stochastic."""
+    from edgedfa.fixed import round_shift
+    x = x >> min(shift, 61) << min(shift, 61) | (x & 7) if shift > 3 and x % 3 == 0 else x  # ties and near-ties
+    sess = _int_graph(lambda o, v: [o.round_right(v[0], v[1], rounding, "r")], 2)
+    got = sess.run(None, {"v0": np.array([[x]], dtype=np.int64), "v1": np.array([[shift]], dtype=np.int64)})[0]
+    assert int(got[0, 0]) == int(round_shift(np.array([x], dtype=np.int64), shift, rounding)[0])

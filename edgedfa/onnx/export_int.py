@@ -17,8 +17,10 @@ from onnx import TensorProto, helper
 
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, Rounding, acc_format, acc_limits, acc_step, requantize
+from ..layers.batchnorm import EPS_FRAC, MANT, RECIP_BITS, RSQRT_TABLE, SHIFT_MAX, gain_unit
 from ..layers.batchnorm import GUARD as BN_GUARD
-from ..layers.batchnorm import gain_unit
+from ..layers.batchnorm import reciprocal as ln_reciprocal
+from ..layers.batchnorm import shift as ln_shift
 from ..lut import COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE, elu_format
 from ..graph import MOVES, RECURRENT
 from ..registry import Registry
@@ -48,10 +50,18 @@ class IntOps:
     def cast(self, x, to, base) -> str:
         return self.op("Cast", [x], base, to=to)
 
+    def pow2(self, s, base: str) -> str:
+        """2^s: a constant for constant ``s``; for a tensor ``s`` (int64 in [0, 62]) a Gather."""
+        if isinstance(s, str):
+            return self.op("Gather", [self.c.i64(np.int64(1) << np.arange(63, dtype=np.int64), "pow2"), s],
+                           f"{base}/pow2")
+        return self.k(np.int64(1) << np.asarray(s, dtype=np.int64))
+
     def floor_shift(self, x, s, base: str):
         """(floor(x / 2^s), x mod 2^s): Mod is a floor modulo for integers, so x - r divides exactly.
-        ``s`` is one shift or, broadcast over the codes, one per channel."""
-        m = self.k(np.int64(1) << np.asarray(s, dtype=np.int64))
+        ``s`` is one shift or, broadcast over the codes, one per channel, or an int64 tensor of
+        shifts in [0, 62] (computed by the graph)."""
+        m = self.pow2(s, base)
         r = self.op("Mod", [x, m], f"{base}/residual")
         q = self.op("Div", [self.op("Sub", [x, r], f"{base}/sub"), m], f"{base}/shift")
         return q, r
@@ -70,21 +80,34 @@ class IntOps:
         return self.round_right(x, shifts, rounding, base) if shifts.any() else x
 
     def round_right(self, x, s, rounding: Rounding, base: str) -> str:
-        """x * 2^-s rounded by ``rounding`` for right shifts s >= 0 (a scalar or per channel)."""
+        """x * 2^-s rounded by ``rounding`` for right shifts s >= 0 (a scalar or per channel, or
+        an int64 tensor of shifts in [0, 62])."""
         R, rounding = Rounding, Rounding.parse(rounding)
-        h = np.int64(1) << np.maximum(s - 1, 0)  # half; 1 where s = 0 (the residual is then 0)
-        if rounding in (R.AP_TRN, R.AP_RND, R.AP_RND_MIN_INF):
-            offset = {R.AP_TRN: 0 * h, R.AP_RND: np.where(s > 0, h, 0), R.AP_RND_MIN_INF: h - 1}[rounding]
-            if np.any(offset):
-                x = self.op("Add", [x, self.k(offset)], f"{base}/half")
-            return self.floor_shift(x, s, base)[0]
+        if isinstance(s, str):
+            h = self.pow2(self.op("Max", [self.op("Sub", [s, self.k(1)], f"{base}/s_1"), self.k(0)],
+                                  f"{base}/s_half"), f"{base}/half")
+            if rounding in (R.AP_TRN, R.AP_RND, R.AP_RND_MIN_INF):
+                if rounding is R.AP_RND:
+                    x = self.op("Add", [x, self.op("Where", [self.op("Greater", [s, self.k(0)], f"{base}/s_pos"), h,
+                                                             self.k(0)], f"{base}/offset")], f"{base}/half")
+                elif rounding is R.AP_RND_MIN_INF:
+                    x = self.op("Add", [x, self.op("Sub", [h, self.k(1)], f"{base}/offset")], f"{base}/half")
+                return self.floor_shift(x, s, base)[0]
+        else:
+            h = np.int64(1) << np.maximum(s - 1, 0)  # half; 1 where s = 0 (the residual is then 0)
+            if rounding in (R.AP_TRN, R.AP_RND, R.AP_RND_MIN_INF):
+                offset = {R.AP_TRN: 0 * h, R.AP_RND: np.where(s > 0, h, 0), R.AP_RND_MIN_INF: h - 1}[rounding]
+                if np.any(offset):
+                    x = self.op("Add", [x, self.k(offset)], f"{base}/half")
+                return self.floor_shift(x, s, base)[0]
+            h = self.k(h)
         q, r = self.floor_shift(x, s, base)
         if rounding is R.AP_TRN_ZERO:
             up = self.op("And", [self.op("Greater", [r, self.k(0)], f"{base}/inexact"),
                                  self.op("Less", [x, self.k(0)], f"{base}/negative")], f"{base}/up")
         else:
             tie = self.tie_breaker(x, q, rounding, base)
-            up = self.op("Greater", [self.op("Add", [r, tie], f"{base}/tie"), self.k(h)], f"{base}/up")
+            up = self.op("Greater", [self.op("Add", [r, tie], f"{base}/tie"), h], f"{base}/up")
         return self.op("Add", [q, self.cast(up, TensorProto.INT64, f"{base}/up_int")], f"{base}/round")
 
     def tie_breaker(self, x, q, rounding, base) -> str:
@@ -466,12 +489,85 @@ def _batch_norm(em, node, layer, ins):
     return [(y, layer.out_fmt)]
 
 
+def _bit_length(o: IntOps, v: str, base: str) -> str:
+    """bitlen(v) of non-negative int64 codes (the leading-one detector): #{i < 63: v >= 2^i}."""
+    ge = o.op("GreaterOrEqual", [v, o.c.i64(np.int64(1) << np.arange(63, dtype=np.int64), "pow2")], f"{base}/ge")
+    return o.op("ReduceSum", [o.cast(ge, TensorProto.INT64, f"{base}/ge_int"), o.k([-1])], f"{base}/bitlen",
+                keepdims=1)
+
+
+def _rsqrt(o: IntOps, v: str, base: str) -> tuple:
+    """(t, f) of datapath §8.7's rsqrt(v, 0) on int64 codes >= 0 (0 where v = 0)."""
+    e = o.op("Sub", [_bit_length(o, v, base), o.k(1)], f"{base}/e")
+    k = o.op("Sub", [e, o.op("Mod", [e, o.k(2)], f"{base}/e_odd")], f"{base}/k")
+    s = o.op("Sub", [k, o.k(16)], f"{base}/s")
+    down = o.op("Div", [v, o.pow2(o.op("Clip", [s, o.k(0), o.k(62)], f"{base}/s_right"), f"{base}/right")],
+                f"{base}/down")
+    up = o.op("Mul", [v, o.pow2(o.op("Clip", [o.op("Neg", [s], f"{base}/neg_s"), o.k(0), o.k(62)],
+                                      f"{base}/s_left"), f"{base}/left")], f"{base}/up")
+    u = o.op("Where", [o.op("GreaterOrEqual", [s, o.k(0)], f"{base}/s_nonneg"), down, up], f"{base}/u")
+    j = o.op("Sub", [o.op("Div", [u, o.k(512)], f"{base}/u_hi"), o.k(128)], f"{base}/j")
+    lo = o.op("Gather", [o.c.i64(np.array(RSQRT_TABLE), "rsqrt_table"), j], f"{base}/lo")
+    hi = o.op("Gather", [o.c.i64(np.array(RSQRT_TABLE), "rsqrt_table"), o.op("Add", [j, o.k(1)], f"{base}/j1")],
+              f"{base}/hi")
+    y = o.op("Sub", [o.op("Mul", [lo, o.k(512)], f"{base}/lo_512"),
+                     o.op("Mul", [o.op("Sub", [lo, hi], f"{base}/step"), o.op("Mod", [u, o.k(512)], f"{base}/r")],
+                          f"{base}/interp")], f"{base}/y")
+    t = o.round_shift(y, 6, Rounding.AP_RND_CONV, f"{base}/t")
+    f = o.op("Add", [o.op("Div", [k, o.k(2)], f"{base}/half_k"), o.k(MANT)], f"{base}/f")
+    pos = o.op("Greater", [v, o.k(0)], f"{base}/positive")
+    return (o.op("Where", [pos, t, o.k(0)], f"{base}/t0"), o.op("Where", [pos, f, o.k(0)], f"{base}/f0"))
+
+
 @INT_OPS.register("LayerNorm")
 def _layer_norm(em, node, layer, ins):
-    """Not yet: the per-sample rsqrt (leading-one normaliser, table, interpolation) has no
-    integer ONNX form here."""
-    raise EdgeDFAError(f"node {node.name!r}: int export of LayerNormalization is not supported yet"
-                       " (export --format float or qdq)")
+    """Per row (datapath §8.8, as training and inference compute it): exact sums, μ and Q, the
+    rsqrt by a leading-one count, the ROM and its interpolation, the gain unit, x̂ by a per-row
+    multiply and data-dependent shift, γ·x̂ + β in the accumulator, one requantization."""
+    (x, xf), = ins
+    o, base, num = em.ops, node.name, layer.num
+    n, f_x, xh = layer.features, xf.frac_bits, layer.xhat_fmt
+    r, L = ln_reciprocal(n)
+    eps = ln_shift(layer.eps_code * n * n, EPS_FRAC - 2 * xf.frac_bits)
+    top = (1 << (xf.width - 1)) * n
+    if top * r >= INT64_SAFE or n * top * (1 << (xf.width - 1)) + eps >= INT64_SAFE:
+        raise EdgeDFAError(f"node {node.name!r}: LayerNorm's sums at {xf.width} bits over {n} features could pass"
+                           " int64 in the int export")
+    rows = o.op("Reshape", [x, o.k([-1, n])], f"{base}/rows")
+    s1 = o.op("ReduceSum", [rows, o.k([1])], f"{base}/s1", keepdims=1)
+    s2 = o.op("ReduceSum", [o.op("Mul", [rows, rows], f"{base}/square"), o.k([1])], f"{base}/s2", keepdims=1)
+    mu = o.round_shift(o.op("Mul", [s1, o.k(r)], f"{base}/s1_r"), RECIP_BITS + L - BN_GUARD, Rounding.AP_RND_CONV,
+                       f"{base}/mean")
+    q = o.op("Sub", [o.op("Mul", [s2, o.k(n)], f"{base}/n_s2"), o.op("Mul", [s1, s1], f"{base}/s1_sq")], f"{base}/q")
+    t, f = _rsqrt(o, o.op("Add", [q, o.k(eps)], f"{base}/q_eps"), f"{base}/rsqrt")
+    # the gain unit (§8.7) on V = n·t, Φ = f − F_x
+    v = o.op("Mul", [t, o.k(n)], f"{base}/gain")
+    z = o.op("Max", [o.op("Sub", [_bit_length(o, v, f"{base}/gain"), o.k(MANT)], f"{base}/excess"), o.k(0)],
+             f"{base}/z")
+    phi_z = o.op("Sub", [o.op("Sub", [f, o.k(f_x)], f"{base}/phi"), z], f"{base}/phi_z")
+    k = o.op("Clip", [o.op("Add", [phi_z, o.k(f_x + BN_GUARD - xh.frac_bits)], f"{base}/k_raw"), o.k(0),
+                      o.k(SHIFT_MAX)], f"{base}/k")
+    sh = o.op("Sub", [o.op("Sub", [f, o.k(f_x)], f"{base}/phi2"),
+                      o.op("Add", [k, o.k(xh.frac_bits - f_x - BN_GUARD)], f"{base}/f_iota")], f"{base}/iota_shift")
+    right = o.round_right(v, o.op("Clip", [sh, o.k(0), o.k(62)], f"{base}/sh_right"), Rounding.AP_RND_CONV,
+                          f"{base}/iota_right")
+    left = o.op("Mul", [o.op("Min", [v, o.k(1 << (MANT + 1))], f"{base}/v_cap"),
+                        o.pow2(o.op("Clip", [o.op("Neg", [sh], f"{base}/neg_sh"), o.k(0), o.k(MANT + 1)],
+                                    f"{base}/sh_left"), f"{base}/iota_left")], f"{base}/iota_up")
+    iota = o.op("Min", [o.op("Where", [o.op("GreaterOrEqual", [sh, o.k(0)], f"{base}/sh_nonneg"), right, left],
+                             f"{base}/iota_any"), o.k(1 << MANT)], f"{base}/iota")
+    d = o.op("Sub", [o.op("Mul", [rows, o.k(1 << BN_GUARD)], f"{base}/align"), mu], f"{base}/centre")
+    xhat = o.saturate(o.round_right(o.op("Mul", [d, iota], f"{base}/times_iota"), k, num.act_rounding,
+                                    f"{base}/xhat"), xh, Overflow.AP_SAT, f"{base}/xhat")
+    g = layer.params["scale"]
+    frac = g.fmt.frac_bits + xh.frac_bits
+    init = accumulator_init(layer, frac).reshape(1, -1)
+    acc = o.op("Add", [o.op("Mul", [xhat, o.k(g.codes.reshape(1, -1))], f"{base}/scale"), o.k(init)], f"{base}/bias")
+    lo, hi = acc_limits(num.acc_bits)
+    if int(np.abs(init).max(initial=0)) + int(np.abs(g.codes).max(initial=0)) * (1 << (xh.width - 1)) > hi:
+        acc = o.overflow(acc, lo, hi, num.acc_bits, num.acc_overflow, f"{base}/acc")
+    y = o.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(o.op("Reshape", [y, o.op("Shape", [x], f"{base}/shape")], f"{base}/unrows"), layer.out_fmt)]
 
 
 @INT_OPS.register("Relu")
