@@ -106,6 +106,30 @@ def normalise_groups(layer, x3, f_x: int, stats: dict, count: bool) -> tuple:
     return xhat, [(u[0], u[2]) for u in units]
 
 
+def one_block(pairs) -> tuple:
+    """Exact (value, fraction) pairs aligned to the finest fraction and kept as one block of
+    MANT bits (§8.7 backward step 4): (codes, fraction)."""
+    f = max(fi for _, fi in pairs)
+    aligned = [v << (f - fi) for v, fi in pairs]
+    z = max(0, max(abs(v) for v in aligned).bit_length() - MANT)
+    return np.array([shift(v, z) for v in aligned], dtype=np.int64), f - z
+
+
+def input_error(e3, xhat, s1: list, s2: list, n: int, f_e: int, f_xh: int, scale: tuple, f_dy: int, num) -> tuple:
+    """(codes, format) of dx = scale·(e − mean(e) − x̂·mean(e·x̂)) per group, the groups on axis 1
+    of ``e3`` and ``xhat``, from the groups' exact sums s1 = Σe and s2 = Σe·x̂ over n values
+    (§8.7 backward steps 2-5, then the error floor; all zero keeps dy's format)."""
+    r, L = reciprocal(n)
+    m1 = np.array([shift(v * r, RECIP_BITS + L - GUARD) for v in s1], dtype=np.int64)
+    m2 = np.array([shift(v * r, RECIP_BITS + L + f_xh - GUARD) for v in s2], dtype=np.int64)
+    c = (e3 << (GUARD + f_xh)) - (m1[None, :, None] << f_xh) - xhat * m2[None, :, None]
+    c, f_c = narrow(c, f_e + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
+    s, f_s = scale
+    codes, f_dx = narrow(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
+    codes, f_dx = error_floor(codes, f_dx, num.err_bits, num.err_rounding)
+    return codes, FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
+
+
 def momentum_shift(momentum: float) -> int:
     """k_m: the running statistics move 2^-k_m of the way per step (nearest power of two)."""
     rest = 1.0 - float(momentum)
@@ -306,26 +330,14 @@ class BatchNorm(Layer):
                  "scale": QTensor(dg, acc_format(num.acc_bits, f_dy + f_xh))}
         if not need_dx[0]:
             return [None], grads
-        r, L = reciprocal(n)
-        m1 = np.array([shift(v * r, RECIP_BITS + L - GUARD) for v in db.tolist()], dtype=np.int64)
-        m2 = np.array([shift(v * r, RECIP_BITS + L + f_xh - GUARD) for v in dg.tolist()], dtype=np.int64)
-        c = (d3 << (GUARD + f_xh)) - (m1[None, :, None] << f_xh) - xhat * m2[None, :, None]
-        c, f_c = narrow(c, f_dy + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
-        s, f_s = self.channel_scale(cache["units"])
-        codes, f_dx = narrow(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
-        codes, f_dx = error_floor(codes, f_dx, num.err_bits, num.err_rounding)
-        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)  # 0 keeps dy's format
+        codes, fmt = input_error(d3, xhat, db.tolist(), dg.tolist(), n, f_dy, f_xh, self.channel_scale(cache["units"]),
+                                 f_dy, num)
         return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads
 
     def channel_scale(self, units) -> tuple:
-        """γ·ι per channel, aligned to the finest fraction and kept as one 24-bit block (§8.7
-        backward step 4): (codes, fraction)."""
+        """γ·ι per channel as one block (§8.7 backward step 4): (codes, fraction)."""
         g = self.params["scale"]
-        exact = [(gc * i, g.fmt.frac_bits + fi) for gc, (i, fi) in zip(g.codes.tolist(), units)]
-        f = max(fi for _, fi in exact)
-        aligned = [v << (f - fi) for v, fi in exact]
-        z = max(0, max(abs(v) for v in aligned).bit_length() - MANT)
-        return np.array([shift(v, z) for v in aligned], dtype=np.int64), f - z
+        return one_block([(gc * i, g.fmt.frac_bits + fi) for gc, (i, fi) in zip(g.codes.tolist(), units)])
 
     def weight_update(self, grads, step, lr_shift):
         return update_params(self, grads, step, lr_shift)

@@ -16,12 +16,12 @@ import math
 import numpy as np
 
 from ..errors import EdgeDFAError
-from ..fixed import FixedFormat, QTensor, acc_format, error_floor, int_bits_for, requantize
+from ..fixed import FixedFormat, QTensor, acc_format, int_bits_for, requantize
 from ..scaling import observe
 from ..update import update_params
 from .base import Layer, register
-from .batchnorm import (EPS_FRAC, GUARD, MANT, RECIP_BITS, XHAT_INT, group_statistics, narrow, normalise_groups,
-                        reciprocal, scale_shift, shift)
+from .batchnorm import (EPS_FRAC, XHAT_INT, group_statistics, input_error, narrow, normalise_groups, one_block,
+                        scale_shift)
 from .dense import calibrated_format, inside_range, quantize_param, weight_format_bits
 
 
@@ -132,25 +132,10 @@ class LayerNorm(Layer):
             return [None], grads
         g = self.params["scale"]
         e, f_e = narrow(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
-        r, L = reciprocal(self.features)
-        m1 = np.array([shift(v * r, RECIP_BITS + L - GUARD) for v in e.sum(axis=1).tolist()], dtype=np.int64)
-        m2 = np.array([shift(v * r, RECIP_BITS + L + f_xh - GUARD) for v in (e * xhat).sum(axis=1).tolist()],
-                      dtype=np.int64)
-        c = (e << (GUARD + f_xh)) - (m1[:, None] << f_xh) - xhat * m2[:, None]
-        c, f_c = narrow(c, f_e + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
-        s, f_s = row_scale(cache["units"])
-        codes, f_dx = narrow(c * s[:, None], f_c + f_s, num.err_bits, num.err_rounding)
-        codes, f_dx = error_floor(codes, f_dx, num.err_bits, num.err_rounding)
-        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)  # 0 keeps dy's format
+        codes, fmt = input_error(e[None], xhat[None], e.sum(axis=1).tolist(), (e * xhat).sum(axis=1).tolist(),
+                                 self.features, f_e, f_xh, one_block(cache["units"]), f_dy, num)
         return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads
 
     def weight_update(self, grads, step, lr_shift):
         return update_params(self, grads, step, lr_shift)
 
-
-def row_scale(units) -> tuple:
-    """ι of every row aligned to the finest fraction, kept as one 24-bit block: (codes, fraction)."""
-    f = max(fi for _, fi in units)
-    aligned = [i << (f - fi) for i, fi in units]
-    z = max(0, max(abs(v) for v in aligned).bit_length() - MANT)
-    return np.array([shift(v, z) for v in aligned], dtype=np.int64), f - z

@@ -52,6 +52,45 @@ def scale_shift(g: T, bias: T, xhat, f_xh: int, num, shape) -> tuple:
     return saturate(init.reshape(shape) + g.codes.reshape(shape) * xhat, fmt, num.acc_overflow), f_acc
 
 
+def affine_pass(layer, acc, cost: Cost, x: T, xhat, shape) -> tuple:
+    """The normalise-scale-shift pass (§8.7 step 6, §8.8): (output T in the input's shape, the
+    accumulator, its fraction); its cycles, MACs and traffic added to ``cost``."""
+    num, n = layer.num, x.codes.size
+    a, f_acc = scale_shift(layer.params["scale"], layer.params["B"], xhat, layer.xh.frac_bits, num, shape)
+    y = requant(a, f_acc, layer.out_fmt, num.act_rounding, num.act_overflow)
+    cost.use("norm", acc.norm.cycles(n))
+    cost.macs += 2 * n
+    cost.adds += 2 * n
+    acc.read(cost, "act", n * nbytes(x.fmt.width))
+    acc.write(cost, "act", n * nbytes(layer.out_fmt.width))
+    return T(y.reshape(x.codes.shape), layer.out_fmt), a, f_acc
+
+
+def one_block(pairs) -> tuple:
+    """Exact (value, fraction) pairs aligned to one fraction, one 24-bit block: (codes, fraction)."""
+    f = max(fr for _, fr in pairs)
+    aligned = [v << (f - fr) for v, fr in pairs]
+    z = max(0, leading_one(max(abs(v) for v in aligned)) - MANT)
+    return np.array([rne(v, z) for v in aligned], dtype=np.int64), f - z
+
+
+def input_error(e3, xhat, s1: list, s2: list, recip: tuple, f_e: int, f_xh: int, scale: tuple, f_dy: int,
+                num) -> tuple:
+    """(codes, format) of dx per group (axis 1 of ``e3``, ``xhat``) from the groups' sums s1 = Σe,
+    s2 = Σe·x̂ and the divider's reciprocal (r, L) of their count: the bracket, narrowed, times
+    the group scale, narrowed, floored (§8.7 backward); all zero keeps dy's format."""
+    num_bits, rounding = num.err_bits, num.err_rounding
+    r, L = recip
+    m1 = np.array([rne(v * r, 32 + L - GUARD) for v in s1], dtype=np.int64)
+    m2 = np.array([rne(v * r, 32 + L + f_xh - GUARD) for v in s2], dtype=np.int64)
+    bracket = (e3 << (GUARD + f_xh)) - (m1[None, :, None] << f_xh) - xhat * m2[None, :, None]
+    c, f_c = top_bits(bracket, f_e + GUARD + f_xh, num_bits + 8, rounding)
+    s, f_s = scale
+    codes, f_dx = top_bits(c * s[None, :, None], f_c + f_s, num_bits, rounding)
+    codes, f_dx = floor_error(codes, f_dx, num_bits, rounding)
+    return codes, FixedFormat.with_frac(num_bits, f_dx if codes.any() else f_dy)
+
+
 @register("BatchNorm")
 class BatchNormHw(HwLayer):
     trainable = True
@@ -106,16 +145,7 @@ class BatchNormHw(HwLayer):
             sc = self._running_scalars(x.fmt)
             cost.use("norm", self.channels * SCALAR_CYCLES)
         xhat, units = normalise_groups(x3, sc["mean"], sc["gains"], x.fmt.frac_bits, self.xh, self.num.act_rounding)
-        num = self.num
-        a, f_acc = scale_shift(self.params["scale"], self.params["B"], xhat, self.xh.frac_bits, num,
-                               (1, self.channels, 1))
-        y = requant(a, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
-        cost.use("norm", acc.norm.cycles(n))
-        cost.macs += 2 * n
-        cost.adds += 2 * n
-        acc.read(cost, "act", n * nbytes(x.fmt.width))
-        acc.write(cost, "act", n * nbytes(self.out_fmt.width))
-        out = T(y.reshape(x.codes.shape), self.out_fmt)
+        out, a, f_acc = affine_pass(self, acc, cost, x, xhat, (1, self.channels, 1))
         if not train:
             return out, None, cost
         acc.write(cost, "act", n * nbytes(self.xh.width))  # x̂ kept for the backward pass
@@ -164,14 +194,8 @@ class BatchNormHw(HwLayer):
         if not need[0]:
             return [None], grads, ecost, gcost
         r, L, div = acc.norm.reciprocal(n)
-        m1 = np.array([rne(v * r, 32 + L - GUARD) for v in dbeta.tolist()], dtype=np.int64)
-        m2 = np.array([rne(v * r, 32 + L + f_xh - GUARD) for v in dgamma.tolist()], dtype=np.int64)
-        bracket = (d << (GUARD + f_xh)) - (m1[None, :, None] << f_xh) - xhat * m2[None, :, None]
-        c, f_c = top_bits(bracket, f_dy + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
-        s, f_s = self._channel_scale(cache["units"])
-        codes, f_dx = top_bits(c * s[None, :, None], f_c + f_s, num.err_bits, num.err_rounding)
-        codes, f_dx = floor_error(codes, f_dx, num.err_bits, num.err_rounding)
-        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
+        codes, fmt = input_error(d, xhat, dbeta.tolist(), dgamma.tolist(), (r, L), f_dy, f_xh,
+                                 self._channel_scale(cache["units"]), f_dy, num)
         ecost.use("norm", 2 * acc.norm.cycles(size) + div + BACKWARD_SCALAR_CYCLES * self.channels)
         ecost.use("requant", acc.requant.cycles(size))
         ecost.macs, ecost.adds = 2 * size, 2 * size
@@ -183,8 +207,4 @@ class BatchNormHw(HwLayer):
     def _channel_scale(self, units) -> tuple:
         """γ·ι of every channel aligned to one fraction, one 24-bit block: (codes, fraction)."""
         g = self.params["scale"]
-        prods = [(gc * iota, g.fmt.frac_bits + f_i) for gc, (iota, _, f_i) in zip(g.codes.tolist(), units)]
-        f = max(fr for _, fr in prods)
-        aligned = [v << (f - fr) for v, fr in prods]
-        z = max(0, leading_one(max(abs(v) for v in aligned)) - MANT)
-        return np.array([rne(v, z) for v in aligned], dtype=np.int64), f - z
+        return one_block([(gc * iota, g.fmt.frac_bits + f_i) for gc, (iota, _, f_i) in zip(g.codes.tolist(), units)])

@@ -11,10 +11,9 @@ from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost, nbytes
-from ..norm_unit import BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, MANT, SCALAR_CYCLES, leading_one, rne, rsqrt
-from ..requant_unit import floor_error, requant
+from ..norm_unit import BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, SCALAR_CYCLES, leading_one, rne, rsqrt
 from .base import HwLayer, T, acc_fmt, register
-from .batchnorm import XH_INT, normalise_groups, scale_shift, top_bits
+from .batchnorm import XH_INT, affine_pass, input_error, normalise_groups, one_block, top_bits
 from .dense import live_mask
 
 
@@ -57,15 +56,7 @@ class LayerNormHw(HwLayer):
         acc.read(cost, "act", n * nbytes(x.fmt.width))
         xhat, units = normalise_groups(x2[None], mean, gains, x.fmt.frac_bits, self.xh, self.num.act_rounding)
         xhat = xhat[0]
-        num = self.num
-        a, f_acc = scale_shift(self.params["scale"], self.params["B"], xhat, self.xh.frac_bits, num, (1, self.d))
-        y = requant(a, f_acc, self.out_fmt, num.act_rounding, num.act_overflow)
-        cost.use("norm", acc.norm.cycles(n))
-        cost.macs += 2 * n
-        cost.adds += 2 * n
-        acc.read(cost, "act", n * nbytes(x.fmt.width))
-        acc.write(cost, "act", n * nbytes(self.out_fmt.width))
-        out = T(y.reshape(x.codes.shape), self.out_fmt)
+        out, a, f_acc = affine_pass(self, acc, cost, x, xhat, (1, self.d))
         if not train:
             return out, None, cost
         acc.write(cost, "act", n * nbytes(self.xh.width))  # x̂ kept for the backward pass
@@ -91,14 +82,8 @@ class LayerNormHw(HwLayer):
         g = self.params["scale"]
         e, f_e = top_bits(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
         r, L, div = acc.norm.reciprocal(self.d)
-        m1 = np.array([rne(v * r, 32 + L - GUARD) for v in e.sum(axis=1).tolist()], dtype=np.int64)
-        m2 = np.array([rne(v * r, 32 + L + f_xh - GUARD) for v in (e * xhat).sum(axis=1).tolist()], dtype=np.int64)
-        bracket = (e << (GUARD + f_xh)) - (m1[:, None] << f_xh) - xhat * m2[:, None]
-        c, f_c = top_bits(bracket, f_e + GUARD + f_xh, num.err_bits + 8, num.err_rounding)
-        s, f_s = self._row_scale(cache["units"])
-        codes, f_dx = top_bits(c * s[:, None], f_c + f_s, num.err_bits, num.err_rounding)
-        codes, f_dx = floor_error(codes, f_dx, num.err_bits, num.err_rounding)
-        fmt = FixedFormat.with_frac(num.err_bits, f_dx if codes.any() else f_dy)
+        codes, fmt = input_error(e[None], xhat[None], e.sum(axis=1).tolist(), (e * xhat).sum(axis=1).tolist(), (r, L),
+                                 f_e, f_xh, one_block([(iota, f_i) for iota, _, f_i in cache["units"]]), f_dy, num)
         ecost.use("norm", 3 * acc.norm.cycles(size) + div + BACKWARD_SCALAR_CYCLES * rows)
         ecost.use("requant", acc.requant.cycles(size))
         ecost.macs, ecost.adds = 3 * size, 3 * size
@@ -107,10 +92,3 @@ class LayerNormHw(HwLayer):
         acc.write(ecost, "err", size * nbytes(num.err_bits))
         return [T(codes.reshape(dy.codes.shape), fmt)], grads, ecost, gcost
 
-    @staticmethod
-    def _row_scale(units) -> tuple:
-        """ι of every row aligned to one fraction, one 24-bit block: (codes, fraction)."""
-        f = max(f_i for _, _, f_i in units)
-        aligned = [iota << (f - f_i) for iota, _, f_i in units]
-        z = max(0, leading_one(max(abs(v) for v in aligned)) - MANT)
-        return np.array([rne(v, z) for v in aligned], dtype=np.int64), f - z
