@@ -195,6 +195,36 @@ class LayerNormNet(nn.Module):
         return self.fc3(torch.relu(self.ln3(self.fc2(x.flatten(1)))))
 
 
+class InputNormNet(nn.Module):
+    """A CNN that normalises its own input per channel ((x - mean) / std, buffers), then an
+    unpadded Conv2d, and a Linear head whose input is scaled by a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, -0.25]).reshape(2, 1, 1))
+        self.register_buffer("std", torch.tensor([2.0, 0.5]).reshape(2, 1, 1))
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.fc = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv((x - self.mean) / self.std))
+        return self.fc(x.flatten(1) / 4.0)
+
+
+class ScaledResidualNet(nn.Module):
+    """x + 0.5 * relu(fc(x)): a residual branch scaled by a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.fc3 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        return self.fc3(h + 0.5 * torch.relu(self.fc2(h)))
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -223,6 +253,8 @@ CASES = {
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
+    "input_norm": (InputNormNet, (2, 6, 6), ("ts", "dynamo"), None),
+    "scaled_residual": (ScaledResidualNet, (6,), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph, Node
+from .affine import fold_affines
 from .registry import lookup, schema_version, supported, supported_text
 from .ir import BATCH, OGraph, ONode, batch_axis
 
@@ -143,8 +144,8 @@ def convert(og: OGraph) -> Graph:
                 "batch dimension first")
     meta = {k: v for k, v in og.meta.items() if k != "fold_errors"}
     meta.update(source=og.source, opset=og.opset, export_batch=og.export_batch)
-    graph = Graph(og.name, og.input_name, tuple(int(d) for d in input_shape[1:]), out_name,
-                  conv.nodes, meta)
+    nodes = fold_affines(conv.nodes, og, out_name)
+    graph = Graph(og.name, og.input_name, tuple(int(d) for d in input_shape[1:]), out_name, nodes, meta)
     _self_check(og, graph)
     return graph
 

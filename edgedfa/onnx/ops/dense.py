@@ -1,4 +1,5 @@
-"""Gemm and MatMul with a constant weight become Dense; a constant Add after one is its bias."""
+"""Gemm and MatMul with a constant weight become Dense (a constant Add after one becomes its bias:
+``onnx/affine.py``)."""
 
 import numpy as np
 
@@ -55,38 +56,3 @@ def _as_bias(ctx, node, c, out):
         return c.reshape(out).copy()
     ctx.fail(node, f"a constant of shape {c.shape} is not a bias over {out} features "
              "(a bias that depends on the batch position is not supported)")
-
-
-def _channel_bias(ctx, node, c, producer, rank):
-    """A constant added to a Conv output as a per-channel vector, or None."""
-    out = producer.params["W"].shape[0]
-    c = np.asarray(c, dtype=np.float64)
-    if c.size == 1:
-        return np.full(out, float(c.reshape(-1)[0]))
-    trailing = c.shape[-(rank - 1):] if c.ndim >= rank - 1 else None
-    if c.size == out and trailing is not None and trailing[0] == out:
-        return c.reshape(out).copy()
-    return None
-
-
-def fold_bias(ctx, node, data: str, c) -> bool:
-    """Fold constant ``c`` into the bias of the Dense/Conv writing ``data``; True when done."""
-    prod = ctx.producer(data)
-    if prod is None or prod.op not in ("Dense", "Conv") or not ctx.single_use(data):
-        return False
-    if prod.op == "Dense":
-        shape = ctx.shape(data)
-        if shape is not None and c.ndim > 1 and c.ndim > len(shape):
-            return False
-        try:
-            bias = _as_bias(ctx, node, c, prod.params["W"].shape[0])
-        except ValueError:
-            return False
-    else:
-        shape = ctx.shape(data)
-        bias = _channel_bias(ctx, node, c, prod, len(shape) if shape else 0)
-        if bias is None:
-            return False
-    prod.params["B"] = prod.params.get("B", 0.0) + bias
-    ctx.set_alias(node.outputs[0], data)
-    return True

@@ -1,4 +1,5 @@
-"""Layout ops (Flatten, Reshape, Transpose, Squeeze, Unsqueeze) and merges (Add, Sum, Concat)."""
+"""Layout ops (Flatten, Reshape, Transpose, Squeeze, Unsqueeze), merges (Add, Sum, Concat, Mul) and
+constant scales and offsets (Mul, Div, Add, Sub by a constant: ``onnx/affine.py`` folds them)."""
 
 import math
 
@@ -6,7 +7,7 @@ import numpy as np
 
 from ..ir import BATCH
 from ..registry import register
-from .dense import fold_bias
+from ..affine import emit_affine, legacy_align
 
 
 @register("Flatten", 1, 9, 11, 13, 21, 23, 24, 25)
@@ -141,33 +142,68 @@ def concat(node, ctx):
 @register("Add", 6, 7, 13, 14)
 def add(node, ctx):
     a, b = node.inputs[0], node.inputs[1]
-    if node.attr("broadcast", 0) and ctx.const(a) is None and ctx.const(b) is None and \
-            ctx.shape(a) != ctx.shape(b):
+    if _constant_operand(node, ctx, _offset, _offset):
+        return
+    if node.attr("broadcast", 0) and ctx.shape(a) != ctx.shape(b):
         ctx.fail(node, "Add-6 with legacy broadcasting between two data tensors is not "
                  "supported")
-    consts = [ctx.const(n) for n in (a, b)]
-    if consts[0] is not None and consts[1] is not None:
-        ctx.fail(node, "Add of two constants was not folded")
-    if consts[0] is not None or consts[1] is not None:
-        data, c = (b, consts[0]) if consts[0] is not None else (a, consts[1])
-        if not fold_bias(ctx, node, data, np.asarray(c, dtype=np.float64)):
-            ctx.fail(node, "adding a constant is supported only as the bias of the Dense "
-                     "or Conv right before it")
-        return
     _merge(node, ctx, [a, b])
+
+
+@register("Sub", 6, 7, 13, 14)
+def sub(node, ctx):
+    """x - c and c - x are a constant offset and scale; the difference of two data tensors is
+    not a layer the engine has."""
+    if not _constant_operand(node, ctx, lambda c: (1.0, -c), lambda c: (-1.0, c)):
+        ctx.fail(node, "Sub of two data tensors is not supported (only a constant subtracted, or"
+                 " subtracted from)")
+
+
+@register("Div", 6, 7, 13, 14)
+def div(node, ctx):
+    """x / c is a constant scale; dividing by data is not a layer the engine has."""
+    c = ctx.const(node.inputs[1])
+    if ctx.const(node.inputs[0]) is not None or c is None:
+        ctx.fail(node, "Div is supported only as data divided by a constant")
+    if np.any(np.asarray(c) == 0):
+        ctx.fail(node, "division by a constant that holds a zero")
+    _constant_operand(node, ctx, lambda c: (1.0 / c, 0.0), None)
+
+
+def _offset(c):
+    return 1.0, c
+
+
+def _scale(c):
+    return c, 0.0
 
 
 @register("Mul", 6, 7, 13, 14)
 def mul(node, ctx):
-    """The product of two data tensors (a gate, PyTorch's SiLU x * sigmoid(x)); by a constant
-    it is not a layer the engine has (scale the weights before it instead)."""
+    """The product of two data tensors (a gate, PyTorch's SiLU x * sigmoid(x)), or a constant
+    scale (folded into the Dense or Conv next to it)."""
     a, b = node.inputs[0], node.inputs[1]
-    if any(ctx.const(n) is not None for n in (a, b)):
-        ctx.fail(node, "Mul by a constant is not supported (only the product of two data tensors; "
-                 "fold a constant scale into the weights of the layer before it)")
+    if _constant_operand(node, ctx, _scale, _scale):
+        return
     if node.attr("broadcast", 0) and ctx.shape(a) != ctx.shape(b):
         ctx.fail(node, "Mul-6 with legacy broadcasting between two data tensors is not supported")
     _merge(node, ctx, [a, b], "Mul")
+
+
+def _constant_operand(node, ctx, data_first, const_first) -> bool:
+    """Whether one operand of a binary node is constant; then the node is written as
+    y = x * scale + offset, (scale, offset) = data_first(c) for op(x, c), const_first(c) for op(c, x)."""
+    x, y = node.inputs[0], node.inputs[1]
+    cx, cy = ctx.const(x), ctx.const(y)
+    if cx is None and cy is None:
+        return False
+    if cx is not None and cy is not None:
+        ctx.fail(node, f"{node.op_type} of two constants was not folded")
+    data, c = (y, cx) if cx is not None else (x, cy)
+    c = legacy_align(node, c, len(ctx.known_shape(node, data)))
+    scale, offset = (const_first if cx is not None else data_first)(c)
+    emit_affine(ctx, node, data, scale, offset)
+    return True
 
 
 @register("Sum", 6, 8, 13)
