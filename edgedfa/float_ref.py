@@ -94,6 +94,12 @@ def leaky_relu(node, x):
     return np.where(x >= 0, x, float(node.attrs.get("alpha", 0.01)) * x)
 
 
+@op("PRelu")
+def prelu(node, x):
+    """x above zero, slope * x at or below; the slope's per-sample shape broadcasts right-aligned."""
+    return np.where(x > 0, x, _p(node, "slope") * x)
+
+
 @op("HardSigmoid")
 def hard_sigmoid(node, x):
     return np.clip(float(node.attrs.get("alpha", 0.2)) * x + float(node.attrs.get("beta", 0.5)), 0.0, 1.0)

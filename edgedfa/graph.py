@@ -9,7 +9,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``Relu``, ``Tanh``, ``Sigmoid``, ``LeakyRelu`` (attr alpha), ``Clip`` (attrs min, max),
   ``HardSigmoid`` (attrs alpha, beta), ``NormalCdf`` (Phi(x) = (1 + erf(x/sqrt 2)) / 2; attr
   approximate "none" or "tanh", PyTorch's GELU forms: GELU is x times it), ``Elu`` (attrs alpha,
-  gamma: gamma * (x if x > 0 else alpha (exp(x) - 1)); ELU has gamma 1, SELU its own)
+  gamma: gamma * (x if x > 0 else alpha (exp(x) - 1)); ELU has gamma 1, SELU its own),
+  ``PRelu`` (param slope, a per-sample shape broadcast to the input's: x if x > 0 else slope * x;
+  the slope trains, docs/datapath.md §7.1)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
   ``GlobalAveragePool``
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
@@ -41,14 +43,15 @@ from .errors import EdgeDFAError
 
 DENSE = ("Dense",)
 CONV = ("Conv",)
-ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu")
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
 NORMS = ("BatchNorm", "LayerNorm")  # trained, but part of the layer before them: they start no module
+SLOPES = ("PRelu",)  # activations with a trained parameter: like norms, they start no module
 
-TRAINABLE = DENSE + CONV + RECURRENT + NORMS
+TRAINABLE = DENSE + CONV + RECURRENT + NORMS + SLOPES
 MODULE_LEADERS = DENSE + CONV + RECURRENT  # the trainable ops a credit module is built around
 CANONICAL_OPS = DENSE + CONV + ACTIVATIONS + POOLS + MOVES + MERGES + RECURRENT + NORMS
 

@@ -225,6 +225,44 @@ class ScaledResidualNet(nn.Module):
         return self.fc3(h + 0.5 * torch.relu(self.fc2(h)))
 
 
+class PReluNet(nn.Module):
+    """nn.PReLU after Linears: one slope per feature, then one shared; non-trivial slopes."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.PReLU(8), nn.Linear(8, 5), nn.PReLU(), nn.Linear(5, 3))
+        for m in self.net:
+            if isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(-0.3, 0.6)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PRelu1dNet(PReluNet):
+    """nn.PReLU per channel after a Conv1d ((C, 1) or (1, C, 1) slopes), shared after another."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.net = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.PReLU(4), nn.Conv1d(4, 3, 3), nn.PReLU(),
+                                 nn.Flatten(), nn.Linear(3 * 6, 3))
+        for m in self.net:
+            if isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(-0.3, 0.6)
+
+
+class PRelu2dNet(PReluNet):
+    """nn.PReLU per channel after a Conv2d ((C, 1, 1) or (1, C, 1, 1) slopes), per feature after a Linear."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.PReLU(3), nn.MaxPool2d(2), nn.Flatten(),
+                                 nn.Linear(12, 5), nn.PReLU(5), nn.Linear(5, 3))
+        for m in self.net:
+            if isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(-0.3, 0.6)
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -255,6 +293,9 @@ CASES = {
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
     "input_norm": (InputNormNet, (2, 6, 6), ("ts", "dynamo"), None),
     "scaled_residual": (ScaledResidualNet, (6,), ("ts", "dynamo"), None),
+    "prelu": (PReluNet, (6,), ("ts", "dynamo"), None),
+    "prelu_cnn1d": (PRelu1dNet, (2, 8), ("ts", "dynamo"), None),
+    "prelu_cnn2d": (PRelu2dNet, (1, 4, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

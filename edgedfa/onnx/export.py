@@ -138,6 +138,8 @@ def _layer_reasons(node, layer, fmts) -> list:
             return [f"{name}: the product may reach 2^{top.bit_length()}, beyond float32's exact integers"]
     if op == "HardSigmoid":
         return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds alpha x + beta"]
+    if op == "PRelu":
+        return [f"{name}: the engine rounds the product of x and the slope's code into x's format"]
     if op == "LeakyRelu":
         return [f"{name}: the engine multiplies by alpha as a 16-bit fraction and rounds the product"]
     if op == "BatchNorm":

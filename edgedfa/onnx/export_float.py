@@ -164,6 +164,12 @@ def _leaky(em, node, layer, ins, outs):
     em.b.node("LeakyRelu", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.01)))
 
 
+@FLOAT_OPS.register("PRelu")
+def _prelu(em, node, layer, ins, outs):
+    """ONNX PRelu with the trained slope in its per-sample shape (it broadcasts right-aligned)."""
+    em.b.node("PRelu", ins + [em.param(node, layer, "slope")], node.name, outs[:1])
+
+
 @FLOAT_OPS.register("HardSigmoid")
 def _hard_sigmoid(em, node, layer, ins, outs):
     em.b.node("HardSigmoid", ins, node.name, outs[:1], alpha=float(node.attrs.get("alpha", 0.2)),

@@ -594,6 +594,17 @@ def _leaky(em, node, layer, ins):
     return [(o.op("Where", [keep, x, neg], base), xf)]
 
 
+@INT_OPS.register("PRelu")
+def _prelu(em, node, layer, ins):
+    """x > 0 ? x : requantize(x * slope, F_x + F_a -> F_x, act_rounding, act_overflow) (datapath §7.1)."""
+    (x, xf), = ins
+    o, base, a = em.ops, node.name, layer.params["slope"]
+    scaled = o.op("Mul", [x, o.k(a.codes)], f"{base}/times_slope")
+    neg = o.requantize(scaled, xf.frac_bits + a.fmt.frac_bits, xf, layer.num.act_rounding, layer.num.act_overflow,
+                       f"{base}/requantize")
+    return [(o.op("Where", [o.op("Greater", [x, o.k(0)], f"{base}/positive"), x, neg], base), xf)]
+
+
 @INT_OPS.register("HardSigmoid")
 def _hard_sigmoid(em, node, layer, ins):
     """max(0, requantize(x * alpha_code + beta_code)) into ap_fixed<act_bits,1> (datapath §7)."""

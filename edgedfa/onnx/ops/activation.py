@@ -28,6 +28,27 @@ def leaky_relu(node, ctx):
              {"alpha": float(node.attr("alpha", 0.01))})
 
 
+@register("PRelu", 6, 7, 9, 16)
+def prelu(node, ctx):
+    """x above zero, slope * x at or below, the slope a trained parameter (PyTorch's nn.PReLU).
+    It broadcasts to X as ONNX says (right-aligned; opset 6: a vector is per channel); kept in the
+    per-sample shape, the batch axis dropped: (C,) after a Gemm, (C, 1) / (C, 1, 1) per channel of a Conv map, ones when shared."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, "PRelu needs the batch on axis 0")
+    slope = ctx.weight(node, 1, "slope")
+    if ctx.og.opset < 7 and slope.ndim == 1 and slope.size == shape[1] > 1:
+        slope = slope.reshape((-1,) + (1,) * (len(shape) - 2))  # opset 6: a vector slope is per channel (axis 1)
+    full = (1,) * (len(shape) - slope.ndim) + slope.shape
+    if slope.ndim > len(shape) or full[0] != 1 or any(s not in (1, d) for s, d in zip(full[1:], shape[1:])):
+        ctx.fail(node, f"a slope of shape {list(slope.shape)} does not broadcast to the input's per-sample shape"
+                       f" {list(shape[1:])} (one value per sample is no parameter)")
+    if not np.all(np.isfinite(slope)):
+        ctx.fail(node, "the slope must be finite")
+    ctx.emit(node, "PRelu", [x], [node.outputs[0]], {}, {"slope": slope.reshape(full[1:])})
+
+
 def _slope(node, ctx, alpha, beta):
     if not (0 < alpha < 1 and 0 <= beta <= 1):
         ctx.fail(node, f"alpha {alpha} and beta {beta}: HardSigmoid takes 0 < alpha < 1 and 0 <= beta <= 1")

@@ -252,14 +252,15 @@ class _Rewrite:
             return self.out.append(node)
         if op in ELEMENTWISE and data == [first] and node.inputs[0] == first:
             return self.same_layout(node, [first])
-        if op in ("MatMul", "Add") and data == [first] and self.on_last_axis(node, first):
+        if op in ("MatMul", "Add", "PRelu") and data == [first] and self.on_last_axis(node, first):
             return self.same_layout(node, data)
         if op in ("Concat", "Add", "Sum", "Mul") and data == [i for i in node.inputs if i]:
             return self.same_layout(node, data)
         self.unsupported(node, first)
 
     def on_last_axis(self, node, x) -> bool:
-        """MatMul by a constant matrix, or Add of a constant row: both act on the last axis."""
+        """MatMul by a constant matrix, or Add of a constant row (or PRelu by a slope row): all act on
+        the last axis."""
         perm, c = self.tracked[x][1], self.og.consts.get(node.inputs[1 - node.inputs.index(x)])
         if perm[-1] != len(perm) - 1 or c is None:
             return False
