@@ -110,6 +110,18 @@ def test_rerolled_rnn_directions():
     assert next(n for n in relu.nodes if n.op == "RNN").attrs["activations"] == ["Relu"]
 
 
+def test_an_rnn_exported_from_a_batch_of_one_rerolls():
+    """From an example batch of one, dynamo folds the zero state's first step (0 @ R + b_hh)
+    to a constant: step 0 is act(L[0] + b_hh), and R is read off step 1."""
+    path = os.path.join(FIXTURES, "rnn_relu_batch1_dynamo.onnx")
+    assert "Expand" not in [n.op_type for n in onnx.load(path).graph.node]
+    g = eo.load_graph(path)
+    rnn = next(n for n in g.nodes if n.op == "RNN")
+    assert [n.op for n in g.nodes][0] == "RNN" and rnn.attrs["activations"] == ["Relu"]
+    ts = eo.load_graph(os.path.join(FIXTURES, "rnn_ts.onnx"))  # another module, same parameter layout
+    assert rnn.params["R"].shape == next(n for n in ts.nodes if n.op == "RNN").params["R"].shape
+
+
 def test_unrolled_rnn_that_cannot_be_rerolled_is_rejected_with_advice():
     m = onnx.load(os.path.join(FIXTURES, "rnn_dynamo.onnx"))
     steps = [n for n in m.graph.node if "rnn.bias_hh_l0" in n.input]

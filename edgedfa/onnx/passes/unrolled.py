@@ -77,9 +77,13 @@ def _match_layer(og, producers, consumers, first):
     from .rnn import _is_zero
 
     step0 = _step(og, producers, first, 0)
-    if step0 is None or not _is_zero(og, step0[0], producers):
-        return None
-    _, r, b_hh, seq = step0
+    if step0 is not None and _is_zero(og, step0[0], producers):
+        _, r, b_hh, seq = step0
+    else:  # R is read off step 1
+        folded = _folded_first_step(og, producers, first)
+        if folded is None:
+            return None
+        (b_hh, seq), r = folded, None
     seq_shape = og.shape(seq)
     if seq_shape is None or len(seq_shape) != 3 or not isinstance(seq_shape[0], int):
         return None
@@ -89,6 +93,8 @@ def _match_layer(og, producers, consumers, first):
                if _same_step(og, producers, s, t, acts[-1].outputs[0], r, b_hh, seq)]
         if len(nxt) != 1:
             return None
+        if r is None:
+            r = _step(og, producers, nxt[0], t)[1]
         acts.append(nxt[0])
     outs = [a.outputs[0] for a in acts]
     flipped = _flip_source(og, producers, seq)
@@ -145,7 +151,26 @@ def _same_step(og, producers, act, t, h_prev, r, b_hh, seq):
         return False
     same_bias = (step[2] is None and b_hh is None) or (
         step[2] is not None and b_hh is not None and np.array_equal(step[2], b_hh))
-    return step[0] == h_prev and np.array_equal(step[1], r) and same_bias and step[3] == seq
+    return step[0] == h_prev and (r is None or np.array_equal(step[1], r)) and same_bias and step[3] == seq
+
+
+def _folded_first_step(og, producers, act):
+    """(b_hh, L) when ``act`` is step 0 from a zero state whose ``0 @ R + b_hh`` the exporter
+    folded to a constant (dynamo does when the example input has a batch of one):
+    act(L[0] + b_hh), or act(L[0]) without a recurrent bias; else None."""
+    if act.op_type not in ("Tanh", "Relu"):
+        return None
+    terms = _sum_terms(og, producers, act.inputs[0])
+    consts = [x for x in terms if og.is_const(x)]
+    data = [x for x in terms if not og.is_const(x)]
+    seq = _step_input(og, producers, data[0], 0) if len(data) == 1 and len(consts) <= 1 else None
+    if seq is None:
+        return None
+    if not consts:
+        return None, seq
+    rows = np.asarray(og.consts[consts[0]], np.float64)
+    rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
+    return (rows[0], seq) if np.all(rows == rows[:1]) else None
 
 
 def _concat_of(og, consumers, outs):
