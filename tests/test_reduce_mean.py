@@ -1,19 +1,28 @@
-"""ReduceMean over any non-batch axes: a mean over a sequence's time axis (``y.mean(dim=1)``
-after a batch-first recurrent layer, ``y.mean(dim=0)`` after a seq-first one), over channels,
-over some spatial axes. The importer writes it as a GlobalAveragePool of the reduced axes moved
-last and merged (Transpose, Reshape): it matches onnxruntime, trains bit-exactly with
-hdl_models under every algorithm, and its int export is bit-exact in onnxruntime."""
+"""ReduceMean, ReduceMax and ReduceSum over any non-batch axes: over a sequence's time axis
+(``y.mean(dim=1)`` after a batch-first recurrent layer, ``y.mean(dim=0)`` after a seq-first one,
+``torch.max(y, dim=1)[0]``, ``y.sum(dim=1)``), over channels, over some spatial axes. The importer
+writes them as a GlobalAveragePool (a sum: and a constant scale, folded into the Dense or Conv
+next to it) or a whole-window MaxPool of the reduced axes moved last and merged (Transpose,
+Reshape): they match onnxruntime, train bit-exactly with hdl_models under every algorithm, and
+the int export is bit-exact in onnxruntime."""
+
+import os
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from onnx_helpers import check, model, rand
+from onnx_helpers import check, model, ort_run, rand
+from table_activation_checks import check_step_and_int_export
 from test_onnx_export import _check_int_exact
 
+from edgedfa.api import load_onnx
 from edgedfa.cosim import emulate
 from edgedfa.errors import EdgeDFAError
+from edgedfa.float_ref import run_float
+from edgedfa.numerics import Numerics
 from edgedfa.onnx import load_graph_bytes
 from edgedfa.train import TrainConfig
 from hdl_models.hwconfig import HwConfig
@@ -27,14 +36,18 @@ def ops(g):
     return [n.op for n in g.nodes]
 
 
-def _reduce(axes, keepdims, opset, x="x", out="y"):
-    """ReduceMean as each opset writes it: axes an attribute before 18, an input from 18."""
-    if opset >= 18:
+REDUCTIONS = {"ReduceMean": "GlobalAveragePool", "ReduceMax": "MaxPool", "ReduceSum": "GlobalAveragePool"}
+
+
+def _reduce(axes, keepdims, opset, x="x", out="y", op="ReduceMean"):
+    """A reduction as each opset writes it: axes an attribute before 18 (ReduceSum: before 13),
+    an input from then on."""
+    if opset >= (13 if op == "ReduceSum" else 18):
         if axes is None:
-            return [helper.make_node("ReduceMean", [x], [out], keepdims=keepdims)], {}
-        return [helper.make_node("ReduceMean", [x, out + "_axes"], [out], keepdims=keepdims)], \
+            return [helper.make_node(op, [x], [out], keepdims=keepdims)], {}
+        return [helper.make_node(op, [x, out + "_axes"], [out], keepdims=keepdims)], \
             {out + "_axes": np.array(axes, np.int64)}
-    return [helper.make_node("ReduceMean", [x], [out], axes=axes, keepdims=keepdims)], {}
+    return [helper.make_node(op, [x], [out], axes=axes, keepdims=keepdims)], {}
 
 
 FORMS = [((4, 6), [1]), ((4, 6), [-2]), ((4, 6), [2]), ((4, 6), [1, 2]),
@@ -44,10 +57,35 @@ FORMS = [((4, 6), [1]), ((4, 6), [-2]), ((4, 6), [2]), ((4, 6), [1, 2]),
 @pytest.mark.parametrize("shape,axes", FORMS)
 @pytest.mark.parametrize("keepdims", [0, 1])
 @pytest.mark.parametrize("opset", [13, 18])
-def test_reduce_mean_over_non_batch_axes_matches_onnxruntime(shape, axes, keepdims, opset):
-    nodes, inits = _reduce(axes, keepdims, opset)
+@pytest.mark.parametrize("op", sorted(REDUCTIONS))
+def test_reductions_over_non_batch_axes_match_onnxruntime(shape, axes, keepdims, opset, op):
+    """Each reduction, then Flatten and a Gemm (which takes a sum's count)."""
+    nodes, inits = _reduce(axes, keepdims, opset, out="r", op=op)
+    rank = len(shape) + 1
+    norm = {a % rank for a in axes}
+    width = int(np.prod([d for i, d in enumerate(shape, start=1) if i not in norm]))
+    nodes += [helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1)]
+    inits.update(W=rand(3, width, seed=5), B=rand(3, seed=6))
     g = check(model(nodes, inits, ["N", *shape], opset=opset), rand(N, *shape, seed=len(axes)))
-    assert "GlobalAveragePool" in ops(g)
+    assert REDUCTIONS[op] in ops(g) and ops(g)[-1] == "Dense"
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 4, 5)])
+def test_global_max_pool_is_one_whole_window(shape):
+    nodes = [helper.make_node("GlobalMaxPool", ["x"], ["y"])]
+    g = check(model(nodes, {}, ["N", *shape]), rand(N, *shape, seed=3))
+    assert ops(g) == ["MaxPool"] and g.nodes[0].attrs["kernel_shape"] == list(shape[1:])
+
+
+def test_a_sum_after_a_conv_folds_its_count_into_the_conv():
+    """x.sum over the spatial axes with keepdims, read by nothing but the output's Flatten: the
+    count goes back through the pooling into the Conv's weights."""
+    nodes = [helper.make_node("Conv", ["x", "K", "KB"], ["c"], pads=[1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             *_reduce([2], 1, 13, "r", "s", "ReduceSum")[0], helper.make_node("Flatten", ["s"], ["y"])]
+    inits = {"K": rand(4, 2, 3, seed=1), "KB": rand(4, seed=2), "s_axes": np.array([2], np.int64)}
+    g = check(model(nodes, inits, ["N", 2, 7], opset=13), rand(N, 2, 7, seed=3))
+    assert ops(g) == ["Conv", "Relu", "GlobalAveragePool", "Flatten"]
+    assert np.allclose(g.nodes[0].params["W"], 7 * rand(4, 2, 3, seed=1))
 
 
 def test_empty_axes_with_noop_is_the_identity():
@@ -58,10 +96,11 @@ def test_empty_axes_with_noop_is_the_identity():
 
 
 @pytest.mark.parametrize("axes", [[0], [0, 1], None])
-def test_a_mean_over_the_batch_is_refused_by_name(axes):
-    nodes, inits = _reduce(axes, 0, 18)
+@pytest.mark.parametrize("op", sorted(REDUCTIONS))
+def test_a_reduction_over_the_batch_is_refused_by_name(axes, op):
+    nodes, inits = _reduce(axes, 0, 18, op=op)
     nodes[0].name = "meanpool"
-    with pytest.raises(EdgeDFAError, match="meanpool.*average over the batch"):
+    with pytest.raises(EdgeDFAError, match=f"meanpool.*{op} over axes.*would reduce over the batch"):
         load_graph_bytes(model(nodes, inits, ["N", 4, 3], opset=18).SerializeToString())
 
 
@@ -100,17 +139,18 @@ def test_a_mean_over_time_after_a_gru_imports_batch_first(layout_first, opset):
     assert "GlobalAveragePool" in ops(g) and ops(g)[-1] == "Dense"
 
 
-def seq_mean_mlp(seed):
-    """Dense per step on [N, T, FEAT], Relu, a mean over time, Dense to 3 classes."""
+def seq_mlp(seed, op="ReduceMean"):
+    """Dense per step on [N, T, FEAT], Relu, a reduction over time, Dense to 3 classes."""
+    reduce, extra = _reduce([1], 0, 13, "r", "m", op)
     nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
-             helper.make_node("Relu", ["hb"], ["r"]), *_reduce([1], 0, 13, "r", "m")[0],
-             helper.make_node("Gemm", ["m", "W2", "b2"], ["y"], transB=1)]
+             helper.make_node("Relu", ["hb"], ["r"]), *reduce, helper.make_node("Gemm", ["m", "W2", "b2"], ["y"], transB=1)]
     inits = {"W1": rand(FEAT, 6, seed=seed), "b1": rand(6, seed=seed + 1), "W2": rand(3, 6, seed=seed + 2),
-             "b2": rand(3, seed=seed + 3)}
+             "b2": rand(3, seed=seed + 3), **extra}
     return load_graph_bytes(model(nodes, inits, ["N", T, FEAT], opset=13).SerializeToString())
 
 
-GRAPHS = {"gru": lambda seed: load_graph_bytes(gru_mean(True, 17, seed).SerializeToString()), "mlp": seq_mean_mlp}
+GRAPHS = {"gru": lambda seed: load_graph_bytes(gru_mean(True, 17, seed).SerializeToString()), "mlp": seq_mlp,
+          "mlp-max": lambda seed: seq_mlp(seed, "ReduceMax"), "mlp-sum": lambda seed: seq_mlp(seed, "ReduceSum")}
 
 
 @pytest.mark.parametrize("kind", sorted(GRAPHS))
@@ -127,6 +167,22 @@ def test_mean_over_time_trains_bit_exact_with_the_datapath_model(kind, algo):
 @settings(max_examples=15)
 @given(seed=st.integers(0, 2**16), bits=st.integers(4, 16), kind=st.sampled_from(sorted(GRAPHS)))
 def test_int_export_of_a_mean_over_time_equals_engine(seed, bits, kind):
-    from edgedfa.numerics import Numerics
-
     _check_int_exact(GRAPHS[kind](seed), Numerics.from_bits(bits), seed)
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
+
+
+@pytest.mark.parametrize("name", [f"reduce_{k}_{e}" for k in ("max_time", "sum_time", "adaptive_max")
+                                  for e in ("ts", "dynamo")])
+def test_pytorch_reductions_import_train_and_export(name):
+    """``torch.max(x, dim=2)[0]`` after a Conv1d, ``y.sum(dim=1)`` after a GRU, AdaptiveMaxPool2d(1)
+    (a ReduceMax from dynamo), both exporters: equal to onnxruntime, a step of training bit-exact
+    with hdl_models, the int export bit-exact."""
+    path = os.path.join(FIXTURES, f"{name}.onnx")
+    m = load_onnx(path, numerics=Numerics.from_bits(8))
+    assert REDUCTIONS["ReduceSum" if "sum" in name else "ReduceMax"] in ops(m.graph)
+    x = rand(8, *m.graph.input_shape, seed=9).astype(np.float64)
+    ref = ort_run(onnx.load(path), x)
+    assert np.abs(run_float(m.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()
+    check_step_and_int_export(m, x, np.random.default_rng(1).integers(0, 3, 8))

@@ -263,6 +263,29 @@ class PRelu2dNet(PReluNet):
                 m.weight.data.uniform_(-0.3, 0.6)
 
 
+class Reductions(nn.Module):
+    """The reductions PyTorch users write: ``torch.max(x, dim)[0]`` over a Conv1d's length, a sum
+    over a GRU's time steps, and an adaptive max pooling to one after a Conv2d (ReduceMax,
+    ReduceSum; dynamo writes the adaptive pooling as a ReduceMax too)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        if kind == "max_time":
+            self.body, self.fc = nn.Conv1d(2, 5, 3, padding=1), nn.Linear(5, 3)
+        elif kind == "sum_time":
+            self.body, self.fc = nn.GRU(6, 5, batch_first=True), nn.Linear(5, 3)
+        else:
+            self.body, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.AdaptiveMaxPool2d(1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        if self.kind == "max_time":
+            return self.fc(torch.max(torch.relu(self.body(x)), dim=2)[0])
+        if self.kind == "sum_time":
+            return self.fc(self.body(x)[0].sum(dim=1))
+        return self.fc(torch.flatten(self.pool(torch.relu(self.body(x))), 1))
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -293,6 +316,9 @@ CASES = {
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
+    "reduce_max_time": (lambda: Reductions("max_time"), (2, 12), ("ts", "dynamo"), None),
+    "reduce_sum_time": (lambda: Reductions("sum_time"), SEQ, ("ts", "dynamo"), None),
+    "reduce_adaptive_max": (lambda: Reductions("adaptive_max"), (1, 6, 6), ("ts", "dynamo"), None),
     "input_norm": (InputNormNet, (2, 6, 6), ("ts", "dynamo"), None),
     "scaled_residual": (ScaledResidualNet, (6,), ("ts", "dynamo"), None),
     "prelu": (PReluNet, (6,), ("ts", "dynamo"), None),

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import consumers, producers
+from ..graph import Graph, Node, consumers, producers
+from .ir import batch_axis
 
 AFFINE = "ConstAffine"  # a handler's temporary node, never in a canonical graph
 MOVES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
@@ -29,10 +30,11 @@ POSITIVE_SCALE = ("Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAverageP
 HOSTS = ("Dense", "Conv")
 
 
-def emit_affine(ctx, node, x: str, scale, offset) -> None:
-    """``node``'s output = x * scale + offset, constants broadcast over x (numpy rules)."""
-    shape = ctx.known_shape(node, x)
-    if ctx.batch_at(node, x) != 0:
+def emit_affine(ctx, node, x: str, scale, offset, shape=None) -> None:
+    """``node``'s output = x * scale + offset, constants broadcast over x (numpy rules); ``shape``:
+    x's, when x is a tensor the handler made (the light graph knows only its own)."""
+    shape = ctx.known_shape(node, x) if shape is None else shape
+    if batch_axis(shape) != 0:
         ctx.fail(node, f"a constant {node.op_type} needs its data input's batch on axis 0")
     a, b = (_per_sample(ctx, node, v, shape) for v in (scale, offset))
     ctx.emit(node, AFFINE, [x], [node.outputs[0]], {"onnx_node": node}, {"a": a, "b": b})
@@ -83,13 +85,29 @@ class _Nodes:
     def __init__(self, nodes, og, output):
         self.nodes, self.og, self.output = nodes, og, output
         self.prods, self.cons = producers(nodes), consumers(nodes)
+        self._shapes = None
 
     def uses(self, name) -> int:
         return len(self.cons.get(name, [])) + (name == self.output)
 
     def sample_shape(self, name):
+        """One sample's shape of a tensor: the light graph's, or for the tensors the handlers
+        made, the canonical nodes' (each ConstAffine run as a Reshape to its own shape)."""
         shape = self.og.shape(name)
-        return None if shape is None or any(d is None for d in shape[1:]) else tuple(int(d) for d in shape[1:])
+        if shape is not None and all(d is not None for d in shape[1:]):
+            return tuple(int(d) for d in shape[1:])
+        if self._shapes is None:
+            from ..float_ref import tensor_shapes
+
+            nodes = [Node(n.name, "Reshape", n.inputs, n.outputs, {"shape": [-1, *n.params["a"].shape]})
+                     if n.op == AFFINE else n for n in self.nodes]
+            x = self.og.shape(self.og.input_name)
+            try:
+                graph = Graph("fold", self.og.input_name, tuple(int(d) for d in x[1:]), self.output, nodes)
+                self._shapes = {k: tuple(v[1:]) for k, v in tensor_shapes(graph).items()}
+            except Exception:  # a graph that does not run yet: the light graph's shapes only
+                self._shapes = {}
+        return self._shapes.get(name)
 
     # -- a scale and offset merged into the next one ----------------------------------------
     def merge_next(self, t) -> bool:

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ..affine import emit_affine
 from ..registry import register
 
 
@@ -136,15 +137,81 @@ def global_average_pool(node, ctx):
     ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
 
 
+@register("GlobalMaxPool", 1, 22)
+def global_max_pool(node, ctx):
+    """A MaxPool whose one window is the whole of each channel."""
+    x = ctx.data_input(node)
+    size = [int(d) for d in _spatial(ctx, node, x)]
+    ctx.emit(node, "MaxPool", [x], [node.outputs[0]], _whole_window(size))
+
+
+def _whole_window(size):
+    return {"kernel_shape": list(size), "strides": list(size), "pads": [0] * 2 * len(size)}
+
+
 @register("ReduceMean", 1, 11, 13, 18)
 def reduce_mean(node, ctx):
-    """A mean over non-batch axes is a GlobalAveragePool: over the spatial axes of [N, C, ...]
-    directly (then Flatten if keepdims=0); over any other set (a sequence's time axis of
-    [N, T, C], ...) with the reduced axes moved last by a Transpose and merged into [N, K, R]
-    by a Reshape, pooled, and reshaped to the output's shape."""
+    """A mean over non-batch axes is a GlobalAveragePool (``_reduce``)."""
+    _reduce(node, ctx, "GlobalAveragePool", node.outputs[0])
+
+
+@register("ReduceMax", 1, 11, 12, 13, 18, 20)
+def reduce_max(node, ctx):
+    """A maximum over non-batch axes (``torch.max(x, dim)[0]``, ``amax``, dynamo's adaptive max
+    pooling to one) is a MaxPool whose window is the whole of the reduced axes (``_reduce``)."""
+    _reduce(node, ctx, "MaxPool", node.outputs[0])
+
+
+@register("ReduceSum", 1, 11, 13)
+def reduce_sum(node, ctx):
+    """A sum over non-batch axes is their mean times their count: a GlobalAveragePool and a
+    constant scale, which the Dense or Conv next to it takes (``onnx/affine.py``)."""
+    mean = node.outputs[0] + "__mean"
+    count = _reduce(node, ctx, "GlobalAveragePool", mean)
+    emit_affine(ctx, node, mean, float(count), 0.0, ctx.known_shape(node, node.outputs[0]))
+
+
+def _reduce(node, ctx, pool, out_name) -> int:
+    """``node`` (a reduction over non-batch axes) as ``pool`` over the spatial axes of [N, C, ...]
+    directly (then Flatten if keepdims=0), or over any other set (a sequence's time axis of
+    [N, T, C], ...) with the reduced axes moved last by a Transpose and merged into [N, K, R] by a
+    Reshape, pooled, and reshaped to the output's shape; written to ``out_name``. Returns the
+    number of values each output reduces."""
     x = ctx.data_input(node)
     shape = ctx.known_shape(node, x)
     rank = len(shape)
+    axes = _reduced_axes(node, ctx, rank)
+    if axes is None:
+        ctx.emit(node, "Reshape", [x], [out_name], {"shape": [-1] + [int(d) for d in shape[1:]]})
+        return 1
+    if ctx.batch_at(node, x) != 0 or 0 in axes:
+        ctx.fail(node, f"{node.op_type} over axes {axes} of a rank-{rank} tensor would reduce over the "
+                 "batch dimension (supported: reductions over non-batch axes)")
+    keepdims = node.attr("keepdims", 1)
+    count = math.prod(int(shape[a]) for a in axes)
+    if rank in (3, 4) and axes == list(range(2, rank)):
+        pooled = out_name if keepdims else out_name + "__pooled"
+        _emit_pool(ctx, node, pool, x, pooled, [int(d) for d in shape[2:]], "" if keepdims else "__pool")
+        if not keepdims:
+            ctx.emit(node, "Flatten", [pooled], [out_name], {"axis": 1})
+        return count
+    kept = [a for a in range(1, rank) if a not in axes]
+    perm = [0] + kept + axes
+    src = x
+    if perm != list(range(rank)):
+        src = out_name + "__moved"
+        ctx.emit(node, "Transpose", [x], [src], {"perm": perm}, suffix="__move")
+    merged, pooled = out_name + "__merged", out_name + "__pooled"
+    k = math.prod(int(shape[a]) for a in kept)
+    ctx.emit(node, "Reshape", [src], [merged], {"shape": [-1, k, count]}, suffix="__merge")
+    _emit_pool(ctx, node, pool, merged, pooled, [count], "__pool")
+    out = [1 if a in axes else int(shape[a]) for a in range(1, rank)] if keepdims else [int(shape[a]) for a in kept]
+    ctx.emit(node, "Reshape", [pooled], [out_name], {"shape": [-1] + out})
+    return count
+
+
+def _reduced_axes(node, ctx, rank):
+    """The sorted axes a Reduce* node reduces, or None when it reduces none (an identity)."""
     if "axes" in node.attrs:
         axes = list(node.attrs["axes"])
     elif len(node.inputs) > 1 and node.inputs[1]:
@@ -155,30 +222,10 @@ def reduce_mean(node, ctx):
     else:
         axes = []
     if not axes and node.attr("noop_with_empty_axes", 0):
-        ctx.emit(node, "Reshape", [x], [node.outputs[0]], {"shape": [-1] + [int(d) for d in shape[1:]]})
-        return
-    axes = sorted({a + rank if a < 0 else a for a in axes} if axes else set(range(rank)))
-    if ctx.batch_at(node, x) != 0 or 0 in axes:
-        ctx.fail(node, f"ReduceMean over axes {axes} of a rank-{rank} tensor would average over the "
-                 "batch dimension (supported: means over non-batch axes)")
-    keepdims = node.attr("keepdims", 1)
-    if rank in (3, 4) and axes == list(range(2, rank)):
-        if keepdims:
-            ctx.emit(node, "GlobalAveragePool", [x], [node.outputs[0]])
-            return
-        pooled = node.outputs[0] + "__pooled"
-        ctx.emit(node, "GlobalAveragePool", [x], [pooled], suffix="__pool")
-        ctx.emit(node, "Flatten", [pooled], [node.outputs[0]], {"axis": 1})
-        return
-    kept = [a for a in range(1, rank) if a not in axes]
-    perm = [0] + kept + axes
-    src = x
-    if perm != list(range(rank)):
-        src = node.outputs[0] + "__moved"
-        ctx.emit(node, "Transpose", [x], [src], {"perm": perm}, suffix="__move")
-    merged, pooled = node.outputs[0] + "__merged", node.outputs[0] + "__pooled"
-    k, r = math.prod(int(shape[a]) for a in kept), math.prod(int(shape[a]) for a in axes)
-    ctx.emit(node, "Reshape", [src], [merged], {"shape": [-1, k, r]}, suffix="__merge")
-    ctx.emit(node, "GlobalAveragePool", [merged], [pooled], suffix="__pool")
-    out = [1 if a in axes else int(shape[a]) for a in range(1, rank)] if keepdims else [int(shape[a]) for a in kept]
-    ctx.emit(node, "Reshape", [pooled], [node.outputs[0]], {"shape": [-1] + out})
+        return None
+    return sorted({a + rank if a < 0 else a for a in axes} if axes else set(range(rank)))
+
+
+def _emit_pool(ctx, node, pool, src, dst, size, suffix):
+    attrs = _whole_window(size) if pool == "MaxPool" else {}
+    ctx.emit(node, pool, [src], [dst], attrs, suffix=suffix)
