@@ -125,6 +125,13 @@ def elu(node, x):
     return gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
 
 
+@op("Softplus")
+def softplus(node, x):
+    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
 @op("Clip")
 def clip(node, x):
     lo, hi = node.attrs.get("min"), node.attrs.get("max")

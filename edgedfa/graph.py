@@ -11,7 +11,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   approximate "none" or "tanh", PyTorch's GELU forms: GELU is x times it), ``Elu`` (attrs alpha,
   gamma: gamma * (x if x > 0 else alpha (exp(x) - 1)); ELU has gamma 1, SELU its own),
   ``PRelu`` (param slope, a per-sample shape broadcast to the input's: x if x > 0 else slope * x;
-  the slope trains, docs/datapath.md §7.1)
+  the slope trains, docs/datapath.md §7.1),
+  ``Softplus`` (log(1 + exp(x)); PyTorch's Mish is x tanh of it)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
   ``GlobalAveragePool``
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
@@ -43,7 +44,7 @@ from .errors import EdgeDFAError
 
 DENSE = ("Dense",)
 CONV = ("Conv",)
-ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu")
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu", "Softplus")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")

@@ -19,6 +19,10 @@ normal density ``phi`` for its derivative, read at the input's address in the ba
 ELU (and SELU, its scaled form, §9.9) has one more ROM on the same address path:
 ``1 - exp(-t)`` on ``t = |x|`` in ``[0, 16)``, read at ``|x|/2`` as sigmoid reads tanh; the
 derivative comes from the output code (``y + gamma alpha`` below zero), no ROM.
+
+Softplus (§9.10) has a fifth: ``log(1 + exp(-t))`` on ``t = |x|`` in ``[0, 16)``, read at
+``|x|/2`` as ELU's, added to ``max(x, 0)`` before one rounding; its derivative ``sigmoid(x)``
+is the tanh table's sigmoid read at the input's address.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def _rom(func, frac: int) -> np.ndarray:
 ERF_TABLE = _rom(lambda x: math.erf(x / math.sqrt(2.0)), TABLE_FRAC)  # 2 Phi(x) - 1; 2^17 from k = 592
 PDF_TABLE = _rom(lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # phi(x); 0 from k = 652
 EXPM1_TABLE = _rom(lambda s: -math.expm1(-2.0 * s), TABLE_FRAC)  # 1 - exp(-2s): read at |x|/2 (§9.9)
+SOFTPLUS_TABLE = _rom(lambda s: math.log1p(math.exp(-2.0 * s)), TABLE_FRAC)  # log(1 + exp(-2s)): at |x|/2 (§9.10)
 
 
 def interpolate(table, mag, mag_fmt):
@@ -108,7 +113,11 @@ def sigmoid_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarra
 def _one_plus_half(table, codes, mag_fmt, out_fmt, rounding) -> np.ndarray:
     """(1 ± table(|x|)) / 2 into ``out_fmt``, the sign of x choosing: sigmoid from the tanh
     table at x/2, Phi from the erf table at x."""
-    out_fmt = _check_out(out_fmt)
+    return _one_plus_half_any(table, codes, mag_fmt, _check_out(out_fmt), rounding)
+
+
+def _one_plus_half_any(table, codes, mag_fmt, out_fmt, rounding) -> np.ndarray:
+    """_one_plus_half into a format of either sign (softplus' derivative is unsigned)."""
     x = np.asarray(codes, dtype=np.int64)
     y = interpolate(table, np.abs(x), mag_fmt)
     one = 1 << INTERP_FRAC
@@ -186,6 +195,45 @@ def delu_codes(y_codes, out_fmt, c_pos: int, c_neg: int) -> np.ndarray:
     return np.where(y > 0, c_pos << (frac - COEF_FRAC), np.maximum(y + (c_neg << (frac - COEF_FRAC)), 0))
 
 
+SOFTPLUS_MAX_INT_BITS = 34  # max(x, 0) aligned to the table's 26 fraction bits stays below 2^61
+
+
+def softplus_format(in_fmt) -> FixedFormat:
+    """Softplus's output format: the input's width with max(I_in, 1) + 1 integer bits, so that
+    max(x, 0) + log 2 never reaches the rail from 4 bits on (§9.10)."""
+    in_fmt = as_format(in_fmt)
+    return FixedFormat(in_fmt.width, max(in_fmt.int_bits, 1) + 1)
+
+
+def softplus_codes(codes, in_fmt, out_fmt, rounding=Rounding.AP_RND) -> np.ndarray:
+    """Integer softplus(x) = max(x, 0) + log(1 + exp(-|x|)) (§9.10): the table at |x|/2, the
+    exact sum with max(x, 0), one rounding into ``out_fmt``.
+
+    >>> softplus_codes(np.array([-128, -16, 0, 40]), "ap_fixed<8,4>", "ap_fixed<8,5>")
+    array([ 0,  3,  6, 21])
+    """
+    in_fmt, out_fmt = as_format(in_fmt), as_format(out_fmt)
+    if in_fmt.int_bits > SOFTPLUS_MAX_INT_BITS:
+        raise EdgeDFAError(f"softplus input format {in_fmt}: at most {SOFTPLUS_MAX_INT_BITS} integer bits")
+    x = np.asarray(codes, dtype=np.int64)
+    v = interpolate(SOFTPLUS_TABLE, np.abs(x), FixedFormat.with_frac(48, in_fmt.frac_bits + 1))  # at |x|/2
+    frac = max(in_fmt.frac_bits, INTERP_FRAC)
+    wide = (np.maximum(x, 0) << (frac - in_fmt.frac_bits)) + (v << (frac - INTERP_FRAC))
+    return requantize(wide, FixedFormat.with_frac(48, frac), out_fmt, rounding, "AP_SAT")
+
+
+def dsoftplus_format(out_fmt) -> FixedFormat:
+    """Format of softplus' = sigmoid codes: ap_ufixed<W,1> (holds 1 exactly, as tanh's)."""
+    return FixedFormat(as_format(out_fmt).width, 1, signed=False)
+
+
+def dsoftplus_codes(x_codes, in_fmt, out_fmt) -> np.ndarray:
+    """softplus'(x) = sigmoid(x), the tanh table read at x/2 as §9.3's sigmoid, from the input
+    codes, in dsoftplus_format (AP_RND, AP_SAT)."""
+    half_fmt = FixedFormat.with_frac(48, as_format(in_fmt).frac_bits + 1)
+    return _one_plus_half_any(TANH_TABLE, x_codes, half_fmt, dsoftplus_format(out_fmt), Rounding.AP_RND)
+
+
 def dtanh_format(out_fmt) -> FixedFormat:
     """Format of tanh' codes for outputs of ``out_fmt``: ap_ufixed<W,1> (holds 1 exactly)."""
     out_fmt = as_format(out_fmt)
@@ -226,6 +274,9 @@ NORMAL_CDF_CORE_BOUND = (0.4839 / 8 * 2.0**-14 + 2.0**-18 + 0.7979 * 2.0**-17) /
 PDF_CORE_BOUND = 0.3990 / 8 * 2.0**-14 + 2.0**-20 + 0.2420 * 2.0**-17  # 5.84e-6
 # 1 - exp(-t) read at s = t/2 (g(s) = 1 - exp(-2s)): max|g''| = 4, max|g'| = 2, cut off at t = 16 (§9.9)
 ELU_CORE_BOUND = 4.0 / 8 * 2.0**-14 + 2.0**-18 + 2.0 * 2.0**-17 + math.exp(-16)  # 4.97e-5, times gamma alpha
+# log(1 + exp(-t)) read at s = t/2 (g(s) = log(1 + exp(-2s))): max|g''| = 1, max|g'| = 1 at s = 0,
+# cut off at t = 16 (§9.10)
+SOFTPLUS_CORE_BOUND = 1.0 / 8 * 2.0**-14 + 2.0**-18 + 2.0**-17 + math.log1p(math.exp(-16))  # 1.92e-5
 CORE_BOUNDS = {"tanh": TANH_CORE_BOUND, "sigmoid": SIGMOID_CORE_BOUND, "normal_cdf": NORMAL_CDF_CORE_BOUND}
 
 

@@ -6,7 +6,8 @@ elements per cycle. The tanh ROM holds 1024 18-bit words (§9.1); a lookup reads
 adjacent words, one 11x9-bit multiplier and one adder interpolate. Two more ROMs of the same
 shape, on the same address path, hold erf(x/sqrt 2) and the normal density for the normal
 CDF and its derivative (§9.8), and 1 - exp(-2s) for ELU's negative branch, read at |x|/2, with
-a multiplier by gamma or gamma*alpha (16 fraction bits) before the output rounder (§9.9).
+a multiplier by gamma or gamma*alpha (16 fraction bits) before the output rounder (§9.9); a
+fifth holds log(1 + exp(-2s)) for softplus, read at |x|/2 and added to max(x, 0) (§9.10).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ ERF_ROM = _rom(lambda v: math.erf(v / math.sqrt(2)), ROM_FRAC)  # §9.8: CRC-32 
 PDF_ROM = _rom(lambda v: math.exp(-v * v / 2) / math.sqrt(2 * math.pi), PDF_FRAC)  # §9.8: CRC-32 0x245D0C7A
 EXPM1_ROM = _rom(lambda s: 1.0 - math.exp(-2 * s), ROM_FRAC)  # §9.9: 1 - exp(-|x|) at s = |x|/2; CRC-32 0xCE9C22BE
 ELU_COEF_FMT = FixedFormat(20, 4, signed=False)  # gamma, gamma*alpha: 16 fraction bits (§9.9)
+SOFTPLUS_ROM = _rom(lambda s: math.log1p(math.exp(-2 * s)), ROM_FRAC)  # §9.10: at s = |x|/2; CRC-32 0xF1F034D3
 
 
 def relu(x):
@@ -172,6 +174,25 @@ def elu_deriv(y, fmt: FixedFormat, c_pos: int, c_neg: int):
     f = max(fmt.frac_bits, f_coef)
     y = np.asarray(y, dtype=np.int64) * (1 << (f - fmt.frac_bits))
     return np.where(y > 0, c_pos * (1 << (f - f_coef)), np.maximum(y + c_neg * (1 << (f - f_coef)), 0)), f
+
+
+def softplus_out_format(in_fmt: FixedFormat) -> FixedFormat:
+    """§9.10: the input's width, max(I_in, 1) + 1 integer bits (room for max(x, 0) + log 2)."""
+    return FixedFormat(in_fmt.width, (in_fmt.int_bits if in_fmt.int_bits > 1 else 1) + 1)
+
+
+def softplus(q, f_in: int, out_fmt: FixedFormat, rounding):
+    """§9.10: the softplus ROM at |x|/2 and max(q, 0) aligned on one adder, then the output rounder."""
+    q = np.asarray(q, dtype=np.int64)
+    f_sum = max(int(f_in), INTERP_FRAC)
+    rom = _interp(q, f_in + 1, SOFTPLUS_ROM) * (1 << (f_sum - INTERP_FRAC))
+    return requant(np.where(q > 0, q, 0) * (1 << (f_sum - f_in)) + rom, f_sum, out_fmt, rounding, Overflow.AP_SAT)
+
+
+def softplus_deriv(q, f_in: int, fmt: FixedFormat):
+    """(code, format) of sigmoid(x) in ap_ufixed<W,1> from the tanh ROM at the input's address (§9.10)."""
+    dfmt = FixedFormat(fmt.width, 1, signed=False)
+    return sigmoid(q, f_in, dfmt, Rounding.AP_RND), dfmt
 
 
 def tanh_deriv(t, fmt: FixedFormat):

@@ -174,6 +174,17 @@ class EluNet(nn.Module):
         return self.net(x)
 
 
+class SoftplusNet(nn.Module):
+    """An MLP with two of ``act`` (nn.Softplus at its defaults, or nn.Mish)."""
+
+    def __init__(self, act=nn.Softplus):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), act(), nn.Linear(8, 6), act(), nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class LayerNormNet(nn.Module):
     """nn.LayerNorm over the last axis of [N, T, F] (a row per sample and position), over the
     two trailing axes, and over a Linear's features; non-trivial weight and bias."""
@@ -324,6 +335,8 @@ CASES = {
     "prelu": (PReluNet, (6,), ("ts", "dynamo"), None),
     "prelu_cnn1d": (PRelu1dNet, (2, 8), ("ts", "dynamo"), None),
     "prelu_cnn2d": (PRelu2dNet, (1, 4, 4), ("ts", "dynamo"), None),
+    "softplus": (SoftplusNet, (6,), ("ts", "dynamo"), None),
+    "mish": (lambda: SoftplusNet(nn.Mish), (6,), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

@@ -1,5 +1,5 @@
-"""Tanh, Sigmoid, NormalCdf and Elu layers: the §9 table unit forward, integer derivative
-backward; HardSigmoid, the piecewise-linear one (§7)."""
+"""Tanh, Sigmoid, NormalCdf, Elu and Softplus layers: the §9 table unit forward, integer
+derivative backward; HardSigmoid, the piecewise-linear one (§7)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, Overflow, QTensor, narrow_wide, quantize, requantize
 from ..lut import (delu_codes, delu_format, dnormal_cdf_codes, dnormal_cdf_format, dsigmoid_codes, dsigmoid_format,
-                   dtanh_codes, dtanh_format, elu_codes, elu_coefficients, elu_format, normal_cdf_codes, sigmoid_codes,
-                   tanh_codes)
+                   dsoftplus_codes, dsoftplus_format, dtanh_codes, dtanh_format, elu_codes, elu_coefficients, elu_format,
+                   normal_cdf_codes, sigmoid_codes, softplus_codes, softplus_format, tanh_codes)
 from .activations import ALPHA_FRAC, SLOPE_FMT, slope_code
 from .base import Layer, register
 
@@ -114,6 +114,31 @@ class Elu(Layer):
     def backward(self, cache, dy, need_dx):
         d = delu_codes(cache.codes, cache.fmt, self.c_pos, self.c_neg)
         return [times_derivative(dy, d, delu_format(cache.fmt), self.num)], {}
+
+
+@register("Softplus")
+class Softplus(Layer):
+    """y = softplus(x) = max(x, 0) + log(1 + exp(-|x|)) by §9.10 (PyTorch's nn.Softplus at beta 1;
+    its nn.Mish is x tanh of it): the table at |x|/2 plus max(x, 0), one rounding into the input's
+    width with max(I_in, 1) + 1 integer bits; dx = dy * sigmoid(x), the tanh table's sigmoid read
+    at the cached input's address."""
+
+    def calibrate(self, xs):
+        self.out_fmt = softplus_format(xs[0].fmt)
+
+    def refresh_format(self, in_fmts):
+        if in_fmts and in_fmts[0] is not None:
+            self.out_fmt = softplus_format(in_fmts[0])
+
+    def forward(self, xs, train=False):
+        x = xs[0]
+        fmt = softplus_format(x.fmt)
+        return QTensor(softplus_codes(x.codes, x.fmt, fmt, self.num.act_rounding), fmt), (x if train else None)
+
+    def backward(self, cache, dy, need_dx):
+        out_fmt = softplus_format(cache.fmt)
+        d = dsoftplus_codes(cache.codes, cache.fmt, out_fmt)
+        return [times_derivative(dy, d, dsoftplus_format(out_fmt), self.num)], {}
 
 
 @register("HardSigmoid")

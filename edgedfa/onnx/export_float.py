@@ -154,7 +154,7 @@ def _recurrent(em, node, layer, ins, outs):
     em.recurrent(node, layer, node.inputs[0], outs)
 
 
-@FLOAT_OPS.register("Relu", "Tanh", "Sigmoid", "GlobalAveragePool")
+@FLOAT_OPS.register("Relu", "Tanh", "Sigmoid", "Softplus", "GlobalAveragePool")
 def _simple(em, node, layer, ins, outs):
     em.b.node(node.op, ins, node.name, outs[:1])
 

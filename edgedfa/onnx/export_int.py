@@ -21,7 +21,8 @@ from ..layers.batchnorm import EPS_FRAC, MANT, RECIP_BITS, RSQRT_TABLE, SHIFT_MA
 from ..layers.batchnorm import GUARD as BN_GUARD
 from ..layers.batchnorm import reciprocal as ln_reciprocal
 from ..layers.batchnorm import shift as ln_shift
-from ..lut import COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, TANH_TABLE, elu_format
+from ..lut import (COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, SOFTPLUS_TABLE, TANH_TABLE,
+                   elu_format, softplus_format)
 from ..graph import MOVES, RECURRENT
 from ..registry import Registry
 from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
@@ -192,6 +193,16 @@ class IntOps:
         pos = self.requantize(self.op("Mul", [x, self.k(c_pos)], f"{base}/times_gamma"), in_frac + COEF_FRAC, out,
                               rounding, Overflow.AP_SAT, f"{base}/positive")
         return self.op("Where", [self.op("Greater", [x, self.k(0)], f"{base}/above_zero"), pos, neg], base)
+
+    def softplus(self, x, in_frac: int, out: FixedFormat, rounding, base: str) -> str:
+        """lut.softplus_codes: max(x, 0) plus the log(1 + exp(-t)) table at |x|/2, one rounding."""
+        v = self.tanh_magnitude(self.op("Abs", [x], f"{base}/abs"), in_frac + 1, base, SOFTPLUS_TABLE, "softplus")
+        frac = max(in_frac, INTERP_FRAC)
+        pos = self.round_shift(self.op("Max", [x, self.k(0)], f"{base}/relu"), in_frac - frac, Rounding.AP_TRN,
+                               f"{base}/pos")
+        v = self.round_shift(v, INTERP_FRAC - frac, Rounding.AP_TRN, f"{base}/table_aligned")
+        total = self.op("Add", [pos, v], f"{base}/sum")
+        return self.requantize(total, frac, out, rounding, Overflow.AP_SAT, base)
 
     def half_one_plus(self, x, in_frac: int, out: FixedFormat, rounding, base: str, table, name) -> str:
         """(1 ± table(|x|)) / 2 by the sign of x, one rounding into ``out``."""
@@ -670,3 +681,11 @@ def _elu(em, node, layer, ins):
     (x, xf), = ins
     out = elu_format(xf, layer.c_pos, layer.c_neg)
     return [(em.ops.elu(x, xf.frac_bits, out, (layer.c_pos, layer.c_neg), layer.num.act_rounding, node.name), out)]
+
+
+@INT_OPS.register("Softplus")
+def _softplus(em, node, layer, ins):
+    """max(x, 0) + log(1 + exp(-|x|)) by §9.10, into the input's width with max(I, 1) + 1 integer bits."""
+    (x, xf), = ins
+    out = softplus_format(xf)
+    return [(em.ops.softplus(x, xf.frac_bits, out, layer.num.act_rounding, node.name), out)]

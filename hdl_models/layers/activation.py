@@ -1,6 +1,6 @@
 """Element-wise activations on the activation unit: ReLU, Clip, LeakyReLU masks, the
-piecewise-linear hard sigmoid and the §9 ROMs for tanh/sigmoid, the normal CDF and ELU with
-their derivatives."""
+piecewise-linear hard sigmoid and the §9 ROMs for tanh/sigmoid, the normal CDF, ELU and softplus
+with their derivatives."""
 
 from __future__ import annotations
 
@@ -132,6 +132,27 @@ class EluHw(HwLayer):
         codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + f_d, self.num.err_bits, self.num.err_rounding)
         c = Cost().use("act", acc.act.cycles(codes.size))
         c.macs += codes.size
+        return [T(codes, efmt)], {}, c, Cost()
+
+
+@register("Softplus")
+class SoftplusHw(HwLayer):
+    """§9.10: the softplus ROM at |x|/2 plus max(x, 0), one adder and the output rounder; the input
+    codes are kept and the backward reads sigmoid(x) from the tanh ROM at their address."""
+
+    def forward(self, acc, xs, train):
+        x = xs[0]
+        fmt = act.softplus_out_format(x.fmt)
+        y = act.softplus(x.codes, x.fmt.frac_bits, fmt, self.num.act_rounding)
+        c = Cost().use("act", acc.act.cycles(y.size))
+        c.lut_lookups = int(y.size)
+        return T(y, fmt), (x if train else None), c
+
+    def backward(self, acc, cache, dy, need):
+        d, dfmt = act.softplus_deriv(cache.codes, cache.fmt.frac_bits, act.softplus_out_format(cache.fmt))
+        codes, efmt = narrow(dy.codes * d, dy.fmt.frac_bits + dfmt.frac_bits, self.num.err_bits, self.num.err_rounding)
+        c = Cost().use("act", acc.act.cycles(codes.size))
+        c.lut_lookups = int(codes.size)
         return [T(codes, efmt)], {}, c, Cost()
 
 

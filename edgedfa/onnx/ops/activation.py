@@ -4,10 +4,13 @@ import math
 
 import numpy as np
 
+from ...lut import SOFTPLUS_CORE_BOUND
 from ..registry import register, register_fused
 
 SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX's defaults (float32)
 ELU_COEF_LIMIT = 16.0  # gamma and gamma*alpha are codes of ap_ufixed<20,4> (datapath §9.9)
+# above it log(1 + exp(-t)) is below the table's own error: x there is softplus(x) (datapath §9.10)
+SOFTPLUS_MIN_THRESHOLD = -math.log(math.expm1(SOFTPLUS_CORE_BOUND))
 
 
 def _simple(op):
@@ -118,6 +121,37 @@ def _emit_elu(node, ctx, alpha: float, gamma: float):
         ctx.fail(node, f"alpha={alpha}, gamma={gamma}: {node.op_type} takes alpha >= 0, 0 < gamma and "
                        f"gamma, gamma*alpha below {ELU_COEF_LIMIT:g} (datapath §9.9)")
     ctx.emit(node, "Elu", [ctx.data_input(node)], [node.outputs[0]], {"alpha": alpha, "gamma": gamma})
+
+
+@register("Softplus", 1, 22)
+def softplus(node, ctx):
+    """log(1 + exp(x)) (PyTorch's nn.Softplus; its beta is a constant Mul and Div around it, which
+    the importer folds into the Dense or Conv next to them)."""
+    ctx.emit(node, "Softplus", [ctx.data_input(node)], [node.outputs[0]])
+
+
+@register_fused("Softplus")
+def softplus_fused(node, ctx):
+    """Softplus under the dynamo exporter's threshold select (passes/softplus.py): taken where the
+    select changes softplus by less than the table's error (datapath §9.10)."""
+    threshold = float(node.attr("threshold"))
+    if not threshold >= SOFTPLUS_MIN_THRESHOLD:
+        gap = math.log1p(math.exp(-threshold))
+        ctx.fail(node, f"threshold={threshold:g}: above it the exported Softplus is x, up to {gap:.2g} "
+                       f"from softplus(x), beyond the table's error {SOFTPLUS_CORE_BOUND:.2g} (datapath §9.10); "
+                       f"a threshold of {math.ceil(SOFTPLUS_MIN_THRESHOLD * 100) / 100} or more is taken "
+                       "(PyTorch's default is 20)")
+    ctx.emit(node, "Softplus", [ctx.data_input(node)], [node.outputs[0]])
+
+
+@register("Mish", 18, 22)
+def mish(node, ctx):
+    """x * tanh(softplus(x)) (PyTorch's nn.Mish, as the dynamo exporter writes it): three layers,
+    TorchScript's own decomposition."""
+    x, sp, gate = ctx.data_input(node), node.outputs[0] + "/softplus", node.outputs[0] + "/tanh"
+    ctx.emit(node, "Softplus", [x], [sp], suffix="/softplus")
+    ctx.emit(node, "Tanh", [sp], [gate], suffix="/tanh")
+    ctx.emit(node, "Mul", [x, gate], [node.outputs[0]])
 
 
 @register("Clip", 6)

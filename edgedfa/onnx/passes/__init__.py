@@ -9,9 +9,10 @@ from .gelu import fuse_normal_cdf
 from .pad import fold_pad_into_conv
 from .rnn import drop_zero_initial_state, gather_single, last_step_to_hidden
 from .softmax import absorb_output_softmax
+from .softplus import fuse_softplus
 from .unrolled import reject_unrolled_rnn, reroll_rnn
 
-PASSES = [fold_constants, remove_noops, fuse_normal_cdf, drop_zero_initial_state, dead_code,
+PASSES = [fold_constants, remove_noops, fuse_normal_cdf, fuse_softplus, drop_zero_initial_state, dead_code,
           absorb_output_softmax, generalise_batch, reroll_rnn, gather_single,
           last_step_to_hidden, fold_pad_into_conv]
 FINAL_PASSES = [batch_first]  # run once the others settle, then they run again

@@ -15,7 +15,7 @@ from .rnn import RECURRENT
 LAYOUT1_PERMS = ([1, 2, 0, 3], [1, 0, 2], [1, 0, 2])  # Y, Y_h, Y_c: layout 0 from layout 1
 SEQ_FIRST = [1, 0, 2]  # X [T, N, I] from [N, T, I]
 ELEMENTWISE = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast", "HardSigmoid",
-               "HardSwish", "Gelu", "NormalCdf", "Elu", "Selu", "Celu")
+               "HardSwish", "Gelu", "NormalCdf", "Elu", "Selu", "Celu", "Softplus", "Mish")
 REGROUP = ("Squeeze", "Unsqueeze", "Reshape", "Flatten")
 MIN_OPSET = 14  # the first opset whose RNN/GRU/LSTM have the layout attribute
 EXPORT_HINT = ("export the recurrent layer with batch_first=True and read its output batch "
