@@ -136,7 +136,7 @@ def softplus_fused(node, ctx):
     select changes softplus by less than the table's error (datapath §9.10)."""
     threshold = float(node.attr("threshold"))
     if not threshold >= SOFTPLUS_MIN_THRESHOLD:
-        gap = math.log1p(math.exp(-threshold))
+        gap = max(-threshold, 0.0) + math.log1p(math.exp(-abs(threshold)))  # softplus(-threshold), no overflow
         ctx.fail(node, f"threshold={threshold:g}: above it the exported Softplus is x, up to {gap:.2g} "
                        f"from softplus(x), beyond the table's error {SOFTPLUS_CORE_BOUND:.2g} (datapath §9.10); "
                        f"a threshold of {math.ceil(SOFTPLUS_MIN_THRESHOLD * 100) / 100} or more is taken "
