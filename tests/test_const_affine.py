@@ -59,6 +59,16 @@ def test_a_positive_scale_after_relu_folds_into_the_dense_before(scale):
     assert not np.allclose(g.nodes[0].params["W"], rand(6, 4, seed=1))  # the first Dense took it
 
 
+def test_a_positive_scale_after_prelu_folds_into_the_dense_before():
+    """prelu(z) * a == prelu(z * a) for a > 0: the slope stays a trained parameter."""
+    nodes = [_node("Gemm", ["x", "W1", "B1"], "h", transB=1), _node("PRelu", ["h", "slope"], "p"),
+             _node("Mul", ["p", "k"], "s"), _node("Add", ["s", "x"], "a"), _node("Gemm", ["a", "W2", "B2"], "y", transB=1)]
+    consts = {"W1": rand(4, 4, seed=1), "B1": rand(4, seed=2), "slope": np.array([0.25, -0.5, 1.5, 0.1], np.float32),
+              "k": np.array([0.5, 2.0, 1.0, 3.0], np.float32), "W2": rand(3, 4, seed=3), "B2": rand(3, seed=4)}
+    g = check(model(nodes, consts, ["N", 4]), rand(N, 4, seed=7))
+    assert _ops(g) == ["Dense", "PRelu", "Add", "Dense"]
+
+
 def test_a_negative_scale_after_relu_folds_into_the_dense_after():
     m = _mlp(mid=[_node("Mul", ["r", "k"], "s")], inits={"k": np.array(-0.5, np.float32)})
     g = check(m, rand(N, 4, seed=7))

@@ -6,8 +6,8 @@ broadcast to one sample's shape); ``fold_affines`` then removes every one before
 canonical, so the engine, ``hdl_models`` and the exports never see it:
 
 - into the Dense or Conv that writes ``x`` (its rows scaled by ``a``, its bias ``B * a + b``),
-  also through reshapes, and, for a positive scale with no offset, through ReLU, LeakyReLU and
-  pooling (``relu(z) * a == relu(z * a)`` for ``a > 0``): PyTorch's ``x + 0.5 * relu(fc(x))``;
+  also through reshapes, and, for a positive scale with no offset, through ReLU, LeakyReLU,
+  PReLU and pooling (``relu(z) * a == relu(z * a)`` for ``a > 0``): PyTorch's ``x + 0.5 * relu(fc(x))``;
 - else into every Dense or Conv that reads ``y`` (their input columns scaled by ``a``, their
   bias ``B + W·b``), also through reshapes: a model that normalises its own input,
   ``fc((x - mean) / std)``. An offset cannot fold into a zero-padded Conv (the padding would
@@ -26,7 +26,7 @@ from .ir import batch_axis
 
 AFFINE = "ConstAffine"  # a handler's temporary node, never in a canonical graph
 MOVES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-POSITIVE_SCALE = ("Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool")  # commute with a > 0
+POSITIVE_SCALE = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool")  # commute with a > 0
 HOSTS = ("Dense", "Conv")
 
 
@@ -152,7 +152,7 @@ class _Nodes:
             return None if a is None or b is None else (a, b)
         if p.op not in POSITIVE_SCALE or np.any(a <= 0) or (np.any(b) and p.op != "GlobalAveragePool"):
             return None
-        if p.op in ("Relu", "LeakyRelu"):
+        if p.op in ("Relu", "LeakyRelu", "PRelu"):
             return a, b
         ac, bc = _per_channel(a), _per_channel(b)
         if ac is None or bc is None:
