@@ -21,6 +21,7 @@ from edgedfa.float_ref import run_float, tensor_shapes
 from edgedfa.numerics import Numerics
 from edgedfa.onnx.ir import BATCH
 from edgedfa.onnx.passes.batch_first import _regroup
+from table_activation_checks import check_step_and_int_export
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 with open(os.path.join(FIXTURES, "manifest.json")) as _f:
@@ -43,7 +44,7 @@ def _assert_batch_first(g):
 
 
 def test_every_recurrent_fixture_is_covered():
-    assert len(RECURRENT_FIXTURES) == 22
+    assert len(RECURRENT_FIXTURES) == 26
 
 
 @pytest.mark.parametrize("name", RECURRENT_FIXTURES)
@@ -81,6 +82,9 @@ CANONICAL = {
     # state, so a time step is gathered; cat(h_n[-2], h_n[-1]) of two bidirectional layers
     "gru_bidir_last_ts.onnx": ["GRU", "Reshape", "Gather", "Dense"],
     "lstm_bidir2_hn_dynamo.onnx": ["LSTM", "Reshape", "LSTM", "Concat", "Gather", "Gather", "Concat", "Dense"],
+    # PyTorch's default layout read by a LayerNorm over the features, or by a maximum over time
+    "lstm_seq_layernorm_ts.onnx": ["LSTM", "Squeeze", "LayerNorm", "Gather", "Dense"],
+    "gru_seq_max_dynamo.onnx": ["GRU", "Squeeze", "Transpose", "Reshape", "MaxPool", "Reshape", "Dense"],
 }
 
 
@@ -93,6 +97,15 @@ def test_input_transpose_disappears_and_readers_are_remapped(name):
         assert axes["Squeeze"] == [1]
     if name == "gru_bidir_seq_ts.onnx":  # Y [N, T, 2, H] merged to [N, T, 2H]
         assert axes["Reshape"] == [-1, 80] and g.nodes[1].attrs["shape"] == [-1, 8, 10]
+
+
+@pytest.mark.parametrize("name", [f"{k}_{e}" for k in ("lstm_seq_layernorm", "gru_seq_max") for e in ("ts", "dynamo")])
+def test_seq_first_readers_train_bit_exact_and_export(name):
+    """A LayerNorm and a maximum over time after a sequence-first layer (refused before): a step
+    of training bit-exact with hdl_models, the int export bit-exact in onnxruntime."""
+    m = edgedfa.load_onnx(os.path.join(FIXTURES, f"{name}.onnx"), numerics=Numerics.from_bits(8))
+    x = _x(f"{name}.onnx", 8, seed=3)
+    check_step_and_int_export(m, x, np.random.default_rng(2).integers(0, 4, 8))
 
 
 # -- hand-built graphs --------------------------------------------------------------------

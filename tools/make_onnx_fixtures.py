@@ -297,6 +297,24 @@ class Reductions(nn.Module):
         return self.fc(torch.flatten(self.pool(torch.relu(self.body(x))), 1))
 
 
+class SeqFirstReader(nn.Module):
+    """A recurrent layer in PyTorch's default layout (sequence first), read by a LayerNorm and
+    its last step, or by a maximum over time (``amax(dim=0)``)."""
+
+    def __init__(self, kind, read):
+        super().__init__()
+        self.read = read
+        self.rnn = getattr(nn, kind)(6, 10)
+        self.ln = nn.LayerNorm(10)
+        self.fc = nn.Linear(10, 4)
+        self.ln.weight.data.uniform_(0.5, 1.5)
+        self.ln.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        y = self.rnn(x.transpose(0, 1))[0]
+        return self.fc(self.ln(y)[-1] if self.read == "layernorm" else y.amax(dim=0))
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -327,6 +345,8 @@ CASES = {
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
+    "lstm_seq_layernorm": (lambda: SeqFirstReader("LSTM", "layernorm"), SEQ, ("ts", "dynamo"), None),
+    "gru_seq_max": (lambda: SeqFirstReader("GRU", "max"), SEQ, ("ts", "dynamo"), None),
     "reduce_max_time": (lambda: Reductions("max_time"), (2, 12), ("ts", "dynamo"), None),
     "reduce_sum_time": (lambda: Reductions("sum_time"), SEQ, ("ts", "dynamo"), None),
     "reduce_adaptive_max": (lambda: Reductions("adaptive_max"), (1, 6, 6), ("ts", "dynamo"), None),

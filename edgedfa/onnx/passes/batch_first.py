@@ -17,6 +17,7 @@ SEQ_FIRST = [1, 0, 2]  # X [T, N, I] from [N, T, I]
 ELEMENTWISE = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "Identity", "Dropout", "Cast", "HardSigmoid",
                "HardSwish", "Gelu", "NormalCdf", "Elu", "Selu", "Celu", "Softplus", "Mish")
 REGROUP = ("Squeeze", "Unsqueeze", "Reshape", "Flatten")
+REDUCTIONS = {"ReduceMean": 18, "ReduceMax": 18, "ReduceSum": 13}  # the opset from which axes are an input
 MIN_OPSET = 14  # the first opset whose RNN/GRU/LSTM have the layout attribute
 EXPORT_HINT = ("export the recurrent layer with batch_first=True and read its output batch "
                "first (output[:, -1], h_n[-1], or the whole output reshaped without moving "
@@ -186,7 +187,8 @@ class _Rewrite:
                  f"{perm.index(0)}")
         self.og.fail(f"it {where}{why}; edgedfa keeps the batch first and rewrites only "
                      "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Concat, Add/Sum/Mul, "
-                     "ReduceMean, MatMul by a constant and element-wise readers of such a tensor, and only "
+                     "ReduceMean/Max/Sum, LayerNormalization over unmoved trailing axes, MatMul by a constant and "
+                     "element-wise readers of such a tensor, and only "
                      "when they keep the batch apart from other axes. Instead, " + EXPORT_HINT,
                      node)
 
@@ -243,8 +245,8 @@ class _Rewrite:
             return self.regroup(node, first)
         if op == "Gather" and node.inputs[0] == first:
             return self.gather(node, first)
-        if op == "ReduceMean" and node.inputs[0] == first:
-            return self.reduce_mean(node, first)
+        if op in REDUCTIONS and node.inputs[0] == first:
+            return self.reduce(node, first)
         if op == "Gemm" and node.inputs[0] == first and self.tracked[first][1] == [1, 0] \
                 and node.attrs.get("transA", 0):  # Gemm(x.T, transA=1) is Gemm(x)
             node.inputs[0] = self.tracked[first][0]
@@ -254,6 +256,8 @@ class _Rewrite:
             return self.same_layout(node, [first])
         if op in ("MatMul", "Add", "PRelu") and data == [first] and self.on_last_axis(node, first):
             return self.same_layout(node, data)
+        if op == "LayerNormalization" and node.inputs[0] == first and self.trailing_unmoved(node, first):
+            return self.same_layout(node, [first])
         if op in ("Concat", "Add", "Sum", "Mul") and data == [i for i in node.inputs if i]:
             return self.same_layout(node, data)
         self.unsupported(node, first)
@@ -267,6 +271,13 @@ class _Rewrite:
         if node.op_type == "MatMul":
             return node.inputs[0] == x and c.ndim == 2
         return c.ndim <= len(perm) and all(d == 1 for d in c.shape[:-1])
+
+    def trailing_unmoved(self, node, x) -> bool:
+        """A LayerNormalization over trailing axes that the batch-first rewrite left in place
+        (the features of a seq-first [T, N, H]): the same normalisation on the batch-first tensor."""
+        perm = self.tracked[x][1]
+        axis = int(node.attrs.get("axis", -1)) % len(perm)
+        return all(perm[a] == a for a in range(axis, len(perm)))
 
     def transpose(self, node, x):
         new, perm, origin = self.tracked[x]
@@ -286,9 +297,9 @@ class _Rewrite:
         self.emit(node.name, "Gather", [new, node.inputs[1]], out, axis=new_axis)
         self.finish(node, out, perm, origin)
 
-    def reduce_mean(self, node, x):
-        """A mean over non-batch axes (a sequence's time axis: ``y.mean(dim=0)`` on [T, N, H])
-        is the same mean on the batch-first tensor, its axes mapped through perm."""
+    def reduce(self, node, x):
+        """A mean, maximum or sum over non-batch axes (a sequence's time axis: ``y.mean(dim=0)``
+        on [T, N, H]) is the same reduction of the batch-first tensor, its axes mapped through perm."""
         new, perm, origin = self.tracked[x]
         rank = len(perm)
         axes = node.attrs.get("axes")
@@ -301,16 +312,16 @@ class _Rewrite:
             return self.settle(node, node.outputs[0], new, perm, origin)
         axes = sorted({int(a) % rank for a in axes}) if axes else list(range(rank))
         if any(perm[a] == 0 for a in axes):
-            self.unsupported(node, x, " (a ReduceMean over the batch)")
+            self.unsupported(node, x, f" (a {node.op_type} over the batch)")
         new_axes = sorted(perm[a] for a in axes)
         keep = int(node.attrs.get("keepdims", 1))
         out_perm = list(perm) if keep else [p - sum(q < p for q in new_axes)
                                             for i, p in enumerate(perm) if i not in axes]
         out = self.output_for(node, out_perm)
-        if self.og.opset >= 18:  # axes as an input from opset 18, as an attribute before
-            self.emit(node.name, "ReduceMean", [new, self.const(node.name + "_axes", new_axes)], out, keepdims=keep)
+        if self.og.opset >= REDUCTIONS[node.op_type]:  # axes an input from then on, an attribute before
+            self.emit(node.name, node.op_type, [new, self.const(node.name + "_axes", new_axes)], out, keepdims=keep)
         else:
-            self.emit(node.name, "ReduceMean", [new], out, axes=new_axes, keepdims=keep)
+            self.emit(node.name, node.op_type, [new], out, axes=new_axes, keepdims=keep)
         self.finish(node, out, out_perm, origin)
 
     def same_layout(self, node, names):
