@@ -315,6 +315,23 @@ class SeqFirstReader(nn.Module):
         return self.fc(self.ln(y)[-1] if self.read == "layernorm" else y.amax(dim=0))
 
 
+class GatedNet(nn.Module):
+    """``nn.GLU`` after a Linear, and a gated Conv1d: ``torch.chunk`` over channels, one half
+    gating the other, then a slice of the length (``x[..., 1:-1]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 8, 3, padding=1)
+        self.fc1 = nn.Linear(4 * 6, 12)
+        self.glu = nn.GLU(dim=1)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.conv(x), 2, dim=1)
+        h = (a * torch.sigmoid(b))[..., 1:-1]
+        return self.fc2(self.glu(self.fc1(h.flatten(1))))
+
+
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
 CASES = {
@@ -347,6 +364,7 @@ CASES = {
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
     "lstm_seq_layernorm": (lambda: SeqFirstReader("LSTM", "layernorm"), SEQ, ("ts", "dynamo"), None),
     "gru_seq_max": (lambda: SeqFirstReader("GRU", "max"), SEQ, ("ts", "dynamo"), None),
+    "gated": (GatedNet, (2, 8), ("ts", "dynamo"), None),
     "reduce_max_time": (lambda: Reductions("max_time"), (2, 12), ("ts", "dynamo"), None),
     "reduce_sum_time": (lambda: Reductions("sum_time"), SEQ, ("ts", "dynamo"), None),
     "reduce_adaptive_max": (lambda: Reductions("adaptive_max"), (1, 6, 6), ("ts", "dynamo"), None),

@@ -124,6 +124,84 @@ def gather(node, ctx):
     ctx.emit(node, "Gather", [x], [node.outputs[0]], attrs)
 
 
+@register("Slice", 1, 10, 11, 13)
+def slice_(node, ctx):
+    """``x[:, a:b:s]`` on data with constant bounds: a Gather of the selected positions along each
+    sliced axis (the batch axis only in full)."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    if node.attr("starts") is not None:  # Slice-1: attributes
+        starts, ends = list(node.attr("starts")), list(node.attr("ends"))
+        axes, steps = node.attr("axes"), None
+    else:
+        starts, ends, axes, steps = (_const_ints(node, ctx, i, what) for i, what in
+                                     ((1, "starts"), (2, "ends"), (3, "axes"), (4, "steps")))
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    picks = {}
+    for a, b, axis, step in zip(starts, ends, axes, steps):
+        axis = axis + len(shape) if axis < 0 else axis
+        if axis == 0:
+            if range(*slice(a, b, step).indices(1 << 62)) != range(0, 1 << 62):
+                ctx.fail(node, "Slice of the batch axis is not supported (only non-batch axes)")
+            continue
+        picks[axis] = list(range(*slice(a, b, step).indices(int(shape[axis]))))
+    _gathers(node, ctx, x, shape, picks, node.outputs[0])
+
+
+def _const_ints(node, ctx, index, what):
+    if index >= len(node.inputs) or not node.inputs[index]:
+        return None
+    value = ctx.const(node.inputs[index])
+    if value is None:
+        ctx.fail(node, f"the {what} (input {index}) must be a constant")
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+@register("Split", 1, 2, 11, 13, 18)
+def split(node, ctx):
+    """``torch.split`` / ``chunk`` on data along a non-batch axis: one Gather of consecutive
+    positions per output."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    axis = int(node.attr("axis", 0))
+    axis = axis + len(shape) if axis < 0 else axis
+    if axis == 0 or ctx.batch_at(node, x) == axis:
+        ctx.fail(node, "Split of the batch axis is not supported (only non-batch axes)")
+    n, parts = int(shape[axis]), len(node.outputs)
+    sizes = node.attr("split")
+    if sizes is None and len(node.inputs) > 1 and node.inputs[1]:
+        sizes = _const_ints(node, ctx, 1, "split")
+    if sizes is None:  # equal parts, the last one smaller (Split-18's num_outputs)
+        size = -(-n // parts)
+        sizes = [min(size, n - i * size) for i in range(parts)]
+    if len(sizes) != parts or sum(sizes) != n or min(sizes) < 0:
+        ctx.fail(node, f"split sizes {list(sizes)} do not cut an axis of {n} into {parts} outputs")
+    start = 0
+    for out, size in zip(node.outputs, sizes):
+        if out:
+            _gathers(node, ctx, x, shape, {axis: list(range(start, start + size))}, out, suffix=f"__{out}")
+        start += size
+
+
+def _gathers(node, ctx, x, shape, picks, out, suffix=""):
+    """``x`` at the positions ``picks`` (axis -> indices) along each axis: a Gather per axis that
+    changes, or a Reshape to the same shape when none does."""
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, f"{node.op_type} of {x!r} whose batch is not on axis 0 (shape {_show(shape)})")
+    moves = [(a, p) for a, p in sorted(picks.items()) if p != list(range(int(shape[a])))]
+    if any(not p for _, p in moves):
+        ctx.fail(node, f"{node.op_type} selects nothing along an axis (an empty tensor)")
+    if not moves:
+        ctx.emit(node, "Reshape", [x], [out], {"shape": [-1] + [int(d) for d in shape[1:]]}, suffix=suffix)
+        return
+    src = x
+    for k, (axis, idx) in enumerate(moves):
+        dst = out if k == len(moves) - 1 else f"{out}__axis{axis}"
+        ctx.emit(node, "Gather", [src], [dst], {"axis": axis, "indices": idx}, suffix=f"{suffix}__axis{axis}")
+        src = dst
+
+
 @register("Concat", 4, 11, 13)
 def concat(node, ctx):
     names = [i for i in node.inputs if i]
