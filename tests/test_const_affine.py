@@ -208,3 +208,14 @@ def test_pytorch_exports_import_equal_to_onnxruntime_and_train_bit_exact(name):
     ref = ort_run(onnx.load(path), x)
     assert np.abs(run_float(model.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()
     check_step_and_int_export(model, x, np.random.default_rng(3).integers(0, 3, 8))
+
+
+def test_an_opset_6_bias_with_legacy_broadcasting_aligns_at_its_axis():
+    """Add-6 with broadcast=1, axis=1: a (C,) constant lines up with the channels of [N, C, L],
+    not with the trailing axis numpy would pick; it becomes the Conv's bias."""
+    nodes = [helper.make_node("Conv", ["x", "K"], ["c"], pads=[1, 1], name="/conv"),
+             helper.make_node("Add", ["c", "b"], ["y"], broadcast=1, axis=1, name="/bias")]
+    bias = np.array([0.5, -1.0, 2.0], np.float32)
+    m = model(nodes, {"K": rand(3, 2, 3, seed=1), "b": bias}, ["N", 2, 5], opset=6, out_shape=["N", 3, 5])
+    g = load_graph_bytes(m.SerializeToString(), source="legacy")
+    assert _ops(g) == ["Conv"] and np.allclose(g.nodes[0].params["B"], bias)
