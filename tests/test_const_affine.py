@@ -219,3 +219,11 @@ def test_an_opset_6_bias_with_legacy_broadcasting_aligns_at_its_axis():
     m = model(nodes, {"K": rand(3, 2, 3, seed=1), "b": bias}, ["N", 2, 5], opset=6, out_shape=["N", 3, 5])
     g = load_graph_bytes(m.SerializeToString(), source="legacy")
     assert _ops(g) == ["Conv"] and np.allclose(g.nodes[0].params["B"], bias)
+
+
+def test_a_negation_before_the_output_softmax_folds_into_the_dense():
+    """nn.Softmin after a classifier: Softmax(-logits); the Dense takes the sign."""
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["z"], transB=1), helper.make_node("Neg", ["z"], ["n"]),
+             helper.make_node("Softmax", ["n"], ["y"], axis=-1)]
+    g = check(model(nodes, {"W": rand(3, 4, seed=1), "B": rand(3, seed=2)}, ["N", 4], opset=13), rand(N, 4, seed=3))
+    assert _ops(g) == ["Dense"] and np.allclose(g.nodes[0].params["W"], -rand(3, 4, seed=1))

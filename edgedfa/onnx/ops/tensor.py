@@ -248,6 +248,12 @@ def div(node, ctx):
     _constant_operand(node, ctx, lambda c: (1.0 / c, 0.0), None)
 
 
+@register("Neg", 6, 13)
+def neg(node, ctx):
+    """-x is a constant scale of -1 (``nn.Softmin``'s Softmax(-x) after a classifier's Dense)."""
+    emit_affine(ctx, node, ctx.data_input(node), -1.0, 0.0)
+
+
 def _offset(c):
     return 1.0, c
 
