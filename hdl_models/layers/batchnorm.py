@@ -91,6 +91,12 @@ def input_error(e3, xhat, s1: list, s2: list, recip: tuple, f_e: int, f_xh: int,
     return codes, FixedFormat.with_frac(num_bits, f_dx if codes.any() else f_dy)
 
 
+def norm_constants(attrs, num):
+    """(epsilon as a code of EPS_FRAC fraction bits, x-hat's format): a normalisation's constants."""
+    eps = int(np.rint(np.ldexp(float(attrs.get("epsilon", 1e-5)), EPS_FRAC)))
+    return eps, FixedFormat(min(num.act_bits + 8, 24), XH_INT)
+
+
 @register("BatchNorm")
 class BatchNormHw(HwLayer):
     trainable = True
@@ -99,9 +105,8 @@ class BatchNormHw(HwLayer):
     def __init__(self, node, layer):
         super().__init__(node, layer)
         self.channels = int(self.in_shapes[0][0])
-        self.eps = int(np.rint(np.ldexp(float(self.attrs.get("epsilon", 1e-5)), EPS_FRAC)))
+        self.eps, self.xh = norm_constants(self.attrs, self.num)
         self.k_m = momentum_steps(self.attrs.get("momentum", 0.9))
-        self.xh = FixedFormat(min(self.num.act_bits + 8, 24), XH_INT)
 
     # ------------------------------------------------------------------ scalar side
     def _batch_scalars(self, acc, x3, x_fmt):

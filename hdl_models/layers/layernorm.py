@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from edgedfa.errors import EdgeDFAError
-from edgedfa.fixed import FixedFormat
 
 from ..accounting import Cost, nbytes
 from ..norm_unit import BACKWARD_SCALAR_CYCLES, EPS_FRAC, GUARD, SCALAR_CYCLES, leading_one, rne, rsqrt
 from .base import HwLayer, T, acc_fmt, register
-from .batchnorm import XH_INT, affine_pass, input_error, normalise_groups, one_block, top_bits
+from .batchnorm import affine_pass, input_error, norm_constants, normalise_groups, one_block, top_bits
 from .dense import live_mask
 
 
@@ -27,8 +26,7 @@ class LayerNormHw(HwLayer):
         shape = self.in_shapes[0]
         axis = int(self.attrs.get("axis", -1))
         self.d = int(np.prod(shape[len(shape) + axis:], dtype=np.int64))
-        self.eps = int(np.rint(np.ldexp(float(self.attrs.get("epsilon", 1e-5)), EPS_FRAC)))
-        self.xh = FixedFormat(min(self.num.act_bits + 8, 24), XH_INT)
+        self.eps, self.xh = norm_constants(self.attrs, self.num)
 
     def _row_scalars(self, acc, x2, x_fmt):
         """Per row: mean (F_x + G) and the inverse standard deviation as a gain; the divider's cycles."""

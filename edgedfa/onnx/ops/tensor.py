@@ -166,7 +166,7 @@ def split(node, ctx):
     shape = ctx.known_shape(node, x)
     axis = int(node.attr("axis", 0))
     axis = axis + len(shape) if axis < 0 else axis
-    if axis == 0 or ctx.batch_at(node, x) == axis:
+    if axis == 0:  # ``_gathers`` holds the batch on axis 0
         ctx.fail(node, "Split of the batch axis is not supported (only non-batch axes)")
     n, parts = int(shape[axis]), len(node.outputs)
     sizes = node.attr("split")

@@ -55,9 +55,7 @@ def _step(og, producers, act, t):
     """(h_prev, R, b_hh, L) when ``act`` computes step ``t`` of an unrolled layer, or None."""
     if act.op_type not in ("Tanh", "Relu"):
         return None
-    terms = _sum_terms(og, producers, act.inputs[0])
-    consts = [x for x in terms if og.is_const(x)]
-    data = [x for x in terms if not og.is_const(x)]
+    consts, data = _split_terms(og, producers, act.inputs[0])
     if len(data) != 2 or len(consts) > 1:
         return None
     for rec_name, x_name in (data, data[::-1]):
@@ -160,9 +158,7 @@ def _folded_first_step(og, producers, act):
     act(L[0] + b_hh), or act(L[0]) without a recurrent bias; else None."""
     if act.op_type not in ("Tanh", "Relu"):
         return None
-    terms = _sum_terms(og, producers, act.inputs[0])
-    consts = [x for x in terms if og.is_const(x)]
-    data = [x for x in terms if not og.is_const(x)]
+    consts, data = _split_terms(og, producers, act.inputs[0])
     seq = _step_input(og, producers, data[0], 0) if len(data) == 1 and len(consts) <= 1 else None
     if seq is None:
         return None
@@ -189,11 +185,16 @@ def _sum_terms(og, producers, name, depth=0):
     return [t for i in node.inputs for t in _sum_terms(og, producers, i, depth + 1)]
 
 
+def _split_terms(og, producers, name):
+    """(constant terms, data terms) of the Add tree ending at ``name``."""
+    terms = _sum_terms(og, producers, name)
+    return [t for t in terms if og.is_const(t)], [t for t in terms if not og.is_const(t)]
+
+
 def _linear(og, producers, name):
     """(x, W (in, out), bias or None) when ``name`` is x @ W (+ b) with constant W and b."""
-    terms = _sum_terms(og, producers, name)
-    consts = [t for t in terms if og.is_const(t)]
-    mats = [producers.get(t) for t in terms if not og.is_const(t)]
+    consts, data = _split_terms(og, producers, name)
+    mats = [producers.get(t) for t in data]
     if len(mats) != 1 or mats[0] is None or mats[0].op_type != "MatMul" or len(consts) > 1:
         return None
     mm = mats[0]
