@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .errors import EdgeDFAError
-from .graph import Graph, Node
+from .graph import Graph, Node, stage_input
 from .registry import Registry
 
 OPS = Registry("float op")
@@ -21,7 +21,11 @@ op = OPS.register  # the float implementation of canonical op(s)
 
 
 def prepare_input(graph: Graph, x) -> np.ndarray:
-    """``x`` as float64 shaped (batch, *graph.input_shape)."""
+    """``x`` as float64 shaped (batch, *graph.input_shape), through the graph's input stage."""
+    return stage_input(graph, _shaped(graph, x))
+
+
+def _shaped(graph: Graph, x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     shape = tuple(graph.input_shape)
     per_sample = math.prod(shape)

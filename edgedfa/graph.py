@@ -29,6 +29,10 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
 
+A graph may also carry an **input stage** (``graph.meta["input_affine"]``, see
+``stage_input``): ``x * scale + offset`` on the float input before it is quantized, what an
+imported model's own normalisation of its input becomes when no Dense or Conv can take it.
+
 ``CANONICAL_OPS`` is the one list of them. Every op has an integer layer (edgedfa.layers), a
 float reference (edgedfa.float_ref), a hardware layer (hdl_models.layers) and both export
 paths (onnx/export_float.py, onnx/export_int.py); tests/test_ops.py holds them to it.
@@ -55,6 +59,37 @@ SLOPES = ("PRelu",)  # activations with a trained parameter: like norms, they st
 TRAINABLE = DENSE + CONV + RECURRENT + NORMS + SLOPES
 MODULE_LEADERS = DENSE + CONV + RECURRENT  # the trainable ops a credit module is built around
 CANONICAL_OPS = DENSE + CONV + ACTIVATIONS + POOLS + MOVES + MERGES + RECURRENT + NORMS
+
+
+INPUT_STAGE = "input_affine"  # graph.meta key: {"scale": nested list, "offset": nested list}
+
+
+def input_stage(graph) -> tuple | None:
+    """The input stage's (scale, offset) as float64 arrays of the input's rank, each
+    broadcasting to one sample, or None when the graph has none."""
+    st = graph.meta.get(INPUT_STAGE)
+    if not st:
+        return None
+    try:
+        a, b = (np.asarray(st[k], dtype=np.float64) for k in ("scale", "offset"))
+        shape = tuple(graph.input_shape)
+        ok = all(a.ndim == len(shape) and np.broadcast_shapes(v.shape, shape) == shape for v in (a, b))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise EdgeDFAError(f"graph {graph.name!r}: meta {INPUT_STAGE!r} must hold finite 'scale' and 'offset'"
+                           f" arrays broadcasting to the input's shape {list(graph.input_shape)}")
+    return a, b
+
+
+def stage_input(graph, x: np.ndarray) -> np.ndarray:
+    """Float64 input ``x`` (batch first, the graph's input shape) through the input stage:
+    ``x * scale + offset`` in float64, two roundings, as every path computes it (the int
+    export's double Mul and Add included); ``x`` itself when there is no stage."""
+    st = input_stage(graph)
+    if st is None:
+        return x
+    return x * st[0] + st[1]
 
 
 def producers(nodes) -> dict:

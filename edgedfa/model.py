@@ -10,7 +10,7 @@ import numpy as np
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, QTensor, dequantize, int_bits_for, quantize
 from .fold_batchnorm import fold_batchnorm, folded_batchnorms
-from .graph import Graph, Node
+from .graph import Graph, Node, stage_input
 from .layers import LayerSpec, layer_class
 from .layers.conv import BACKWARD_MODES
 from .numerics import Numerics
@@ -98,15 +98,19 @@ class IntModel:
                                f" elements; the model input {self.input_shape} needs {per}")
         return x.reshape((x.shape[0],) + self.input_shape)
 
+    def staged_input(self, x, what="input") -> np.ndarray:
+        """Float input reshaped and through the graph's input stage: what the input quantizer sees."""
+        return stage_input(self.graph, self.reshape_input(x, what))
+
     def quantize_input(self, x) -> QTensor:
         if self.in_fmt is None:
             raise EdgeDFAError("model is not calibrated: call calibrate(x) first")
-        x = self.reshape_input(x)
+        x = self.staged_input(x)
         return QTensor(quantize(x, self.in_fmt, "AP_RND_CONV", "AP_SAT"), self.in_fmt)
 
     def calibrate(self, x) -> None:
         """Input format from max|x|, then each layer's static output format, in order."""
-        x = self.reshape_input(x, "calibration data")
+        x = self.staged_input(x, "calibration data")
         if self.in_fmt is None:
             self.in_fmt = FixedFormat(self.numerics.act_bits, int_bits_for(float(np.abs(x).max()), 0))
         env = {self.graph.input_name: QTensor(quantize(x, self.in_fmt), self.in_fmt)}

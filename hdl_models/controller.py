@@ -43,6 +43,9 @@ class Controller:
         self.input_name, self.output_name = g.input_name, g.output_name
         self.shapes = dict(model.shapes)
         self.in_fmt = model.in_fmt
+        stage = g.meta.get("input_affine")  # the host's input stage (§2), applied before its conversion
+        self.input_scale, self.input_offset = (None, None) if not stage else \
+            (np.asarray(stage["scale"], dtype=np.float64), np.asarray(stage["offset"], dtype=np.float64))
         self.n_classes, self.seed = int(model.n_classes), int(model.seed)
         self.modules = plan
         self.module_of = {n: m for m in plan for n in m["nodes"]}
@@ -68,6 +71,11 @@ class Controller:
                     self.stored[m["name"]] = self._generate(f)
         self.needs = self._error_needed()
         self._place()
+
+    def host_input(self, x) -> np.ndarray:
+        """The host's input stage (§2): float64 ``x * scale + offset``, or ``x`` without one."""
+        x = np.asarray(x, dtype=np.float64)
+        return x if self.input_scale is None else x * self.input_scale + self.input_offset
 
     # ------------------------------------------------------------------ structure
     def _error_source(self, m: dict, produced: dict) -> str:

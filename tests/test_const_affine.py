@@ -108,10 +108,71 @@ def test_an_offset_folds_into_an_unpadded_conv_after_it(group):
     assert _ops(check(m, rand(N, 2, 6, 6, seed=7)))[0] == "Conv"
 
 
-def test_an_offset_before_a_zero_padded_conv_is_refused_by_name():
-    m = _cnn([_node("Sub", ["x", "m"], "n")], 1, {"m": np.float32(0.5).reshape(())})
-    with pytest.raises(EdgeDFAError, match=r"'/n' \(Sub\).*graph's input and Conv '/c' cannot be folded.*zero-padded Conv"):
-        load_graph_bytes(m.SerializeToString(), source="m")
+def _stage(g):
+    st = g.meta["input_affine"]
+    return np.asarray(st["scale"]), np.asarray(st["offset"])
+
+
+def test_an_offset_before_a_zero_padded_conv_becomes_the_input_stage():
+    """(x - mean) / std before a padded Conv: no Conv can take the offset, so the data is
+    scaled and offset before the input quantizer; the Conv keeps the model's own weights."""
+    m = _cnn([_node("Sub", ["x", "m"], "d"), _node("Div", ["d", "s"], "n")], 1,
+             {"m": np.array([[[0.5]], [[-1.0]]], np.float32), "s": np.array([[[2.0]], [[0.25]]], np.float32)})
+    g = check(m, rand(N, 2, 6, 6, seed=7))
+    assert _ops(g) == ["Conv", "Relu", "Flatten", "Dense"]
+    assert np.array_equal(g.nodes[0].params["W"], rand(4, 2, 3, 3, seed=1))
+    a, b = _stage(g)
+    assert a.shape == b.shape == (2, 1, 1)  # one value per channel, kept compact
+    assert np.allclose(a.ravel(), [0.5, 4.0]) and np.allclose(b.ravel(), [-0.25, 4.0])
+
+
+def test_a_per_pixel_offset_through_a_reshape_of_the_input_is_staged_on_the_input():
+    """x [N, 72] viewed as [N, 2, 6, 6] minus a per-pixel mean image: the stage is laid out
+    on the graph's input, one value per input element."""
+    mean = rand(2, 6, 6, seed=9)
+    m = _cnn([_node("Reshape", ["x", "shape"], "v"), _node("Sub", ["v", "m"], "n")], 1,
+             {"shape": np.array([-1, 2, 6, 6], np.int64), "m": mean})
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 72
+    del m.graph.input[0].type.tensor_type.shape.dim[2:]
+    g = check(m, rand(N, 72, seed=7))
+    a, b = _stage(g)
+    assert a.shape == (1,) and b.shape == (72,) and np.allclose(b, -mean.reshape(-1))
+
+
+def test_an_affine_on_an_input_read_twice_is_refused_by_name():
+    """The stage changes what every reader of the input sees: x - m before a padded Conv and x
+    itself into a residual Add is refused."""
+    nodes = [_node("Sub", ["x", "m"], "n"), _node("Conv", ["n", "K"], "c", pads=[1, 1, 1, 1]),
+             _node("Add", ["c", "x"], "a"), _node("Flatten", ["a"], "f"), _node("Gemm", ["f", "W", "B"], "y", transB=1)]
+    consts = {"m": np.float32(0.5).reshape(()), "K": rand(2, 2, 3, 3, seed=1), "W": rand(3, 72, seed=2),
+              "B": rand(3, seed=3)}
+    with pytest.raises(EdgeDFAError, match=r"'/n' \(Sub\).*graph's input and Conv '/c' cannot be folded.*read by"
+                                           r" nothing else"):
+        load_graph_bytes(model(nodes, consts, ["N", 2, 6, 6]).SerializeToString(), source="m")
+
+
+def test_the_input_stage_trains_emulates_exports_and_survives_a_checkpoint(tmp_path):
+    """Engine and hdl_models see the same staged codes (a BP step bit-exact), the int export
+    applies it in double ops bit-exact in onnxruntime, float and qdq exports carry it, and a
+    saved structure brings it back."""
+    from edgedfa.model import graph_from_json, graph_to_json
+    from edgedfa.onnx.export import build_proto
+
+    m = _cnn([_node("Sub", ["x", "m"], "d"), _node("Div", ["d", "s"], "n")], 1,
+             {"m": rand(2, 6, 6, seed=5) * 40 + 100, "s": np.array([[[60.0]], [[25.0]]], np.float32)})
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    net = load_onnx(str(path), numerics=Numerics.from_bits(8))
+    x = (rand(16, 2, 6, 6, seed=11).astype(np.float64) * 100 + 120).round()  # raw pixel-like data
+    check_step_and_int_export(net, x, np.random.default_rng(3).integers(0, 3, 16))
+    assert net.in_fmt.int_bits <= 5  # fits the staged data (|x| < 7); the raw pixels would need 9
+    flt = net.run_float(x)
+    assert np.abs(ort_run(build_proto(net, "float")[0], x) - flt).max() <= 1e-5 * np.abs(flt).max()
+    codes = net.logits_codes(x)
+    lsb = 2.0 ** -codes.fmt.frac_bits  # the QDQ graph rounds as the engine does, but for ties
+    assert np.abs(ort_run(build_proto(net, "qdq")[0], x) - net.run(x)).max() <= 2 * lsb
+    back = graph_from_json(graph_to_json(net.graph), {n.name: n.params for n in net.graph.nodes})
+    assert np.array_equal(run_float(back, x), run_float(net.graph, x))
 
 
 def test_a_per_channel_scale_after_a_conv_moves_through_relu_and_maxpool():
@@ -190,20 +251,25 @@ def test_any_per_unit_affine_computes_what_onnxruntime_computes(scale, offset, a
 
 def _fixtures():
     manifest = json.load(open(os.path.join(FIXTURES, "manifest.json")))
-    return sorted(f for f in manifest if f.startswith(("input_norm_", "scaled_residual_")))
+    return sorted(f for f in manifest if f.startswith(("input_norm_", "scaled_residual_", "input_stage_")))
 
 
 @pytest.mark.parametrize("name", _fixtures())
 def test_pytorch_exports_import_equal_to_onnxruntime_and_train_bit_exact(name):
     """Both exporters' files: a CNN that normalises its own input (and scales its head's input),
-    an MLP with a scaled residual branch; a step of training bit-exact with hdl_models, the int
-    export bit-exact in onnxruntime."""
+    an MLP with a scaled residual branch, a CNN normalising before a padded Conv and a GRU
+    normalising its sequence (both input stages); a step of training bit-exact with hdl_models,
+    the int export bit-exact in onnxruntime."""
     path = os.path.join(FIXTURES, name)
     shape = json.load(open(os.path.join(FIXTURES, "manifest.json")))[name]["input_shape"]
     model = load_onnx(path, numerics=Numerics.from_bits(8))
-    want = ["Dense", "Relu", "Dense", "Relu", "Add", "Dense"] if name.startswith("scaled_residual") else \
-        ["Conv", "Relu", "Reshape" if "dynamo" in name else "Flatten", "Dense"]
-    assert [n.op for n in model.graph.nodes] == want
+    ops = [n.op for n in model.graph.nodes]
+    if name.startswith("input_stage_"):
+        assert "input_affine" in model.graph.meta and ("GRU" in ops if "gru" in name else "Conv" in ops)
+    else:
+        assert "input_affine" not in model.graph.meta
+        assert ops == (["Dense", "Relu", "Dense", "Relu", "Add", "Dense"] if name.startswith("scaled_residual") else
+                       ["Conv", "Relu", "Reshape" if "dynamo" in name else "Flatten", "Dense"])
     x = rand(8, *shape, seed=11).astype(np.float64)
     ref = ort_run(onnx.load(path), x)
     assert np.abs(run_float(model.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -222,6 +222,37 @@ class InputNormNet(nn.Module):
         return self.fc(x.flatten(1) / 4.0)
 
 
+class InputStageCNN(nn.Module):
+    """``transforms.Normalize`` inside the model before a zero-padded Conv2d, over a flat input
+    viewed as an image, with a per-pixel mean: no Conv can take the offset (the padding would not
+    see it), so it becomes the input stage."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-0.5, 1.0, 72).reshape(2, 6, 6))
+        self.register_buffer("std", torch.tensor([2.0, 0.5]).reshape(2, 1, 1))
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 3 * 3, 3)
+
+    def forward(self, x):
+        x = (x.view(-1, 2, 6, 6) - self.mean) / self.std
+        return self.fc(torch.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+class InputStageGRU(nn.Module):
+    """A sequence model that standardises its own input per feature before a batch-first GRU."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1.0, 1.0, SEQ[1]))
+        self.register_buffer("std", torch.linspace(0.5, 3.0, SEQ[1]))
+        self.rnn, self.fc = nn.GRU(SEQ[1], 5, batch_first=True), nn.Linear(5, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn((x - self.mean) / self.std)
+        return self.fc(y[:, -1])
+
+
 class ScaledResidualNet(nn.Module):
     """x + 0.5 * relu(fc(x)): a residual branch scaled by a constant."""
 
@@ -370,6 +401,8 @@ CASES = {
     "reduce_adaptive_max": (lambda: Reductions("adaptive_max"), (1, 6, 6), ("ts", "dynamo"), None),
     "input_norm": (InputNormNet, (2, 6, 6), ("ts", "dynamo"), None),
     "scaled_residual": (ScaledResidualNet, (6,), ("ts", "dynamo"), None),
+    "input_stage_cnn": (InputStageCNN, (72,), ("ts", "dynamo"), None),
+    "input_stage_gru": (InputStageGRU, SEQ, ("ts", "dynamo"), None),
     "prelu": (PReluNet, (6,), ("ts", "dynamo"), None),
     "prelu_cnn1d": (PRelu1dNet, (2, 8), ("ts", "dynamo"), None),
     "prelu_cnn2d": (PRelu2dNet, (1, 4, 4), ("ts", "dynamo"), None),

@@ -39,8 +39,8 @@ class CoSim:
         self.ctl = Controller(model, plan_dicts(self.trainer.plan), hw)
 
     def hdl_input(self, xb) -> T:
-        """The host's conversion of a float batch for the accelerator (§2, from floats)."""
-        return T(from_float(xb, self.model.in_fmt), self.model.in_fmt)
+        """The host's conversion of a float batch for the accelerator (§2, its input stage, then from floats)."""
+        return T(from_float(self.ctl.host_input(xb), self.model.in_fmt), self.model.in_fmt)
 
     def hdl_step(self, xb, yb, step: int, lr_shift: int, trace: dict | None = None):
         """One training step on the accelerator; its Ledger."""

@@ -11,7 +11,12 @@ canonical, so the engine, ``hdl_models`` and the exports never see it:
 - else into every Dense or Conv that reads ``y`` (their input columns scaled by ``a``, their
   bias ``B + W·b``), also through reshapes: a model that normalises its own input,
   ``fc((x - mean) / std)``. An offset cannot fold into a zero-padded Conv (the padding would
-  not see it), and a scale or offset must be one value per unit (Dense) or channel (Conv).
+  not see it), and a scale or offset must be one value per unit (Dense) or channel (Conv);
+- else, when it reads the graph's input (also through reshapes) and nothing else does, it
+  becomes the graph's **input stage** (``graph.meta["input_affine"]``): the float data is
+  scaled and offset before the input quantizer, as the host would (``edgedfa.graph.stage_input``):
+  ``conv((x - mean) / std)`` with a zero-padded Conv, a per-pixel mean, a normalisation before
+  a recurrent layer or a BatchNorm.
 
 Anything else is refused by name. Both rules are exact in real arithmetic: the float graph
 computes what the ONNX graph did, up to float rounding.
@@ -67,16 +72,22 @@ def legacy_align(node, c, rank: int):
     return c.reshape(c.shape + (1,) * max(0, rank - axis - c.ndim))
 
 
-def fold_affines(nodes: list, og, output: str) -> list:
-    """``nodes`` with every ConstAffine folded away, or an error naming the first that cannot."""
-    nodes = list(nodes)
+def fold_affines(nodes: list, og, output: str) -> tuple:
+    """(``nodes`` with every ConstAffine folded away, the input stage's ``{"scale", "offset"}``
+    or None), or an error naming the first that cannot fold."""
+    nodes, stage = list(nodes), None
     while True:
         t = next((n for n in nodes if n.op == AFFINE), None)
         if t is None:
-            return nodes
+            return nodes, stage
         graph = _Nodes(nodes, og, output)
-        if not (graph.merge_next(t) or graph.fold_back(t) or graph.fold_forward(t)):
+        if graph.merge_next(t) or graph.fold_back(t) or graph.fold_forward(t):
+            continue
+        ab = None if stage is not None else graph.on_input(t)
+        if ab is None:
             og.fail(graph.why(t), t.attrs["onnx_node"])
+        graph.bypass(t)
+        stage = {"scale": _compact(ab[0]), "offset": _compact(ab[1])}
 
 
 class _Nodes:
@@ -186,6 +197,31 @@ class _Nodes:
                 return False
         return True
 
+    # -- the graph's input stage ------------------------------------------------------------
+    def on_input(self, t):
+        """(a, b) on the graph's input giving ``t``'s output when ``t`` reads the input through
+        moves only, each read by nothing else; else None."""
+        a, b, cur = t.params["a"], t.params["b"], t.inputs[0]
+        while True:
+            if self.uses(cur) != 1:
+                return None
+            if cur == self.og.input_name:
+                return a, b
+            p = self.prods.get(cur)
+            shape = None if p is None or p.op not in MOVES else self.sample_shape(p.inputs[0])
+            if shape is None:
+                return None
+            a, b, cur = _inverse_move(p, a, shape), _inverse_move(p, b, shape), p.inputs[0]
+            if a is None or b is None:
+                return None
+
+    def bypass(self, t) -> None:
+        """Remove ``t``; its readers read its input (the graph's input stage took its arithmetic)."""
+        (x,), (y,) = t.inputs, t.outputs
+        for n in self.cons.get(y, []):
+            n.inputs = [x if i == y else i for i in n.inputs]
+        self.nodes.remove(t)
+
     def why(self, t) -> str:
         p = self.prods.get(t.inputs[0])
         before = f"{p.op} {p.name!r}" if p is not None else "the graph's input"
@@ -193,8 +229,18 @@ class _Nodes:
         return (f"a constant scale or offset between {before} and {after} cannot be folded: edgedfa folds one"
                 " into the Dense or Conv before it (through reshapes, and through ReLU and pooling when it is"
                 " a positive scale) or into every Dense or Conv after it (through reshapes), one value per unit"
-                " or channel, and an offset never into a zero-padded Conv; scale the weights or the data"
-                " instead")
+                " or channel, and an offset never into a zero-padded Conv; on the graph's input (read by nothing"
+                " else) it is applied to the data; scale the weights or the data instead")
+
+
+def _compact(v) -> list:
+    """``v`` with every axis along which it is constant cut to length 1, as nested lists."""
+    v = np.asarray(v, dtype=np.float64)
+    for ax in range(v.ndim):
+        first = v.take([0], axis=ax)
+        if v.shape[ax] > 1 and np.all(v == first):
+            v = first
+    return v.tolist()
 
 
 def _per_channel(v):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Graph, Node
+from ..graph import INPUT_STAGE, Graph, Node
 from .affine import fold_affines
 from .registry import lookup, schema_version, supported, supported_text
 from .ir import BATCH, OGraph, ONode, batch_axis
@@ -144,7 +144,9 @@ def convert(og: OGraph) -> Graph:
                 "batch dimension first")
     meta = {k: v for k, v in og.meta.items() if k != "fold_errors"}
     meta.update(source=og.source, opset=og.opset, export_batch=og.export_batch)
-    nodes = fold_affines(conv.nodes, og, out_name)
+    nodes, stage = fold_affines(conv.nodes, og, out_name)
+    if stage is not None:
+        meta[INPUT_STAGE] = stage
     graph = Graph(og.name, og.input_name, tuple(int(d) for d in input_shape[1:]), out_name, nodes, meta)
     _self_check(og, graph)
     return graph

@@ -8,7 +8,7 @@ import os
 import onnx
 
 from ..errors import EdgeDFAError
-from ..graph import Graph
+from ..graph import Graph, input_stage
 from .registry import lookup
 from .ir import BATCH
 
@@ -27,6 +27,10 @@ def describe(graph: Graph) -> str:
     lines = [f"graph {graph.name!r}: input {graph.input_name!r} [N, "
              f"{', '.join(map(str, graph.input_shape))}] -> output {graph.output_name!r} "
              f"{_fmt(shapes.get(graph.output_name))}{note}"]
+    stage = input_stage(graph)
+    if stage is not None:
+        lines.append(f"  (input stage: x * scale{list(stage[0].shape)} + offset{list(stage[1].shape)} on the float"
+                     " data before the input quantizer: the model's own normalisation of its input)")
     if graph.meta.get("output_softmax"):
         lines.append(f"  (a final {graph.meta.get('output_softmax_op', 'Softmax')} was "
                      "removed: the output is logits)")

@@ -17,7 +17,7 @@ from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, requantize
 from ..float_ref import GELU_TANH_CUBIC, GELU_TANH_SCALE
 from ..layers.pool import given_pads, window_counts
-from ..graph import MERGES, MOVES, RECURRENT
+from ..graph import MERGES, MOVES, RECURRENT, input_stage
 from ..registry import Registry
 from .export_graph import Builder, emit_move, tensor_info, window_attrs
 
@@ -46,11 +46,24 @@ class FloatEmitter:
         self.fmts = tensor_formats(model)
         self.b = Builder(all_tensor_names(self.graph))
         self.inexact: list = []  # (node, param) whose float32 value is not its exact code value
+        self._staged = None  # the input stage's output, once emitted
 
     # ---------------------------------------------------------------- hooks
     def source(self, name: str) -> str:
         """ONNX tensor that feeds canonical input ``name``."""
-        return name
+        return self.staged_input() if name == self.graph.input_name else name
+
+    def staged_input(self) -> str:
+        """The graph's input through its input stage (float32 Mul and Add), emitted once."""
+        stage = input_stage(self.graph)
+        if stage is None:
+            return self.graph.input_name
+        if self._staged is None:
+            x = self.b.node("Mul", [self.graph.input_name, self.b.const(stage[0], np.float32, "input/stage_scale")],
+                            "input/stage_scale")
+            self._staged = self.b.node("Add", [x, self.b.const(stage[1], np.float32, "input/stage_offset")],
+                                       "input/stage_offset")
+        return self._staged
 
     def target(self, name: str) -> str:
         """ONNX tensor an op writes for canonical output ``name``."""
@@ -323,12 +336,12 @@ class QdqEmitter(FloatEmitter):
 
     def source(self, name):
         if name == self.graph.input_name and name not in self.src:
-            self.src[name] = self.qdq(name, self.fmts[name], self.b.unique(f"{name}/qdq"), "input")
+            self.src[name] = self.qdq(self.staged_input(), self.fmts[name], self.b.unique(f"{name}/qdq"), "input")
         return self.src.get(name, name)
 
     def time_major(self, node, name):
         """Transpose the float tensor before its Q/DQ: onnxruntime's QDQ propagation fails on DQ -> Transpose -> GRU."""
-        raw = name if name == self.graph.input_name else self.raw[name]
+        raw = self.staged_input() if name == self.graph.input_name else self.raw[name]
         t = self.b.node("Transpose", [raw], f"{node.name}/to_time_major", perm=[1, 0, 2])
         return self.qdq(t, self.fmts[name], self.b.unique(f"{t}/qdq"), f"{node.name}/input")
 

@@ -23,7 +23,7 @@ from ..layers.batchnorm import reciprocal as ln_reciprocal
 from ..layers.batchnorm import shift as ln_shift
 from ..lut import (COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, SOFTPLUS_TABLE, TANH_TABLE,
                    elu_format, softplus_format)
-from ..graph import MOVES, RECURRENT
+from ..graph import MOVES, RECURRENT, input_stage
 from ..registry import Registry
 from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
 from .export_recurrent import emit_recurrent
@@ -284,10 +284,15 @@ class IntEmitter:
 
     # ---------------------------------------------------------------- edges
     def quantize_input(self) -> str:
-        """quantize(x, in_fmt, AP_RND_CONV, AP_SAT): exact scaling in float64, Round (half to even), Clip."""
+        """quantize(x, in_fmt, AP_RND_CONV, AP_SAT): the input stage's Mul and Add in float64 (the
+        engine's two roundings), exact scaling, Round (half to even), Clip."""
         f, x = self.model.in_fmt, self.graph.input_name
         o = self.ops
         xd = o.cast(x, TensorProto.DOUBLE, "input/to_double")
+        stage = input_stage(self.graph)
+        if stage is not None:
+            xd = o.op("Mul", [xd, self.b.const(stage[0], np.float64, "input/stage_scale")], "input/stage_scale")
+            xd = o.op("Add", [xd, self.b.const(stage[1], np.float64, "input/stage_offset")], "input/stage_offset")
         y = o.op("Mul", [xd, self.b.const(np.ldexp(1.0, f.frac_bits), np.float64, "input/scale")], "input/scale")
         y = o.op("Round", [y], "input/round")
         lo, hi = (self.b.const(float(c), np.float64, f"input/{k}") for c, k in ((f.min_code, "lo"), (f.max_code, "hi")))
