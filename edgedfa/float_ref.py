@@ -285,12 +285,12 @@ def max_pool(node, x):
 def average_pool(node, x):
     kernel, strides, dilations, pads, _, counts = _pool_windows(node, x)
     total = sum(view for _, view in _windows(x, kernel, strides, dilations, pads, 0.0))
-    return total / counts
+    return np.ldexp(total / counts, int(node.attrs.get("scale_log2", 0)))
 
 
 @op("GlobalAveragePool")
 def global_average_pool(node, x):
-    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    return np.ldexp(x.mean(axis=tuple(range(2, x.ndim)), keepdims=True), int(node.attrs.get("scale_log2", 0)))
 
 
 # -- layout ---------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   the slope trains, docs/datapath.md §7.1),
   ``Softplus`` (log(1 + exp(x)); PyTorch's Mish is x tanh of it)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
-  ``GlobalAveragePool``
+  ``GlobalAveragePool``; both average pools take ``scale_log2`` k (default 0): the mean times
+  2^k, what a sum over the window imports as (a free move of the binary point)
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
   ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
 - ``Add`` (two or more inputs), ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``

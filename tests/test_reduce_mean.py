@@ -1,8 +1,8 @@
 """ReduceMean, ReduceMax and ReduceSum over any non-batch axes: over a sequence's time axis
 (``y.mean(dim=1)`` after a batch-first recurrent layer, ``y.mean(dim=0)`` after a seq-first one,
 ``torch.max(y, dim=1)[0]``, ``y.sum(dim=1)``), over channels, over some spatial axes. The importer
-writes them as a GlobalAveragePool (a sum: and a constant scale, folded into the Dense or Conv
-next to it) or a whole-window MaxPool of the reduced axes moved last and merged (Transpose,
+writes them as a GlobalAveragePool (a sum: one scaled by a power of two, the rest of the count
+a constant scale folded into the Dense or Conv next to it) or a whole-window MaxPool of the reduced axes moved last and merged (Transpose,
 Reshape): they match onnxruntime, train bit-exactly with hdl_models under every algorithm, and
 the int export is bit-exact in onnxruntime."""
 
@@ -77,15 +77,26 @@ def test_global_max_pool_is_one_whole_window(shape):
     assert ops(g) == ["MaxPool"] and g.nodes[0].attrs["kernel_shape"] == list(shape[1:])
 
 
-def test_a_sum_after_a_conv_folds_its_count_into_the_conv():
-    """x.sum over the spatial axes with keepdims, read by nothing but the output's Flatten: the
-    count goes back through the pooling into the Conv's weights."""
+@pytest.mark.parametrize("length, k", [(7, 3), (8, 3), (12, 4), (5, 2)])
+def test_a_sum_is_a_mean_times_a_power_of_two_and_the_rest_folds(length, k):
+    """x.sum over the spatial axes, read by nothing but the output's Flatten: a GlobalAveragePool
+    scaled by 2^k, k = round(log2 n) (the Conv keeps its weights for n a power of two), the rest
+    n / 2^k going back through the pooling into the Conv's weights."""
     nodes = [helper.make_node("Conv", ["x", "K", "KB"], ["c"], pads=[1, 1]), helper.make_node("Relu", ["c"], ["r"]),
              *_reduce([2], 1, 13, "r", "s", "ReduceSum")[0], helper.make_node("Flatten", ["s"], ["y"])]
     inits = {"K": rand(4, 2, 3, seed=1), "KB": rand(4, seed=2), "s_axes": np.array([2], np.int64)}
-    g = check(model(nodes, inits, ["N", 2, 7], opset=13), rand(N, 2, 7, seed=3))
+    g = check(model(nodes, inits, ["N", 2, length], opset=13), rand(N, 2, length, seed=3))
     assert ops(g) == ["Conv", "Relu", "GlobalAveragePool", "Flatten"]
-    assert np.allclose(g.nodes[0].params["W"], 7 * rand(4, 2, 3, seed=1))
+    assert g.nodes[2].attrs["scale_log2"] == k
+    assert np.allclose(g.nodes[0].params["W"], length / 2**k * rand(4, 2, 3, seed=1))
+
+
+def test_a_sum_over_a_power_of_two_needs_no_neighbour():
+    """tanh(x).sum(dim=2) + x-free head: n = 16 is all exponent, nothing to fold (refused before)."""
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]), *_reduce([2], 0, 13, "t", "s", "ReduceSum")[0],
+             helper.make_node("Sigmoid", ["s"], ["y"])]
+    g = check(model(nodes, {"s_axes": np.array([2], np.int64)}, ["N", 3, 16], opset=13), rand(N, 3, 16, seed=4))
+    assert "GlobalAveragePool" in ops(g) and not any(n.params for n in g.nodes)
 
 
 def test_empty_axes_with_noop_is_the_identity():

@@ -135,15 +135,18 @@ class AveragePool(_Pool):
         n = window_counts(self.geo, given_pads(node, self.geo), include)
         r, L = reciprocal(n)
         self.counts = n
-        self.shift = int(L.max()) + RECIP_BITS  # common fraction bits added by the multiply
-        self.scale = r << (L.max() - L)  # (OH, OW) reciprocal codes aligned to 2^-shift
+        self.scale_log2 = int(node.attrs.get("scale_log2", 0))  # the mean times 2^k: a sum's exponent
+        # common fraction bits added by the multiply, less the free exponent shift 2^k
+        self.shift = int(L.max()) + RECIP_BITS - self.scale_log2
+        self.scale = r << (L.max() - L)  # (OH, OW) reciprocal codes aligned to 2^-(shift + k)
 
     @property
     def changes_scale(self) -> bool:
         """Adaptive scaling: the mean has a format of its own, calibrated and managed like a
         conv output's (a window's mean is often far below the peak of its inputs, whose format
-        would leave it few levels: §8.3); static: the input's format, as before."""
-        return self.num.adaptive
+        would leave it few levels: §8.3); static: the input's format, as before, unless the mean
+        is scaled by 2^k (a sum, ``scale_log2``), which the input's format would not hold."""
+        return self.num.adaptive or self.scale_log2 != 0
 
     def _mean(self, x: QTensor) -> QTensor:
         """Window sums times the reciprocal of the counts: the wide mean (B, C, OH, OW)."""

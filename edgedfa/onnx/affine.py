@@ -168,7 +168,8 @@ class _Nodes:
         ac, bc = _per_channel(a), _per_channel(b)
         if ac is None or bc is None:
             return None
-        return _spread(ac, shape), _spread(bc, shape)
+        # an average pool scaled by 2^k (a sum) adds b / 2^k per input value to give b
+        return _spread(ac, shape), _spread(np.ldexp(bc, -int(p.attrs.get("scale_log2", 0))), shape)
 
     # -- into every Dense or Conv after -----------------------------------------------------
     def fold_forward(self, t) -> bool:

@@ -38,6 +38,8 @@ def describe(graph: Graph) -> str:
         ins = ", ".join(_fmt(shapes.get(i)) for i in n.inputs if i)
         outs = ", ".join(_fmt(shapes.get(o)) for o in n.outputs if o)
         params = " ".join(f"{k}{list(v.shape)}" for k, v in n.params.items())
+        if n.attrs.get("scale_log2"):
+            params = f"x2^{n.attrs['scale_log2']} (a sum)"
         lines.append(f"  {n.name:<28} {n.op:<18} {ins} -> {outs}  {params}".rstrip())
     return "\n".join(lines)
 

@@ -167,9 +167,28 @@ def _recurrent(em, node, layer, ins, outs):
     em.recurrent(node, layer, node.inputs[0], outs)
 
 
-@FLOAT_OPS.register("Relu", "Tanh", "Sigmoid", "Softplus", "GlobalAveragePool")
+@FLOAT_OPS.register("Relu", "Tanh", "Sigmoid", "Softplus")
 def _simple(em, node, layer, ins, outs):
     em.b.node(node.op, ins, node.name, outs[:1])
+
+
+def _scaled(em, node, outs):
+    """Where an average pool writes: its output, or a temporary a Mul by 2^scale_log2 reads (a sum)."""
+    return outs[:1] if not node.attrs.get("scale_log2", 0) else [em.b.unique(f"{node.name}/mean")]
+
+
+def _times_power(em, node, mean, outs):
+    k = int(node.attrs.get("scale_log2", 0))
+    if k:
+        em.b.node("Mul", [mean[0], em.b.const(np.float32(np.ldexp(1.0, k)), np.float32, f"{node.name}/2^{k}")],
+                  f"{node.name}/times_2^{k}", outs[:1])
+
+
+@FLOAT_OPS.register("GlobalAveragePool")
+def _global_average(em, node, layer, ins, outs):
+    mean = _scaled(em, node, outs)
+    em.b.node("GlobalAveragePool", ins, node.name, mean)
+    _times_power(em, node, mean, outs)
 
 
 @FLOAT_OPS.register("LeakyRelu")
@@ -260,14 +279,15 @@ def _pool(em, node, layer, ins, outs):
         raise EdgeDFAError(f"node {node.name!r}: dilated AveragePool has no opset-17 ONNX form")
     include = int(node.attrs.get("count_include_pad", 0))
     extra = tuple(layer.geo.pads) != tuple(given_pads(node, layer.geo))
+    scaled = _scaled(em, node, outs)
     if not (include and extra):
-        em.b.node("AveragePool", ins, node.name, outs[:1], count_include_pad=include, **attrs)
-        return
-    # ceil_mode's extra end padding is never counted (datapath §8.5): rescale the padding-free mean
-    inside = window_counts(layer.geo, layer.geo.pads, False)
-    ratio = (inside / layer.counts).reshape((1, 1) + tuple(layer.geo.out_spatial()))
-    mean = em.b.node("AveragePool", ins, f"{node.name}/mean", count_include_pad=0, **attrs)
-    em.b.node("Mul", [mean, em.b.const(ratio, np.float32, f"{node.name}/count_ratio")], node.name, outs[:1])
+        em.b.node("AveragePool", ins, node.name, scaled, count_include_pad=include, **attrs)
+    else:  # ceil_mode's extra end padding is never counted (datapath §8.5): rescale the padding-free mean
+        inside = window_counts(layer.geo, layer.geo.pads, False)
+        ratio = (inside / layer.counts).reshape((1, 1) + tuple(layer.geo.out_spatial()))
+        mean = em.b.node("AveragePool", ins, f"{node.name}/mean_inside", count_include_pad=0, **attrs)
+        em.b.node("Mul", [mean, em.b.const(ratio, np.float32, f"{node.name}/count_ratio")], node.name, scaled)
+    _times_power(em, node, scaled, outs)
 
 
 @FLOAT_OPS.register(*MERGES)

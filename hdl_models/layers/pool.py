@@ -76,7 +76,8 @@ class AveragePoolHw(HwLayer):
         n = self._counts(include)
         L = np.vectorize(lambda v: int(v - 1).bit_length())(n)
         r = ((1 << (RECIP_FRAC + L)) + n // 2) // n
-        self.S = RECIP_FRAC + int(L.max())
+        self.k = int(self.attrs.get("scale_log2", 0))  # the mean times 2^k: the product's point moves
+        self.S = RECIP_FRAC + int(L.max()) - self.k
         self.scale = r << (int(L.max()) - L)
 
     def _explicit_pads(self):
@@ -102,8 +103,8 @@ class AveragePoolHw(HwLayer):
     @property
     def own_format(self) -> bool:
         """Adaptive scaling: the mean is requantized into the layer's own managed format (§8.5,
-        §13); static: into the input's."""
-        return self.num.adaptive
+        §13); static: into the input's, unless the mean is scaled by 2^k (a sum)."""
+        return self.num.adaptive or self.k != 0
 
     def forward(self, acc, xs, train):
         x = xs[0]

@@ -164,37 +164,39 @@ def reduce_max(node, ctx):
 
 @register("ReduceSum", 1, 11, 13)
 def reduce_sum(node, ctx):
-    """A sum over non-batch axes is their mean times their count: a GlobalAveragePool and a
-    constant scale, which the Dense or Conv next to it takes (``onnx/affine.py``)."""
-    mean = node.outputs[0] + "__mean"
-    count = _reduce(node, ctx, "GlobalAveragePool", mean)
-    emit_affine(ctx, node, mean, float(count), 0.0, ctx.known_shape(node, node.outputs[0]))
+    """A sum over non-batch axes is their mean times their count ``n``: a GlobalAveragePool whose
+    mean is scaled by ``2^k``, ``k = round(log2 n)`` (a free move of its format's binary point,
+    datapath §8.5: the layers keep the model's own parameters), and the rest ``n / 2^k`` (1 for a
+    power of two, else within [0.71, 1.41]) a constant scale the Dense or Conv next to it takes
+    (``onnx/affine.py``)."""
+    _, shape, axes = _reduction(node, ctx)
+    n = 1 if axes is None else math.prod(int(shape[a]) for a in axes)
+    k = round(math.log2(n))
+    rest = n / 2.0 ** k
+    out = node.outputs[0] if rest == 1 else node.outputs[0] + "__mean"
+    _reduce(node, ctx, "GlobalAveragePool", out, {"scale_log2": k} if k else {})
+    if rest != 1:
+        emit_affine(ctx, node, out, rest, 0.0, ctx.known_shape(node, node.outputs[0]))
 
 
-def _reduce(node, ctx, pool, out_name) -> int:
+def _reduce(node, ctx, pool, out_name, pool_attrs=None) -> None:
     """``node`` (a reduction over non-batch axes) as ``pool`` over the spatial axes of [N, C, ...]
     directly (then Flatten if keepdims=0), or over any other set (a sequence's time axis of
     [N, T, C], ...) with the reduced axes moved last by a Transpose and merged into [N, K, R] by a
-    Reshape, pooled, and reshaped to the output's shape; written to ``out_name``. Returns the
-    number of values each output reduces."""
-    x = ctx.data_input(node)
-    shape = ctx.known_shape(node, x)
+    Reshape, pooled, and reshaped to the output's shape; written to ``out_name``."""
+    x, shape, axes = _reduction(node, ctx)
     rank = len(shape)
-    axes = _reduced_axes(node, ctx, rank)
     if axes is None:
         ctx.emit(node, "Reshape", [x], [out_name], {"shape": [-1] + [int(d) for d in shape[1:]]})
-        return 1
-    if ctx.batch_at(node, x) != 0 or 0 in axes:
-        ctx.fail(node, f"{node.op_type} over axes {axes} of a rank-{rank} tensor would reduce over the "
-                 "batch dimension (supported: reductions over non-batch axes)")
+        return
     keepdims = node.attr("keepdims", 1)
     count = math.prod(int(shape[a]) for a in axes)
     if rank in (3, 4) and axes == list(range(2, rank)):
         pooled = out_name if keepdims else out_name + "__pooled"
-        _emit_pool(ctx, node, pool, x, pooled, [int(d) for d in shape[2:]], "" if keepdims else "__pool")
+        _emit_pool(ctx, node, pool, x, pooled, [int(d) for d in shape[2:]], "" if keepdims else "__pool", pool_attrs)
         if not keepdims:
             ctx.emit(node, "Flatten", [pooled], [out_name], {"axis": 1})
-        return count
+        return
     kept = [a for a in range(1, rank) if a not in axes]
     perm = [0] + kept + axes
     src = x
@@ -204,10 +206,21 @@ def _reduce(node, ctx, pool, out_name) -> int:
     merged, pooled = out_name + "__merged", out_name + "__pooled"
     k = math.prod(int(shape[a]) for a in kept)
     ctx.emit(node, "Reshape", [src], [merged], {"shape": [-1, k, count]}, suffix="__merge")
-    _emit_pool(ctx, node, pool, merged, pooled, [count], "__pool")
+    _emit_pool(ctx, node, pool, merged, pooled, [count], "__pool", pool_attrs)
     out = [1 if a in axes else int(shape[a]) for a in range(1, rank)] if keepdims else [int(shape[a]) for a in kept]
     ctx.emit(node, "Reshape", [pooled], [out_name], {"shape": [-1] + out})
-    return count
+
+
+def _reduction(node, ctx):
+    """(data input, its shape, the sorted reduced axes or None when none) of a reduction over
+    non-batch axes; one over the batch is refused naming the node."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    axes = _reduced_axes(node, ctx, len(shape))
+    if axes is not None and (ctx.batch_at(node, x) != 0 or 0 in axes):
+        ctx.fail(node, f"{node.op_type} over axes {axes} of a rank-{len(shape)} tensor would reduce over the "
+                 "batch dimension (supported: reductions over non-batch axes)")
+    return x, shape, axes
 
 
 def _reduced_axes(node, ctx, rank):
@@ -226,6 +239,6 @@ def _reduced_axes(node, ctx, rank):
     return sorted({a + rank if a < 0 else a for a in axes} if axes else set(range(rank)))
 
 
-def _emit_pool(ctx, node, pool, src, dst, size, suffix):
-    attrs = _whole_window(size) if pool == "MaxPool" else {}
+def _emit_pool(ctx, node, pool, src, dst, size, suffix, extra=None):
+    attrs = dict(_whole_window(size) if pool == "MaxPool" else {}, **(extra or {}))
     ctx.emit(node, pool, [src], [dst], attrs, suffix=suffix)
