@@ -335,9 +335,10 @@ def unsqueeze(node, x):
 
 @op("Add")
 def add(node, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
+    signs = node.attrs.get("signs") or [1] * len(xs)
+    out = xs[0] if signs[0] > 0 else -xs[0]
+    for x, s in zip(xs[1:], signs[1:]):
+        out = out + x if s > 0 else out - x
     return out
 
 

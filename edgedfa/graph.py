@@ -18,7 +18,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   2^k, what a sum over the window imports as (a free move of the binary point)
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
   ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
-- ``Add`` (two or more inputs), ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``
+- ``Add`` (two or more inputs; attr ``signs``, default all +1: -1 subtracts that input),
+  ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``
   (attr axis)
 - ``BatchNorm``  params scale, B, mean, var (C,); attrs epsilon, momentum (ONNX
                  BatchNormalization over channel axis 1); trained with batch statistics,

@@ -116,15 +116,22 @@ class Gather(_Move):
 
 @register("Add")
 class Add(Layer):
-    """Element-wise sum of activations: aligned exactly, then requantized to a static format."""
+    """Element-wise sum of activations: aligned exactly, then requantized to a static format.
+    ``signs`` (attr, default all +1): an operand with -1 is subtracted (ONNX Sub of two data
+    tensors); its code is negated exactly, and so is the error it receives (§7)."""
 
     changes_scale = True
 
     def infer_shape(self):
         return tuple(np.broadcast_shapes(*self.in_shapes))
 
+    @property
+    def signs(self) -> list:
+        return list(self.node.attrs.get("signs") or [1] * len(self.in_shapes))
+
     def _wide(self, xs):
-        return exact_sum(xs)
+        return exact_sum([x if s > 0 else QTensor(-np.asarray(x.codes, np.int64), x.fmt)
+                          for x, s in zip(xs, self.signs)])
 
     def forward(self, xs, train=False):
         acc = self._wide(xs)
@@ -137,7 +144,7 @@ class Add(Layer):
         self.out_fmt = calibrated_format(self._wide(xs), self.num)
 
     def backward(self, cache, dy, need_dx):
-        return [QTensor(unbroadcast(dy.codes, shape), dy.fmt) for shape in cache], {}
+        return [QTensor(s * unbroadcast(dy.codes, shape), dy.fmt) for shape, s in zip(cache, self.signs)], {}
 
 
 def unbroadcast(codes, shape):

@@ -296,7 +296,11 @@ def _merge(em, node, layer, ins, outs):
         em.b.node("Concat", ins, node.name, outs[:1], axis=int(node.attrs.get("axis", 1)))
     elif node.op == "Mul":
         em.b.node("Mul", ins, node.name, outs[:1])
+    elif node.attrs.get("signs") == [1, -1]:
+        em.b.node("Sub", ins, node.name, outs[:1])
     else:
+        signs = node.attrs.get("signs") or [1] * len(ins)
+        ins = [x if s > 0 else em.b.node("Neg", [x], f"{node.name}/negate{i}") for i, (x, s) in enumerate(zip(ins, signs))]
         em.b.node("Add" if len(ins) == 2 else "Sum", ins, node.name, outs[:1])
 
 

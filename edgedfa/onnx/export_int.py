@@ -637,8 +637,9 @@ def _add(em, node, layer, ins):
     """Inputs aligned exactly to the finest fraction, summed, requantized to out_fmt."""
     o, base, num = em.ops, node.name, layer.num
     frac = max(f.frac_bits for _, f in ins)
-    parts = [o.round_shift(x, f.frac_bits - frac, Rounding.AP_TRN, f"{base}/align{i}")
-             for i, (x, f) in enumerate(ins)]
+    signs = node.attrs.get("signs") or [1] * len(ins)
+    parts = [o.round_shift(x if s > 0 else o.op("Neg", [x], f"{base}/negate{i}"), f.frac_bits - frac,
+                           Rounding.AP_TRN, f"{base}/align{i}") for i, ((x, f), s) in enumerate(zip(ins, signs))]
     s = parts[0]
     for i, p in enumerate(parts[1:]):
         s = o.op("Add", [s, p], f"{base}/sum{i}")

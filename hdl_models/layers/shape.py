@@ -44,8 +44,13 @@ class FlattenHw(HwLayer):
 @register("Add")
 class AddHw(HwLayer):
     own_format = True
+    def _signs(self, n):
+        """+1 per operand added, -1 per operand subtracted (the adder's subtract input)."""
+        return list(self.attrs.get("signs") or [1] * n)
+
     def forward(self, acc, xs, train):
-        wide, f = align_sum([(x.codes, x.fmt.frac_bits, x.fmt.width) for x in xs])
+        wide, f = align_sum([(x.codes if s > 0 else np.negative(x.codes, dtype=np.int64), x.fmt.frac_bits, x.fmt.width)
+                             for x, s in zip(xs, self._signs(len(xs)))])
         y = requant(wide, f, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
         if train:
             self.track("out", wide, f)
@@ -59,11 +64,11 @@ class AddHw(HwLayer):
     def backward(self, acc, cache, dy, need):
         outs = []
         c = Cost()
-        for shape in cache:
+        for shape, s in zip(cache, self._signs(len(cache))):
             g = _unbroadcast(dy.codes, shape)
             if g.size != dy.codes.size:
                 c.adds += dy.codes.size
-            outs.append(T(g, dy.fmt))
+            outs.append(T(g if s > 0 else -g, dy.fmt))
         c.use("act", acc.act.cycles(dy.codes.size))
         acc.read(c, "err", dy.codes.size * nbytes(dy.fmt.width))
         return outs, {}, c, Cost()

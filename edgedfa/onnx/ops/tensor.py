@@ -230,11 +230,14 @@ def add(node, ctx):
 
 @register("Sub", 6, 7, 13, 14)
 def sub(node, ctx):
-    """x - c and c - x are a constant offset and scale; the difference of two data tensors is
-    not a layer the engine has."""
-    if not _constant_operand(node, ctx, lambda c: (1.0, -c), lambda c: (-1.0, c)):
-        ctx.fail(node, "Sub of two data tensors is not supported (only a constant subtracted, or"
-                 " subtracted from)")
+    """x - c and c - x are a constant offset and scale; the difference of two data tensors is an
+    Add whose second operand is subtracted (attr ``signs``)."""
+    if _constant_operand(node, ctx, lambda c: (1.0, -c), lambda c: (-1.0, c)):
+        return
+    a, b = node.inputs[0], node.inputs[1]
+    if node.attr("broadcast", 0) and ctx.shape(a) != ctx.shape(b):
+        ctx.fail(node, "Sub-6 with legacy broadcasting between two data tensors is not supported")
+    _merge(node, ctx, [a, b], attrs={"signs": [1, -1]})
 
 
 @register("Div", 6, 7, 13, 14)
@@ -301,9 +304,9 @@ def sum_(node, ctx):
     _merge(node, ctx, names)
 
 
-def _merge(node, ctx, names, op="Add"):
+def _merge(node, ctx, names, op="Add", attrs=None):
     shapes = [ctx.known_shape(node, n) for n in names]
     if len({ctx.batch_at(node, n) for n in names}) != 1 or len({len(s) for s in shapes}) != 1:
         ctx.fail(node, f"inputs of shapes {[_show(s) for s in shapes]} do not line up on "
                  "the batch dimension")
-    ctx.emit(node, op, names, [node.outputs[0]])
+    ctx.emit(node, op, names, [node.outputs[0]], attrs or {})
