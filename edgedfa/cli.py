@@ -429,6 +429,7 @@ def cmd_info(args) -> int:
     if args.path.endswith(".onnx"):
         return _info_onnx(args.path, args.bits or 8)
     from .checkpoint import load_checkpoint
+    from .graph import input_stage
 
     model = load_checkpoint(args.path)
     meta = model.checkpoint_meta
@@ -436,6 +437,9 @@ def cmd_info(args) -> int:
     print(f"checkpoint {args.path}: {model.graph.meta.get('arch', model.graph.name)},"
           f" algo {meta['train'].get('algo', '?')}, epoch {progress.get('epoch')}, step {progress.get('step')},"
           f" seed {meta['seed']}")
+    stage = input_stage(model.graph)
+    if stage is not None:
+        print(f"  input stage: x * scale{list(stage[0].shape)} + offset{list(stage[1].shape)} before the input format")
     for name, f in model.formats().items():
         print(f"  {name}: {f}")
     return 0

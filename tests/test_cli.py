@@ -281,3 +281,20 @@ def test_hold_freed_memory_applies_under_glibc():
     from edgedfa import memory
 
     assert memory.hold_freed_memory() is True
+
+
+def test_info_shows_an_imported_models_input_stage(tmp_path, capsys):
+    """A model that standardises its own input before a padded Conv: info on the ONNX file and
+    on a checkpoint trained from it name the input stage."""
+    model = os.path.join(FIXTURES, "input_stage_cnn_ts.onnx")
+    code, out, err = run(capsys, "info", model)
+    assert code == 0 and "input stage: x * scale[72] + offset[72]" in out, err
+    rng = np.random.default_rng(0)
+    p = tmp_path / "d.npz"
+    np.savez(p, x_train=rng.normal(size=(64, 72)), y_train=rng.integers(0, 3, 64),
+             x_test=rng.normal(size=(16, 72)), y_test=rng.integers(0, 3, 16))
+    code, _, err = run(capsys, "train", "--model", model, "--data", p, "--epochs", 1, "--quiet",
+                       "--out", tmp_path / "r")
+    assert code == 0, err
+    code, out, err = run(capsys, "info", tmp_path / "r")
+    assert code == 0 and "input stage: x * scale[72] + offset[72] before the input format" in out, err
