@@ -58,12 +58,20 @@ def _is_trainable(node) -> bool:
     return node.op in MODULE_LEADERS
 
 
+def _pads_next(graph: Graph, i: int) -> bool:
+    """Node ``i`` is a Pad read by the trainable node after it: that layer's own padding."""
+    node, nxt = graph.nodes[i], graph.nodes[i + 1] if i + 1 < len(graph.nodes) else None
+    return node.op == "Pad" and nxt is not None and _is_trainable(nxt) and node.outputs[0] in nxt.inputs
+
+
 def per_layer_modules(graph: Graph) -> list:
-    """A module starts at every trainable node (but BatchNorm); the others join the current one."""
+    """A module starts at every trainable node (but BatchNorm), or at the Pad before it; the
+    others join the current one."""
     groups = []
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
         has_trainable = bool(groups) and any(_is_trainable(graph.node(n)) for n in groups[-1])
-        starts = _is_trainable(node) or (node.op in MODULE_STARTS and bool(groups) and graph.node(groups[-1][-1]).op in POOLS)
+        starts = _is_trainable(node) or _pads_next(graph, i) or \
+            (node.op in MODULE_STARTS and bool(groups) and graph.node(groups[-1][-1]).op in POOLS)
         if not groups or (starts and has_trainable):
             groups.append([])
         groups[-1].append(node.name)
@@ -73,10 +81,15 @@ def per_layer_modules(graph: Graph) -> list:
 def per_block_modules(graph: Graph) -> list:
     """Conv blocks (convs + activations up to a pooling node) and one module per other layer."""
     groups, open_block, closed = [], False, False
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
         start = not groups
         if (node.op == "Conv" and not open_block) or closed:
             start = True  # a closed block's successors (flatten, head) begin the next module
+        if node.op == "Conv" and not closed and groups and graph.node(groups[-1][-1]).op == "Pad" \
+                and _pads_next(graph, i - 1):
+            start = False  # the Conv's own padding opened its block
+        elif _pads_next(graph, i) and not open_block:
+            start = True
         if node.op in ("Dense",) + RECURRENT and groups and any(_is_trainable(graph.node(n)) for n in groups[-1]):
             start = True
         if start:

@@ -318,6 +318,20 @@ def gather(node, x):
     return np.take(x, node.attrs["indices"], axis=int(node.attrs["axis"]))
 
 
+NUMPY_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+@op("Pad")
+def pad(node, x):
+    pads = [int(p) for p in node.attrs["pads"]]
+    r = len(pads) // 2
+    widths = [(0, 0)] + list(zip(pads[:r], pads[r:]))
+    mode = NUMPY_PAD_MODES[node.attrs.get("mode", "constant")]
+    if mode == "constant":
+        return np.pad(x, widths, mode="constant", constant_values=float(node.attrs.get("value", 0.0)))
+    return np.pad(x, widths, mode=mode)
+
+
 @op("Squeeze")
 def squeeze(node, x):
     axes = node.attrs.get("axes")

@@ -17,7 +17,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   ``GlobalAveragePool``; both average pools take ``scale_log2`` k (default 0): the mean times
   2^k, what a sum over the window imports as (a free move of the binary point)
 - ``Flatten`` (attr axis), ``Reshape`` (attr shape, batch dim given as -1 or 0),
-  ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes)
+  ``Transpose`` (attr perm), ``Squeeze``/``Unsqueeze`` (attr axes), ``Gather`` (attrs axis,
+  indices), ``Pad`` (attrs mode in constant/reflect/edge/wrap, pads begin.../end... over the
+  non-batch axes, value for constant; ONNX Pad semantics, docs/datapath.md §8.5.1)
 - ``Add`` (two or more inputs; attr ``signs``, default all +1: -1 subtracts that input),
   ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``
   (attr axis)
@@ -52,7 +54,7 @@ DENSE = ("Dense",)
 CONV = ("Conv",)
 ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu", "Softplus")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
-MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # rearrange codes, no arithmetic
+MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Pad")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
 NORMS = ("BatchNorm", "LayerNorm")  # trained, but part of the layer before them: they start no module

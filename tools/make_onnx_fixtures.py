@@ -365,6 +365,33 @@ class GatedNet(nn.Module):
 
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
+class ReflectCNN(nn.Module):
+    """Conv2d with ``padding_mode="reflect"`` twice (a Pad node before each unpadded Conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect")
+        self.c2 = nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect")
+        self.fc = nn.Linear(6 * 3 * 3, 3)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+        return self.fc(torch.relu(self.c2(h)).flatten(1))
+
+
+class ReplicationPad1dNet(nn.Module):
+    """nn.ReplicationPad1d before a Conv1d (the edge mode of ONNX Pad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ReplicationPad1d((2, 1))
+        self.c = nn.Conv1d(2, 4, 4)
+        self.fc = nn.Linear(4 * 10, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(self.pad(x))).flatten(1))
+
+
 CASES = {
     "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
     "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
@@ -408,6 +435,8 @@ CASES = {
     "prelu_cnn2d": (PRelu2dNet, (1, 4, 4), ("ts", "dynamo"), None),
     "softplus": (SoftplusNet, (6,), ("ts", "dynamo"), None),
     "mish": (lambda: SoftplusNet(nn.Mish), (6,), ("ts", "dynamo"), None),
+    "reflect_cnn": (ReflectCNN, (1, 6, 6), ("ts", "dynamo"), None),
+    "replication_pad1d": (ReplicationPad1dNet, (2, 10), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

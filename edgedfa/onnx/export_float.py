@@ -154,7 +154,9 @@ FLOAT_OPS = Registry("op of the float/qdq export")
 
 @FLOAT_OPS.register(*MOVES)
 def _move(em, node, layer, ins, outs):
-    emit_move(em.b, node, ins[0], outs[0], em.model.shapes[node.inputs[0]])
+    value = em.b.const(float(node.attrs.get("value", 0.0)), np.float32, f"{node.name}/value") \
+        if node.op == "Pad" else None  # the graph's own constant; the engine's is its code (§8.5.1)
+    emit_move(em.b, node, ins[0], outs[0], em.model.shapes[node.inputs[0]], value)
 
 
 @FLOAT_OPS.register("Dense")

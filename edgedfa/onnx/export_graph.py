@@ -2,7 +2,7 @@
 
 Names depend only on the order in which nodes and constants are added, so exporting the
 same model twice gives the same bytes. Data-movement ops (Flatten, Reshape, Transpose,
-Squeeze, Unsqueeze) are emitted here for every format: they move codes and floats alike.
+Squeeze, Unsqueeze, Gather, Pad) are emitted here for every format: they move codes and floats alike.
 """
 
 from __future__ import annotations
@@ -72,9 +72,12 @@ def float_type(width: int):
 
 # --------------------------------------------------------------------------- data movement
 
-def emit_move(b: Builder, node, x: str, out: str, in_shape) -> str:
-    """The ONNX op of a canonical data-movement node; ``in_shape`` is per sample."""
+def emit_move(b: Builder, node, x: str, out: str, in_shape, pad_value: str | None = None) -> str:
+    """The ONNX op of a canonical data-movement node; ``in_shape`` is per sample; ``pad_value``
+    names the scalar initializer a constant Pad writes (of the tensor's element type)."""
     a = node.attrs
+    if node.op == "Pad":
+        return emit_pad(b, node, x, out, in_shape, pad_value)
     if node.op == "Flatten":
         return b.node("Flatten", [x], node.name, [out], axis=1)
     if node.op == "Reshape":
@@ -97,6 +100,24 @@ def emit_move(b: Builder, node, x: str, out: str, in_shape) -> str:
         axes = sorted(v % (rank + len(axes)) for v in axes)
         return b.node("Unsqueeze", [x, b.i64(axes, f"{node.name}/axes")], node.name, [out])
     raise EdgeDFAError(f"node {node.name!r}: {node.op} is not a data-movement op")
+
+
+def emit_pad(b: Builder, node, x: str, out: str, in_shape, value: str | None) -> str:
+    """ONNX Pad (opset 11+ inputs) for constant, reflect and edge; wrap, which ONNX has from
+    opset 19 only, as one Gather of constant indices per padded axis."""
+    mode, pads = str(node.attrs.get("mode", "constant")), [int(p) for p in node.attrs["pads"]]
+    r = len(in_shape)
+    if mode != "wrap":
+        full = b.i64([0] + pads[:r] + [0] + pads[r:], f"{node.name}/pads")
+        return b.node("Pad", [x, full] + ([value] if mode == "constant" else []), node.name, [out], mode=mode)
+    axes = [a for a in range(r) if pads[a] or pads[a + r]]
+    if not axes:
+        return b.node("Identity", [x], node.name, [out])
+    for k, a in enumerate(axes):
+        n = int(in_shape[a])
+        idx = b.i64(np.arange(-pads[a], n + pads[a + r]) % n, f"{node.name}/wrap{a + 1}")
+        x = b.node("Gather", [x, idx], f"{node.name}/axis{a + 1}", [out] if k == len(axes) - 1 else None, axis=a + 1)
+    return x
 
 
 def window_attrs(geo) -> dict:

@@ -21,6 +21,7 @@ from ..layers.batchnorm import EPS_FRAC, MANT, RECIP_BITS, RSQRT_TABLE, SHIFT_MA
 from ..layers.batchnorm import GUARD as BN_GUARD
 from ..layers.batchnorm import reciprocal as ln_reciprocal
 from ..layers.batchnorm import shift as ln_shift
+from ..layers.pad import constant_code
 from ..lut import (COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, SOFTPLUS_TABLE, TANH_TABLE,
                    elu_format, softplus_format)
 from ..graph import MOVES, RECURRENT, input_stage
@@ -373,7 +374,8 @@ INT_OPS = Registry("op of the int export")
 @INT_OPS.register(*MOVES)
 def _move(em: IntEmitter, node, layer, ins):
     x, fmt = ins[0]
-    return [(emit_move(em.b, node, x, em.b.unique(f"{node.outputs[0]}/q"), em.model.shapes[node.inputs[0]]), fmt)]
+    value = em.ops.k(constant_code(node.attrs.get("value", 0.0), fmt)) if node.op == "Pad" else None
+    return [(emit_move(em.b, node, x, em.b.unique(f"{node.outputs[0]}/q"), em.model.shapes[node.inputs[0]], value), fmt)]
 
 
 @INT_OPS.register(*RECURRENT)

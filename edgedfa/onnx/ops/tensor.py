@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from ...errors import EdgeDFAError
+from ...layers.pad import check_pads
 from ..ir import BATCH
 from ..registry import register
 from ..affine import emit_affine, legacy_align
@@ -200,6 +202,48 @@ def _gathers(node, ctx, x, shape, picks, out, suffix=""):
         dst = out if k == len(moves) - 1 else f"{out}__axis{axis}"
         ctx.emit(node, "Gather", [src], [dst], {"axis": axis, "indices": idx}, suffix=f"{suffix}__axis{axis}")
         src = dst
+
+
+@register("Pad", 1, 2, 11, 13, 18, 19, 21, 23, 24, 25)
+def pad(node, ctx):
+    """A Pad on data that the Conv after it cannot take (reflect, edge, wrap, a non-zero
+    constant, no Conv after it; passes/pad.py merges the rest): the data move ``Pad``."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, f"Pad of {x!r} whose batch is not on axis 0 (shape {_show(shape)})")
+    rank = len(shape)
+    mode = node.attr("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if node.attr("pads") is not None or node.attr("paddings") is not None:  # Pad-1, Pad-2: attributes
+        pads = [int(p) for p in node.attr("pads", node.attr("paddings"))]
+        value, axes = float(node.attr("value", 0.0)), None
+    else:
+        pads, axes = _const_ints(node, ctx, 1, "pads"), _const_ints(node, ctx, 3, "axes")
+        if pads is None:
+            ctx.fail(node, "the pads (input 1) are missing")
+        value = 0.0
+        if len(node.inputs) > 2 and node.inputs[2]:
+            v = ctx.const(node.inputs[2])
+            if v is None:
+                ctx.fail(node, "the constant_value (input 2) must be a constant")
+            value = float(np.asarray(v).reshape(-1)[0]) if np.size(v) else 0.0
+    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+    if len(pads) != 2 * len(axes) or sorted(set(axes)) != sorted(axes) or not all(0 <= a < rank for a in axes):
+        ctx.fail(node, f"pads {pads} do not match axes {axes} of a rank-{rank} input")
+    begin, end = [0] * rank, [0] * rank
+    for k, a in enumerate(axes):
+        begin[a], end[a] = pads[k], pads[k + len(axes)]
+    if begin[0] or end[0]:
+        ctx.fail(node, f"Pad of the batch axis (pads {pads}) is not supported (only the other axes)")
+    try:
+        check_pads(mode, [int(d) for d in shape[1:]], begin[1:] + end[1:], "Pad")
+    except EdgeDFAError as exc:
+        ctx.fail(node, str(exc).split(": ", 1)[1])
+    attrs = {"mode": mode, "pads": begin[1:] + end[1:]}
+    if mode == "constant":
+        attrs["value"] = value
+    ctx.emit(node, "Pad", [x], [node.outputs[0]], attrs)
 
 
 @register("Concat", 4, 11, 13)

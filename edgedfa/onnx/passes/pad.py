@@ -1,6 +1,33 @@
-"""A zero Pad on the spatial axes right before a Conv becomes part of the Conv's pads."""
+"""A zero Pad on the spatial axes right before a Conv becomes part of the Conv's pads; a Pad
+with an ``axes`` input (opset 18+) is spelled over every axis first."""
+
+import numpy as np
 
 from ..ir import OGraph
+
+
+def pads_over_every_axis(og: OGraph):
+    """Pad(x, pads, value, axes) with constant pads and axes -> Pad(x, pads of every axis, value)
+    (ONNX shape inference loses the batch dimension through the axes form)."""
+    for pad in og.nodes:
+        names = list(pad.inputs) + ["", "", ""]
+        if pad.op_type != "Pad" or not names[3] or not og.is_const(names[1]) or not og.is_const(names[3]):
+            continue
+        shape = og.shape(names[0])
+        pads, axes = og.consts[names[1]].reshape(-1), og.consts[names[3]].reshape(-1)
+        if shape is None or len(pads) != 2 * len(axes):
+            continue
+        rank = len(shape)
+        axes = [int(a) + rank if int(a) < 0 else int(a) for a in axes]
+        if sorted(set(axes)) != sorted(axes) or not all(0 <= a < rank for a in axes):
+            continue  # the Pad handler names the mismatch
+        full = np.zeros(2 * rank, dtype=np.int64)
+        for k, a in enumerate(axes):
+            full[a], full[a + rank] = pads[k], pads[k + len(axes)]
+        pad.inputs = [names[0], og.add_const(f"{pad.name}_pads", full), names[2]]
+        og.touch()
+        return og, True
+    return og, False
 
 
 def _pad_amounts(og, pad):
@@ -44,4 +71,4 @@ def fold_pad_into_conv(og: OGraph):
     return og, False
 
 
-__all__ = ["fold_pad_into_conv"]
+__all__ = ["fold_pad_into_conv", "pads_over_every_axis"]
