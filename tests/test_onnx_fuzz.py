@@ -15,7 +15,7 @@ from edgedfa.float_ref import run_float
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
 SEEDS = [open(os.path.join(FIXTURES, f), "rb").read()
          for f in ("cnn1d_ts.onnx", "gru_ts.onnx", "mlp_ts.onnx", "rnn_dynamo.onnx",
-                   "cnn2d_ts.onnx")]
+                   "cnn2d_ts.onnx", "reflect_cnn_dynamo.onnx")]
 
 
 def _import_or_reject(data):
@@ -60,13 +60,13 @@ def test_mutated_bytes(seed, mutations):
 OPS = ["Relu", "Conv", "Gemm", "MatMul", "Add", "Reshape", "Flatten", "Transpose", "Squeeze",
        "Unsqueeze", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "LSTM", "GRU",
        "RNN", "Softmax", "BatchNormalization", "Identity", "Dropout", "Gather", "Shape",
-       "Clip", "Sum", "Sigmoid", "Elu", "Unknown"]
+       "Clip", "Sum", "Sigmoid", "Elu", "Pad", "Unknown"]
 ATTRS = ["axis", "perm", "pads", "strides", "kernel_shape", "group", "dilations",
-         "hidden_size", "direction", "layout", "transB", "alpha", "auto_pad", "ceil_mode"]
+         "hidden_size", "direction", "layout", "transB", "alpha", "auto_pad", "ceil_mode", "mode", "value"]
 ATTR_VALUES = st.one_of(st.integers(-3, 5), st.lists(st.integers(-2, 4), max_size=5),
                         st.floats(-2, 2, allow_nan=False),
                         st.sampled_from(["SAME_UPPER", "VALID", "reverse", "bidirectional",
-                                         "x"]))
+                                         "x", "reflect", "edge", "wrap"]))
 graph_mutation = st.one_of(
     st.tuples(st.just("op"), st.integers(0, 30), st.sampled_from(OPS)),
     st.tuples(st.just("attr"), st.integers(0, 30), st.sampled_from(ATTRS), ATTR_VALUES),

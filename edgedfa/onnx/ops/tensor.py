@@ -216,8 +216,11 @@ def pad(node, ctx):
     mode = node.attr("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if node.attr("pads") is not None or node.attr("paddings") is not None:  # Pad-1, Pad-2: attributes
-        pads = [int(p) for p in node.attr("pads", node.attr("paddings"))]
-        value, axes = float(node.attr("value", 0.0)), None
+        try:
+            pads = [int(p) for p in np.atleast_1d(node.attr("pads", node.attr("paddings")))]
+            value, axes = float(node.attr("value", 0.0)), None
+        except (TypeError, ValueError):
+            ctx.fail(node, "the pads attribute must be a list of ints and the value a float")
     else:
         pads, axes = _const_ints(node, ctx, 1, "pads"), _const_ints(node, ctx, 3, "axes")
         if pads is None:
@@ -227,7 +230,7 @@ def pad(node, ctx):
             v = ctx.const(node.inputs[2])
             if v is None:
                 ctx.fail(node, "the constant_value (input 2) must be a constant")
-            value = float(np.asarray(v).reshape(-1)[0]) if np.size(v) else 0.0
+            value = float(np.asarray(v, dtype=np.float64).reshape(-1)[0]) if np.size(v) else 0.0
     axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
     if len(pads) != 2 * len(axes) or sorted(set(axes)) != sorted(axes) or not all(0 <= a < rank for a in axes):
         ctx.fail(node, f"pads {pads} do not match axes {axes} of a rank-{rank} input")
