@@ -225,6 +225,28 @@ def test_exports(mode, mode2, rank, value, bits, scaling, seed):
     build_proto(m, "qdq")  # checked by onnx
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_qdq_pad_writes_the_engines_constant(mode):
+    """Pad alone: qdq equals the engine. The constant lies just above a tie of the input's grid,
+    2.5 LSB + 2^-40: the engine rounds it up to 3 LSB; written as a float32 it would be the tie,
+    which QuantizeLinear rounds to 2: so the export writes the code, dequantized."""
+    x = np.random.default_rng(1).normal(0, 1, (5, 2, 4, 4)).astype(np.float32)
+
+    def pad_model(value):
+        nodes = [Node("pad", "Pad", ["x"], ["p"], {"mode": mode, "pads": [0, 2, 1, 0, 1, 2], "value": value}),
+                 Node("flat", "Flatten", ["p"], ["y"], {"axis": 1})]
+        m = IntModel(Graph("g", "x", (2, 4, 4), "y", nodes), Numerics.from_bits(8), 0)
+        m.calibrate(x)
+        return m
+
+    frac = pad_model(0.0).in_fmt.frac_bits
+    m = pad_model(2.5 * 2.0 ** -frac + 2.0 ** -40)
+    if mode == "constant":
+        assert np.all(m.run(x).reshape(5, 2, 7, 7)[:, :, :2] == 3 * 2.0 ** -frac)  # rows of padding
+    proto, report = build_proto(m, "qdq")
+    assert report.startswith("qdq: bit-exact") and np.array_equal(ort_run(proto, x), m.run(x))
+
+
 # ------------------------------------------------------------------ refusals
 def _refused(m, *fragments):
     with pytest.raises(EdgeDFAError) as err:

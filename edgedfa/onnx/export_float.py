@@ -16,6 +16,7 @@ from onnx import TensorProto
 from ..errors import EdgeDFAError
 from ..fixed import FixedFormat, requantize
 from ..float_ref import GELU_TANH_CUBIC, GELU_TANH_SCALE
+from ..layers.pad import constant_code
 from ..layers.pool import given_pads, window_counts
 from ..graph import MERGES, MOVES, RECURRENT, input_stage
 from ..registry import Registry
@@ -71,6 +72,10 @@ class FloatEmitter:
 
     def finish(self, node):
         """Called after a node's ops are emitted (QDQ adds the output Q/DQ here)."""
+
+    def pad_value(self, node, layer) -> float:
+        """A constant Pad's value: the graph's own (the engine's is its code, §8.5.1)."""
+        return float(node.attrs.get("value", 0.0))
 
     def param(self, node, layer, key: str, transpose: bool = False) -> str:
         value = np.asarray(layer.float_params()[key])
@@ -154,8 +159,8 @@ FLOAT_OPS = Registry("op of the float/qdq export")
 
 @FLOAT_OPS.register(*MOVES)
 def _move(em, node, layer, ins, outs):
-    value = em.b.const(float(node.attrs.get("value", 0.0)), np.float32, f"{node.name}/value") \
-        if node.op == "Pad" else None  # the graph's own constant; the engine's is its code (§8.5.1)
+    constant = node.op == "Pad" and node.attrs.get("mode", "constant") == "constant"
+    value = em.b.const(em.pad_value(node, layer), np.float32, f"{node.name}/value") if constant else None
     emit_move(em.b, node, ins[0], outs[0], em.model.shapes[node.inputs[0]], value)
 
 
@@ -379,6 +384,11 @@ class QdqEmitter(FloatEmitter):
         for name in node.outputs:
             if name:
                 self.qdq(self.raw[name], self.fmts[name], name, name)
+
+    def pad_value(self, node, layer) -> float:
+        """The engine's constant: its code in the input's format, dequantized (exact)."""
+        fmt = self.fmts[node.inputs[0]]
+        return float(np.ldexp(float(constant_code(node.attrs.get("value", 0.0), fmt)), -fmt.frac_bits))
 
     def param(self, node, layer, key, transpose=False):
         t = layer.params[key]
