@@ -208,6 +208,19 @@ def layer_norm(node, x):
     return (x - mean) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5))) * scale + b
 
 
+@op("GroupNorm")
+def group_norm(node, x):
+    """Per sample over each group of C/G channels and the positions (biased variance), then γ, β
+    per channel (PyTorch's GroupNorm, ONNX InstanceNormalization at G = C)."""
+    g = int(node.attrs["groups"])
+    v = x.reshape(x.shape[0], g, -1)
+    mean = v.mean(axis=2, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=2, keepdims=True)
+    xhat = ((v - mean) / np.sqrt(var + float(node.attrs.get("epsilon", 1e-5)))).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return xhat * _p(node, "scale").reshape(shape) + _p(node, "B").reshape(shape)
+
+
 def _pool_windows(node, x):
     """ONNX window geometry of a MaxPool/AveragePool node on ``x`` (N, C, *S).
 

@@ -29,6 +29,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``LayerNorm``  params scale, B (shaped like the normalised axes); attrs epsilon, axis (< 0:
                  the trailing axes from ``axis`` on, never the batch; ONNX LayerNormalization);
                  per-sample statistics in training and inference alike (§8.8)
+- ``GroupNorm``  params scale, B (C,); attrs groups G (dividing C), epsilon: per sample over each
+                 group of C/G channels and all positions, then γ, β per channel (PyTorch's
+                 nn.GroupNorm; InstanceNormalization is G = C); no running statistics (§8.9)
 - ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
@@ -57,7 +60,7 @@ POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Pad")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
-NORMS = ("BatchNorm", "LayerNorm")  # trained, but part of the layer before them: they start no module
+NORMS = ("BatchNorm", "LayerNorm", "GroupNorm")  # trained, but part of the layer before them: they start no module
 SLOPES = ("PRelu",)  # activations with a trained parameter: like norms, they start no module
 
 TRAINABLE = DENSE + CONV + RECURRENT + NORMS + SLOPES

@@ -38,28 +38,35 @@ class LayerNorm(Layer):
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
-        where = f"node {node.name!r} (LayerNorm)"
-        shape = tuple(self.in_shapes[0])
-        axis = int(node.attrs.get("axis", -1))
-        if not shape or not -len(shape) <= axis <= -1:
-            raise EdgeDFAError(f"{where}: axis {axis} must name trailing axes of the {len(shape)} after the batch")
-        self.axis = axis
-        self.norm_shape = normalised_axes(shape, axis)
-        self.features = int(np.prod(self.norm_shape, dtype=np.int64))
+        self.where = f"node {node.name!r} ({self.op})"
+        self._geometry(node)
         for key in ("scale", "B"):
-            if np.size(node.params.get(key, ())) != self.features:
-                raise EdgeDFAError(f"{where}: parameter {key} must hold {self.features} values")
+            if np.size(node.params.get(key, ())) != self.channels:
+                raise EdgeDFAError(f"{self.where}: parameter {key} must hold {self.channels} values")
         eps = float(node.attrs.get("epsilon", 1e-5))
         if not math.isfinite(eps) or eps < 0 or eps >= 2 ** 20:
-            raise EdgeDFAError(f"{where}: epsilon {eps} must be a finite number in [0, 2^20)")
+            raise EdgeDFAError(f"{self.where}: epsilon {eps} must be a finite number in [0, 2^20)")
         self.eps_code = int(np.rint(np.ldexp(eps, EPS_FRAC)))
         self.xhat_fmt = FixedFormat(min(self.num.act_bits + 8, 24), XHAT_INT)
         if "scale" not in self.params:
-            g = np.asarray(node.params["scale"], dtype=np.float64).reshape(self.norm_shape)
-            b = np.asarray(node.params["B"], dtype=np.float64).reshape(self.norm_shape)
+            g = np.asarray(node.params["scale"], dtype=np.float64).reshape(self.param_shape)
+            b = np.asarray(node.params["B"], dtype=np.float64).reshape(self.param_shape)
             self.params["scale"] = quantize_param(g, self.num.weight_bits, weight_format_bits(self.num, g))
             ib = max(int_bits_for(float(np.abs(b).max()), 1), self.params["scale"].fmt.int_bits + 3)
             self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
+
+    def _geometry(self, node) -> None:
+        """The row length ``features`` (D) and the affine's view (``channels`` parameters, each
+        over ``positions`` consecutive codes): a row is one sample's normalised axes, a
+        parameter per feature."""
+        shape = tuple(self.in_shapes[0])
+        axis = int(node.attrs.get("axis", -1))
+        if not shape or not -len(shape) <= axis <= -1:
+            raise EdgeDFAError(f"{self.where}: axis {axis} must name trailing axes of the {len(shape)} after the batch")
+        self.axis = axis
+        self.param_shape = normalised_axes(shape, axis)
+        self.features = self.channels = int(np.prod(self.param_shape, dtype=np.int64))
+        self.positions = 1
 
     # ------------------------------------------------------------------ statistics
     def _rows(self, codes):
@@ -70,7 +77,7 @@ class LayerNorm(Layer):
         lg = (self.features - 1).bit_length()
         top = max(2 * x_fmt.width - 2, self.num.err_bits + 8 + self.xhat_fmt.width - 2) + lg
         if top > 62:
-            raise EdgeDFAError(f"node {self.name!r} (LayerNorm): {self.features} features at these widths need"
+            raise EdgeDFAError(f"{self.where}: {self.features} values per row at these widths need"
                                f" sums of {top} bits (at most 62); use narrower words")
 
     def statistics(self, x: QTensor) -> dict:
@@ -87,14 +94,18 @@ class LayerNorm(Layer):
         xhat, units = normalise_groups(self, self._rows(x.codes)[None], x.fmt.frac_bits, stats, count)
         return xhat[0], units
 
+    def _view(self, codes):
+        """(M, channels, positions): the affine's view, a parameter per channel (axis 1)."""
+        return codes.reshape(-1, self.channels, self.positions)
+
     def affine(self, xhat) -> QTensor:
-        """acc = β' + γ·x̂ per feature (§8.7 step 6)."""
-        return scale_shift(self.params["scale"], self.params["B"], xhat, self.xhat_fmt.frac_bits, self.num,
-                           (1, self.features))
+        """acc = β' + γ·x̂ per parameter (§8.7 step 6), shaped as ``_view``."""
+        return scale_shift(self.params["scale"], self.params["B"], self._view(xhat), self.xhat_fmt.frac_bits,
+                           self.num, (1, self.channels, 1))
 
     def _output(self, x: QTensor, count: bool = True):
         if self.out_fmt is None:
-            raise EdgeDFAError(f"node {self.name!r} (LayerNorm): forward before calibrate (no output format)")
+            raise EdgeDFAError(f"{self.where}: forward before calibrate (no output format)")
         xhat, units = self.normalise(x, self.statistics(x), count)
         acc = self.affine(xhat)
         y = requantize(acc.codes, acc.fmt, self.out_fmt, self.num.act_rounding, self.num.act_overflow)
@@ -120,18 +131,19 @@ class LayerNorm(Layer):
 
     # ------------------------------------------------------------------ backward
     def backward(self, cache, dy, need_dx):
-        """dγ, dβ summed over the rows; dx = ι·(e - mean(e) - x̂·mean(e·x̂)) per row with
-        e = γ·dy narrowed to err_bits + 8 (§8.8)."""
+        """dγ, dβ summed over the samples (and positions); dx = ι·(e - mean(e) - x̂·mean(e·x̂)) per
+        row with e = γ·dy narrowed to err_bits + 8 (§8.8)."""
         xhat, num = cache["xhat"], self.num
-        d = self._rows(dy.codes) * cache["live"]  # masked as activations.masked
+        d = self._view(dy.codes) * cache["live"]  # masked as activations.masked
         f_dy, f_xh = dy.fmt.frac_bits, self.xhat_fmt.frac_bits
-        db, dg = d.sum(axis=0), (d * xhat).sum(axis=0)
-        grads = {"B": QTensor(db.reshape(self.norm_shape), acc_format(num.acc_bits, f_dy)),
-                 "scale": QTensor(dg.reshape(self.norm_shape), acc_format(num.acc_bits, f_dy + f_xh))}
+        db, dg = d.sum(axis=(0, 2)), (d * self._view(xhat)).sum(axis=(0, 2))
+        grads = {"B": QTensor(db.reshape(self.param_shape), acc_format(num.acc_bits, f_dy)),
+                 "scale": QTensor(dg.reshape(self.param_shape), acc_format(num.acc_bits, f_dy + f_xh))}
         if not need_dx[0]:
             return [None], grads
         g = self.params["scale"]
-        e, f_e = narrow(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        e, f_e = narrow(d * g.codes.reshape(1, -1, 1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        e = self._rows(e)
         codes, fmt = input_error(e[None], xhat[None], e.sum(axis=1).tolist(), (e * xhat).sum(axis=1).tolist(),
                                  self.features, f_e, f_xh, one_block(cache["units"]), f_dy, num)
         return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads

@@ -148,6 +148,9 @@ def _layer_reasons(node, layer, fmts) -> list:
     if op == "LayerNorm":
         return [f"{name}: the engine normalises with rounded per-sample statistics, an rsqrt table and x̂ of"
                 f" {layer.xhat_fmt.width} bits (datapath §8.8); float LayerNormalization does not"]
+    if op == "GroupNorm":
+        return [f"{name}: the engine normalises with rounded per-sample group statistics, an rsqrt table and x̂ of"
+                f" {layer.xhat_fmt.width} bits (datapath §8.9); float InstanceNormalization does not"]
     if op in ("Tanh", "Sigmoid", "NormalCdf", "Elu", "Softplus"):
         return [f"{name}: the engine's {op} is an interpolated table (datapath §9), onnxruntime's is float"]
     if op in ("RNN", "GRU", "LSTM"):

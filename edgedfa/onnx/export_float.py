@@ -275,6 +275,26 @@ def _layer_norm(em, node, layer, ins, outs):
               epsilon=float(node.attrs.get("epsilon", 1e-5)))
 
 
+@FLOAT_OPS.register("GroupNorm")
+def _group_norm(em, node, layer, ins, outs):
+    """ONNX InstanceNormalization with the trained scale and bias when every channel is a group;
+    else PyTorch's own decomposition (onnxruntime 1.32 has no GroupNormalization-21):
+    Reshape to [N, G, -1], InstanceNormalization(ones, zeros), Reshape back, Mul γ, Add β."""
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    scale, bias = (em.param(node, layer, key) for key in ("scale", "B"))
+    if layer.groups == layer.channels:
+        em.b.node("InstanceNormalization", ins + [scale, bias], node.name, outs[:1], epsilon=eps)
+        return
+    b, g, base = em.b, layer.groups, node.name
+    view = b.node("Reshape", [ins[0], b.i64([0, g, -1], f"{base}/groups")], f"{base}/to_groups")
+    norm = b.node("InstanceNormalization", [view, b.const(np.ones(g), np.float32, f"{base}/ones"),
+                                            b.const(np.zeros(g), np.float32, f"{base}/zeros")], base, epsilon=eps)
+    back = b.node("Reshape", [norm, b.node("Shape", ins[:1], f"{base}/shape")], f"{base}/from_groups")
+    per_channel = b.i64([layer.channels] + [1] * (len(layer.in_shapes[0]) - 1), f"{base}/per_channel")
+    times = b.node("Mul", [back, b.node("Reshape", [scale, per_channel], f"{base}/scale_view")], f"{base}/scale")
+    b.node("Add", [times, b.node("Reshape", [bias, per_channel], f"{base}/bias_view")], f"{base}/bias", outs[:1])
+
+
 @FLOAT_OPS.register("MaxPool", "AveragePool")
 def _pool(em, node, layer, ins, outs):
     """Explicit pads from the engine's geometry (auto_pad and ceil_mode resolved, as it computes)."""

@@ -537,11 +537,12 @@ def _rsqrt(o: IntOps, v: str, base: str) -> tuple:
     return (o.op("Where", [pos, t, o.k(0)], f"{base}/t0"), o.op("Where", [pos, f, o.k(0)], f"{base}/f0"))
 
 
-@INT_OPS.register("LayerNorm")
+@INT_OPS.register("LayerNorm", "GroupNorm")
 def _layer_norm(em, node, layer, ins):
-    """Per row (datapath §8.8, as training and inference compute it): exact sums, μ and Q, the
-    rsqrt by a leading-one count, the ROM and its interpolation, the gain unit, x̂ by a per-row
-    multiply and data-dependent shift, γ·x̂ + β in the accumulator, one requantization."""
+    """Per row (datapath §8.8, §8.9, as training and inference compute it): exact sums, μ and Q,
+    the rsqrt by a leading-one count, the ROM and its interpolation, the gain unit, x̂ by a
+    per-row multiply and data-dependent shift, γ·x̂ + β in the accumulator (γ, β per feature or
+    per channel), one requantization."""
     (x, xf), = ins
     o, base, num = em.ops, node.name, layer.num
     n, f_x, xh = layer.features, xf.frac_bits, layer.xhat_fmt
@@ -549,8 +550,8 @@ def _layer_norm(em, node, layer, ins):
     eps = ln_shift(layer.eps_code * n * n, EPS_FRAC - 2 * xf.frac_bits)
     top = (1 << (xf.width - 1)) * n
     if top * r >= INT64_SAFE or n * top * (1 << (xf.width - 1)) + eps >= INT64_SAFE:
-        raise EdgeDFAError(f"node {node.name!r}: LayerNorm's sums at {xf.width} bits over {n} features could pass"
-                           " int64 in the int export")
+        raise EdgeDFAError(f"node {node.name!r}: {node.op}'s sums at {xf.width} bits over {n} values per row could"
+                           " pass int64 in the int export")
     rows = o.op("Reshape", [x, o.k([-1, n])], f"{base}/rows")
     s1 = o.op("ReduceSum", [rows, o.k([1])], f"{base}/s1", keepdims=1)
     s2 = o.op("ReduceSum", [o.op("Mul", [rows, rows], f"{base}/square"), o.k([1])], f"{base}/s2", keepdims=1)
@@ -577,10 +578,11 @@ def _layer_norm(em, node, layer, ins):
     d = o.op("Sub", [o.op("Mul", [rows, o.k(1 << BN_GUARD)], f"{base}/align"), mu], f"{base}/centre")
     xhat = o.saturate(o.round_right(o.op("Mul", [d, iota], f"{base}/times_iota"), k, num.act_rounding,
                                     f"{base}/xhat"), xh, Overflow.AP_SAT, f"{base}/xhat")
-    g = layer.params["scale"]
+    g, view = layer.params["scale"], (1, layer.channels, 1)
     frac = g.fmt.frac_bits + xh.frac_bits
-    init = accumulator_init(layer, frac).reshape(1, -1)
-    acc = o.op("Add", [o.op("Mul", [xhat, o.k(g.codes.reshape(1, -1))], f"{base}/scale"), o.k(init)], f"{base}/bias")
+    init = accumulator_init(layer, frac).reshape(view)
+    xhat = o.op("Reshape", [xhat, o.k([-1, layer.channels, layer.positions])], f"{base}/per_parameter")
+    acc = o.op("Add", [o.op("Mul", [xhat, o.k(g.codes.reshape(view))], f"{base}/scale"), o.k(init)], f"{base}/bias")
     lo, hi = acc_limits(num.acc_bits)
     if int(np.abs(init).max(initial=0)) + int(np.abs(g.codes).max(initial=0)) * (1 << (xh.width - 1)) > hi:
         acc = o.overflow(acc, lo, hi, num.acc_bits, num.acc_overflow, f"{base}/acc")

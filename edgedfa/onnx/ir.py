@@ -16,7 +16,7 @@ from ..errors import EdgeDFAError
 from ..graph import consumers as graph_consumers, producers as graph_producers
 
 BATCH = "__batch__"  # dim_param given to the graph input's batch axis
-FUSED_DOMAIN = "edgedfa"  # element-wise ops the import passes fuse from decompositions (NormalCdf)
+FUSED_DOMAIN = "edgedfa"  # shape-preserving ops the import passes fuse from decompositions (NormalCdf, GroupNorm)
 SENTINEL = 3 * 2**29  # stands for the batch size in folded shape tensors (exact in float32)
 _SMALL_CONST = 4096  # constants up to this many elements go to shape inference by value
 
@@ -160,9 +160,10 @@ class OGraph:
     def _infer(self) -> dict:
         model = self.to_model(with_values=False)
         for n in model.graph.node:
-            if n.domain == FUSED_DOMAIN:  # element-wise: shaped as an Identity is
+            if n.domain == FUSED_DOMAIN:  # shape-preserving: shaped as an Identity of its data is
                 n.op_type, n.domain = "Identity", ""
                 del n.attribute[:]
+                del n.input[1:]
         try:
             model = shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # inference is best effort; missing shapes are reported later

@@ -23,10 +23,20 @@ class LayerNormHw(HwLayer):
 
     def __init__(self, node, layer):
         super().__init__(node, layer)
+        self.d, self.channels, self.positions = self.rows()
+        self.eps, self.xh = norm_constants(self.attrs, self.num)
+
+    def rows(self) -> tuple:
+        """(row length, γ/β count, positions per γ/β): a row per sample's normalised axes, a
+        parameter per feature."""
         shape = self.in_shapes[0]
         axis = int(self.attrs.get("axis", -1))
-        self.d = int(np.prod(shape[len(shape) + axis:], dtype=np.int64))
-        self.eps, self.xh = norm_constants(self.attrs, self.num)
+        d = int(np.prod(shape[len(shape) + axis:], dtype=np.int64))
+        return d, d, 1
+
+    def view(self, codes):
+        """(M, parameters, positions): the affine unit's addressing of γ and β."""
+        return codes.reshape(-1, self.channels, self.positions)
 
     def _row_scalars(self, acc, x2, x_fmt):
         """Per row: mean (F_x + G) and the inverse standard deviation as a gain; the divider's cycles."""
@@ -54,7 +64,7 @@ class LayerNormHw(HwLayer):
         acc.read(cost, "act", n * nbytes(x.fmt.width))
         xhat, units = normalise_groups(x2[None], mean, gains, x.fmt.frac_bits, self.xh, self.num.act_rounding)
         xhat = xhat[0]
-        out, a, f_acc = affine_pass(self, acc, cost, x, xhat, (1, self.d))
+        out, a, f_acc = affine_pass(self, acc, cost, x, self.view(xhat), (1, self.channels, 1))
         if not train:
             return out, None, cost
         acc.write(cost, "act", n * nbytes(self.xh.width))  # x̂ kept for the backward pass
@@ -63,13 +73,13 @@ class LayerNormHw(HwLayer):
 
     def backward(self, acc, cache, dy, need):
         xhat, num = cache["xhat"], self.num
-        d = dy.codes.reshape(-1, self.d) * cache["live"]
+        d = self.view(dy.codes) * cache["live"]
         f_dy, f_xh = dy.fmt.frac_bits, self.xh.frac_bits
-        dbeta, dgamma = d.sum(axis=0), (d * xhat).sum(axis=0)
+        dbeta, dgamma = d.sum(axis=(0, 2)), (d * self.view(xhat)).sum(axis=(0, 2))
         shape = self.params["scale"].codes.shape
         grads = {"B": T(dbeta.reshape(shape), acc_fmt(num.acc_bits, f_dy)),
                  "scale": T(dgamma.reshape(shape), acc_fmt(num.acc_bits, f_dy + f_xh))}
-        size, rows = d.size, d.shape[0]
+        size, rows = d.size, d.size // self.d
         gcost = Cost().use("norm", acc.norm.cycles(size))
         gcost.adds, gcost.macs = size, size
         acc.read(gcost, "err", size * nbytes(dy.fmt.width))
@@ -78,7 +88,8 @@ class LayerNormHw(HwLayer):
         if not need[0]:
             return [None], grads, ecost, gcost
         g = self.params["scale"]
-        e, f_e = top_bits(d * g.codes.reshape(1, -1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        e, f_e = top_bits(d * g.codes.reshape(1, -1, 1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
+        e = e.reshape(-1, self.d)
         r, L, div = acc.norm.reciprocal(self.d)
         codes, fmt = input_error(e[None], xhat[None], e.sum(axis=1).tolist(), (e * xhat).sum(axis=1).tolist(), (r, L),
                                  f_e, f_xh, one_block([(iota, f_i) for iota, _, f_i in cache["units"]]), f_dy, num)
@@ -90,3 +101,12 @@ class LayerNormHw(HwLayer):
         acc.write(ecost, "err", size * nbytes(num.err_bits))
         return [T(codes.reshape(dy.codes.shape), fmt)], grads, ecost, gcost
 
+
+@register("GroupNorm")
+class GroupNormHw(LayerNormHw):
+    """§8.9: a row per sample and group of C/G channels over the positions; γ, β per channel."""
+
+    def rows(self) -> tuple:
+        shape = self.in_shapes[0]
+        c, p = int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+        return c // int(self.attrs["groups"]) * p, c, p

@@ -1,8 +1,9 @@
-"""BatchNormalization, LayerNormalization, pass-through ops, and Softmax away from the output."""
+"""BatchNormalization, LayerNormalization, InstanceNormalization (and the GroupNorm the import passes
+fuse), pass-through ops, and Softmax away from the output."""
 
 import numpy as np
 
-from ..registry import register
+from ..registry import register, register_fused
 
 
 @register("Identity", 1, 13, 14, 16, 19, 21, 23, 24, 25)
@@ -78,3 +79,36 @@ def layer_norm(node, ctx):
     if not np.isfinite(eps) or eps < 0 or not all(np.all(np.isfinite(v)) for v in params.values()):
         ctx.fail(node, "epsilon, scale and bias must be finite, epsilon >= 0")
     ctx.emit(node, "LayerNorm", [x], [node.outputs[0]], {"epsilon": eps, "axis": a}, params)
+
+
+@register("InstanceNormalization", 6, 22)
+def instance_norm(node, ctx):
+    """A GroupNorm with one group per channel (PyTorch's InstanceNorm1d/2d(affine=True))."""
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    _group_norm(node, ctx, x, int(shape[1]) if len(shape) > 1 else 0)
+
+
+@register_fused("GroupNormalization")
+def group_norm(node, ctx):
+    """PyTorch's GroupNorm decomposition, fused by passes/groupnorm.py."""
+    _group_norm(node, ctx, ctx.data_input(node), int(node.attr("groups", 0)))
+
+
+def _group_norm(node, ctx, x, groups: int):
+    """A GroupNorm of ``groups`` groups over [N, C, positions...], scale and B (C,) constant."""
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0 or len(shape) < 3:
+        ctx.fail(node, f"{node.op_type} needs a [N, C, positions...] input with the batch on axis 0, got"
+                 f" rank {len(shape)}")
+    channels = int(shape[1])
+    params = {"scale": ctx.weight(node, 1, "scale"), "B": ctx.weight(node, 2, "bias")}
+    if any(v.size != channels for v in params.values()):
+        ctx.fail(node, f"scale and bias must each hold {channels} values (one per channel)")
+    if groups < 1 or channels % groups:
+        ctx.fail(node, f"{groups} groups do not divide the {channels} channels")
+    eps = float(node.attr("epsilon", 1e-5))
+    if not np.isfinite(eps) or eps < 0 or not all(np.all(np.isfinite(v)) for v in params.values()):
+        ctx.fail(node, "epsilon, scale and bias must be finite, epsilon >= 0")
+    ctx.emit(node, "GroupNorm", [x], [node.outputs[0]], {"groups": groups, "epsilon": eps},
+             {k: v.reshape(-1) for k, v in params.items()})
