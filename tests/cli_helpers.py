@@ -43,3 +43,12 @@ def same_state(a, b) -> list:
 
     x, y = read_checkpoint(str(a))["arrays"], read_checkpoint(str(b))["arrays"]
     return sorted(k for k in set(x) | set(y) if k not in x or k not in y or not np.array_equal(x[k], y[k]))
+
+
+def check_resume_equals_whole(capsys, tmp_path, base) -> None:
+    """``edgedfa train *base`` for 2 epochs into tmp_path/whole equals 1 epoch into tmp_path/part
+    and a resume to 2, bit for bit."""
+    assert run(capsys, "train", *base, "--epochs", 2, "--out", tmp_path / "whole")[0] == 0
+    assert run(capsys, "train", *base, "--epochs", 1, "--out", tmp_path / "part")[0] == 0
+    assert run(capsys, "train", "--resume", tmp_path / "part", "--epochs", 2, "--quiet")[0] == 0
+    assert same_state(tmp_path / "whole", tmp_path / "part") == []

@@ -52,6 +52,19 @@ def check_step_and_int_export(m, x, y):
     assert np.array_equal(ort_run(proto, x), m.run(x))
 
 
+ROUNDINGS = ("AP_RND", "AP_RND_CONV", "AP_TRN", "AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF", "AP_RND_MIN_INF")
+
+
+def check_int_export_every_rounding(graph, bits: int, x) -> None:
+    """Under every rounding of §2 but stochastic, calibrated on N(0, 2): the int export of
+    ``graph`` equals the engine on ``x`` in onnxruntime."""
+    for rounding in ROUNDINGS:
+        m = calibrated(graph, bits, 0, scale=2.0, act_rounding=rounding)
+        proto, report = build_proto(m, "int")
+        assert report.startswith("int: bit-exact")
+        assert np.array_equal(ort_run(proto, x), m.run(x)), rounding
+
+
 def mlp_graph(name: str, acts, seed: int, n_in=5, hidden=6, n_classes=3) -> Graph:
     """Dense -> acts[0] -> Dense -> acts[1] -> Dense; ``acts[i](x, i + 1)`` gives (nodes, output)."""
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from cli_helpers import run, same_state
+from cli_helpers import check_resume_equals_whole, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_helpers import calibrated
@@ -307,10 +307,7 @@ def test_cli_trains_resumes_and_exports_a_prelu_model(tmp_path, capsys):
     from edgedfa.data import digits_std
     src = _mlp_file(tmp_path / "prelu.onnx")
     base = ["--model", src, "--dataset", "digits-std", "--algo", "sdfa", "--quiet"]
-    assert run(capsys, "train", *base, "--epochs", 2, "--out", tmp_path / "whole")[0] == 0
-    assert run(capsys, "train", *base, "--epochs", 1, "--out", tmp_path / "part")[0] == 0
-    assert run(capsys, "train", "--resume", tmp_path / "part", "--epochs", 2, "--quiet")[0] == 0
-    assert same_state(tmp_path / "whole", tmp_path / "part") == []
+    check_resume_equals_whole(capsys, tmp_path, base)
     model = load_checkpoint(str(tmp_path / "whole"))
     slopes = [l.params["slope"].value() for l in model.layers if l.op == "PRelu"]
     assert all(np.any(s != 0.25) for s in slopes)

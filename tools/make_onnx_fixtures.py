@@ -206,6 +206,40 @@ class LayerNormNet(nn.Module):
         return self.fc3(torch.relu(self.ln3(self.fc2(x.flatten(1)))))
 
 
+class GroupNormNet(nn.Module):
+    """nn.GroupNorm(2, 4) in a small CNN and over a Linear's features; non-trivial weight and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.fc1 = nn.Linear(4 * 4 * 4, 6)
+        self.gn2 = nn.GroupNorm(3, 6)
+        self.fc2 = nn.Linear(6, 3)
+        for gn in (self.gn, self.gn2):
+            gn.weight.data.uniform_(0.5, 1.5)
+            gn.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        h = nn.functional.max_pool2d(torch.relu(self.gn(self.c1(x))), 2)
+        return self.fc2(torch.relu(self.gn2(self.fc1(h.flatten(1)))))
+
+
+class InstanceNormNet(nn.Module):
+    """nn.InstanceNorm1d(C, affine=True) after a Conv1d; non-trivial weight and bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 4, 3, padding=1)
+        self.inorm = nn.InstanceNorm1d(4, affine=True)
+        self.fc = nn.Linear(4 * 6, 3)
+        self.inorm.weight.data.uniform_(0.5, 1.5)
+        self.inorm.bias.data.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.inorm(self.c1(x))).flatten(1))
+
+
 class InputNormNet(nn.Module):
     """A CNN that normalises its own input per channel ((x - mean) / std, buffers), then an
     unpadded Conv2d, and a Linear head whose input is scaled by a constant."""
@@ -420,6 +454,8 @@ CASES = {
     "gelu_decomposed": (GeluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "elu": (EluNet, (1, 4, 4), ("ts", "dynamo"), None),
     "layernorm": (LayerNormNet, (3, 4), ("ts", "dynamo"), None),
+    "groupnorm": (GroupNormNet, (1, 8, 8), ("ts", "dynamo"), None),
+    "instancenorm": (InstanceNormNet, (2, 6), ("ts", "dynamo"), None),
     "lstm_seq_layernorm": (lambda: SeqFirstReader("LSTM", "layernorm"), SEQ, ("ts", "dynamo"), None),
     "gru_seq_max": (lambda: SeqFirstReader("GRU", "max"), SEQ, ("ts", "dynamo"), None),
     "gated": (GatedNet, (2, 8), ("ts", "dynamo"), None),

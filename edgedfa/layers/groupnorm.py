@@ -22,9 +22,8 @@ class GroupNorm(LayerNorm):
         """Rows of ``C/G`` channels × the positions; the affine's view per channel."""
         shape = tuple(self.in_shapes[0])
         groups = int(node.attrs.get("groups", 0))
-        if len(shape) < 2:
-            raise EdgeDFAError(f"{self.where}: the input needs a channel axis and positions, got per-sample shape"
-                               f" {list(shape)}")
+        if not shape:
+            raise EdgeDFAError(f"{self.where}: the input needs a channel axis")
         if groups < 1 or shape[0] % groups:
             raise EdgeDFAError(f"{self.where}: groups {groups} must divide the {shape[0]} channels")
         self.groups, self.channels = groups, int(shape[0])

@@ -277,12 +277,13 @@ def _layer_norm(em, node, layer, ins, outs):
 
 @FLOAT_OPS.register("GroupNorm")
 def _group_norm(em, node, layer, ins, outs):
-    """ONNX InstanceNormalization with the trained scale and bias when every channel is a group;
-    else PyTorch's own decomposition (onnxruntime 1.32 has no GroupNormalization-21):
-    Reshape to [N, G, -1], InstanceNormalization(ones, zeros), Reshape back, Mul γ, Add β."""
+    """ONNX InstanceNormalization with the trained scale and bias when every channel is a group
+    with positions; else PyTorch's own decomposition (onnxruntime 1.32 has no
+    GroupNormalization-21): Reshape to [N, G, -1], InstanceNormalization(ones, zeros), Reshape
+    back, Mul γ, Add β."""
     eps = float(node.attrs.get("epsilon", 1e-5))
     scale, bias = (em.param(node, layer, key) for key in ("scale", "B"))
-    if layer.groups == layer.channels:
+    if layer.groups == layer.channels and len(layer.in_shapes[0]) > 1:
         em.b.node("InstanceNormalization", ins + [scale, bias], node.name, outs[:1], epsilon=eps)
         return
     b, g, base = em.b, layer.groups, node.name

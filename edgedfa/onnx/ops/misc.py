@@ -86,21 +86,22 @@ def instance_norm(node, ctx):
     """A GroupNorm with one group per channel (PyTorch's InstanceNorm1d/2d(affine=True))."""
     x = ctx.data_input(node)
     shape = ctx.known_shape(node, x)
-    _group_norm(node, ctx, x, int(shape[1]) if len(shape) > 1 else 0)
+    if len(shape) < 3:  # no positions: every value its own mean
+        ctx.fail(node, f"InstanceNormalization needs a [N, C, positions...] input, got rank {len(shape)}")
+    _group_norm(node, ctx, x, int(shape[1]))
 
 
 @register_fused("GroupNormalization")
 def group_norm(node, ctx):
-    """PyTorch's GroupNorm decomposition, fused by passes/groupnorm.py."""
+    """PyTorch's GroupNorm decomposition, fused by passes/groupnorm.py ([N, C] included)."""
     _group_norm(node, ctx, ctx.data_input(node), int(node.attr("groups", 0)))
 
 
 def _group_norm(node, ctx, x, groups: int):
     """A GroupNorm of ``groups`` groups over [N, C, positions...], scale and B (C,) constant."""
     shape = ctx.known_shape(node, x)
-    if ctx.batch_at(node, x) != 0 or len(shape) < 3:
-        ctx.fail(node, f"{node.op_type} needs a [N, C, positions...] input with the batch on axis 0, got"
-                 f" rank {len(shape)}")
+    if ctx.batch_at(node, x) != 0 or len(shape) < 2:
+        ctx.fail(node, f"{node.op_type} needs a [N, C, ...] input with the batch on axis 0, got rank {len(shape)}")
     channels = int(shape[1])
     params = {"scale": ctx.weight(node, 1, "scale"), "B": ctx.weight(node, 2, "bias")}
     if any(v.size != channels for v in params.values()):

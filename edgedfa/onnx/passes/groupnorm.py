@@ -23,7 +23,7 @@ def _constant_is(og: OGraph, name: str, value: float) -> bool:
 
 
 def _group_view(m: _Match, inorm: ONode):
-    """(x, first Reshape, Reshape back, G) when ``inorm`` normalises x [N, C, ...] viewed as
+    """(x, first Reshape, Reshape back, G) when ``inorm`` normalises x [N, C, positions...] viewed as
     [N, G, C/G·positions] with unit scale and zero bias, and only the Reshape back reads it."""
     og = m.og
     if len(inorm.inputs) != 3 or not (_constant_is(og, inorm.inputs[1], 1.0) and _constant_is(og, inorm.inputs[2], 0.0)):
@@ -34,7 +34,7 @@ def _group_view(m: _Match, inorm: ONode):
     back = m.only_reader(inorm.outputs[0], "Reshape")
     x = first.inputs[0]
     xs, vs = og.shape(x), og.shape(first.outputs[0])
-    if back is None or x in og.consts or not xs or not vs or len(xs) < 3 or len(vs) != 3:
+    if back is None or x in og.consts or not xs or not vs or len(xs) < 2 or len(vs) != 3:
         return None
     if xs[0] != BATCH or vs[0] != BATCH or not all(isinstance(d, int) for d in tuple(xs[1:]) + tuple(vs[1:])):
         return None
@@ -69,13 +69,8 @@ def _affine_step(m: _Match, tensor: str, op: str, rank: int, channels: int):
 def fuse_group_norm(og: OGraph):
     """One GroupNorm decomposition (with its per-channel Mul and Add when present) becomes one node."""
     m = _Match(og)
-    for node in og.nodes:
-        if node.op_type != "InstanceNormalization" or node.domain:
-            continue
-        view = _group_view(m, node)
-        if view is None:
-            continue
-        x, first, back, groups = view
+    views = ((node, _group_view(m, node)) for node in og.nodes if node.op_type == "InstanceNormalization")
+    for node, (x, first, back, groups) in ((n, v) for n, v in views if v and not n.domain):
         shape = og.shape(x)
         rank, channels = len(shape), shape[1]
         params, out, drop = {"scale": np.ones(channels), "B": np.zeros(channels)}, back.outputs[0], [first, back]
