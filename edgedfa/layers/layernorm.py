@@ -7,6 +7,8 @@ codes are viewed as (R, D). Per-row scalars (sums, mean, Q, gains) are exact Pyt
 until a rounding of §8.7; elements are int64 codes. No running statistics: training and
 inference normalise alike. Parameters ``scale`` (γ) and ``B`` (β), shaped like the normalised
 axes (their gradients too), viewed flat by the arithmetic, trained by the layer's update rule.
+The affine sees the codes as (M, channels, positions) with a parameter per channel: here one
+per feature (positions 1); GroupNorm (groupnorm.py, §8.9) changes only the rows and this view.
 """
 
 from __future__ import annotations
