@@ -286,8 +286,11 @@ def test_the_float_export_writes_instancenormalization_and_imports_back(tmp_path
     graph = load_graph_bytes(proto.SerializeToString(), source="float.onnx")
     assert [(n.attrs["groups"], np.shape(n.params["scale"])) for n in graph.nodes if n.op == "GroupNorm"] == [
         (2, (4,)), (4, (4,))]
-    assert "float InstanceNormalization does not" in build_proto(m, "qdq")[1]
+    qdq, report = build_proto(m, "qdq")
+    assert "float InstanceNormalization does not" in report
     x = np.random.default_rng(3).normal(0, 1.5, (16, 2, 4, 4))
+    ref = m.run(x)  # int8 Q/DQ around the decomposition's Reshape: onnxruntime's QDQ propagation failed on it
+    assert np.abs(ort_run(qdq, x) - ref).max() <= 0.1 * np.abs(ref).max()
     path = tmp_path / "gn.onnx"
     path.write_bytes(proto.SerializeToString())
     assert np.array_equal(load_onnx(str(path)).run(x), m.run(x))

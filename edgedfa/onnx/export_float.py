@@ -120,9 +120,13 @@ class FloatEmitter:
         mm = self.b.node("MatMul", [x, w], node.name)
         self.b.node("Add", [mm, self.bias(node, layer, node.inputs[0])], f"{node.name}/bias", [out])
 
+    def moved(self, node, name: str, op: str, extra: list, base: str, **attrs) -> str:
+        """``op`` (Transpose, Reshape) of canonical input ``name`` and ``extra`` inputs."""
+        return self.b.node(op, [self.source(name)] + extra, base, **attrs)
+
     def time_major(self, node, name: str) -> str:
         """The batch-first input of a recurrent node made time-major (onnxruntime runs layout 0 only)."""
-        return self.b.node("Transpose", [self.source(name)], f"{node.name}/to_time_major", perm=[1, 0, 2])
+        return self.moved(node, name, "Transpose", [], f"{node.name}/to_time_major", perm=[1, 0, 2])
 
     def recurrent(self, node, layer, x_name, outs):
         a = node.attrs
@@ -287,7 +291,7 @@ def _group_norm(em, node, layer, ins, outs):
         em.b.node("InstanceNormalization", ins + [scale, bias], node.name, outs[:1], epsilon=eps)
         return
     b, g, base = em.b, layer.groups, node.name
-    view = b.node("Reshape", [ins[0], b.i64([0, g, -1], f"{base}/groups")], f"{base}/to_groups")
+    view = em.moved(node, node.inputs[0], "Reshape", [b.i64([0, g, -1], f"{base}/groups")], f"{base}/to_groups")
     norm = b.node("InstanceNormalization", [view, b.const(np.ones(g), np.float32, f"{base}/ones"),
                                             b.const(np.zeros(g), np.float32, f"{base}/zeros")], base, epsilon=eps)
     back = b.node("Reshape", [norm, b.node("Shape", ins[:1], f"{base}/shape")], f"{base}/from_groups")
@@ -391,10 +395,11 @@ class QdqEmitter(FloatEmitter):
             self.src[name] = self.qdq(self.staged_input(), self.fmts[name], self.b.unique(f"{name}/qdq"), "input")
         return self.src.get(name, name)
 
-    def time_major(self, node, name):
-        """Transpose the float tensor before its Q/DQ: onnxruntime's QDQ propagation fails on DQ -> Transpose -> GRU."""
+    def moved(self, node, name, op, extra, base, **attrs):
+        """Move the float tensor before its Q/DQ: onnxruntime's QDQ propagation fails on DQ -> Transpose
+        -> GRU and on DQ -> Reshape -> InstanceNormalization (int8)."""
         raw = self.staged_input() if name == self.graph.input_name else self.raw[name]
-        t = self.b.node("Transpose", [raw], f"{node.name}/to_time_major", perm=[1, 0, 2])
+        t = self.b.node(op, [raw] + extra, base, **attrs)
         return self.qdq(t, self.fmts[name], self.b.unique(f"{t}/qdq"), f"{node.name}/input")
 
     def target(self, name):
