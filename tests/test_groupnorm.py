@@ -21,8 +21,8 @@ from model_helpers import calibrated
 from onnx import helper
 from onnx_helpers import model as onnx_model
 from onnx_helpers import ort_run as ort_run_model
-from table_activation_checks import (TableActivationChecks, check_int_export_every_rounding, check_step_and_int_export,
-                                     cnn_graph, mlp_graph)
+from table_activation_checks import (ALGOS, TableActivationChecks, check_bit_exact, check_int_export_every_rounding,
+                                     check_step_and_int_export, cnn_graph, mlp_graph)
 from test_hard_sigmoid import WEIGHTS, check_bp_gradients
 from test_onnx_export import ort_run
 
@@ -76,6 +76,16 @@ class TestGroupNormLayers(TableActivationChecks):
         make, shape = self.GRAPHS[kind]
         checked = check_bp_gradients(make(3), shape, {**WEIGHTS, "GroupNorm": ("scale", "B")})
         assert [c for c in checked if c[0].startswith("gn")] == [(f"gn{i}", k) for i in (1, 2) for k in ("scale", "B")]
+
+
+@pytest.mark.parametrize("bits", [6, 11, 16])
+@pytest.mark.parametrize("scaling", ["adaptive", "static"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_bit_exact_at_narrow_and_wide_words_under_both_scalings(bits, scaling, algo):
+    """The CNN (a GroupNorm of 2 groups and an instance norm) at 6, 11 and 16 bits, adaptive and
+    static scaling, every algorithm: two steps bit-exact with hdl_models."""
+    m = calibrated(gn_cnn(bits), bits, bits, scale=1.5, scaling=scaling)
+    check_bit_exact(m, (2, 4, 4), algo, seed=bits, n=8, scale=3, min_checked=16)
 
 
 # -- the spec in integers -------------------------------------------------------------------
