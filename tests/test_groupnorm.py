@@ -198,7 +198,7 @@ def test_int_export_of_constant_groups_and_any_epsilon(eps, bits):
 
 
 # -- import -----------------------------------------------------------------------------------
-def _gn_onnx(groups=2, mul=True, add=True, unit=True, direct=False, in_shape=(2, 4, 4), classes=3, rank2=False):
+def _gn_onnx(groups=2, mul=True, add=True, unit=True, direct=False, in_shape=(2, 4, 4), classes=3, opset=17):
     """Conv(4 channels) -> PyTorch's GroupNorm decomposition (or InstanceNormalization itself when
     ``direct``) -> Relu -> Flatten -> Gemm; ``unit``: the InstanceNormalization's scale ones."""
     rng = np.random.default_rng(groups)
@@ -229,12 +229,13 @@ def _gn_onnx(groups=2, mul=True, add=True, unit=True, direct=False, in_shape=(2,
     nodes += [helper.make_node("Relu", ["n"], ["a"], name="/relu"),
               helper.make_node("Flatten", ["a"], ["f"], name="/flatten", axis=1),
               helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="/fc/Gemm", transB=1)]
-    return onnx_model(nodes, inits, ["N"] + list(in_shape), opset=17)
+    return onnx_model(nodes, inits, ["N"] + list(in_shape), opset=opset)
 
 
 @pytest.mark.parametrize("kw,groups", [(dict(), 2), (dict(mul=False), 2), (dict(add=False), 2),
                                        (dict(mul=False, add=False), 2), (dict(groups=1), 1), (dict(groups=4), 4),
-                                       (dict(direct=True), 4)])
+                                       (dict(direct=True), 4), (dict(direct=True, opset=22), 4),
+                                       (dict(opset=22), 2)])
 def test_groupnorm_decompositions_and_instancenormalization_import(kw, groups):
     """The decomposition with or without its Mul and Add, one group, and InstanceNormalization
     itself become one GroupNorm; equal to onnxruntime in float, close to it in integers."""
