@@ -130,23 +130,19 @@ def test_groups_are_normalised_as_layernorm_normalises_rows(seed, bits, c, p, ba
 
 @pytest.mark.parametrize("c,p,groups", [(4, 6, 2), (4, 3, 4), (6, 1, 3), (2, 5, 1)])
 def test_forward_and_backward_are_layernorms_with_gamma_per_channel(c, p, groups):
-    """A GroupNorm equals a LayerNorm over (C, P) rows of one group when γ and β repeat along
-    the positions: the output, dx, and the gradients summed per channel (G = 1), or a LayerNorm
-    per sample and group otherwise through the statistics above; here G = 1 and instance norm
-    as a LayerNorm over P per channel (γ = 1)."""
+    """G = 1 with γ, β repeated along the positions is a LayerNorm over (C, P); any G with γ = 1,
+    β = 0 a LayerNorm over the last axis of the (G, C/G·P) view: the output, dx and (G = 1) the
+    gradients summed per channel equal, integer for integer."""
     rng = np.random.default_rng(c * 100 + p)
     num = Numerics.from_bits(8, scaling="static")
-    gamma, beta = rng.uniform(.5, 1.5, c), rng.uniform(-.3, .3, c)
-    if groups != 1:
-        gamma, beta = np.ones(c), np.zeros(c)
+    gamma, beta = (rng.uniform(.5, 1.5, c), rng.uniform(-.3, .3, c)) if groups == 1 else (np.ones(c), np.zeros(c))
     gn = GroupNorm(Node("gn", "GroupNorm", ["x"], ["y"], {"epsilon": 1e-5, "groups": groups},
                         {"scale": gamma, "B": beta}), LayerSpec(1, num, 0, [(c, p)]))
     d = c // groups * p
-    ln_param = (lambda v: np.repeat(v, p)) if groups == 1 else (lambda v: np.full(d, v[0]))
     shape = (c, p) if groups == 1 else (groups, d)
-    ln = LayerNorm(Node("ln", "LayerNorm", ["x"], ["y"], {"epsilon": 1e-5, "axis": -2 if groups == 1 else -1},
-                        {"scale": ln_param(gamma).reshape(shape[-2:] if groups == 1 else (d,)),
-                         "B": ln_param(beta).reshape(shape[-2:] if groups == 1 else (d,))}),
+    params = {k: np.repeat(v, p).reshape(c, p) if groups == 1 else np.full(d, v[0]) for k, v in (("scale", gamma),
+                                                                                              ("B", beta))}
+    ln = LayerNorm(Node("ln", "LayerNorm", ["x"], ["y"], {"epsilon": 1e-5, "axis": -2 if groups == 1 else -1}, params),
                    LayerSpec(1, num, 0, [shape]))
     fmt = FixedFormat(8, 3)
     x = QTensor(rng.integers(-128, 128, (5, c, p)), fmt)
