@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from model_helpers import calibrated
+from model_helpers import calibrated, emulates_bit_exact
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
 from edgedfa import load_onnx
-from edgedfa.cosim import emulate
 from edgedfa.errors import EdgeDFAError
 from edgedfa.float_ref import run_float
 from edgedfa.graph import Graph, Node
@@ -27,7 +26,6 @@ from edgedfa.model import IntModel
 from edgedfa.numerics import Numerics
 from edgedfa.onnx.export import build_proto
 from edgedfa.train import TrainConfig
-from hdl_models.hwconfig import HwConfig
 
 ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
 
@@ -56,8 +54,7 @@ def test_a_square_trains_bit_exact_with_the_datapath_model(algo):
     model = _model(square_mlp(4), 8, 4)
     rng = np.random.default_rng(5)
     x, y = rng.normal(0, 1, (12, 5)), rng.integers(0, 3, 12)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    emulates_bit_exact(model, x, y, algo)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -66,8 +63,7 @@ def test_hard_swish_cnn_trains_bit_exact_with_the_datapath_model(algo):
     model = _model(graph, 8, 3)
     rng = np.random.default_rng(4)
     x, y = rng.normal(0, 2, (12, 2, 4, 4)), rng.integers(0, 3, 12)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    r = emulates_bit_exact(model, x, y, algo)
     assert r["checked"] >= 16
 
 
@@ -79,8 +75,7 @@ def test_hard_sigmoid_bit_exact_with_the_datapath_model_any_width(seed, bits, al
     model = _model(graph, bits, seed, act_rounding=rounding, err_rounding=rounding)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(0, 3, (8, 2, 4, 4)), rng.integers(0, 3, 8)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    emulates_bit_exact(model, x, y, algo)
 
 
 @settings(max_examples=20)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from model_helpers import calibrated
+from model_helpers import calibrated, emulates_bit_exact
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
@@ -55,8 +55,7 @@ def test_gated_mlp_trains_bit_exact_with_the_datapath_model(algo):
     model = calibrated(graph, 8, 3)
     rng = np.random.default_rng(4)
     x, y = rng.normal(0, 1, (12, 5)), rng.integers(0, 3, 12)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    r = emulates_bit_exact(model, x, y, algo)
     assert r["checked"] >= 16
 
 
@@ -68,8 +67,7 @@ def test_mul_bit_exact_with_the_datapath_model_any_width(seed, bits, algo, scali
     model = calibrated(graph, bits, seed, scaling=scaling)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(0, 2, (8, 3)), rng.integers(0, 3, 8)
-    r = emulate(model, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    emulates_bit_exact(model, x, y, algo)
 
 
 @settings(max_examples=20)

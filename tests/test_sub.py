@@ -10,17 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from model_helpers import calibrated
+from model_helpers import calibrated, emulates_bit_exact
 from onnx_helpers import check, model, rand
 from test_hard_sigmoid import check_bp_gradients
 from test_onnx_export import _check_int_exact, ort_run
 
-from edgedfa.cosim import emulate
 from edgedfa.graph import Graph, Node
 from edgedfa.numerics import Numerics
 from edgedfa.onnx.export import build_proto
-from edgedfa.train import TrainConfig
-from hdl_models.hwconfig import HwConfig
 
 ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
 
@@ -63,8 +60,7 @@ def test_a_difference_trains_bit_exact_with_the_datapath_model(algo):
     model_ = calibrated(diff_mlp(3), 8, 3)
     rng = np.random.default_rng(4)
     x, y = rng.normal(0, 1, (12, 5)), rng.integers(0, 3, 12)
-    r = emulate(model_, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    r = emulates_bit_exact(model_, x, y, algo)
     assert r["checked"] >= 16
 
 
@@ -75,8 +71,7 @@ def test_a_difference_bit_exact_with_the_datapath_model_any_width(seed, bits, al
     model_ = calibrated(diff_mlp(seed, n_in=3, hidden=4), bits, seed, scaling=scaling)
     rng = np.random.default_rng(seed)
     x, y = rng.normal(0, 2, (8, 3)), rng.integers(0, 3, 8)
-    r = emulate(model_, x, y, 2, HwConfig(rows=4, cols=4), train_cfg=TrainConfig(batch_size=4, algo=algo))
-    assert r["bit_exact"], r["first_mismatch"]
+    emulates_bit_exact(model_, x, y, algo)
 
 
 @settings(max_examples=20)
