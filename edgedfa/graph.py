@@ -80,7 +80,7 @@ def input_stage(graph) -> tuple | None:
     try:
         a, b = (np.asarray(st[k], dtype=np.float64) for k in ("scale", "offset"))
         shape = tuple(graph.input_shape)
-        ok = all(a.ndim == len(shape) and np.broadcast_shapes(v.shape, shape) == shape for v in (a, b))
+        ok = all(v.ndim == len(shape) and np.broadcast_shapes(v.shape, shape) == shape for v in (a, b))
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
@@ -90,13 +90,15 @@ def input_stage(graph) -> tuple | None:
 
 
 def stage_input(graph, x: np.ndarray) -> np.ndarray:
-    """Float64 input ``x`` (batch first, the graph's input shape) through the input stage:
-    ``x * scale + offset`` in float64, two roundings, as every path computes it (the int
-    export's double Mul and Add included); ``x`` itself when there is no stage."""
-    st = input_stage(graph)
-    if st is None:
-        return x
-    return x * st[0] + st[1]
+    """Float64 input ``x`` (batch first, the graph's input shape) through the graph's input stage."""
+    return apply_stage(input_stage(graph), x)
+
+
+def apply_stage(stage: tuple | None, x: np.ndarray) -> np.ndarray:
+    """``x * scale + offset`` in float64, two roundings, as every path computes it (the int
+    export's double Mul and Add included), for ``stage`` = ``input_stage(graph)``; ``x`` itself
+    when there is none."""
+    return x if stage is None else x * stage[0] + stage[1]
 
 
 def producers(nodes) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import EdgeDFAError
 from .fixed import FixedFormat, QTensor, dequantize, int_bits_for, quantize
 from .fold_batchnorm import fold_batchnorm, folded_batchnorms
-from .graph import Graph, Node, stage_input
+from .graph import Graph, Node, apply_stage, input_stage
 from .layers import LayerSpec, layer_class
 from .layers.conv import BACKWARD_MODES
 from .numerics import Numerics
@@ -56,6 +56,7 @@ class IntModel:
                                f" layers are {[n.name for n in graph.nodes]}")
         self.graph = graph = fold_batchnorm(graph, lambda n: self._numerics(n).batchnorm == "fold")
         self.in_fmt: FixedFormat | None = None
+        self.input_stage = input_stage(graph)  # parsed once: every batch passes through it
         self.layers = []
         shapes = {graph.input_name: tuple(graph.input_shape)}
         for i, node in enumerate(graph.nodes):
@@ -100,7 +101,7 @@ class IntModel:
 
     def staged_input(self, x, what="input") -> np.ndarray:
         """Float input reshaped and through the graph's input stage: what the input quantizer sees."""
-        return stage_input(self.graph, self.reshape_input(x, what))
+        return apply_stage(self.input_stage, self.reshape_input(x, what))
 
     def quantize_input(self, x) -> QTensor:
         if self.in_fmt is None:

@@ -7,6 +7,8 @@ AP_SAT) at every forward, so it follows the input's format when that moves (§13
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from ..errors import EdgeDFAError
@@ -71,17 +73,29 @@ class Pad(Layer):
         r = len(self.in_shapes[0])
         return tuple(n + self.pads[a] + self.pads[a + r] for a, n in enumerate(self.in_shapes[0]))
 
-    def _axes(self):
-        """(axis with the batch at 0, sources) of every padded axis."""
+    @cached_property
+    def axes(self) -> list:
+        """(axis with the batch at 0, sources) of every padded axis (fixed by the geometry)."""
         r = len(self.in_shapes[0])
         return [(a + 1, pad_sources(n, self.pads[a], self.pads[a + r], self.mode))
                 for a, n in enumerate(self.in_shapes[0]) if self.pads[a] or self.pads[a + r]]
+
+    @cached_property
+    def scatters(self) -> list:
+        """Per padded axis, (axis, the 0/1 matrix output position -> input position read)."""
+        out = []
+        for axis, src in self.axes:
+            scatter = np.zeros((len(src), self.in_shapes[0][axis - 1]), dtype=np.int64)
+            inside = src >= 0
+            scatter[np.nonzero(inside)[0], src[inside]] = 1
+            out.append((axis, scatter))
+        return out
 
     def forward(self, xs, train=False):
         x = xs[0]
         y = np.asarray(x.codes, dtype=np.int64)
         code = constant_code(self.node.attrs.get("value", 0.0), x.fmt) if self.mode == "constant" else 0
-        for axis, src in self._axes():
+        for axis, src in self.axes:
             n = y.shape[axis]
             if self.mode == "constant":  # one more slot along the axis holds the constant
                 slab = list(y.shape)
@@ -96,11 +110,7 @@ class Pad(Layer):
 
     def backward(self, cache, dy, need_dx):
         g = np.asarray(dy.codes, dtype=np.int64)
-        for axis, src in reversed(self._axes()):
-            n = self.in_shapes[0][axis - 1]
-            scatter = np.zeros((len(src), n), dtype=np.int64)  # output position -> input position read
-            inside = src >= 0
-            scatter[np.nonzero(inside)[0], src[inside]] = 1
+        for axis, scatter in reversed(self.scatters):
             g = np.moveaxis(np.moveaxis(g, axis, -1) @ scatter, -1, axis)
         if not self.overlapping():
             return [QTensor(g, dy.fmt)], {}

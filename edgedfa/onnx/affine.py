@@ -178,9 +178,7 @@ class _Nodes:
             return False
         for host, a, b in plan:
             _scale_columns(host, a, b)
-        for n in self.cons.get(t.outputs[0], []):
-            n.inputs = [t.inputs[0] if i == t.outputs[0] else i for i in n.inputs]
-        self.nodes.remove(t)
+        self.bypass(t)
         return True
 
     def _after(self, name, a, b, plan) -> bool:
@@ -217,7 +215,8 @@ class _Nodes:
                 return None
 
     def bypass(self, t) -> None:
-        """Remove ``t``; its readers read its input (the graph's input stage took its arithmetic)."""
+        """Remove ``t``; its readers read its input (its arithmetic went into their weights or the
+        graph's input stage)."""
         (x,), (y,) = t.inputs, t.outputs
         for n in self.cons.get(y, []):
             n.inputs = [x if i == y else i for i in n.inputs]

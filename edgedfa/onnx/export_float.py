@@ -18,7 +18,7 @@ from ..fixed import FixedFormat, requantize
 from ..float_ref import GELU_TANH_CUBIC, GELU_TANH_SCALE
 from ..layers.pad import constant_code
 from ..layers.pool import given_pads, window_counts
-from ..graph import MERGES, MOVES, RECURRENT, input_stage
+from ..graph import MERGES, MOVES, RECURRENT
 from ..registry import Registry
 from .export_graph import Builder, emit_move, tensor_info, window_attrs
 
@@ -56,7 +56,7 @@ class FloatEmitter:
 
     def staged_input(self) -> str:
         """The graph's input through its input stage (float32 Mul and Add), emitted once."""
-        stage = input_stage(self.graph)
+        stage = self.model.input_stage
         if stage is None:
             return self.graph.input_name
         if self._staged is None:

@@ -24,7 +24,7 @@ from ..layers.batchnorm import shift as ln_shift
 from ..layers.pad import constant_code
 from ..lut import (COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, SOFTPLUS_TABLE, TANH_TABLE,
                    elu_format, softplus_format)
-from ..graph import MOVES, RECURRENT, input_stage
+from ..graph import MOVES, RECURRENT
 from ..registry import Registry
 from .export_graph import Builder, emit_move, float_type, tensor_info, window_attrs
 from .export_recurrent import emit_recurrent
@@ -290,7 +290,7 @@ class IntEmitter:
         f, x = self.model.in_fmt, self.graph.input_name
         o = self.ops
         xd = o.cast(x, TensorProto.DOUBLE, "input/to_double")
-        stage = input_stage(self.graph)
+        stage = self.model.input_stage
         if stage is not None:
             xd = o.op("Mul", [xd, self.b.const(stage[0], np.float64, "input/stage_scale")], "input/stage_scale")
             xd = o.op("Add", [xd, self.b.const(stage[1], np.float64, "input/stage_offset")], "input/stage_offset")
