@@ -136,6 +136,14 @@ def softplus(node, x):
     return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
 
 
+@op("Softmax")
+def softmax(node, x):
+    """exp(x - max) / sum exp(x - max) along ``axis`` (a non-batch axis; ONNX Softmax-13)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=int(node.attrs.get("axis", -1)), keepdims=True))
+    return e / e.sum(axis=int(node.attrs.get("axis", -1)), keepdims=True)
+
+
 @op("Clip")
 def clip(node, x):
     lo, hi = node.attrs.get("min"), node.attrs.get("max")

@@ -55,7 +55,8 @@ from .errors import EdgeDFAError
 
 DENSE = ("Dense",)
 CONV = ("Conv",)
-ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu", "Softplus")
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "NormalCdf", "Elu", "PRelu", "Softplus",
+               "Softmax")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Pad")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "Concat")

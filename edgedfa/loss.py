@@ -12,17 +12,22 @@ EXP2_LUT = np.round(np.ldexp(2.0 ** (-np.arange(256) / 256.0), 15)).astype(np.in
 MAX_EXP_SHIFT = 31
 
 
-def softmax_codes(logits: QTensor, prob_bits: int) -> np.ndarray:
-    """Integer softmax: probabilities as codes with ``prob_bits`` fraction bits (0..2^prob_bits)."""
-    z = logits.codes
-    d = (z - z.max(axis=1, keepdims=True)) * LOG2E_Q14  # <= 0
-    shift = logits.fmt.frac_bits + 14 - EXP2_FRAC_BITS
+def exp2_codes(z: np.ndarray, frac: int, axis: int = 1) -> np.ndarray:
+    """§11 steps 1-2: e^(z - max z) along ``axis`` as 16-bit codes of 2^-15 (base 2, a LUT and a
+    shifter), for codes ``z`` with ``frac`` fraction bits."""
+    d = (z - z.max(axis=axis, keepdims=True)) * LOG2E_Q14  # <= 0
+    shift = frac + 14 - EXP2_FRAC_BITS
     if shift < 0:  # a coarse logit format: any t <= -2^13 gives 0, as t = -2^13 does: clamp first
         d = np.maximum(d, -(1 << max(13 + shift, 0)))
     t = round_shift(d, shift, "AP_RND")
     n = np.minimum((-t) >> EXP2_FRAC_BITS, MAX_EXP_SHIFT)
-    frac = (-t) & ((1 << EXP2_FRAC_BITS) - 1)
-    num = EXP2_LUT[frac] >> n
+    frac_t = (-t) & ((1 << EXP2_FRAC_BITS) - 1)
+    return EXP2_LUT[frac_t] >> n
+
+
+def softmax_codes(logits: QTensor, prob_bits: int) -> np.ndarray:
+    """Integer softmax: probabilities as codes with ``prob_bits`` fraction bits (0..2^prob_bits)."""
+    num = exp2_codes(logits.codes, logits.fmt.frac_bits)
     total = num.sum(axis=1, keepdims=True)
     return (num * (1 << prob_bits) + total // 2) // total
 

@@ -387,10 +387,13 @@ def test_last_step_read_becomes_final_hidden(kind):
     assert rnn.outputs[1] and ops(out)[-1] == "Squeeze"
 
 
-def test_softmax_not_at_output_is_rejected():
+def test_softmax_not_at_output_is_a_layer_and_log_softmax_is_rejected():
     nodes = [helper.make_node("Softmax", ["x"], ["s"], axis=-1),
              helper.make_node("Relu", ["s"], ["y"])]
-    with pytest.raises(EdgeDFAError, match="Softmax is supported only as the last node"):
+    g = check(model(nodes, {}, ["N", 4], opset=13), rand(N, 4))
+    assert [(n.op, n.attrs.get("axis")) for n in g.nodes] == [("Softmax", 1), ("Relu", None)]
+    nodes[0] = helper.make_node("LogSoftmax", ["x"], ["s"], axis=-1)
+    with pytest.raises(EdgeDFAError, match="LogSoftmax is supported only as the last node"):
         check(model(nodes, {}, ["N", 4], opset=13), rand(N, 4))
 
 

@@ -40,6 +40,8 @@ def describe(graph: Graph) -> str:
         params = " ".join(f"{k}{list(v.shape)}" for k, v in n.params.items())
         if n.attrs.get("scale_log2"):
             params = f"x2^{n.attrs['scale_log2']} (a sum)"
+        if n.op == "Softmax":
+            params = f"over axis {n.attrs.get('axis')}"
         lines.append(f"  {n.name:<28} {n.op:<18} {ins} -> {outs}  {params}".rstrip())
     return "\n".join(lines)
 

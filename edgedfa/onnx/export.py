@@ -97,7 +97,7 @@ def qdq_reasons(model) -> list:
     reasons, rounding, overflow = [], {}, {}
     for node, layer in zip(model.graph.nodes, model.layers):
         num, name = layer.num, node.name
-        if node.op in ("Dense", "Conv", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool"):
+        if node.op in ("Dense", "Conv", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Softmax"):
             act_rounding, act_overflow = Rounding.parse(num.act_rounding), Overflow.parse(num.act_overflow)
             if act_rounding is not Rounding.AP_RND_CONV:
                 rounding.setdefault(act_rounding.value, []).append(name)
@@ -153,6 +153,9 @@ def _layer_reasons(node, layer, fmts) -> list:
                 f" {layer.xhat_fmt.width} bits (datapath §8.9); float InstanceNormalization does not"]
     if op in ("Tanh", "Sigmoid", "NormalCdf", "Elu", "Softplus"):
         return [f"{name}: the engine's {op} is an interpolated table (datapath §9), onnxruntime's is float"]
+    if op == "Softmax":
+        return [f"{name}: the engine's Softmax is base 2 with a 16-bit exponent table and a rounded reciprocal per"
+                " row (datapath §8.10), onnxruntime's is float"]
     if op in ("RNN", "GRU", "LSTM"):
         return [f"{name}: the engine's {op} cell uses table tanh/sigmoid and integer state rounding"]
     return []

@@ -183,6 +183,11 @@ def _simple(em, node, layer, ins, outs):
     em.b.node(node.op, ins, node.name, outs[:1])
 
 
+@FLOAT_OPS.register("Softmax")
+def _softmax(em, node, layer, ins, outs):
+    em.b.node("Softmax", ins, node.name, outs[:1], axis=int(node.attrs.get("axis", -1)))
+
+
 def _scaled(em, node, outs):
     """Where an average pool writes: its output, or a temporary a Mul by 2^scale_log2 reads (a sum)."""
     return outs[:1] if not node.attrs.get("scale_log2", 0) else [em.b.unique(f"{node.name}/mean")]

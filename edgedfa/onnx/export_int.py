@@ -22,6 +22,8 @@ from ..layers.batchnorm import GUARD as BN_GUARD
 from ..layers.batchnorm import reciprocal as ln_reciprocal
 from ..layers.batchnorm import shift as ln_shift
 from ..layers.pad import constant_code
+from ..layers.softmax import RECIP_FRAC as SOFTMAX_RECIP_FRAC
+from ..loss import EXP2_FRAC_BITS, EXP2_LUT, LOG2E_Q14, MAX_EXP_SHIFT
 from ..lut import (COEF_FRAC, ERF_TABLE, EXPM1_TABLE, INTERP_BITS, INTERP_FRAC, LUT_IN_FMT, SOFTPLUS_TABLE, TANH_TABLE,
                    elu_format, softplus_format)
 from ..graph import MOVES, RECURRENT
@@ -588,6 +590,30 @@ def _layer_norm(em, node, layer, ins):
         acc = o.overflow(acc, lo, hi, num.acc_bits, num.acc_overflow, f"{base}/acc")
     y = o.requantize(acc, frac, layer.out_fmt, num.act_rounding, num.act_overflow, f"{base}/requantize")
     return [(o.op("Reshape", [y, o.op("Shape", [x], f"{base}/shape")], f"{base}/unrows"), layer.out_fmt)]
+
+
+@INT_OPS.register("Softmax")
+def _softmax(em, node, layer, ins):
+    """§8.10 (§11's exponent): (x − max)·log2(e) in Q14 rounded to 2^-8, the EXP2 table at its low
+    8 bits shifted right by the rest (a Div by a Gathered power of two: every operand >= 0), the
+    exact row sum S, r = (2^46 + S div 2) div S, then e·r requantized once."""
+    (x, xf), = ins
+    o, base, num, ax = em.ops, node.name, layer.num, layer.axis
+    d = o.op("Mul", [o.op("Sub", [x, o.op("ReduceMax", [x], f"{base}/max", axes=[ax], keepdims=1)],
+                          f"{base}/centre"), o.k(LOG2E_Q14)], f"{base}/times_log2e")
+    shift = xf.frac_bits + 14 - EXP2_FRAC_BITS
+    if shift < 0:  # the clamp of §11 step 1 before a left shift
+        d = o.op("Max", [d, o.k(-(1 << max(13 + shift, 0)))], f"{base}/clamp")
+    u = o.op("Neg", [o.round_shift(d, shift, Rounding.AP_RND, f"{base}/t")], f"{base}/minus_t")
+    n, f = o.floor_shift(u, EXP2_FRAC_BITS, f"{base}/split")
+    e = o.op("Div", [o.op("Gather", [o.c.i64(EXP2_LUT, "exp2_table"), f], f"{base}/table"),
+                     o.pow2(o.op("Min", [n, o.k(MAX_EXP_SHIFT)], f"{base}/n"), f"{base}/shift")], f"{base}/exp2")
+    total = o.op("ReduceSum", [e, o.k([ax])], f"{base}/sum", keepdims=1)
+    r = o.op("Div", [o.op("Add", [o.k(1 << SOFTMAX_RECIP_FRAC), o.op("Div", [total, o.k(2)], f"{base}/half_sum")],
+                          f"{base}/rounded"), total], f"{base}/reciprocal")
+    y = o.requantize(o.op("Mul", [e, r], f"{base}/times_reciprocal"), SOFTMAX_RECIP_FRAC, layer.out_fmt,
+                     num.act_rounding, num.act_overflow, f"{base}/requantize")
+    return [(y, layer.out_fmt)]
 
 
 @INT_OPS.register("Relu")

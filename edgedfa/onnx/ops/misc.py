@@ -3,7 +3,7 @@ fuse), pass-through ops, and Softmax away from the output."""
 
 import numpy as np
 
-from ..registry import register, register_fused
+from ..registry import register, register_fused, schema_version
 
 
 @register("Identity", 1, 13, 14, 16, 19, 21, 23, 24, 25)
@@ -21,8 +21,29 @@ def dropout(node, ctx):
 @register("Softmax", 1, 11, 13)
 @register("LogSoftmax", 1, 11, 13)
 def softmax(node, ctx):
-    ctx.fail(node, f"{node.op_type} is supported only as the last node, over the last axis "
-             "(it is then recorded in graph.meta['output_softmax'] and removed)")
+    """A Softmax inside the graph over one non-batch axis (the last node's is absorbed by the pass
+    ``absorb_output_softmax``); before opset 13 over the axes from ``axis`` on, flattened, taken
+    where that is one axis: the others after it of size 1."""
+    if node.op_type == "LogSoftmax":
+        ctx.fail(node, "LogSoftmax is supported only as the last node, over the last axis (it is then recorded in"
+                 " graph.meta['output_softmax'] and removed); inside the graph only Softmax")
+    x = ctx.data_input(node)
+    shape = ctx.known_shape(node, x)
+    rank, flattens = len(shape), schema_version("Softmax", ctx.og.opset) < 13
+    axis = int(node.attr("axis", 1 if flattens else -1))
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, "Softmax needs the batch on axis 0")
+    if not -rank <= axis < rank or axis % rank == 0:
+        ctx.fail(node, f"Softmax over axis {axis} of a rank-{rank} input: only a non-batch axis (1..{rank - 1})")
+    axis %= rank
+    if flattens:
+        wide = [a for a in range(axis, rank) if shape[a] != 1]
+        if len(wide) > 1:
+            ctx.fail(node, f"Softmax-{schema_version('Softmax', ctx.og.opset)} over axis {axis} of shape"
+                     f" {list(shape)} normalises the axes {axis}..{rank - 1} together; only one of them may"
+                     " exceed 1 (a softmax over one axis)")
+        axis = wide[0] if wide else axis
+    ctx.emit(node, "Softmax", [x], [node.outputs[0]], {"axis": axis})
 
 
 @register("BatchNormalization", 6, 7, 9, 14, 15)
