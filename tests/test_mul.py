@@ -10,20 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
-from model_helpers import calibrated, emulates_bit_exact
+from model_helpers import calibrated, emulates_bit_exact, grows_back_while_training
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run
 
 from edgedfa import load_onnx
-from edgedfa.api import make_trainer
-from edgedfa.cosim import emulate
 from edgedfa.fixed import FixedFormat
 from edgedfa.float_ref import run_float
 from edgedfa.graph import Graph, Node
 from edgedfa.numerics import Numerics
 from edgedfa.onnx.export import build_proto
-from edgedfa.train import TrainConfig
-from hdl_models.hwconfig import HwConfig
 
 ALGOS = ["bp", "dfa", "sdfa", "modular", "hybrid"]
 
@@ -98,13 +94,7 @@ def test_trained_mul_format_is_managed_and_frozen_by_the_int_export():
     mul.set_managed_format("out", narrow)
     rng = np.random.default_rng(8)
     x, y = rng.normal(0, 1, (40, 5)), rng.integers(0, 3, 40)
-    cfg = TrainConfig(batch_size=4, algo="bp")
-    r = emulate(model, x, y, 10, HwConfig(rows=4, cols=4), train_cfg=cfg)  # trains a copy
-    assert r["bit_exact"], r["first_mismatch"]
-    trainer = make_trainer(model, cfg)
-    for step in range(10):
-        trainer.step(model.quantize_input(x[4 * step:4 * step + 4]), y[4 * step:4 * step + 4], step, 7)
-    assert int(mul.state.get("moves:out", 0)) > 0 and mul.out_fmt.int_bits > narrow.int_bits
+    grows_back_while_training(model, mul, x, y)
     proto, report = build_proto(model, "int")
     assert report.startswith("int: bit-exact")
     assert np.array_equal(ort_run(proto, x), model.run(x))

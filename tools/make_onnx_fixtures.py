@@ -426,6 +426,33 @@ class ReplicationPad1dNet(nn.Module):
         return self.fc(torch.relu(self.c(self.pad(x))).flatten(1))
 
 
+class AttnPool(nn.Module):
+    """Attention pooling over a sequence: softmax over time (dim 1, not the last axis) of a score
+    per step, the steps summed with those weights."""
+
+    def __init__(self, features=2, hidden=6):
+        super().__init__()
+        self.proj, self.score, self.fc = nn.Linear(features, hidden), nn.Linear(hidden, 1), nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.proj(x))
+        w = torch.softmax(self.score(h), dim=1)
+        return self.fc((w * h).sum(1))
+
+
+class SoftmaxConv1d(nn.Module):
+    """A softmax over a Conv1d map's positions (dim 2) weighting that map, summed over positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(2, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x))
+        return self.fc((torch.softmax(h, dim=2) * h).sum(2))
+
+
 CASES = {
     "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
     "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
@@ -473,6 +500,9 @@ CASES = {
     "mish": (lambda: SoftplusNet(nn.Mish), (6,), ("ts", "dynamo"), None),
     "reflect_cnn": (ReflectCNN, (1, 6, 6), ("ts", "dynamo"), None),
     "replication_pad1d": (ReplicationPad1dNet, (2, 10), ("ts", "dynamo"), None),
+    "attn_pool": (AttnPool, (8, 2), ("ts", "dynamo"), None),
+    "attn_pool_opset11": (AttnPool, (8, 2), ("ts",), None),
+    "softmax_conv1d": (SoftmaxConv1d, (2, 8), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
@@ -480,7 +510,9 @@ KEEP_BN = {"ts": {"do_constant_folding": False}, "dynamo": {"optimize": False}}
 EXPORT_OPTIONS = {"bn_cnn2d": KEEP_BN, "bn_cnn1d": KEEP_BN,
                   "bn_cnn1d_training": {"ts": {"training": torch.onnx.TrainingMode.TRAINING}},
                   # GELU is one Gelu node from opset 20 (both exporters' default), a decomposition before
-                  "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}}}
+                  "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}},
+                  # before opset 13 Softmax flattens from its axis: TorchScript transposes time last around it
+                  "attn_pool_opset11": {"ts": {"opset_version": 11}}}
 
 
 def export(name, factory, shape, exporter, fixed, out_dir):
