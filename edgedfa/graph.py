@@ -12,7 +12,8 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   gamma: gamma * (x if x > 0 else alpha (exp(x) - 1)); ELU has gamma 1, SELU its own),
   ``PRelu`` (param slope, a per-sample shape broadcast to the input's: x if x > 0 else slope * x;
   the slope trains, docs/datapath.md §7.1),
-  ``Softplus`` (log(1 + exp(x)); PyTorch's Mish is x tanh of it)
+  ``Softplus`` (log(1 + exp(x)); PyTorch's Mish is x tanh of it), ``Softmax`` (attr axis, never
+  the batch: exp(x - max) / sum along it; a softmax inside the graph, docs/datapath.md §8.10)
 - ``MaxPool``, ``AveragePool`` attrs kernel_shape, strides, pads, count_include_pad;
   ``GlobalAveragePool``; both average pools take ``scale_log2`` k (default 0): the mean times
   2^k, what a sum over the window imports as (a free move of the binary point)
