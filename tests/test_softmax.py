@@ -227,11 +227,13 @@ def test_float_and_qdq_exports_follow_the_float_reference(name, tmp_path):
 # ------------------------------------------------------------------ import
 
 @pytest.mark.parametrize("name,axis", [("attn_pool_ts", 1), ("attn_pool_dynamo", 1), ("attn_pool_opset11_ts", 2),
-                                       ("softmax_conv1d_ts", 2), ("softmax_conv1d_dynamo", 2)])
+                                       ("softmax_conv1d_ts", 2), ("softmax_conv1d_dynamo", 2),
+                                       ("gru_attn_pool_ts", 1), ("gru_attn_pool_dynamo", 1)])
 def test_pytorch_fixtures_import_train_and_export(name, axis):
     """Both exporters: softmax over time (dim=1, and at opset 11 TorchScript's Transpose-Softmax-
-    Transpose), softmax over a Conv1d's positions; the import equals onnxruntime in float, a BP
-    step is bit-exact with hdl_models, the int export bit-exact in onnxruntime."""
+    Transpose), over a GRU's states (a temperature folded into the score), over a Conv1d's
+    positions; the import equals onnxruntime in float, a BP step is bit-exact with hdl_models, the
+    int export bit-exact in onnxruntime."""
     import onnxruntime as ort
     path = os.path.join(FIXTURES, f"{name}.onnx")
     model = load_onnx(path, numerics=Numerics.from_bits(8))

@@ -453,6 +453,20 @@ class SoftmaxConv1d(nn.Module):
         return self.fc((torch.softmax(h, dim=2) * h).sum(2))
 
 
+class GRUAttnPool(nn.Module):
+    """Attention pooling over a GRU's states, the scores divided by a temperature (folded into the
+    score's Dense)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.score, self.fc = nn.GRU(6, 5, batch_first=True), nn.Linear(5, 1), nn.Linear(5, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        w = torch.softmax(self.score(y) / 2.0, dim=1)
+        return self.fc((w * y).sum(1))
+
+
 CASES = {
     "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
     "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
@@ -503,6 +517,7 @@ CASES = {
     "attn_pool": (AttnPool, (8, 2), ("ts", "dynamo"), None),
     "attn_pool_opset11": (AttnPool, (8, 2), ("ts",), None),
     "softmax_conv1d": (SoftmaxConv1d, (2, 8), ("ts", "dynamo"), None),
+    "gru_attn_pool": (GRUAttnPool, SEQ, ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
