@@ -139,10 +139,13 @@ def test_the_error_is_the_exact_adjoint_narrowed_once(name):
 @settings(max_examples=25)
 @given(name=st.sampled_from(sorted(GRAPHS)), seed=st.integers(0, 2**16), bits=st.integers(4, 16),
        algo=st.sampled_from(ALGOS), scaling=st.sampled_from(["adaptive", "static"]),
-       rounding=st.sampled_from(ROUNDINGS))
-def test_softmax_models_train_bit_exact_with_the_datapath_model(name, seed, bits, algo, scaling, rounding):
+       rounding=st.sampled_from(ROUNDINGS), err_rounding=st.sampled_from(ROUNDINGS))
+def test_softmax_models_train_bit_exact_with_the_datapath_model(name, seed, bits, algo, scaling, rounding,
+                                                                err_rounding):
+    """Any width 4-16, both scalings, every deterministic rounding of activations and errors."""
     make, shape = GRAPHS[name]
-    m = calibrated(make(seed), bits, seed, scale=1.5, scaling=scaling, act_rounding=rounding)
+    m = calibrated(make(seed), bits, seed, scale=1.5, scaling=scaling, act_rounding=rounding,
+                   err_rounding=err_rounding)
     rng = np.random.default_rng(seed)
     emulates_bit_exact(m, rng.normal(0, 1.5, (8,) + shape), rng.integers(0, 3, 8), algo)
 
