@@ -399,6 +399,36 @@ class GatedNet(nn.Module):
 
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
+class LinearAttention(nn.Module):
+    """Two-head attention without a softmax over 5 tokens: q, k, v Linear, split into heads
+    (Reshape, Transpose), ``q @ k^T / sqrt(d)`` and ``s @ v`` (MatMuls of two activations)."""
+
+    def __init__(self, f=4, d=6, heads=2):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(f, d), nn.Linear(f, d), nn.Linear(f, d)
+        self.fc = nn.Linear(d, 3)
+        self.heads, self.d = heads, d
+
+    def forward(self, x):
+        n, t, _ = x.shape
+        split = lambda z: z.reshape(n, t, self.heads, self.d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        s = q @ k.transpose(-1, -2) / (self.d // self.heads) ** 0.5
+        return self.fc((s @ v).transpose(1, 2).reshape(n, t, self.d).mean(1))
+
+
+class BilinearPool(nn.Module):
+    """Second-order pooling: ``h^T @ h`` of a tanh projection over 5 tokens, flattened."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.fc = nn.Linear(4, 3), nn.Linear(9, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.p(x))
+        return self.fc((h.transpose(1, 2) @ h).flatten(1))
+
+
 class ReflectCNN(nn.Module):
     """Conv2d with ``padding_mode="reflect"`` twice (a Pad node before each unpadded Conv)."""
 
@@ -473,6 +503,8 @@ CASES = {
     "mish": (lambda: SoftplusNet(nn.Mish), (6,), ("ts", "dynamo"), None),
     "reflect_cnn": (ReflectCNN, (1, 6, 6), ("ts", "dynamo"), None),
     "replication_pad1d": (ReplicationPad1dNet, (2, 10), ("ts", "dynamo"), None),
+    "linear_attention": (LinearAttention, (5, 4), ("ts", "dynamo"), None),
+    "bilinear_pool": (BilinearPool, (5, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

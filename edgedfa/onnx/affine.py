@@ -8,6 +8,8 @@ canonical, so the engine, ``hdl_models`` and the exports never see it:
 - into the Dense or Conv that writes ``x`` (its rows scaled by ``a``, its bias ``B * a + b``),
   also through reshapes, and, for a positive scale with no offset, through ReLU, LeakyReLU,
   PReLU and pooling (``relu(z) * a == relu(z * a)`` for ``a > 0``): PyTorch's ``x + 0.5 * relu(fc(x))``;
+  one scalar scale with no offset also through a MatMul of two data tensors into the Dense
+  behind either operand (attention's ``q @ k^T / sqrt(d)``);
 - else into every Dense or Conv that reads ``y`` (their input columns scaled by ``a``, their
   bias ``B + W·b``), also through reshapes: a model that normalises its own input,
   ``fc((x - mean) / std)``. An offset cannot fold into a zero-padded Conv (the padding would
@@ -134,24 +136,33 @@ class _Nodes:
 
     # -- into the Dense or Conv before ------------------------------------------------------
     def fold_back(self, t) -> bool:
-        a, b = t.params["a"], t.params["b"]
-        cur, writer = t.inputs[0], None
-        while True:
-            p = self.prods.get(cur)
-            if p is None or self.uses(cur) != 1:
-                return False
-            writer = writer or p
-            if p.op in HOSTS:
-                break
-            ab = self._before(p, a, b)
-            if ab is None:
-                return False
-            a, b, cur = ab[0], ab[1], p.inputs[0]
-        if not _scale_rows(p, a, b):
+        writer = self.prods.get(t.inputs[0])
+        if writer is None or not self._into_host(t.inputs[0], t.params["a"], t.params["b"]):
             return False
         writer.outputs = [t.outputs[0] if o == t.inputs[0] else o for o in writer.outputs]
         self.nodes.remove(t)
         return True
+
+    def _into_host(self, cur, a, b) -> bool:
+        """Scale the rows of the Dense or Conv that writes ``cur`` (through the nodes ``_before``
+        passes, each output read once) so that it writes ``cur * a + b``; False if none can."""
+        while True:
+            p = self.prods.get(cur)
+            if p is None or self.uses(cur) != 1:
+                return False
+            if p.op in HOSTS:
+                return _scale_rows(p, a, b)
+            if p.op == "MatMul":  # (x @ w) * c == (x * c) @ w for one scalar c: either operand takes it
+                c = a.reshape(-1)[:1]
+                if np.any(b) or not np.all(a == c):
+                    return False
+                shapes = [self.sample_shape(x) for x in p.inputs]
+                return any(self._into_host(x, np.full(s, c[0]), np.zeros(s))
+                           for x, s in zip(p.inputs, shapes) if s is not None)
+            ab = self._before(p, a, b)
+            if ab is None:
+                return False
+            a, b, cur = ab[0], ab[1], p.inputs[0]
 
     def _before(self, p, a, b):
         """(a, b) on ``p``'s input giving the same ``p(x) * a + b``, or None."""
