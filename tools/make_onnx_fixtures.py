@@ -429,6 +429,23 @@ class BilinearPool(nn.Module):
         return self.fc((h.transpose(1, 2) @ h).flatten(1))
 
 
+class TimmAttention(nn.Module):
+    """timm's Attention block without the softmax over 5 tokens of 4 features: one qkv Linear,
+    ``reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)`` (the batch moved to axis 1 and
+    back), ``(q * scale) @ k^T``, ``@ v``, a projection and a residual."""
+
+    def __init__(self, dim=4, heads=2):
+        super().__init__()
+        self.qkv, self.proj, self.fc = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 3)
+        self.heads, self.hd = heads, dim // heads
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4).unbind(0)
+        o = ((q * self.hd ** -0.5) @ k.transpose(-2, -1)) @ v
+        return self.fc((x + self.proj(o.transpose(1, 2).reshape(b, n, c))).mean(1))
+
+
 class ReflectCNN(nn.Module):
     """Conv2d with ``padding_mode="reflect"`` twice (a Pad node before each unpadded Conv)."""
 
@@ -505,6 +522,7 @@ CASES = {
     "replication_pad1d": (ReplicationPad1dNet, (2, 10), ("ts", "dynamo"), None),
     "linear_attention": (LinearAttention, (5, 4), ("ts", "dynamo"), None),
     "bilinear_pool": (BilinearPool, (5, 4), ("ts", "dynamo"), None),
+    "timm_attention": (TimmAttention, (5, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
