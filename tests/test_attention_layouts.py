@@ -114,3 +114,30 @@ def test_a_split_of_the_batch_is_refused_by_name(tmp_path):
     onnx.save(onnx_model(nodes, inits, [4, 5, 4], opset=18), path)
     with pytest.raises(EdgeDFAError, match="/split"):
         load_graph(path)
+
+
+@pytest.mark.parametrize("batch_entry", [-1, 3])
+def test_a_transpose_on_the_batch_merged_with_the_heads_becomes_one_transpose(tmp_path, batch_entry):
+    """dynamo's k.transpose(-2, -1) inside scaled_dot_product_attention: Reshape [N, 2, 5, 2] to
+    [-1, 5, 2], Transpose (0, 2, 1), Reshape back to [N, 2, 2, 5]: one Transpose (0, 1, 3, 2)."""
+    rng = np.random.default_rng(0)
+    inits = {"Wq": rng.normal(0, .5, (4, 4)).astype(np.float32), "Wk": rng.normal(0, .5, (4, 4)).astype(np.float32),
+             "heads": np.array([0, 5, 2, 2], np.int64), "merged": np.array([-1, 5, 2], np.int64),
+             "back": np.array([batch_entry, 2, 2, 5], np.int64), "flat": np.array([0, 50], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q0"], name="/q"),
+             helper.make_node("MatMul", ["x", "Wk"], ["k0"], name="/k")]
+    for p in "qk":
+        nodes += [helper.make_node("Reshape", [f"{p}0", "heads"], [f"{p}1"], name=f"/{p}_heads"),
+                  helper.make_node("Transpose", [f"{p}1"], [f"{p}2"], name=f"/{p}_t", perm=[0, 2, 1, 3])]
+    nodes += [helper.make_node("Reshape", ["k2", "merged"], ["km"], name="/k_merge"),
+              helper.make_node("Transpose", ["km"], ["kmt"], name="/k_swap", perm=[0, 2, 1]),
+              helper.make_node("Reshape", ["kmt", "back"], ["kt"], name="/k_split"),
+              helper.make_node("MatMul", ["q2", "kt"], ["s"], name="/scores"),
+              helper.make_node("Reshape", ["s", "flat"], ["y"], name="/flatten")]
+    path = str(tmp_path / "sdpa.onnx")
+    onnx.save(onnx_model(nodes, inits, ["N" if batch_entry < 0 else batch_entry, 5, 4]), path)
+    graph = load_graph(path)
+    swaps = [n for n in graph.nodes if n.op == "Transpose" and n.attrs["perm"] == [0, 1, 3, 2]]
+    assert len(swaps) == 1 and [n.op for n in graph.nodes].count("MatMul") == 1
+    x = rng.normal(0, 1, (3, 5, 4))  # a fixed-batch export (3) writes its batch size back
+    assert np.abs(run_float(graph, x) - ort_run(onnx.load(path), x)).max() < 1e-5
