@@ -382,6 +382,11 @@ def mul(node, a, b):
     return a * b
 
 
+@op("MatMul")
+def matmul(node, a, b):
+    return np.matmul(a, b)
+
+
 @op("Concat")
 def concat(node, *xs):
     return np.concatenate(xs, axis=int(node.attrs["axis"]))

@@ -22,8 +22,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
   indices), ``Pad`` (attrs mode in constant/reflect/edge/wrap, pads begin.../end... over the
   non-batch axes, value for constant; ONNX Pad semantics, docs/datapath.md §8.5.1)
 - ``Add`` (two or more inputs; attr ``signs``, default all +1: -1 subtracts that input),
-  ``Mul`` (two inputs, element-wise, broadcasting), ``Concat``
-  (attr axis)
+  ``Mul`` (two inputs, element-wise, broadcasting), ``MatMul`` (two inputs ``[N, ..., M, K]``
+  and ``[N, ..., K, P]`` with the same leading axes: the batched product, docs/datapath.md §7),
+  ``Concat`` (attr axis)
 - ``BatchNorm``  params scale, B, mean, var (C,); attrs epsilon, momentum (ONNX
                  BatchNormalization over channel axis 1); trained with batch statistics,
                  inference with the running ones (docs/datapath.md §8.7)
@@ -60,7 +61,7 @@ ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Clip", "HardSigmoid", "N
                "Softmax")
 POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Pad")  # rearrange codes, no arithmetic
-MERGES = ("Add", "Mul", "Concat")
+MERGES = ("Add", "Mul", "MatMul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
 NORMS = ("BatchNorm", "LayerNorm", "GroupNorm")  # trained, but part of the layer before them: they start no module
 SLOPES = ("PRelu",)  # activations with a trained parameter: like norms, they start no module

@@ -399,6 +399,53 @@ class GatedNet(nn.Module):
 
 SEQ = (8, 6)
 # name -> (model factory, per-sample input shape, exporters, fixed batch or None)
+class LinearAttention(nn.Module):
+    """Two-head attention without a softmax over 5 tokens: q, k, v Linear, split into heads
+    (Reshape, Transpose), ``q @ k^T / sqrt(d)`` and ``s @ v`` (MatMuls of two activations)."""
+
+    def __init__(self, f=4, d=6, heads=2):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(f, d), nn.Linear(f, d), nn.Linear(f, d)
+        self.fc = nn.Linear(d, 3)
+        self.heads, self.d = heads, d
+
+    def forward(self, x):
+        n, t, _ = x.shape
+        split = lambda z: z.reshape(n, t, self.heads, self.d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        s = q @ k.transpose(-1, -2) / (self.d // self.heads) ** 0.5
+        return self.fc((s @ v).transpose(1, 2).reshape(n, t, self.d).mean(1))
+
+
+class BilinearPool(nn.Module):
+    """Second-order pooling: ``h^T @ h`` of a tanh projection over 5 tokens, flattened."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.fc = nn.Linear(4, 3), nn.Linear(9, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.p(x))
+        return self.fc((h.transpose(1, 2) @ h).flatten(1))
+
+
+class TimmAttention(nn.Module):
+    """timm's Attention block without the softmax over 5 tokens of 4 features: one qkv Linear,
+    ``reshape(B, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)`` (the batch moved to axis 1 and
+    back), ``(q * scale) @ k^T``, ``@ v``, a projection and a residual."""
+
+    def __init__(self, dim=4, heads=2):
+        super().__init__()
+        self.qkv, self.proj, self.fc = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 3)
+        self.heads, self.hd = heads, dim // heads
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.hd).permute(2, 0, 3, 1, 4).unbind(0)
+        o = ((q * self.hd ** -0.5) @ k.transpose(-2, -1)) @ v
+        return self.fc((x + self.proj(o.transpose(1, 2).reshape(b, n, c))).mean(1))
+
+
 class ReflectCNN(nn.Module):
     """Conv2d with ``padding_mode="reflect"`` twice (a Pad node before each unpadded Conv)."""
 
@@ -518,6 +565,9 @@ CASES = {
     "attn_pool_opset11": (AttnPool, (8, 2), ("ts",), None),
     "softmax_conv1d": (SoftmaxConv1d, (2, 8), ("ts", "dynamo"), None),
     "gru_attn_pool": (GRUAttnPool, SEQ, ("ts", "dynamo"), None),
+    "linear_attention": (LinearAttention, (5, 4), ("ts", "dynamo"), None),
+    "bilinear_pool": (BilinearPool, (5, 4), ("ts", "dynamo"), None),
+    "timm_attention": (TimmAttention, (5, 4), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.

@@ -157,23 +157,14 @@ def unbroadcast(codes, shape):
     return codes
 
 
-@register("Mul")
-class Mul(Layer):
-    """Element-wise product of two activations (a gate; ``x * sigmoid(x)``, PyTorch's SiLU):
-    the exact product of the codes, requantized to a format of its own (calibrated, or moved
-    by the exponent unit). Each input's error is dy times the other input, exact, summed
-    over the axes that input was broadcast along, then its top err_bits kept (§9.4)."""
+class Product(Layer):
+    """A product of two activations (``_wide``: the wide result of the codes), requantized to a
+    format of its own (calibrated, or moved by the exponent unit); both inputs cached."""
 
     changes_scale = True
 
-    def infer_shape(self):
-        return tuple(np.broadcast_shapes(*self.in_shapes))
-
-    @staticmethod
-    def _wide(xs) -> QTensor:
-        a, b = xs
-        frac = a.fmt.frac_bits + b.fmt.frac_bits
-        return QTensor(np.asarray(a.codes, np.int64) * np.asarray(b.codes, np.int64), FixedFormat.with_frac(48, frac))
+    def _wide(self, xs) -> QTensor:
+        raise NotImplementedError
 
     def forward(self, xs, train=False):
         wide = self._wide(xs)
@@ -184,6 +175,22 @@ class Mul(Layer):
 
     def calibrate(self, xs):
         self.out_fmt = calibrated_format(self._wide(xs), self.num)
+
+
+@register("Mul")
+class Mul(Product):
+    """Element-wise product of two activations (a gate; ``x * sigmoid(x)``, PyTorch's SiLU):
+    the exact product of the codes, requantized to a format of its own. Each input's error is
+    dy times the other input, exact, summed over the axes that input was broadcast along, then
+    its top err_bits kept (§9.4)."""
+
+    def infer_shape(self):
+        return tuple(np.broadcast_shapes(*self.in_shapes))
+
+    def _wide(self, xs) -> QTensor:
+        a, b = xs
+        frac = a.fmt.frac_bits + b.fmt.frac_bits
+        return QTensor(np.asarray(a.codes, np.int64) * np.asarray(b.codes, np.int64), FixedFormat.with_frac(48, frac))
 
     def backward(self, cache, dy, need_dx):
         outs = []

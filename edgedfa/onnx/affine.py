@@ -8,6 +8,10 @@ canonical, so the engine, ``hdl_models`` and the exports never see it:
 - into the Dense or Conv that writes ``x`` (its rows scaled by ``a``, its bias ``B * a + b``),
   also through reshapes, and, for a positive scale with no offset, through ReLU, LeakyReLU,
   PReLU and pooling (``relu(z) * a == relu(z * a)`` for ``a > 0``): PyTorch's ``x + 0.5 * relu(fc(x))``;
+  one scalar scale with no offset also through a MatMul of two data tensors into the Dense
+  behind either operand (attention's ``q @ k^T / sqrt(d)``), and through a Gather whose input
+  is read only by Gathers of other places (timm's ``q * scale`` with q sliced out of one qkv
+  projection: only q's rows of that Dense are scaled);
 - else into every Dense or Conv that reads ``y`` (their input columns scaled by ``a``, their
   bias ``B + W·b``), also through reshapes: a model that normalises its own input,
   ``fc((x - mean) / std)``. An offset cannot fold into a zero-padded Conv (the padding would
@@ -134,24 +138,62 @@ class _Nodes:
 
     # -- into the Dense or Conv before ------------------------------------------------------
     def fold_back(self, t) -> bool:
-        a, b = t.params["a"], t.params["b"]
-        cur, writer = t.inputs[0], None
-        while True:
-            p = self.prods.get(cur)
-            if p is None or self.uses(cur) != 1:
-                return False
-            writer = writer or p
-            if p.op in HOSTS:
-                break
-            ab = self._before(p, a, b)
-            if ab is None:
-                return False
-            a, b, cur = ab[0], ab[1], p.inputs[0]
-        if not _scale_rows(p, a, b):
+        writer = self.prods.get(t.inputs[0])
+        if writer is None or not self._into_host(t.inputs[0], t.params["a"], t.params["b"]):
             return False
         writer.outputs = [t.outputs[0] if o == t.inputs[0] else o for o in writer.outputs]
         self.nodes.remove(t)
         return True
+
+    def _into_host(self, cur, a, b) -> bool:
+        """Scale the rows of the Dense or Conv that writes ``cur`` (through the nodes ``_before``
+        passes, each output read once) so that it writes ``cur * a + b``; False if none can."""
+        shared = False  # cur is one of several disjoint Gathers of its input: that input may have more readers
+        while True:
+            p = self.prods.get(cur)
+            if p is None or (self.uses(cur) != 1 and not shared):
+                return False
+            shared = False
+            if p.op in HOSTS:
+                return _scale_rows(p, a, b)
+            if p.op == "Gather":  # the gathered places take (a, b), the others (1, 0): no other reader sees them
+                ab = self._through_gather(p, a, b)
+                if ab is None:
+                    return False
+                a, b, cur, shared = ab[0], ab[1], p.inputs[0], True
+                continue
+            if p.op == "MatMul":  # (x @ w) * c == (x * c) @ w for one scalar c: either operand takes it
+                c = a.reshape(-1)[:1]
+                if np.any(b) or not np.all(a == c):
+                    return False
+                shapes = [self.sample_shape(x) for x in p.inputs]
+                return any(self._into_host(x, np.full(s, c[0]), np.zeros(s))
+                           for x, s in zip(p.inputs, shapes) if s is not None)
+            ab = self._before(p, a, b)
+            if ab is None:
+                return False
+            a, b, cur = ab[0], ab[1], p.inputs[0]
+
+    def _through_gather(self, p, a, b):
+        """(a, b) on a Gather's input giving its output ``* a + b`` at the gathered places and the
+        input unchanged elsewhere, when every reader of that input is a Gather on the same axis
+        and no two read one place (timm's q, k, v sliced out of one projection); else None."""
+        shape, axis = self.sample_shape(p.inputs[0]), int(p.attrs["axis"]) - 1
+        readers = self.cons.get(p.inputs[0], [])
+        if shape is None or axis < 0 or p.inputs[0] == self.output or any(
+                r.op != "Gather" or int(r.attrs["axis"]) - 1 != axis for r in readers):
+            return None
+        places = [np.atleast_1d(r.attrs["indices"]) % shape[axis] for r in readers]
+        if sum(len(x) for x in places) != len(np.unique(np.concatenate(places))):
+            return None
+        idx = p.attrs["indices"]
+        a_in, b_in = np.ones(shape), np.zeros(shape)
+        at = (slice(None),) * axis + (idx,)
+        try:
+            a_in[at], b_in[at] = a, b
+        except ValueError:
+            return None
+        return a_in, b_in
 
     def _before(self, p, a, b):
         """(a, b) on ``p``'s input giving the same ``p(x) * a + b``, or None."""

@@ -22,7 +22,7 @@ from ..model import graph_to_json
 from ..version import __version__
 from .export_float import FloatEmitter, QdqEmitter, tensor_formats
 from .export_graph import make_model
-from .export_int import AccPlan, IntEmitter, accumulator_init
+from .export_int import AccPlan, IntEmitter, accumulator_init, data_plan
 from .importer import load_model_proto, read_model
 
 FORMATS = ("float", "qdq", "int")
@@ -97,7 +97,7 @@ def qdq_reasons(model) -> list:
     reasons, rounding, overflow = [], {}, {}
     for node, layer in zip(model.graph.nodes, model.layers):
         num, name = layer.num, node.name
-        if node.op in ("Dense", "Conv", "Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Softmax"):
+        if node.op in ("Dense", "Conv", "Add", "Mul", "MatMul", "Concat", "AveragePool", "GlobalAveragePool", "Softmax"):
             act_rounding, act_overflow = Rounding.parse(num.act_rounding), Overflow.parse(num.act_overflow)
             if act_rounding is not Rounding.AP_RND_CONV:
                 rounding.setdefault(act_rounding.value, []).append(name)
@@ -114,11 +114,14 @@ def qdq_reasons(model) -> list:
 
 def _layer_reasons(node, layer, fmts) -> list:
     name, op = node.name, node.op
-    if op in ("Dense", "Conv"):
+    if op in ("Dense", "Conv", "MatMul"):
         xf = fmts[node.inputs[0]]
-        w = layer.params["W"]
-        init = accumulator_init(layer, xf.frac_bits + w.fmt.frac_bits)
-        plan = AccPlan(name, w.codes.reshape(w.codes.shape[0], -1), xf, w.fmt, init, layer.num)
+        if op == "MatMul":
+            plan = data_plan(name, layer.in_shapes[0][-1], xf, fmts[node.inputs[1]], layer.num)
+        else:
+            w = layer.params["W"]
+            init = accumulator_init(layer, xf.frac_bits + w.fmt.frac_bits)
+            plan = AccPlan(name, w.codes.reshape(w.codes.shape[0], -1), xf, w.fmt, init, layer.num)
         if plan.kind != "sum":
             return [(f"{name}: the {plan.acc_bits}-bit accumulator may {plan.mode.value} (|acc| up to"
                      f" 2^{plan.bound.bit_length()}) where onnxruntime's does not")]

@@ -331,8 +331,8 @@ def _pool(em, node, layer, ins, outs):
 def _merge(em, node, layer, ins, outs):
     if node.op == "Concat":
         em.b.node("Concat", ins, node.name, outs[:1], axis=int(node.attrs.get("axis", 1)))
-    elif node.op == "Mul":
-        em.b.node("Mul", ins, node.name, outs[:1])
+    elif node.op in ("Mul", "MatMul"):
+        em.b.node(node.op, ins, node.name, outs[:1])
     elif node.attrs.get("signs") == [1, -1]:
         em.b.node("Sub", ins, node.name, outs[:1])
     else:

@@ -261,6 +261,13 @@ class AccPlan:
         return f"{how}, |acc| <= 2^{self.bound.bit_length()}"
 
 
+def data_plan(name, k: int, a_fmt: FixedFormat, b_fmt: FixedFormat, num) -> AccPlan:
+    """The AccPlan of a product of two data tensors over ``k`` terms: each term may reach the
+    product of the operands' peak codes."""
+    peak = max(-b_fmt.min_code, b_fmt.max_code)
+    return AccPlan(name, np.full((1, k), peak, np.int64), a_fmt, b_fmt, None, num)
+
+
 class IntEmitter:
     """Canonical graph + integer state -> ONNX integer graph (float32 in, float out)."""
 
@@ -684,6 +691,35 @@ def _mul(em, node, layer, ins):
     (a, af), (b, bf) = ins
     p = o.op("Mul", [a, b], f"{base}/product")
     y = o.requantize(p, af.frac_bits + bf.frac_bits, layer.out_fmt, num.act_rounding, num.act_overflow,
+                     f"{base}/requantize")
+    return [(y, layer.out_fmt)]
+
+
+@INT_OPS.register("MatMul")
+def _matmul(em, node, layer, ins):
+    """The batched product through the accumulator (an exact MatMul, MatMulInteger on int8
+    codes, wrapped once under AP_WRAP, or a Scan over k when a saturating register may
+    clip), requantized to out_fmt."""
+    o, base, num = em.ops, node.name, layer.num
+    (a, af), (b, bf) = ins
+    plan = em.plans[node.name] = data_plan(base, layer.in_shapes[0][-1], af, bf, num)
+    if plan.kind == "scan":  # a_k (K, ..., M, 1) times b_k (K, ..., 1, P), k ascending
+        r = len(layer.in_shapes[0]) + 1
+        lead = list(range(r - 1))
+        ak = o.op("Transpose", [o.op("Unsqueeze", [a, o.k([r])], f"{base}/a_col")], f"{base}/a_k_first",
+                  perm=[r - 1] + lead + [r])
+        bk = o.op("Transpose", [o.op("Unsqueeze", [b, o.k([r - 2])], f"{base}/b_row")], f"{base}/b_k_first",
+                  perm=[r - 1] + lead[:-1] + [r - 2, r])
+        zeros = o.op("Mul", [o.op("MatMul", [a, b], f"{base}/out_shape"), o.k(0)], f"{base}/acc0")
+        acc = em.scan(zeros, [ak, bk], plan, base)
+    elif plan.int8:
+        acc = o.cast(o.op("MatMulInteger", [o.cast(a, TensorProto.INT8, f"{base}/a_int8"),
+                                            o.cast(b, TensorProto.INT8, f"{base}/b_int8")], f"{base}/matmul"),
+                     TensorProto.INT64, f"{base}/acc")
+        acc = em.finish_sum(acc, None, plan, base)
+    else:
+        acc = em.finish_sum(o.op("MatMul", [a, b], f"{base}/matmul"), None, plan, base)
+    y = o.requantize(acc, af.frac_bits + bf.frac_bits, layer.out_fmt, num.act_rounding, num.act_overflow,
                      f"{base}/requantize")
     return [(y, layer.out_fmt)]
 

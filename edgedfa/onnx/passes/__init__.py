@@ -7,6 +7,7 @@ from .cleanup import dead_code, remove_noops
 from .fold_constants import fold_constants
 from .gelu import fuse_normal_cdf
 from .groupnorm import fuse_group_norm
+from .merged_batch import unmerge_batch_transpose
 from .pad import fold_pad_into_conv, pads_over_every_axis
 from .rnn import drop_zero_initial_state, gather_single, last_step_to_hidden
 from .softmax import absorb_output_softmax
@@ -14,7 +15,7 @@ from .softplus import fuse_softplus
 from .unrolled import reject_unrolled_rnn, reroll_rnn
 
 PASSES = [fold_constants, remove_noops, fuse_normal_cdf, fuse_softplus, fuse_group_norm, drop_zero_initial_state, dead_code,
-          absorb_output_softmax, generalise_batch, reroll_rnn, gather_single,
+          absorb_output_softmax, unmerge_batch_transpose, generalise_batch, reroll_rnn, gather_single,
           last_step_to_hidden, pads_over_every_axis, fold_pad_into_conv]
 FINAL_PASSES = [batch_first]  # run once the others settle, then they run again
 MAX_ROUNDS = 1000

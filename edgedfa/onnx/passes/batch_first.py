@@ -186,7 +186,7 @@ class _Rewrite:
                  f"reads {name!r}, which {origin} writes with the batch on axis "
                  f"{perm.index(0)}")
         self.og.fail(f"it {where}{why}; edgedfa keeps the batch first and rewrites only "
-                     "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Concat, Add/Sum/Mul, "
+                     "Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Split, Slice, Concat, Add/Sum/Mul, "
                      "ReduceMean/Max/Sum, LayerNormalization over unmoved trailing axes, MatMul by a constant and "
                      "element-wise readers of such a tensor, and only "
                      "when they keep the batch apart from other axes. Instead, " + EXPORT_HINT,
@@ -236,6 +236,8 @@ class _Rewrite:
         op = node.op_type
         data = [i for i in node.inputs if i and i not in self.og.consts]
         first = next(i for i in node.inputs if i in self.tracked)
+        if op == "Split" and node.inputs[0] == first:
+            return self.split(node, first)
         if not node.outputs or not node.outputs[0] or any(
                 self.og.uses(o) for o in node.outputs[1:] if o):
             self.unsupported(node, first, f" and {op} writes several outputs")
@@ -245,6 +247,8 @@ class _Rewrite:
             return self.regroup(node, first)
         if op == "Gather" and node.inputs[0] == first:
             return self.gather(node, first)
+        if op == "Slice" and node.inputs[0] == first:
+            return self.slice(node, first)
         if op in REDUCTIONS and node.inputs[0] == first:
             return self.reduce(node, first)
         if op == "Gemm" and node.inputs[0] == first and self.tracked[first][1] == [1, 0] \
@@ -296,6 +300,54 @@ class _Rewrite:
         out = self.output_for(node, perm)
         self.emit(node.name, "Gather", [new, node.inputs[1]], out, axis=new_axis)
         self.finish(node, out, perm, origin)
+
+    def split(self, node, x):
+        """A Split off the batch axis (timm's ``qkv.permute(2, 0, 3, 1, 4).unbind(0)``) is the same
+        Split of the batch-first tensor along the mapped axis; every part keeps the layout."""
+        new, perm, origin = self.tracked[x]
+        axis = int(node.attrs.get("axis", 0)) % len(perm)
+        if perm[axis] == 0:
+            self.unsupported(node, x, " (a Split of the batch)")
+        node.inputs[0] = new
+        node.set_attr("axis", perm[axis], AttributeProto.INT)
+        olds = list(node.outputs)
+        node.outputs = [self.output_for(node, perm) if o else o for o in olds]
+        self.out.append(node)
+        for old, out in zip(olds, node.outputs):
+            if out and out != old:
+                self.settle(node, old, out, perm, origin)
+
+    def slice(self, node, x):
+        """A Slice with constant axes off the batch: the same Slice of the batch-first tensor along
+        the mapped axes (a Slice-1 with its attributes, later ones with their inputs)."""
+        new, perm, origin = self.tracked[x]
+        rank = len(perm)
+        if self.og.opset < 10:
+            starts = node.attrs.get("starts", [])
+            axes = node.attrs.get("axes", list(range(len(starts))))
+        else:
+            starts = self.og.consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
+            given = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+            axes = self.og.consts.get(given) if given else (None if starts is None else range(np.size(starts)))
+            if axes is None:
+                self.unsupported(node, x, " (a Slice whose axes are not constant)")
+        axes = [int(a) % rank for a in np.asarray(axes).reshape(-1)]
+        if any(perm[a] == 0 for a in axes):
+            self.unsupported(node, x, " (a Slice of the batch)")
+        mapped = [perm[a] for a in axes]
+        node.inputs[0] = new
+        if self.og.opset < 10:
+            node.set_attr("axes", mapped, AttributeProto.INTS)
+        else:
+            while len(node.inputs) < 4:
+                node.inputs.append("")
+            node.inputs[3] = self.const(node.name + "_axes", mapped)
+        old = node.outputs[0]
+        out = self.output_for(node, perm)
+        node.outputs = [out]
+        self.out.append(node)
+        if out != old:
+            self.settle(node, old, out, perm, origin)
 
     def reduce(self, node, x):
         """A mean, maximum or sum over non-batch axes (a sequence's time axis: ``y.mean(dim=0)``
