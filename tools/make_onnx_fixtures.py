@@ -426,6 +426,41 @@ class ReplicationPad1dNet(nn.Module):
         return self.fc(torch.relu(self.c(self.pad(x))).flatten(1))
 
 
+class L2NormNet(nn.Module):
+    """F.normalize over the features of a Linear ([N, H], dim=1), of a sequence ([N, T, H],
+    dim=-1, then the mean over time) or over the channels of a Conv1d map ([N, C, L], dim=1)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.f1 = nn.Conv1d(2, 4, 3, padding=1) if kind == "conv1d" else nn.Linear(6, 8)
+        self.f2 = nn.Linear(4 * 6 if kind == "conv1d" else 8, 3)
+
+    def forward(self, x):
+        h = nn.functional.normalize(torch.relu(self.f1(x)), dim=-1 if self.kind == "seq" else 1)
+        y = self.f2(h.flatten(1) if self.kind == "conv1d" else h)
+        return y.mean(dim=1) if self.kind == "seq" else y
+
+
+class RMSNormNet(nn.Module):
+    """Linear -> nn.RMSNorm (or the hand-written x * rsqrt(mean(x²) + eps) * w) -> ReLU -> Linear."""
+
+    def __init__(self, hand=False):
+        super().__init__()
+        self.hand = hand
+        self.f1, self.f2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.norm = nn.RMSNorm(8)
+        self.norm.weight.data.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.f1(x)
+        if self.hand:
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm.weight
+        else:
+            h = self.norm(h)
+        return self.f2(torch.relu(h))
+
+
 CASES = {
     "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
     "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
@@ -473,6 +508,13 @@ CASES = {
     "mish": (lambda: SoftplusNet(nn.Mish), (6,), ("ts", "dynamo"), None),
     "reflect_cnn": (ReflectCNN, (1, 6, 6), ("ts", "dynamo"), None),
     "replication_pad1d": (ReplicationPad1dNet, (2, 10), ("ts", "dynamo"), None),
+    "l2norm": (lambda: L2NormNet("mlp"), (6,), ("ts", "dynamo"), None),
+    "l2norm_seq": (lambda: L2NormNet("seq"), SEQ, ("ts", "dynamo"), None),
+    "l2norm_conv1d": (lambda: L2NormNet("conv1d"), (2, 6), ("ts", "dynamo"), None),
+    # TorchScript has no aten::rms_norm at any opset: nn.RMSNorm is dynamo's only
+    "rmsnorm": (RMSNormNet, (6,), ("dynamo",), None),
+    "rmsnorm_opset23": (RMSNormNet, (6,), ("dynamo",), None),
+    "rmsnorm_hand": (lambda: RMSNormNet(hand=True), (6,), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
@@ -480,7 +522,9 @@ KEEP_BN = {"ts": {"do_constant_folding": False}, "dynamo": {"optimize": False}}
 EXPORT_OPTIONS = {"bn_cnn2d": KEEP_BN, "bn_cnn1d": KEEP_BN,
                   "bn_cnn1d_training": {"ts": {"training": torch.onnx.TrainingMode.TRAINING}},
                   # GELU is one Gelu node from opset 20 (both exporters' default), a decomposition before
-                  "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}}}
+                  "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}},
+                  # nn.RMSNorm is one RMSNormalization node from opset 23, a decomposition before
+                  "rmsnorm_opset23": {"dynamo": {"opset_version": 23}}}
 
 
 def export(name, factory, shape, exporter, fixed, out_dir):
