@@ -39,6 +39,7 @@ from edgedfa.layers.layernorm import LayerNorm
 from edgedfa.layers.rmsnorm import RMSNorm
 from edgedfa.numerics import Numerics
 from edgedfa.onnx import load_graph_bytes
+from edgedfa.onnx.describe import describe
 from edgedfa.onnx.export import build_proto
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "onnx")
@@ -269,6 +270,7 @@ def test_f_normalize_imports_as_rmsnorm_with_its_constant_folded(kw):
     rms = next(n for n in graph.nodes if n.op == "RMSNorm")
     d = 4 if "shape" in kw else 6
     assert rms.params == {} and rms.attrs["axes"] == [1]
+    assert "RMSNorm            [N, " in describe(graph) and "over axes [1] (no γ, β: x / rms(x))" in describe(graph)
     eps = kw.get("eps", 1e-12) if kw.get("floor", "Clip") else 0.0
     assert rms.attrs["epsilon"] == pytest.approx(np.float32(eps) ** 2 / d, rel=1e-6)
     w_onnx = onnx.numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == "Wf"))
