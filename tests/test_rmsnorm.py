@@ -412,11 +412,13 @@ def test_an_f_normalize_model_exports_with_epsilon_zero_and_imports_back():
                                         ("rmsnorm_dynamo", [([1], ["scale"])]),
                                         ("rmsnorm_opset23_dynamo", [([1], ["scale"])]),
                                         ("rmsnorm_hand_ts", [([1], ["scale"])]),
-                                        ("rmsnorm_hand_dynamo", [([1], ["scale"])])])
+                                        ("rmsnorm_hand_dynamo", [([1], ["scale"])]),
+                                        ("gru_seq_l2norm_ts", [([2], [])]), ("gru_seq_l2norm_dynamo", [([2], [])])])
 def test_pytorch_fixtures_import_train_and_export(name, forms):
     """Both exporters (opset 20; dynamo's nn.RMSNorm also at 23): F.normalize over a Linear's
-    features, a sequence's last axis and a Conv1d's channels, nn.RMSNorm and the hand-written
-    form; the import equals onnxruntime in float, a BP step is bit-exact with hdl_models, the
+    features, a sequence's last axis, a Conv1d's channels and a sequence-first GRU's features
+    before its last step (the batch-first rewrite keeps the norm, its 1/sqrt(D) folds through the
+    step's Gather), nn.RMSNorm and the hand-written form; the import equals onnxruntime in float, a BP step is bit-exact with hdl_models, the
     int export bit-exact in onnxruntime, the float export within float tolerance."""
     path = os.path.join(FIXTURES, f"{name}.onnx")
     model = load_onnx(path, numerics=Numerics.from_bits(8))

@@ -363,8 +363,8 @@ class Reductions(nn.Module):
 
 
 class SeqFirstReader(nn.Module):
-    """A recurrent layer in PyTorch's default layout (sequence first), read by a LayerNorm and
-    its last step, or by a maximum over time (``amax(dim=0)``)."""
+    """A recurrent layer in PyTorch's default layout (sequence first), read by a LayerNorm (or
+    F.normalize over the features) and its last step, or by a maximum over time (``amax(dim=0)``)."""
 
     def __init__(self, kind, read):
         super().__init__()
@@ -377,6 +377,8 @@ class SeqFirstReader(nn.Module):
 
     def forward(self, x):
         y = self.rnn(x.transpose(0, 1))[0]
+        if self.read == "l2norm":
+            return self.fc(nn.functional.normalize(y, dim=-1)[-1])
         return self.fc(self.ln(y)[-1] if self.read == "layernorm" else y.amax(dim=0))
 
 
@@ -493,6 +495,7 @@ CASES = {
     "instancenorm": (InstanceNormNet, (2, 6), ("ts", "dynamo"), None),
     "lstm_seq_layernorm": (lambda: SeqFirstReader("LSTM", "layernorm"), SEQ, ("ts", "dynamo"), None),
     "gru_seq_max": (lambda: SeqFirstReader("GRU", "max"), SEQ, ("ts", "dynamo"), None),
+    "gru_seq_l2norm": (lambda: SeqFirstReader("GRU", "l2norm"), SEQ, ("ts", "dynamo"), None),
     "gated": (GatedNet, (2, 8), ("ts", "dynamo"), None),
     "reduce_max_time": (lambda: Reductions("max_time"), (2, 12), ("ts", "dynamo"), None),
     "reduce_sum_time": (lambda: Reductions("sum_time"), SEQ, ("ts", "dynamo"), None),

@@ -11,7 +11,8 @@
   stays for its own handler.
 
 Both become one ``RMSNormalization`` node of FUSED_DOMAIN (inputs x, optional scale, B;
-attributes ``axes``: the normalised batched axes, consecutive, never 0; ``epsilon``;
+attributes ``axes``: the normalised axes, consecutive, never the batch's (the batch-first rewrite
+keeps them where they are); ``epsilon``;
 ``l2``: 1 for F.normalize, whose handler adds the constant 1/sqrt(D) after it).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import AttributeProto
 
-from ..ir import FUSED_DOMAIN, OGraph, ONode
+from ..ir import FUSED_DOMAIN, OGraph, ONode, batch_axis
 from .gelu import _Match, _near, _scalar
 
 L2_USE = ("ReduceL2 is supported only as F.normalize's x / max(ReduceL2(x), eps): keepdims=1 over consecutive"
@@ -44,8 +45,10 @@ def _check_axes(og: OGraph, node: ONode, axes):
     """A reduction's axes as the fused node needs them, else a reason."""
     if axes == "computed":
         return "its axes are computed from the data"
-    if axes is None or 0 in axes:
-        return "it reduces over the batch axis (0)"
+    batch = batch_axis(og.shape(node.inputs[0]))
+    batch = 0 if batch is None else batch  # time-major [T, N, H]: the batch-first rewrite moves it later
+    if axes is None or batch in axes:
+        return f"it reduces over the batch axis ({batch})"
     if axes != list(range(axes[0], axes[-1] + 1)):
         return f"its axes {axes} are not consecutive"
     if not node.attr("keepdims", 1):
