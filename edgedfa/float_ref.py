@@ -229,6 +229,21 @@ def group_norm(node, x):
     return xhat * _p(node, "scale").reshape(shape) + _p(node, "B").reshape(shape)
 
 
+@op("RMSNorm")
+def rms_norm(node, x):
+    """Per sample and position over the consecutive ``axes``: x / sqrt(mean(x²) + ε), 0 where
+    mean(x²) + ε = 0 (§8.11), then γ, β per normalised feature when the node has them."""
+    axes = tuple(int(a) for a in node.attrs["axes"])
+    ms = (x * x).mean(axis=axes, keepdims=True) + float(node.attrs.get("epsilon", 0.0))
+    root = np.sqrt(ms)
+    xhat = np.divide(x, root, out=np.zeros_like(x), where=root > 0)
+    shape = tuple(x.shape[a] for a in axes) + (1,) * (x.ndim - 1 - max(axes))
+    for key, fn in (("scale", np.multiply), ("B", np.add)):
+        if _p(node, key) is not None:
+            xhat = fn(xhat, _p(node, key).reshape(shape))
+    return xhat
+
+
 def _pool_windows(node, x):
     """ONNX window geometry of a MaxPool/AveragePool node on ``x`` (N, C, *S).
 

@@ -34,6 +34,9 @@ Ops are canonical (not ONNX op types); their float semantics are in ``docs/opera
 - ``GroupNorm``  params scale, B (C,); attrs groups G (dividing C), epsilon: per sample over each
                  group of C/G channels and all positions, then γ, β per channel (PyTorch's
                  nn.GroupNorm; InstanceNormalization is G = C); no running statistics (§8.9)
+- ``RMSNorm``    params scale, B optional (shaped like the normalised axes); attrs epsilon, axes
+                 (consecutive batched axes, never 0): x / sqrt(mean(x²) + ε) per sample and
+                 position, LayerNorm's arithmetic without the mean (nn.RMSNorm, F.normalize; §8.11)
 - ``RNN``, ``GRU``, ``LSTM``: ONNX semantics and parameter layout, params W, R, B
   (B optional); attrs hidden_size, direction, activations, linear_before_reset, layout;
   outputs [Y, Y_h] (LSTM: [Y, Y_h, Y_c]); an output name may be "" when unused.
@@ -63,7 +66,7 @@ POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 MOVES = ("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Pad")  # rearrange codes, no arithmetic
 MERGES = ("Add", "Mul", "MatMul", "Concat")
 RECURRENT = ("RNN", "GRU", "LSTM")
-NORMS = ("BatchNorm", "LayerNorm", "GroupNorm")  # trained, but part of the layer before them: they start no module
+NORMS = ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm")  # trained, but part of the layer before them: they start no module
 SLOPES = ("PRelu",)  # activations with a trained parameter: like norms, they start no module
 
 TRAINABLE = DENSE + CONV + RECURRENT + NORMS + SLOPES

@@ -52,3 +52,33 @@ def check_resume_equals_whole(capsys, tmp_path, base) -> None:
     assert run(capsys, "train", *base, "--epochs", 1, "--out", tmp_path / "part")[0] == 0
     assert run(capsys, "train", "--resume", tmp_path / "part", "--epochs", 2, "--quiet")[0] == 0
     assert same_state(tmp_path / "whole", tmp_path / "part") == []
+
+
+def check_norm_trains_resumes_and_exports(capsys, tmp_path, src, op: str, shape) -> None:
+    """The model at ``src`` with a trained norm ``op`` (γ named ``scale``), sdfa on digits-std:
+    2 epochs equal 1 and a resume bit for bit; γ moved; the int export equals the trained model
+    on the test set (reshaped to ``shape``) in onnxruntime; one step through hdl_models is
+    bit-exact and costs the norm unit in two phases at least."""
+    import onnx
+    from test_onnx_export import ort_run
+
+    from edgedfa import load_checkpoint, load_onnx
+    from edgedfa.cosim import emulate
+    from edgedfa.data import digits_std
+    from hdl_models.hwconfig import HwConfig
+
+    check_resume_equals_whole(capsys, tmp_path, ["--model", src, "--dataset", "digits-std", "--algo", "sdfa",
+                                                 "--quiet"])
+    model = load_checkpoint(str(tmp_path / "whole"))
+    index, norm = next((i, layer) for i, layer in enumerate(model.layers) if layer.op == op)
+    start = load_onnx(str(src)).layers[index].params["scale"].value()
+    assert np.any(norm.params["scale"].value() != start)
+    code, out, _ = run(capsys, "export", tmp_path / "whole", "--format", "int", "-o", tmp_path / "int.onnx")
+    assert code == 0 and "int: bit-exact" in out
+    x, y = digits_std().x_test, digits_std().y_test
+    assert np.array_equal(ort_run(onnx.load(str(tmp_path / "int.onnx")), x.reshape((-1,) + tuple(shape))),
+                          model.run(x))
+    r = emulate(model, x[:32], y[:32], 1, HwConfig(rows=4, cols=4))
+    assert r["bit_exact"], r["first_mismatch"]
+    phases = {entry["phase"]: entry["cycles"] for entry in r["layers"] if entry["layer"] == norm.name}
+    assert len(phases) >= 2 and all(c > 0 for c in phases.values()), phases

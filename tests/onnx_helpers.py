@@ -55,3 +55,14 @@ def apply_softmax(y, kind):
 
 def rand(*shape, seed=0, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def optional_affine(last: str, steps, prefix: str) -> list:
+    """A decomposition's tail: ``last`` through each ``(on, op, constant)`` step that is on (a Mul
+    by γ, an Add of β), then an Identity to "n"."""
+    nodes = []
+    for on, op, k in steps:
+        if on:
+            nodes.append(helper.make_node(op, [last, k], [f"{op}_out"], name=f"{prefix}/{op}"))
+            last = f"{op}_out"
+    return nodes + [helper.make_node("Identity", [last], ["n"], name=f"{prefix}/out")]

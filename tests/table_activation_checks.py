@@ -52,6 +52,20 @@ def check_step_and_int_export(m, x, y):
     assert np.array_equal(ort_run(proto, x), m.run(x))
 
 
+def check_pytorch_fixture(path: str, model) -> None:
+    """An imported fixture (input "x"): the import equals onnxruntime in float, one BP step of 8
+    samples is bit-exact with hdl_models, the int export bit-exact, the float export within float
+    tolerance of the float reference."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 2, (8,) + tuple(model.graph.input_shape)).astype(np.float32).astype(np.float64)
+    ref = ort.InferenceSession(path).run(None, {"x": x.astype(np.float32)})[0]
+    assert np.abs(run_float(model.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()
+    check_step_and_int_export(model, x, rng.integers(0, 3, 8))
+    out = ort_run(build_proto(model, "float")[0], x)
+    assert np.abs(out - run_float(model.to_graph(), x)).max() <= 1e-5 * max(1.0, np.abs(out).max())
+
+
 ROUNDINGS = ("AP_RND", "AP_RND_CONV", "AP_TRN", "AP_TRN_ZERO", "AP_RND_ZERO", "AP_RND_INF", "AP_RND_MIN_INF")
 
 

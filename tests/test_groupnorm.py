@@ -12,21 +12,21 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import onnx
 import pytest
-from cli_helpers import check_resume_equals_whole, run
+from cli_helpers import check_norm_trains_resumes_and_exports
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_helpers import calibrated
 from onnx import helper
 from onnx_helpers import model as onnx_model
+from onnx_helpers import optional_affine
 from onnx_helpers import ort_run as ort_run_model
 from table_activation_checks import (ALGOS, TableActivationChecks, check_bit_exact, check_int_export_every_rounding,
-                                     check_step_and_int_export, cnn_graph, mlp_graph)
+                                     check_pytorch_fixture, cnn_graph, mlp_graph)
 from test_hard_sigmoid import WEIGHTS, check_bp_gradients
 from test_onnx_export import ort_run
 
-from edgedfa import load_checkpoint, load_onnx
+from edgedfa import load_onnx
 from edgedfa.errors import EdgeDFAError
 from edgedfa.fixed import FixedFormat, QTensor
 from edgedfa.float_ref import run_float
@@ -216,12 +216,7 @@ def _gn_onnx(groups=2, mul=True, add=True, unit=True, direct=False, in_shape=(2,
                   helper.make_node("InstanceNormalization", ["v", "s", "z"], ["w"], name="/gn/InstanceNormalization",
                                    epsilon=1e-3),
                   helper.make_node("Reshape", ["w", "back"], ["r"], name="/gn/Reshape_1")]
-        last = "r"
-        for on, op, k in ((mul, "Mul", "gamma"), (add, "Add", "beta")):
-            if on:
-                nodes.append(helper.make_node(op, [last, k], [f"{op}_out"], name=f"/gn/{op}"))
-                last = f"{op}_out"
-        nodes.append(helper.make_node("Identity", [last], ["n"], name="/gn/out"))
+        nodes += optional_affine("r", ((mul, "Mul", "gamma"), (add, "Add", "beta")), "/gn")
     nodes += [helper.make_node("Relu", ["n"], ["a"], name="/relu"),
               helper.make_node("Flatten", ["a"], ["f"], name="/flatten", axis=1),
               helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], name="/fc/Gemm", transB=1)]
@@ -310,40 +305,17 @@ def test_pytorch_fixtures_import_train_and_export(name, groups):
     Linear, nn.InstanceNorm1d(4, affine=True) after a Conv1d; the import equals onnxruntime in
     float, a BP step is bit-exact with hdl_models, the int export bit-exact in onnxruntime, the
     float export within float tolerance."""
-    import onnxruntime as ort
     path = os.path.join(FIXTURES, f"{name}.onnx")
     model = load_onnx(path, numerics=Numerics.from_bits(8))
     assert [n.attrs["groups"] for n in model.graph.nodes if n.op == "GroupNorm"] == groups
     assert all(np.any(n.params["scale"] != 1) for n in model.graph.nodes if n.op == "GroupNorm")
-    rng = np.random.default_rng(2)
-    x = rng.normal(0, 2, (8,) + tuple(model.graph.input_shape)).astype(np.float32).astype(np.float64)
-    ref = ort.InferenceSession(path).run(None, {"x": x.astype(np.float32)})[0]
-    assert np.abs(run_float(model.graph, x) - ref).max() <= 1e-5 * np.abs(ref).max()
-    check_step_and_int_export(model, x, rng.integers(0, 3, 8))
-    out = ort_run(build_proto(model, "float")[0], x)
-    assert np.abs(out - run_float(model.to_graph(), x)).max() <= 1e-5 * max(1.0, np.abs(out).max())
+    check_pytorch_fixture(path, model)
 
 
 def test_cli_trains_resumes_and_exports_a_groupnorm_model(tmp_path, capsys):
     """`edgedfa train` on a GroupNorm CNN for 2 epochs equals 1 epoch and a resume bit for bit
     (γ, β, their Adam moments and exponents included); γ moved; the int export equals the
     trained model on the test set in onnxruntime; `emulate` is bit-exact and costs the norm unit."""
-    from edgedfa.cosim import emulate
-    from edgedfa.data import digits_std
-    from hdl_models.hwconfig import HwConfig
     src = tmp_path / "gn.onnx"
     src.write_bytes(_gn_onnx(in_shape=(1, 8, 8), classes=10).SerializeToString())
-    base = ["--model", src, "--dataset", "digits-std", "--algo", "sdfa", "--quiet"]
-    check_resume_equals_whole(capsys, tmp_path, base)
-    model = load_checkpoint(str(tmp_path / "whole"))
-    gn = next(layer for layer in model.layers if layer.op == "GroupNorm")
-    start = load_onnx(str(src)).layers[1].params["scale"].value()
-    assert np.any(gn.params["scale"].value() != start)
-    code, out, _ = run(capsys, "export", tmp_path / "whole", "--format", "int", "-o", tmp_path / "int.onnx")
-    assert code == 0 and "int: bit-exact" in out
-    x, y = digits_std().x_test, digits_std().y_test
-    assert np.array_equal(ort_run(onnx.load(str(tmp_path / "int.onnx")), x.reshape(-1, 1, 8, 8)), model.run(x))
-    r = emulate(model, x[:32], y[:32], 1, HwConfig(rows=4, cols=4))
-    assert r["bit_exact"], r["first_mismatch"]
-    phases = {entry["phase"]: entry["cycles"] for entry in r["layers"] if entry["layer"] == gn.name}
-    assert len(phases) >= 2 and all(c > 0 for c in phases.values()), phases
+    check_norm_trains_resumes_and_exports(capsys, tmp_path, src, "GroupNorm", (1, 8, 8))

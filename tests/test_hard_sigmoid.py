@@ -173,7 +173,7 @@ def check_bp_gradients(graph, shape, params=None) -> list:
     params = params or WEIGHTS
     checked = []
     for node in (n for n in float_graph.nodes if n.op in params):
-        for key in params[node.op]:
+        for key in (k for k in params[node.op] if k in node.params):  # an RMSNorm may have neither
             w, num = node.params[key], np.zeros_like(node.params[key])
             for idx in np.ndindex(w.shape):
                 old = w[idx]

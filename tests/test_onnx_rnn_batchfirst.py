@@ -44,7 +44,7 @@ def _assert_batch_first(g):
 
 
 def test_every_recurrent_fixture_is_covered():
-    assert len(RECURRENT_FIXTURES) == 28
+    assert len(RECURRENT_FIXTURES) == 30
 
 
 @pytest.mark.parametrize("name", RECURRENT_FIXTURES)

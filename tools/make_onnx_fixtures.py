@@ -363,8 +363,8 @@ class Reductions(nn.Module):
 
 
 class SeqFirstReader(nn.Module):
-    """A recurrent layer in PyTorch's default layout (sequence first), read by a LayerNorm and
-    its last step, or by a maximum over time (``amax(dim=0)``)."""
+    """A recurrent layer in PyTorch's default layout (sequence first), read by a LayerNorm (or
+    F.normalize over the features) and its last step, or by a maximum over time (``amax(dim=0)``)."""
 
     def __init__(self, kind, read):
         super().__init__()
@@ -377,6 +377,8 @@ class SeqFirstReader(nn.Module):
 
     def forward(self, x):
         y = self.rnn(x.transpose(0, 1))[0]
+        if self.read == "l2norm":
+            return self.fc(nn.functional.normalize(y, dim=-1)[-1])
         return self.fc(self.ln(y)[-1] if self.read == "layernorm" else y.amax(dim=0))
 
 
@@ -514,6 +516,41 @@ class GRUAttnPool(nn.Module):
         return self.fc((w * y).sum(1))
 
 
+class L2NormNet(nn.Module):
+    """F.normalize over the features of a Linear ([N, H], dim=1), of a sequence ([N, T, H],
+    dim=-1, then the mean over time) or over the channels of a Conv1d map ([N, C, L], dim=1)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.f1 = nn.Conv1d(2, 4, 3, padding=1) if kind == "conv1d" else nn.Linear(6, 8)
+        self.f2 = nn.Linear(4 * 6 if kind == "conv1d" else 8, 3)
+
+    def forward(self, x):
+        h = nn.functional.normalize(torch.relu(self.f1(x)), dim=-1 if self.kind == "seq" else 1)
+        y = self.f2(h.flatten(1) if self.kind == "conv1d" else h)
+        return y.mean(dim=1) if self.kind == "seq" else y
+
+
+class RMSNormNet(nn.Module):
+    """Linear -> nn.RMSNorm (or the hand-written x * rsqrt(mean(x²) + eps) * w) -> ReLU -> Linear."""
+
+    def __init__(self, hand=False):
+        super().__init__()
+        self.hand = hand
+        self.f1, self.f2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.norm = nn.RMSNorm(8)
+        self.norm.weight.data.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.f1(x)
+        if self.hand:
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm.weight
+        else:
+            h = self.norm(h)
+        return self.f2(torch.relu(h))
+
+
 CASES = {
     "mlp": (lambda: MLP(), (20,), ("ts", "dynamo"), None),
     "mlp_logsoftmax": (lambda: MLP(softmax=True), (20,), ("ts",), None),
@@ -546,6 +583,7 @@ CASES = {
     "instancenorm": (InstanceNormNet, (2, 6), ("ts", "dynamo"), None),
     "lstm_seq_layernorm": (lambda: SeqFirstReader("LSTM", "layernorm"), SEQ, ("ts", "dynamo"), None),
     "gru_seq_max": (lambda: SeqFirstReader("GRU", "max"), SEQ, ("ts", "dynamo"), None),
+    "gru_seq_l2norm": (lambda: SeqFirstReader("GRU", "l2norm"), SEQ, ("ts", "dynamo"), None),
     "gated": (GatedNet, (2, 8), ("ts", "dynamo"), None),
     "reduce_max_time": (lambda: Reductions("max_time"), (2, 12), ("ts", "dynamo"), None),
     "reduce_sum_time": (lambda: Reductions("sum_time"), SEQ, ("ts", "dynamo"), None),
@@ -568,6 +606,13 @@ CASES = {
     "linear_attention": (LinearAttention, (5, 4), ("ts", "dynamo"), None),
     "bilinear_pool": (BilinearPool, (5, 4), ("ts", "dynamo"), None),
     "timm_attention": (TimmAttention, (5, 4), ("ts", "dynamo"), None),
+    "l2norm": (lambda: L2NormNet("mlp"), (6,), ("ts", "dynamo"), None),
+    "l2norm_seq": (lambda: L2NormNet("seq"), SEQ, ("ts", "dynamo"), None),
+    "l2norm_conv1d": (lambda: L2NormNet("conv1d"), (2, 6), ("ts", "dynamo"), None),
+    # TorchScript has no aten::rms_norm at any opset: nn.RMSNorm is dynamo's only
+    "rmsnorm": (RMSNormNet, (6,), ("dynamo",), None),
+    "rmsnorm_opset23": (RMSNormNet, (6,), ("dynamo",), None),
+    "rmsnorm_hand": (lambda: RMSNormNet(hand=True), (6,), ("ts", "dynamo"), None),
 }
 # Both exporters fold a BatchNorm into the convolution before it by default; these cases keep
 # their BatchNormalization nodes (eval mode), or export them in training mode.
@@ -577,7 +622,9 @@ EXPORT_OPTIONS = {"bn_cnn2d": KEEP_BN, "bn_cnn1d": KEEP_BN,
                   # GELU is one Gelu node from opset 20 (both exporters' default), a decomposition before
                   "gelu_decomposed": {"ts": {"opset_version": 17}, "dynamo": {"opset_version": 18}},
                   # before opset 13 Softmax flattens from its axis: TorchScript transposes time last around it
-                  "attn_pool_opset11": {"ts": {"opset_version": 11}}}
+                  "attn_pool_opset11": {"ts": {"opset_version": 11}},
+                  # nn.RMSNorm is one RMSNormalization node from opset 23, a decomposition before
+                  "rmsnorm_opset23": {"dynamo": {"opset_version": 23}}}
 
 
 def export(name, factory, shape, exporter, fixed, out_dir):

@@ -37,12 +37,13 @@ def normalised_axes(in_shape, axis: int) -> tuple:
 class LayerNorm(Layer):
     trainable = True
     changes_scale = True
+    centred = True  # x − μ; RMSNorm (rmsnorm.py) leaves the mean out
 
     def __init__(self, node, spec):
         super().__init__(node, spec)
         self.where = f"node {node.name!r} ({self.op})"
         self._geometry(node)
-        for key in ("scale", "B"):
+        for key in self.affine_keys(node):
             if np.size(node.params.get(key, ())) != self.channels:
                 raise EdgeDFAError(f"{self.where}: parameter {key} must hold {self.channels} values")
         eps = float(node.attrs.get("epsilon", 1e-5))
@@ -50,12 +51,19 @@ class LayerNorm(Layer):
             raise EdgeDFAError(f"{self.where}: epsilon {eps} must be a finite number in [0, 2^20)")
         self.eps_code = int(np.rint(np.ldexp(eps, EPS_FRAC)))
         self.xhat_fmt = FixedFormat(min(self.num.act_bits + 8, 24), XHAT_INT)
-        if "scale" not in self.params:
-            g = np.asarray(node.params["scale"], dtype=np.float64).reshape(self.param_shape)
-            b = np.asarray(node.params["B"], dtype=np.float64).reshape(self.param_shape)
-            self.params["scale"] = quantize_param(g, self.num.weight_bits, weight_format_bits(self.num, g))
-            ib = max(int_bits_for(float(np.abs(b).max()), 1), self.params["scale"].fmt.int_bits + 3)
-            self.params["B"] = quantize_param(b, self.num.bias_bits, ib)
+        keys = self.affine_keys(node)
+        if keys and keys[0] not in self.params:
+            p = {k: np.asarray(node.params[k], dtype=np.float64).reshape(self.param_shape) for k in keys}
+            if "scale" in p:
+                self.params["scale"] = quantize_param(p["scale"], self.num.weight_bits,
+                                                      weight_format_bits(self.num, p["scale"]))
+            if "B" in p:
+                ib = max(int_bits_for(float(np.abs(p["B"]).max()), 1), self.gamma().fmt.int_bits + 3)
+                self.params["B"] = quantize_param(p["B"], self.num.bias_bits, ib)
+
+    def affine_keys(self, node) -> tuple:
+        """The affine's parameters: γ and β both (RMSNorm: those the graph has)."""
+        return ("B", "scale")
 
     def _geometry(self, node) -> None:
         """The row length ``features`` (D) and the affine's view (``channels`` parameters, each
@@ -86,8 +94,12 @@ class LayerNorm(Layer):
         """Per row: μ, Q and the inverse standard deviation as a gain (§8.8, §8.7 steps 1-4)."""
         x2 = self._rows(x.codes)
         self._check_width(x.fmt)
-        s1, s2 = x2.sum(axis=1), (x2 * x2).sum(axis=1)
-        return group_statistics(s1.tolist(), s2.tolist(), self.features, self.eps_code, x.fmt.frac_bits)
+        s2 = (x2 * x2).sum(axis=1).tolist()
+        return group_statistics(self._row_sums(x2), s2, self.features, self.eps_code, x.fmt.frac_bits)
+
+    def _row_sums(self, rows) -> list:
+        """Σ per row, the mean's numerator; zeros when the form has no mean (μ = 0, Q = D·S2)."""
+        return rows.sum(axis=1).tolist() if self.centred else [0] * len(rows)
 
     # ------------------------------------------------------------------ forward
     def normalise(self, x: QTensor, stats: dict, count: bool = True):
@@ -100,9 +112,19 @@ class LayerNorm(Layer):
         """(M, channels, positions): the affine's view, a parameter per channel (axis 1)."""
         return codes.reshape(-1, self.channels, self.positions)
 
+    def _rows_view(self, rows):
+        """Codes in row order (x̂, the bracket's dx) in the affine's view."""
+        return self._view(rows)
+
+    def gamma(self) -> QTensor:
+        return self.params["scale"]
+
+    def beta(self) -> QTensor:
+        return self.params["B"]
+
     def affine(self, xhat) -> QTensor:
         """acc = β' + γ·x̂ per parameter (§8.7 step 6), shaped as ``_view``."""
-        return scale_shift(self.params["scale"], self.params["B"], self._view(xhat), self.xhat_fmt.frac_bits,
+        return scale_shift(self.gamma(), self.beta(), self._rows_view(xhat), self.xhat_fmt.frac_bits,
                            self.num, (1, self.channels, 1))
 
     def _output(self, x: QTensor, count: bool = True):
@@ -138,17 +160,18 @@ class LayerNorm(Layer):
         xhat, num = cache["xhat"], self.num
         d = self._view(dy.codes) * cache["live"]  # masked as activations.masked
         f_dy, f_xh = dy.fmt.frac_bits, self.xhat_fmt.frac_bits
-        db, dg = d.sum(axis=(0, 2)), (d * self._view(xhat)).sum(axis=(0, 2))
-        grads = {"B": QTensor(db.reshape(self.param_shape), acc_format(num.acc_bits, f_dy)),
-                 "scale": QTensor(dg.reshape(self.param_shape), acc_format(num.acc_bits, f_dy + f_xh))}
+        sums = {"B": (lambda: d.sum(axis=(0, 2)), f_dy),
+                "scale": (lambda: (d * self._rows_view(xhat)).sum(axis=(0, 2)), f_dy + f_xh)}
+        grads = {k: QTensor(sums[k][0]().reshape(self.param_shape), acc_format(num.acc_bits, sums[k][1]))
+                 for k in sums if k in self.params}
         if not need_dx[0]:
             return [None], grads
-        g = self.params["scale"]
+        g = self.gamma()
         e, f_e = narrow(d * g.codes.reshape(1, -1, 1), f_dy + g.fmt.frac_bits, num.err_bits + 8, num.err_rounding)
         e = self._rows(e)
-        codes, fmt = input_error(e[None], xhat[None], e.sum(axis=1).tolist(), (e * xhat).sum(axis=1).tolist(),
+        codes, fmt = input_error(e[None], xhat[None], self._row_sums(e), (e * xhat).sum(axis=1).tolist(),
                                  self.features, f_e, f_xh, one_block(cache["units"]), f_dy, num)
-        return [QTensor(codes.reshape(dy.codes.shape), fmt)], grads
+        return [QTensor(self._rows_view(codes[0]).reshape(dy.codes.shape), fmt)], grads
 
     def weight_update(self, grads, step, lr_shift):
         return update_params(self, grads, step, lr_shift)

@@ -13,7 +13,8 @@ canonical, so the engine, ``hdl_models`` and the exports never see it:
   is read only by Gathers of other places (timm's ``q * scale`` with q sliced out of one qkv
   projection: only q's rows of that Dense are scaled);
 - else into every Dense or Conv that reads ``y`` (their input columns scaled by ``a``, their
-  bias ``B + W·b``), also through reshapes: a model that normalises its own input,
+  bias ``B + W·b``), also through reshapes and, for one value everywhere, through a Gather
+  (``F.normalize(y)[-1]``): a model that normalises its own input,
   ``fc((x - mean) / std)``. An offset cannot fold into a zero-padded Conv (the padding would
   not see it), and a scale or offset must be one value per unit (Dense) or channel (Conv);
 - else, when it reads the graph's input (also through reshapes) and nothing else does, it
@@ -231,6 +232,11 @@ class _Nodes:
             if r.op in MOVES:
                 shape = self.sample_shape(r.outputs[0])
                 if shape is None or not self._after(r.outputs[0], _move(r, a, shape), _move(r, b, shape), plan):
+                    return False
+            elif r.op == "Gather" and np.all(a == a.flat[0]) and np.all(b == b.flat[0]):  # picks keep a scalar
+                shape = self.sample_shape(r.outputs[0])
+                if shape is None or not self._after(r.outputs[0], np.full(shape, a.flat[0]), np.full(shape, b.flat[0]),
+                                                    plan):
                     return False
             elif r.op in HOSTS and _columns_fit(r, a, b):
                 plan.append((r, a, b))

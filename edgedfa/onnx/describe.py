@@ -42,6 +42,8 @@ def describe(graph: Graph) -> str:
             params = f"x2^{n.attrs['scale_log2']} (a sum)"
         if n.op == "Softmax":
             params = f"over axis {n.attrs.get('axis')}"
+        if n.op == "RMSNorm":  # its parameters are optional: say which axes and what it has
+            params = f"over axes {list(n.attrs['axes'])} " + (params or "(no γ, β: x / rms(x))")
         lines.append(f"  {n.name:<28} {n.op:<18} {ins} -> {outs}  {params}".rstrip())
     return "\n".join(lines)
 

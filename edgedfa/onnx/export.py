@@ -151,6 +151,9 @@ def _layer_reasons(node, layer, fmts) -> list:
     if op == "LayerNorm":
         return [f"{name}: the engine normalises with rounded per-sample statistics, an rsqrt table and x̂ of"
                 f" {layer.xhat_fmt.width} bits (datapath §8.8); float LayerNormalization does not"]
+    if op == "RMSNorm":
+        return [f"{name}: the engine normalises with a rounded mean square, an rsqrt table and x̂ of"
+                f" {layer.xhat_fmt.width} bits (datapath §8.11); the float root does not"]
     if op == "GroupNorm":
         return [f"{name}: the engine normalises with rounded per-sample group statistics, an rsqrt table and x̂ of"
                 f" {layer.xhat_fmt.width} bits (datapath §8.9); float InstanceNormalization does not"]

@@ -160,6 +160,8 @@ def _text(v) -> str:
 
 FLOAT_OPS = Registry("op of the float/qdq export")
 
+ZERO_ROW_EPS = 2.0 ** -100  # RMSNorm's ε = 0 in the float export (see _rms_norm)
+
 
 @FLOAT_OPS.register(*MOVES)
 def _move(em, node, layer, ins, outs):
@@ -303,6 +305,33 @@ def _group_norm(em, node, layer, ins, outs):
     per_channel = b.i64([layer.channels] + [1] * (len(layer.in_shapes[0]) - 1), f"{base}/per_channel")
     times = b.node("Mul", [back, b.node("Reshape", [scale, per_channel], f"{base}/scale_view")], f"{base}/scale")
     b.node("Add", [times, b.node("Reshape", [bias, per_channel], f"{base}/bias_view")], f"{base}/bias", outs[:1])
+
+
+@FLOAT_OPS.register("RMSNorm")
+def _rms_norm(em, node, layer, ins, outs):
+    """The engine's x / sqrt(mean(x²) + ε) (§8.11) as the dynamo exporter writes nn.RMSNorm at
+    opset 17 (RMSNormalization is opset 23): Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul, then γ
+    (Mul) and β (Add) when the layer has them. ε = 0 is written as 2^-100: a zero row then gives
+    0 as the engine's does, any other row's mean square is above 2^-80, and the import rounds
+    it back to ε's code 0."""
+    b, base, (x,) = em.b, node.name, ins
+    axes, eps = [int(a) for a in node.attrs["axes"]], float(node.attrs.get("epsilon", 0.0))
+    view = tuple(layer.param_shape) + (1,) * (len(layer.in_shapes[0]) - max(axes))
+    params = {k: em.param(node, layer, k) for k in ("scale", "B") if k in layer.params}  # QDQ: widths first
+    sq = b.node("Pow", [x, b.const(2.0, np.float32, f"{base}/two")], f"{base}/square")
+    if em.opset() >= 18:  # QDQ of 16-bit words is opset 21: the axes are an input there
+        mean = b.node("ReduceMean", [sq, b.i64(axes, f"{base}/axes")], base, keepdims=1)
+    else:
+        mean = b.node("ReduceMean", [sq], base, axes=axes, keepdims=1)  # named as the node: the fused one is
+    ms = b.node("Add", [mean, b.const(eps if eps > 0 else ZERO_ROW_EPS, np.float32, f"{base}/epsilon")],
+                f"{base}/plus_eps")
+    inv = b.node("Reciprocal", [b.node("Sqrt", [ms], f"{base}/root")], f"{base}/rsqrt")
+    keys = list(params)
+    y = b.node("Mul", [x, inv], f"{base}/normalise", None if keys else outs[:1])
+    for key, op in (("scale", "Mul"), ("B", "Add")):
+        if key in params:
+            p = b.node("Reshape", [params[key], b.i64(list(view), f"{base}/{key}_view")], f"{base}/{key}_shape")
+            y = b.node(op, [y, p], f"{base}/{key}", outs[:1] if key == keys[-1] else None)
 
 
 @FLOAT_OPS.register("MaxPool", "AveragePool")

@@ -546,9 +546,26 @@ def _rsqrt(o: IntOps, v: str, base: str) -> tuple:
     return (o.op("Where", [pos, t, o.k(0)], f"{base}/t0"), o.op("Where", [pos, f, o.k(0)], f"{base}/f0"))
 
 
-@INT_OPS.register("LayerNorm", "GroupNorm")
+def _norm_rows(o, x, layer, base: str):
+    """(rows, D) of a normalisation's codes: consecutive, or (§8.11, positions after the
+    normalised axes) each position's D values gathered by a Transpose."""
+    if not layer.centred and layer.positions > 1:
+        x = o.op("Transpose", [o.op("Reshape", [x, o.k([-1, layer.features, layer.positions])], f"{base}/blocks")],
+                 f"{base}/features_last", perm=[0, 2, 1])
+    return o.op("Reshape", [x, o.k([-1, layer.features])], f"{base}/rows")
+
+
+def _from_norm_rows(o, rows, layer, base: str):
+    """Row-ordered x̂ in the affine's view (M, parameters, positions)."""
+    if not layer.centred and layer.positions > 1:
+        blocks = o.op("Reshape", [rows, o.k([-1, layer.positions, layer.features])], f"{base}/row_blocks")
+        return o.op("Transpose", [blocks], f"{base}/per_parameter", perm=[0, 2, 1])
+    return o.op("Reshape", [rows, o.k([-1, layer.channels, layer.positions])], f"{base}/per_parameter")
+
+
+@INT_OPS.register("LayerNorm", "GroupNorm", "RMSNorm")
 def _layer_norm(em, node, layer, ins):
-    """Per row (datapath §8.8, §8.9, as training and inference compute it): exact sums, μ and Q,
+    """Per row (datapath §8.8, §8.9, §8.11, as training and inference compute it): exact sums, μ and Q,
     the rsqrt by a leading-one count, the ROM and its interpolation, the gain unit, x̂ by a
     per-row multiply and data-dependent shift, γ·x̂ + β in the accumulator (γ, β per feature or
     per channel), one requantization."""
@@ -561,12 +578,14 @@ def _layer_norm(em, node, layer, ins):
     if top * r >= INT64_SAFE or n * top * (1 << (xf.width - 1)) + eps >= INT64_SAFE:
         raise EdgeDFAError(f"node {node.name!r}: {node.op}'s sums at {xf.width} bits over {n} values per row could"
                            " pass int64 in the int export")
-    rows = o.op("Reshape", [x, o.k([-1, n])], f"{base}/rows")
-    s1 = o.op("ReduceSum", [rows, o.k([1])], f"{base}/s1", keepdims=1)
+    rows = _norm_rows(o, x, layer, base)
     s2 = o.op("ReduceSum", [o.op("Mul", [rows, rows], f"{base}/square"), o.k([1])], f"{base}/s2", keepdims=1)
-    mu = o.round_shift(o.op("Mul", [s1, o.k(r)], f"{base}/s1_r"), RECIP_BITS + L - BN_GUARD, Rounding.AP_RND_CONV,
-                       f"{base}/mean")
-    q = o.op("Sub", [o.op("Mul", [s2, o.k(n)], f"{base}/n_s2"), o.op("Mul", [s1, s1], f"{base}/s1_sq")], f"{base}/q")
+    q = o.op("Mul", [s2, o.k(n)], f"{base}/n_s2")
+    if layer.centred:  # §8.11 has μ = 0 and Q = D·S2
+        s1 = o.op("ReduceSum", [rows, o.k([1])], f"{base}/s1", keepdims=1)
+        mu = o.round_shift(o.op("Mul", [s1, o.k(r)], f"{base}/s1_r"), RECIP_BITS + L - BN_GUARD, Rounding.AP_RND_CONV,
+                           f"{base}/mean")
+        q = o.op("Sub", [q, o.op("Mul", [s1, s1], f"{base}/s1_sq")], f"{base}/q")
     t, f = _rsqrt(o, o.op("Add", [q, o.k(eps)], f"{base}/q_eps"), f"{base}/rsqrt")
     # the gain unit (§8.7) on V = n·t, Φ = f − F_x
     v = o.op("Mul", [t, o.k(n)], f"{base}/gain")
@@ -584,13 +603,16 @@ def _layer_norm(em, node, layer, ins):
                                     f"{base}/sh_left"), f"{base}/iota_left")], f"{base}/iota_up")
     iota = o.op("Min", [o.op("Where", [o.op("GreaterOrEqual", [sh, o.k(0)], f"{base}/sh_nonneg"), right, left],
                              f"{base}/iota_any"), o.k(1 << MANT)], f"{base}/iota")
-    d = o.op("Sub", [o.op("Mul", [rows, o.k(1 << BN_GUARD)], f"{base}/align"), mu], f"{base}/centre")
+    d = o.op("Mul", [rows, o.k(1 << BN_GUARD)], f"{base}/align")
+    if layer.centred:
+        d = o.op("Sub", [d, mu], f"{base}/centre")
     xhat = o.saturate(o.round_right(o.op("Mul", [d, iota], f"{base}/times_iota"), k, num.act_rounding,
                                     f"{base}/xhat"), xh, Overflow.AP_SAT, f"{base}/xhat")
-    g, view = layer.params["scale"], (1, layer.channels, 1)
+    g, view = layer.gamma(), (1, layer.channels, 1)
     frac = g.fmt.frac_bits + xh.frac_bits
-    init = accumulator_init(layer, frac).reshape(view)
-    xhat = o.op("Reshape", [xhat, o.k([-1, layer.channels, layer.positions])], f"{base}/per_parameter")
+    init = accumulator_init(layer, frac)
+    init = np.zeros(view, dtype=np.int64) if init is None else init.reshape(view)
+    xhat = _from_norm_rows(o, xhat, layer, base)
     acc = o.op("Add", [o.op("Mul", [xhat, o.k(g.codes.reshape(view))], f"{base}/scale"), o.k(init)], f"{base}/bias")
     lo, hi = acc_limits(num.acc_bits)
     if int(np.abs(init).max(initial=0)) + int(np.abs(g.codes).max(initial=0)) * (1 << (xh.width - 1)) > hi:

@@ -52,11 +52,13 @@ def scale_shift(g: T, bias: T, xhat, f_xh: int, num, shape) -> tuple:
     return saturate(init.reshape(shape) + g.codes.reshape(shape) * xhat, fmt, num.acc_overflow), f_acc
 
 
-def affine_pass(layer, acc, cost: Cost, x: T, xhat, shape) -> tuple:
+def affine_pass(layer, acc, cost: Cost, x: T, xhat, shape, gamma_beta=None) -> tuple:
     """The normalise-scale-shift pass (§8.7 step 6, §8.8): (output T in the input's shape, the
-    accumulator, its fraction); its cycles, MACs and traffic added to ``cost``."""
+    accumulator, its fraction); its cycles, MACs and traffic added to ``cost``. ``gamma_beta``:
+    the (γ, β) registers when not the layer's parameters (§8.11's constant ones)."""
     num, n = layer.num, x.codes.size
-    a, f_acc = scale_shift(layer.params["scale"], layer.params["B"], xhat, layer.xh.frac_bits, num, shape)
+    g, b = gamma_beta or (layer.params["scale"], layer.params["B"])
+    a, f_acc = scale_shift(g, b, xhat, layer.xh.frac_bits, num, shape)
     y = requant(a, f_acc, layer.out_fmt, num.act_rounding, num.act_overflow)
     cost.use("norm", acc.norm.cycles(n))
     cost.macs += 2 * n

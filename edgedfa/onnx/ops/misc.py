@@ -1,8 +1,11 @@
-"""BatchNormalization, LayerNormalization, InstanceNormalization (and the GroupNorm the import passes
-fuse), pass-through ops, and Softmax away from the output."""
+"""BatchNormalization, LayerNormalization, InstanceNormalization, RMSNormalization (and the GroupNorm,
+RMSNorm and F.normalize the import passes fuse), pass-through ops, and Softmax away from the output."""
+
+import math
 
 import numpy as np
 
+from ..affine import emit_affine
 from ..registry import register, register_fused, schema_version
 
 
@@ -90,16 +93,21 @@ def layer_norm(node, ctx):
     norm = tuple(int(d) for d in shape[rank + a:])
     params = {"scale": ctx.weight(node, 1, "scale")}
     params["B"] = ctx.weight(node, 2, "bias") if len(node.inputs) > 2 and node.inputs[2] else np.zeros(norm)
+    eps = float(node.attr("epsilon", 1e-5))
+    _check_affine(node, ctx, params, norm, eps)
+    ctx.emit(node, "LayerNorm", [x], [node.outputs[0]], {"epsilon": eps, "axis": a}, params)
+
+
+def _check_affine(node, ctx, params: dict, norm: tuple, eps: float) -> None:
+    """γ and β (``params``, in place) broadcast to the normalised shape, finite; epsilon >= 0."""
     for k in params:
         try:
             params[k] = np.array(np.broadcast_to(params[k], norm))
         except ValueError:
             ctx.fail(node, f"{k} of shape {list(np.shape(params[k]))} does not broadcast to the normalised"
                      f" shape {list(norm)}")
-    eps = float(node.attr("epsilon", 1e-5))
     if not np.isfinite(eps) or eps < 0 or not all(np.all(np.isfinite(v)) for v in params.values()):
         ctx.fail(node, "epsilon, scale and bias must be finite, epsilon >= 0")
-    ctx.emit(node, "LayerNorm", [x], [node.outputs[0]], {"epsilon": eps, "axis": a}, params)
 
 
 @register("InstanceNormalization", 6, 22)
@@ -134,3 +142,50 @@ def _group_norm(node, ctx, x, groups: int):
         ctx.fail(node, "epsilon, scale and bias must be finite, epsilon >= 0")
     ctx.emit(node, "GroupNorm", [x], [node.outputs[0]], {"groups": groups, "epsilon": eps},
              {k: v.reshape(-1) for k, v in params.items()})
+
+
+@register("RMSNormalization", 23)
+def rms_normalization(node, ctx):
+    """ONNX RMSNormalization (nn.RMSNorm from the dynamo exporter at opset 23): over the trailing
+    axes from ``axis`` on, Scale (γ) broadcast to them; ``stash_type`` ignored (sums are exact)."""
+    x = ctx.data_input(node)
+    rank = len(ctx.known_shape(node, x))
+    axis = int(node.attr("axis", -1))
+    first = axis + rank if axis < 0 else axis
+    if not 1 <= first < rank:
+        ctx.fail(node, f"RMSNormalization over axis {axis} of a rank-{rank} input is not supported: only the"
+                 f" trailing axes after the batch (axis 1..{rank - 1} or -{rank - 1}..-1)")
+    if len(node.outputs) > 1 and any(o and ctx.uses.get(o) for o in node.outputs[1:]):
+        ctx.fail(node, "the extra outputs of RMSNormalization are read by the graph; not supported")
+    _rms_norm(node, ctx, x, list(range(first, rank)), float(node.attr("epsilon", 1e-5)),
+              {"scale": ctx.weight(node, 1, "scale")}, False)
+
+
+@register_fused("RMSNormalization")
+def rms_norm(node, ctx):
+    """nn.RMSNorm's decomposition or F.normalize, fused by passes/rmsnorm.py."""
+    params = {k: ctx.weight(node, i, k) for i, k in ((1, "scale"), (2, "B")) if len(node.inputs) > i and node.inputs[i]}
+    _rms_norm(node, ctx, ctx.data_input(node), list(node.attr("axes")), float(node.attr("epsilon", 0.0)), params,
+              bool(node.attr("l2", 0)))
+
+
+def _rms_norm(node, ctx, x, axes: list, eps: float, params: dict, l2: bool):
+    """An RMSNorm over the consecutive batched ``axes`` (datapath §8.11). F.normalize (``l2``) is
+    x / max(||x||, eps) = x̂ / sqrt(D) with x̂'s ε = eps² / D: its 1/sqrt(D) goes into γ when the
+    graph scales it, else it is a constant scale for the Dense or Conv next to it (onnx/affine.py)."""
+    shape = ctx.known_shape(node, x)
+    if ctx.batch_at(node, x) != 0:
+        ctx.fail(node, f"{node.op_type} needs the batch on axis 0")
+    if not axes or min(axes) < 1 or max(axes) >= len(shape):
+        ctx.fail(node, f"axes {axes} must name axes after the batch of a rank-{len(shape)} input")
+    norm = tuple(int(shape[a]) for a in axes)
+    d = math.prod(norm)
+    _check_affine(node, ctx, params, norm, eps)
+    if l2:
+        eps = eps * eps / d
+        if params:
+            params["scale"] = params.get("scale", np.ones(norm)) / math.sqrt(d)
+    out = node.outputs[0] + "__rms" if l2 and not params else node.outputs[0]
+    ctx.emit(node, "RMSNorm", [x], [out], {"epsilon": eps, "axes": [int(a) for a in axes]}, params)
+    if out != node.outputs[0]:
+        emit_affine(ctx, node, out, 1.0 / math.sqrt(d), 0.0, shape)

@@ -9,12 +9,13 @@ from .gelu import fuse_normal_cdf
 from .groupnorm import fuse_group_norm
 from .merged_batch import unmerge_batch_transpose
 from .pad import fold_pad_into_conv, pads_over_every_axis
+from .rmsnorm import fuse_rms_norm
 from .rnn import drop_zero_initial_state, gather_single, last_step_to_hidden
 from .softmax import absorb_output_softmax
 from .softplus import fuse_softplus
 from .unrolled import reject_unrolled_rnn, reroll_rnn
 
-PASSES = [fold_constants, remove_noops, fuse_normal_cdf, fuse_softplus, fuse_group_norm, drop_zero_initial_state, dead_code,
+PASSES = [fold_constants, remove_noops, fuse_normal_cdf, fuse_softplus, fuse_group_norm, fuse_rms_norm, drop_zero_initial_state, dead_code,
           absorb_output_softmax, unmerge_batch_transpose, generalise_batch, reroll_rnn, gather_single,
           last_step_to_hidden, pads_over_every_axis, fold_pad_into_conv]
 FINAL_PASSES = [batch_first]  # run once the others settle, then they run again

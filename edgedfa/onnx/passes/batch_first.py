@@ -262,6 +262,9 @@ class _Rewrite:
             return self.same_layout(node, data)
         if op == "LayerNormalization" and node.inputs[0] == first and self.trailing_unmoved(node, first):
             return self.same_layout(node, [first])
+        if op == "RMSNormalization" and node.domain and node.inputs[0] == first \
+                and all(self.tracked[first][1][a] == a for a in node.attrs["axes"]):  # the features of [T, N, H]
+            return self.same_layout(node, [first])
         if op in ("Concat", "Add", "Sum", "Mul") and data == [i for i in node.inputs if i]:
             return self.same_layout(node, data)
         self.unsupported(node, first)
