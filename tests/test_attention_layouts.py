@@ -141,3 +141,25 @@ def test_a_transpose_on_the_batch_merged_with_the_heads_becomes_one_transpose(tm
     assert len(swaps) == 1 and [n.op for n in graph.nodes].count("MatMul") == 1
     x = rng.normal(0, 1, (3, 5, 4))  # a fixed-batch export (3) writes its batch size back
     assert np.abs(run_float(graph, x) - ort_run(onnx.load(path), x)).max() < 1e-5
+
+
+@pytest.mark.parametrize("exporter", ["ts", "dynamo"])
+@pytest.mark.parametrize("algo", ["bp", "sdfa"])
+def test_scaled_dot_product_attention_imports_trains_and_exports(exporter, algo):
+    """F.scaled_dot_product_attention with its softmax: TorchScript writes the scale as two Muls
+    by sqrt(scale) and the Softmax; dynamo also transposes k on the batch merged with the heads.
+    Both import to two MatMuls and a Softmax over the keys (no scale left), match onnxruntime,
+    train bit-exact with hdl_models and export int bit-exact."""
+    path = f"{FIXTURES}/sdpa_attention_{exporter}.onnx"
+    graph = load_graph(path)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("MatMul") == 2 and ops.count("Softmax") == 1 and "ConstAffine" not in ops
+    src = onnx.load(path)
+    x = np.random.default_rng(5).normal(0, 1, (12, 5, 4))
+    assert np.abs(run_float(graph, x) - ort_run(src, x)).max() < 1e-5
+    model = load_onnx(path, numerics=Numerics.from_bits(8))
+    model.calibrate(x)
+    emulates_bit_exact(model, x, np.arange(12) % 3, algo)
+    proto, report = build_proto(model, "int")
+    assert report.startswith("int: bit-exact")
+    assert np.array_equal(ort_run(proto, x), model.run(x))

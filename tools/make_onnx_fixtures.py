@@ -448,6 +448,22 @@ class TimmAttention(nn.Module):
         return self.fc((x + self.proj(o.transpose(1, 2).reshape(b, n, c))).mean(1))
 
 
+class SDPAttention(nn.Module):
+    """Two-head self-attention by ``F.scaled_dot_product_attention`` over 5 tokens (dynamo
+    decomposes it: the k transpose on the batch merged with the heads, the softmax inside)."""
+
+    def __init__(self, f=4, d=4, heads=2):
+        super().__init__()
+        self.q, self.k, self.v, self.fc = nn.Linear(f, d), nn.Linear(f, d), nn.Linear(f, d), nn.Linear(d, 3)
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        split = lambda z: z.reshape(b, n, self.heads, -1).transpose(1, 2)  # noqa: E731
+        o = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        return self.fc(o.transpose(1, 2).reshape(b, n, -1).mean(1))
+
+
 class ReflectCNN(nn.Module):
     """Conv2d with ``padding_mode="reflect"`` twice (a Pad node before each unpadded Conv)."""
 
@@ -606,6 +622,7 @@ CASES = {
     "linear_attention": (LinearAttention, (5, 4), ("ts", "dynamo"), None),
     "bilinear_pool": (BilinearPool, (5, 4), ("ts", "dynamo"), None),
     "timm_attention": (TimmAttention, (5, 4), ("ts", "dynamo"), None),
+    "sdpa_attention": (SDPAttention, (5, 4), ("ts", "dynamo"), None),
     "l2norm": (lambda: L2NormNet("mlp"), (6,), ("ts", "dynamo"), None),
     "l2norm_seq": (lambda: L2NormNet("seq"), SEQ, ("ts", "dynamo"), None),
     "l2norm_conv1d": (lambda: L2NormNet("conv1d"), (2, 6), ("ts", "dynamo"), None),
