@@ -99,6 +99,38 @@ def test_a_sum_over_a_power_of_two_needs_no_neighbour():
     assert "GlobalAveragePool" in ops(g) and not any(n.params for n in g.nodes)
 
 
+@pytest.mark.parametrize("factor, k", [(4.0, 2), (2.0, 1), (3.0, 0), (0.5, 0)])
+def test_a_power_of_two_after_a_mean_is_the_pools_exponent(factor, k):
+    """relu(conv(x)).mean(2) * 4: the 4 raises the pool's scale_log2 (the Conv keeps its weights);
+    3 or 1/2 is no such exponent (scale_log2 >= 1 only) and folds back into the Conv."""
+    nodes = [helper.make_node("Conv", ["x", "K", "KB"], ["c"], pads=[1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             *_reduce([2], 1, 13, "r", "m", "ReduceMean")[0], helper.make_node("Mul", ["m", "f"], ["s"]),
+             helper.make_node("Flatten", ["s"], ["y"])]
+    inits = {"K": rand(4, 2, 3, seed=1), "KB": rand(4, seed=2), "m_axes": np.array([2], np.int64),
+             "f": np.array(factor, np.float32)}
+    g = check(model(nodes, inits, ["N", 2, 6], opset=13), rand(N, 2, 6, seed=3))
+    assert ops(g) == ["Conv", "Relu", "GlobalAveragePool", "Flatten"]
+    assert g.nodes[2].attrs.get("scale_log2", 0) == k
+    assert np.allclose(g.nodes[0].params["W"], (1.0 if k else factor) * rand(4, 2, 3, seed=1))
+
+
+@pytest.mark.parametrize("name", ["reduce_sum_time_ts.onnx", "reduce_sum_time_dynamo.onnx"])
+def test_a_sum_reads_back_from_its_float_export_as_the_same_model(name, tmp_path):
+    """The float export writes a summing pool as GlobalAveragePool and Mul(2^k); read back, that Mul
+    is the pool's exponent again (it was folded into the Dense after it as well, scaling it twice)."""
+    from edgedfa.onnx.export import build_proto
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "onnx", name)
+    m = load_onnx(path, numerics=Numerics.from_bits(16))
+    x = np.random.default_rng(0).normal(0, 1, (16, 8, 6))
+    m.calibrate(x)
+    out = tmp_path / "f.onnx"
+    out.write_bytes(build_proto(m, "float")[0].SerializeToString())
+    back = load_onnx(str(out))
+    assert [n.attrs.get("scale_log2") for n in back.graph.nodes if n.op == "GlobalAveragePool"] == [3]
+    assert np.array_equal(back.run(x), m.run(x))
+
+
 def test_empty_axes_with_noop_is_the_identity():
     nodes = [helper.make_node("ReduceMean", ["x"], ["m"], noop_with_empty_axes=1),
              helper.make_node("Relu", ["m"], ["y"])]

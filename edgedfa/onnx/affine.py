@@ -5,6 +5,7 @@ A handler writes ``y = x * a + b`` as a temporary ``ConstAffine`` node (``a``, `
 broadcast to one sample's shape); ``fold_affines`` then removes every one before the graph is
 canonical, so the engine, ``hdl_models`` and the exports never see it:
 
+- a power of two ``2^j`` (``j >= 1``, no offset) after an average pool: the pool's ``scale_log2``;
 - into the Dense or Conv that writes ``x`` (its rows scaled by ``a``, its bias ``B * a + b``),
   also through reshapes, and, for a positive scale with no offset, through ReLU, LeakyReLU,
   PReLU and pooling (``relu(z) * a == relu(z * a)`` for ``a > 0``): PyTorch's ``x + 0.5 * relu(fc(x))``;
@@ -86,7 +87,7 @@ def fold_affines(nodes: list, og, output: str) -> tuple:
         if t is None:
             return nodes, stage
         graph = _Nodes(nodes, og, output)
-        if graph.merge_next(t) or graph.fold_back(t) or graph.fold_forward(t):
+        if graph.merge_next(t) or graph.into_pool(t) or graph.fold_back(t) or graph.fold_forward(t):
             continue
         ab = None if stage is not None else graph.on_input(t)
         if ab is None:
@@ -135,6 +136,25 @@ class _Nodes:
         nxt[0].params = {"a": t.params["a"] * a2, "b": t.params["b"] * a2 + b2}
         nxt[0].inputs = list(t.inputs)
         self.nodes.remove(t)
+        return True
+
+    # -- a power of two into the average pool before ------------------------------------------
+    def into_pool(self, t) -> bool:
+        """``pool(x) * 2^j`` (one power of two, j >= 1, no offset) is the pool's own ``scale_log2``
+        raised by ``j``: a free move of its binary point (a sum's exponent, datapath §8.5), the
+        layers keeping their weights (``x.mean(1) * 4``; the float export's ``Mul(2^k)`` after a
+        summing pool, which so reads back as the same pool)."""
+        a, b = t.params["a"], t.params["b"]
+        p = self.prods.get(t.inputs[0])
+        if p is None or p.op not in ("AveragePool", "GlobalAveragePool") or self.uses(t.inputs[0]) != 1 \
+                or np.any(b) or not a.size:
+            return False
+        c = float(a.reshape(-1)[0])
+        mant, exp = np.frexp(c)
+        if not np.all(a == c) or mant != 0.5 or exp - 1 < 1:
+            return False
+        p.attrs["scale_log2"] = int(p.attrs.get("scale_log2", 0)) + int(exp - 1)
+        self.bypass(t)
         return True
 
     # -- into the Dense or Conv before ------------------------------------------------------
