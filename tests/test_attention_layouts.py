@@ -163,3 +163,19 @@ def test_scaled_dot_product_attention_imports_trains_and_exports(exporter, algo)
     proto, report = build_proto(model, "int")
     assert report.startswith("int: bit-exact")
     assert np.array_equal(ort_run(proto, x), model.run(x))
+
+
+def test_the_batch_merged_with_the_heads_is_refused_with_advice(tmp_path):
+    """nn.MultiheadAttention's [T, N·h, d] (a Transpose to [T, N, E], a Reshape folding the heads into
+    the batch): refused naming the Reshape, the merged shape and what imports instead."""
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.normal(0, .5, (4, 4)).astype(np.float32), "merge": np.array([5, -1, 2], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="/proj"),
+             helper.make_node("Transpose", ["h"], ["t"], name="/seq_first", perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["t", "merge"], ["m"], name="/heads_into_batch"),
+             helper.make_node("Transpose", ["m"], ["y"], name="/back", perm=[1, 0, 2])]
+    path = str(tmp_path / "mha.onnx")
+    onnx.save(onnx_model(nodes, inits, ["N", 5, 4]), path)
+    with pytest.raises(EdgeDFAError, match=r"/heads_into_batch.*merge the batch with another axis.*"
+                                           r"F\.scaled_dot_product_attention"):
+        load_graph(path)

@@ -9,7 +9,7 @@ nothing (identity) or one batch-keeping Transpose. A reader that cannot be mappe
 import numpy as np
 from onnx import AttributeProto
 
-from ..ir import BATCH, OGraph, ONode, batch_axis
+from ..ir import BATCH, SENTINEL, OGraph, ONode, batch_axis
 from .rnn import RECURRENT
 
 LAYOUT1_PERMS = ([1, 2, 0, 3], [1, 0, 2], [1, 0, 2])  # Y, Y_h, Y_c: layout 0 from layout 1
@@ -45,11 +45,16 @@ def _seq_first(node: ONode) -> bool:
     return node.op_type in RECURRENT and not int(node.attrs.get("layout", 0))
 
 
+def _merged(d) -> bool:
+    """A folded dimension that is the batch size times another axis (``k·SENTINEL``, k > 1)."""
+    return isinstance(d, (int, np.integer)) and d > SENTINEL and d % SENTINEL == 0
+
+
 def _show(shape) -> str:
     if shape is None:
         return "unknown"
-    return "[" + ", ".join("N" if d == BATCH else "?" if d is None else str(d)
-                           for d in shape) + "]"
+    return "[" + ", ".join("N" if d == BATCH else "?" if d is None else f"{d // SENTINEL}·N" if _merged(d)
+                           else str(d) for d in shape) + "]"
 
 
 def _identity(perm) -> bool:
@@ -122,9 +127,19 @@ class _Rewrite:
 
     def known(self, node, name):
         shape = self.shape(name)
+        src = self.shape(node.inputs[0]) if node.op_type == "Reshape" and node.inputs else None
+        mixes = shape is not None and None in shape and src is not None and None not in src and BATCH in src
+        if shape is not None and (any(_merged(d) for d in shape) or mixes):
+            what = "a size no constant gives: it seems to merge the batch with another axis" if mixes else \
+                "the batch merged with another axis"
+            self.og.fail(f"it writes {name!r} of shape {_show(shape)}, {what} "
+                         "(nn.MultiheadAttention and nn.TransformerEncoderLayer fold the heads into the batch this "
+                         "way). edgedfa keeps the batch apart from every other axis: write the attention on "
+                         "batch-first [N, heads, T, d] tensors (F.scaled_dot_product_attention, or q @ k.transpose(-2, "
+                         "-1) and a softmax), which import", node)
         if shape is None or None in shape or batch_axis(shape) is None:
             self.og.fail(f"cannot make {name!r} batch-first: its shape is not known "
-                         f"({shape})", node)
+                         f"({_show(shape)})", node)
         return shape
 
     def emit(self, name, op, inputs, out, **attrs):
