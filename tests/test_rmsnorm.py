@@ -433,3 +433,24 @@ def test_cli_trains_resumes_and_exports_an_rmsnorm_model(tmp_path, capsys):
     src = tmp_path / "rms.onnx"
     src.write_bytes(_rms_onnx(add=True, shape=(64,), classes=10).SerializeToString())
     check_norm_trains_resumes_and_exports(capsys, tmp_path, src, "RMSNorm", (64,))
+
+
+def test_qdq_export_of_a_norm_before_any_wide_word(tmp_path):
+    """An RMSNorm first, its γ in int8, the Dense's int32 bias after it: the ReduceMean was written
+    for opset 17 (axes an attribute) before the bias raised the export to opset 21 (axes an
+    input), and the checker refused the file; the export now builds again at the final opset."""
+    from edgedfa.model import IntModel
+    from edgedfa.onnx.export import build_proto
+
+    rng = np.random.default_rng(0)
+    nodes = [Node("rms", "RMSNorm", ["input"], ["n"], {"epsilon": 1e-5, "axes": [1]}, {"scale": rng.uniform(.5, 1.5, 6)}),
+             Node("out", "Dense", ["n"], ["y"], {}, {"W": rng.normal(0, .5, (3, 6)), "B": rng.normal(0, .1, 3)})]
+    m = IntModel(Graph("g", "input", (6,), "y", nodes, {}), Numerics.from_bits(8), 0)
+    x = rng.normal(0, 1, (8, 6))
+    m.calibrate(x)
+    proto, _ = build_proto(m, "qdq")
+    assert proto.opset_import[0].version == 21
+    mean = next(n for n in proto.graph.node if n.op_type == "ReduceMean")
+    assert len(mean.input) == 2 and not [a for a in mean.attribute if a.name == "axes"]
+    ref = m.run(x)
+    assert np.abs(ort_run(proto, x) - ref).max() <= 0.1 * np.abs(ref).max()

@@ -388,14 +388,27 @@ class QdqEmitter(FloatEmitter):
 
     kind = "qdq"
 
-    def __init__(self, model):
+    def __init__(self, model, widest: int = 8):
         super().__init__(model)
-        self.widest = 8
+        self.widest = widest  # grows with every Q/DQ written; the opset follows it
+        self.asked: set = set()  # the opsets ops were written for (an op's form may depend on it)
         self.src: dict = {}
         self.raw: dict = {}  # canonical output -> the float tensor before its Q/DQ
 
     def opset(self) -> int:
-        return 17 if self.widest <= 8 else 21  # int16 Q/DQ needs opset 21
+        v = 17 if self.widest <= 8 else 21  # int16 Q/DQ needs opset 21
+        self.asked.add(v)
+        return v
+
+    def build(self):
+        """As the float build; if a wider Q/DQ written late raised the opset after an op chose its
+        form for a lower one (an RMSNorm's ReduceMean before the first 16-bit word), build again
+        with the final width known from the start."""
+        graph, opset = super().build()
+        if self.asked - {opset}:
+            self.__init__(self.model, widest=self.widest)  # a fresh graph, the width known
+            graph, opset = super().build()
+        return graph, opset
 
     def scale(self, frac: int, base: str) -> str:
         return self.b.const(np.ldexp(np.float32(1.0), -frac), np.float32, base)
