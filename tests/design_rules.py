@@ -37,7 +37,7 @@ LAYERS = [
     ("benchmarks", ["edgedfa.bench", "edgedfa.bench.*"]),
     ("session", ["edgedfa.session"]),
     ("studies", ["edgedfa.sweep", "edgedfa.sweep.*", "edgedfa.report", "edgedfa.report.*"]),
-    ("interface", ["edgedfa.configdoc", "edgedfa.cli", "edgedfa"]),
+    ("interface", ["edgedfa.configdoc", "edgedfa.cli", "edgedfa.__main__", "edgedfa"]),
 ]
 
 # hdl_models computes every integer itself: from edgedfa it takes types, op names, the

@@ -298,3 +298,19 @@ def test_info_shows_an_imported_models_input_stage(tmp_path, capsys):
     assert code == 0, err
     code, out, err = run(capsys, "info", tmp_path / "r")
     assert code == 0 and "input stage: x * scale[72] + offset[72] before the input format" in out, err
+
+
+def test_python_dash_m_edgedfa_is_the_command_line(tmp_path):
+    """``python -m edgedfa`` runs the same command line as the ``edgedfa`` script (it failed:
+    no ``__main__`` module); a bad option exits 2 with argparse's message, not a traceback."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ok = subprocess.run([sys.executable, "-m", "edgedfa", "--version"], capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip()
+    bad = subprocess.run([sys.executable, "-m", "edgedfa", "train", "--no-such-option"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "no-such-option" in bad.stderr and "Traceback" not in bad.stderr
