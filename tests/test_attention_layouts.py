@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from model_helpers import emulates_bit_exact
-from onnx import TensorProto, helper
+from onnx import helper
 from onnx_helpers import model as onnx_model
 from test_onnx_export import ort_run
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto, helper
+from onnx import helper
 from model_helpers import calibrated, emulates_bit_exact
 from onnx_helpers import model as onnx_model
 from test_onnx_export import _check_int_exact, ort_run

@@ -27,15 +27,13 @@ def batched_gemm(a, b, acc_bits: int, overflow) -> np.ndarray:
     product (float64, exact below 2^53)."""
     k = a.shape[-1]
     bound = k * _maxabs(a) * _maxabs(b)
-    mode = Overflow.parse(overflow)
-    if bound <= acc_limits(acc_bits)[1] or mode is Overflow.AP_WRAP:
+    mode, fits = Overflow.parse(overflow), bound <= acc_limits(acc_bits)[1]
+    if fits or mode is Overflow.AP_WRAP:
         if bound < F64_EXACT:
             exact = np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
         else:
             exact = np.matmul(a.astype(np.int64), b.astype(np.int64))
-        if bound <= acc_limits(acc_bits)[1]:
-            return exact
-        return apply_overflow(exact, FixedFormat(acc_bits, acc_bits), mode)
+        return exact if fits else apply_overflow(exact, FixedFormat(acc_bits, acc_bits), mode)
     lead = a.shape[:-2]
     a3, b3 = a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:])
     out = np.stack([gemm(x, y, acc_bits, mode) for x, y in zip(a3, b3)]) if len(a3) else \

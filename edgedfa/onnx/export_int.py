@@ -732,8 +732,8 @@ def _matmul(em, node, layer, ins):
                   perm=[r - 1] + lead + [r])
         bk = o.op("Transpose", [o.op("Unsqueeze", [b, o.k([r - 2])], f"{base}/b_row")], f"{base}/b_k_first",
                   perm=[r - 1] + lead[:-1] + [r - 2, r])
-        zeros = o.op("Mul", [o.op("MatMul", [a, b], f"{base}/out_shape"), o.k(0)], f"{base}/acc0")
-        acc = em.scan(zeros, [ak, bk], plan, base)
+        p = layer.in_shapes[1][-1]  # the register starts at 0 in every output [..., M, P]
+        acc = em.scan(em.expand(np.zeros(p, np.int64), a, -1, [p], base), [ak, bk], plan, base)
     elif plan.int8:
         acc = o.cast(o.op("MatMulInteger", [o.cast(a, TensorProto.INT8, f"{base}/a_int8"),
                                             o.cast(b, TensorProto.INT8, f"{base}/b_int8")], f"{base}/matmul"),
